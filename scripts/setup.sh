@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs libtorch (the PyPI torch wheel tch expects) and the Python packages the parity and
+# interop scripts need into the git-ignored project-local environment `.venv/`.
+# Idempotent: a stamp file records what was installed; a second run returns at once.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=.venv
+REQ=scripts/requirements.txt
+STAMP="$VENV/.streetclip-setup"
+want="$(sha256sum "$REQ" | cut -d' ' -f1)"
+
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" && -e "$VENV/libtorch/lib" ]]; then
+    exit 0
+fi
+
+PY="${PYTHON:-python3}"
+if [[ ! -x "$VENV/bin/python" ]]; then
+    echo "setup: creating $VENV with $($PY --version)"
+    "$PY" -m venv "$VENV"
+fi
+echo "setup: installing $(grep -cv '^#' "$REQ") packages from $REQ into $VENV (torch is large: a minute or two)"
+"$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQ"
+# open_clip only ships the CLIP BPE vocabulary we derive tokenizer.json from; its dependencies
+# (torchvision, timm) are not needed for that.
+"$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps "open-clip-torch==3.3.0"
+# A stable path to libtorch inside the wheel, for .cargo/config.toml's LIBTORCH.
+ln -sfn "$("$VENV/bin/python" -c 'import torch, os; print(os.path.relpath(os.path.dirname(torch.__file__), "'"$VENV"'"))')" "$VENV/libtorch"
+echo "$want" > "$STAMP"
+echo "setup: done ($VENV)"

@@ -1,0 +1,5 @@
+//! streetclip: CLIP for street-level geolocalization, on tch (libtorch).
+
+pub mod model;
+pub mod tensor_io;
+pub mod train;

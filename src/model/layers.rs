@@ -1,0 +1,129 @@
+//! The transformer pieces both towers share: `CLIPAttention`, `CLIPMLP`, `CLIPEncoderLayer`,
+//! `CLIPEncoder`. Field names are the HF submodule names, so VarStore paths are the HF keys.
+
+use super::config::Activation;
+use super::init;
+use tch::{nn, nn::Module, Tensor};
+
+/// Sizes and initialisation scale one encoder needs (a view over either tower's config).
+#[derive(Debug, Clone, Copy)]
+pub struct EncoderShape {
+    pub hidden_size: i64,
+    pub intermediate_size: i64,
+    pub num_heads: i64,
+    pub num_layers: i64,
+    pub act: Activation,
+    pub layer_norm_eps: f64,
+    pub initializer_factor: f64,
+}
+
+pub fn layer_norm(p: nn::Path, size: i64, eps: f64) -> nn::LayerNorm {
+    nn::layer_norm(p, vec![size], nn::LayerNormConfig { eps, ..Default::default() })
+}
+
+#[derive(Debug)]
+pub struct Attention {
+    q_proj: nn::Linear,
+    k_proj: nn::Linear,
+    v_proj: nn::Linear,
+    out_proj: nn::Linear,
+    num_heads: i64,
+}
+
+impl Attention {
+    fn new(p: nn::Path, s: &EncoderShape) -> Self {
+        let d = s.hidden_size;
+        // HF `CLIPPreTrainedModel._init_weights`: depth-scaled projections.
+        let in_std = (d as f64).powf(-0.5) * (2.0 * s.num_layers as f64).powf(-0.5) * s.initializer_factor;
+        let out_std = (d as f64).powf(-0.5) * s.initializer_factor;
+        Self {
+            q_proj: init::linear(&p / "q_proj", d, d, in_std, true),
+            k_proj: init::linear(&p / "k_proj", d, d, in_std, true),
+            v_proj: init::linear(&p / "v_proj", d, d, in_std, true),
+            out_proj: init::linear(&p / "out_proj", d, d, out_std, true),
+            num_heads: s.num_heads,
+        }
+    }
+
+    /// `mask`: boolean, broadcastable to `[B, heads, T, T]`, true where attention is allowed.
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>, causal: bool) -> Tensor {
+        let (b, t, d) = x.size3().expect("attention input is [batch, tokens, hidden]");
+        let heads = |proj: &nn::Linear| proj.forward(x).view([b, t, self.num_heads, d / self.num_heads]).transpose(1, 2);
+        let (q, k, v) = (heads(&self.q_proj), heads(&self.k_proj), heads(&self.v_proj));
+        // A causal mask passed explicitly already encodes causality.
+        let is_causal = causal && mask.is_none();
+        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, is_causal, None, false);
+        self.out_proj.forward(&y.transpose(1, 2).reshape([b, t, d]))
+    }
+}
+
+#[derive(Debug)]
+struct Mlp {
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    fn new(p: nn::Path, s: &EncoderShape) -> Self {
+        let d = s.hidden_size as f64;
+        let fc_std = (2.0 * d).powf(-0.5) * s.initializer_factor;
+        let in_std = d.powf(-0.5) * (2.0 * s.num_layers as f64).powf(-0.5) * s.initializer_factor;
+        Self {
+            fc1: init::linear(&p / "fc1", s.hidden_size, s.intermediate_size, fc_std, true),
+            fc2: init::linear(&p / "fc2", s.intermediate_size, s.hidden_size, in_std, true),
+            act: s.act,
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let h = self.fc1.forward(x);
+        let h = match self.act {
+            Activation::QuickGelu => &h * (&h * 1.702).sigmoid(),
+            Activation::Gelu => h.gelu("none"),
+            Activation::GeluTanh => h.gelu("tanh"),
+        };
+        self.fc2.forward(&h)
+    }
+}
+
+#[derive(Debug)]
+struct EncoderLayer {
+    self_attn: Attention,
+    layer_norm1: nn::LayerNorm,
+    mlp: Mlp,
+    layer_norm2: nn::LayerNorm,
+}
+
+impl EncoderLayer {
+    fn new(p: nn::Path, s: &EncoderShape) -> Self {
+        Self {
+            self_attn: Attention::new(&p / "self_attn", s),
+            layer_norm1: layer_norm(&p / "layer_norm1", s.hidden_size, s.layer_norm_eps),
+            mlp: Mlp::new(&p / "mlp", s),
+            layer_norm2: layer_norm(&p / "layer_norm2", s.hidden_size, s.layer_norm_eps),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>, causal: bool) -> Tensor {
+        let x = x + self.self_attn.forward(&self.layer_norm1.forward(x), mask, causal);
+        &x + self.mlp.forward(&self.layer_norm2.forward(&x))
+    }
+}
+
+/// `CLIPEncoder`: a stack of pre-LayerNorm transformer blocks under `layers.N`.
+#[derive(Debug)]
+pub struct Encoder {
+    layers: Vec<EncoderLayer>,
+}
+
+impl Encoder {
+    pub fn new(p: nn::Path, s: &EncoderShape) -> Self {
+        let layers = (0..s.num_layers).map(|i| EncoderLayer::new(&p / "layers" / i, s)).collect();
+        Self { layers }
+    }
+
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, causal: bool) -> Tensor {
+        self.layers.iter().fold(x.shallow_clone(), |h, layer| layer.forward(&h, mask, causal))
+    }
+}

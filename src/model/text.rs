@@ -1,0 +1,72 @@
+//! `CLIPTextTransformer` (`text_model.*`).
+
+use super::config::TextConfig;
+use super::init;
+use super::layers::{layer_norm, Encoder, EncoderShape};
+use tch::{nn, nn::Module, Kind, Tensor};
+
+#[derive(Debug)]
+struct TextEmbeddings {
+    token_embedding: nn::Embedding,
+    position_embedding: nn::Embedding,
+}
+
+#[derive(Debug)]
+pub struct TextTransformer {
+    embeddings: TextEmbeddings,
+    encoder: Encoder,
+    final_layer_norm: nn::LayerNorm,
+    eos_token_id: i64,
+}
+
+impl TextTransformer {
+    pub fn new(p: nn::Path, c: &TextConfig) -> Self {
+        let std = c.initializer_range * c.initializer_factor;
+        let embeddings = TextEmbeddings {
+            token_embedding: init::embedding(&p / "embeddings" / "token_embedding", c.vocab_size, c.hidden_size, std),
+            position_embedding: init::embedding(&p / "embeddings" / "position_embedding", c.max_position_embeddings, c.hidden_size, std),
+        };
+        let shape = EncoderShape {
+            hidden_size: c.hidden_size,
+            intermediate_size: c.intermediate_size,
+            num_heads: c.num_attention_heads,
+            num_layers: c.num_hidden_layers,
+            act: c.hidden_act,
+            layer_norm_eps: c.layer_norm_eps,
+            initializer_factor: c.initializer_factor,
+        };
+        Self {
+            embeddings,
+            encoder: Encoder::new(&p / "encoder", &shape),
+            final_layer_norm: layer_norm(&p / "final_layer_norm", c.hidden_size, c.layer_norm_eps),
+            eos_token_id: c.eos_token_id,
+        }
+    }
+
+    /// Pooled output `[B, hidden]` at the end-of-text token, as HF's `pooler_output`.
+    /// `attention_mask` (1 = token, 0 = padding) is optional, as in HF.
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Tensor {
+        let (b, t) = input_ids.size2().expect("input_ids is [batch, tokens]");
+        let positions = Tensor::arange(t, (Kind::Int64, input_ids.device()));
+        let x = self.embeddings.token_embedding.forward(input_ids) + self.embeddings.position_embedding.forward(&positions);
+        // Causal and padding masks combined, so padded keys are never attended to.
+        let mask = attention_mask.map(|m| {
+            let causal = Tensor::ones([t, t], (Kind::Bool, input_ids.device())).tril(0);
+            causal.unsqueeze(0).logical_and(&m.to_kind(Kind::Bool).view([b, 1, t])).unsqueeze(1)
+        });
+        let h = self.final_layer_norm.forward(&self.encoder.forward(&x, mask.as_ref(), true));
+        let rows = Tensor::arange(b, (Kind::Int64, input_ids.device()));
+        h.index(&[Some(rows), Some(self.eos_positions(input_ids))])
+    }
+
+    /// Where each sequence is pooled. HF keeps the pre-#24773 rule for configs whose
+    /// `eos_token_id` is 2 (all OpenAI checkpoints): the position of the largest token id, which
+    /// is `<|endoftext|>` in CLIP's vocabulary. Otherwise: the first `eos_token_id`.
+    pub fn eos_positions(&self, input_ids: &Tensor) -> Tensor {
+        if self.eos_token_id == 2 {
+            input_ids.to_kind(Kind::Int).argmax(-1, false)
+        } else {
+            input_ids.eq(self.eos_token_id).to_kind(Kind::Int).argmax(-1, false)
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! `CLIPVisionTransformer` (`vision_model.*`).
+
+use super::config::VisionConfig;
+use super::init;
+use super::layers::{layer_norm, Encoder, EncoderShape};
+use tch::{nn, nn::Module, Kind, Tensor};
+
+#[derive(Debug)]
+struct VisionEmbeddings {
+    class_embedding: Tensor,
+    patch_embedding: nn::Conv2D,
+    position_embedding: nn::Embedding,
+}
+
+#[derive(Debug)]
+pub struct VisionTransformer {
+    embeddings: VisionEmbeddings,
+    // HF's spelling; it is the checkpoint key.
+    pre_layrnorm: nn::LayerNorm,
+    encoder: Encoder,
+    post_layernorm: nn::LayerNorm,
+}
+
+impl VisionTransformer {
+    pub fn new(p: nn::Path, c: &VisionConfig) -> Self {
+        let e = &p / "embeddings";
+        let std = c.initializer_range * c.initializer_factor;
+        let conv = nn::ConvConfig { stride: c.patch_size, bias: false, ws_init: init::normal(std), ..Default::default() };
+        let embeddings = VisionEmbeddings {
+            class_embedding: e.var("class_embedding", &[c.hidden_size], init::normal((c.hidden_size as f64).powf(-0.5) * c.initializer_factor)),
+            patch_embedding: nn::conv2d(&e / "patch_embedding", c.num_channels, c.hidden_size, c.patch_size, conv),
+            position_embedding: init::embedding(&e / "position_embedding", c.num_positions(), c.hidden_size, std),
+        };
+        let shape = EncoderShape {
+            hidden_size: c.hidden_size,
+            intermediate_size: c.intermediate_size,
+            num_heads: c.num_attention_heads,
+            num_layers: c.num_hidden_layers,
+            act: c.hidden_act,
+            layer_norm_eps: c.layer_norm_eps,
+            initializer_factor: c.initializer_factor,
+        };
+        Self {
+            embeddings,
+            pre_layrnorm: layer_norm(&p / "pre_layrnorm", c.hidden_size, c.layer_norm_eps),
+            encoder: Encoder::new(&p / "encoder", &shape),
+            post_layernorm: layer_norm(&p / "post_layernorm", c.hidden_size, c.layer_norm_eps),
+        }
+    }
+
+    /// Pooled output `[B, hidden]`: the class token after `post_layernorm`, as HF's `pooler_output`.
+    pub fn forward(&self, pixel_values: &Tensor) -> Tensor {
+        let patches = self.embeddings.patch_embedding.forward(pixel_values).flatten(2, -1).transpose(1, 2);
+        let (b, _, d) = patches.size3().expect("patch embeddings are [batch, patches, hidden]");
+        let class = self.embeddings.class_embedding.view([1, 1, d]).expand([b, 1, d], false);
+        let x = Tensor::cat(&[class, patches], 1);
+        let positions = Tensor::arange(x.size()[1], (Kind::Int64, x.device()));
+        let x = x + self.embeddings.position_embedding.forward(&positions);
+        let h = self.encoder.forward(&self.pre_layrnorm.forward(&x), None, false);
+        self.post_layernorm.forward(&h.select(1, 0))
+    }
+}

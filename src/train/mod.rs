@@ -1,0 +1,3 @@
+//! Training: the contrastive loss (more arrives with the trainer).
+
+pub mod loss;

@@ -1,0 +1,82 @@
+//! Helpers shared by the integration tests: fixture paths, reference tensors, comparisons, and
+//! the project's Python environment for reference computations done at test time.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::Tensor;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures").join(name)
+}
+
+/// The reference tensors a fixture script wrote, by name, as f32/i64 on the CPU.
+pub fn expected(name: &str) -> HashMap<String, Tensor> {
+    let path = fixture(&format!("{name}.expected.safetensors"));
+    streetclip::tensor_io::read(&path).unwrap().into_iter().collect()
+}
+
+/// Largest absolute difference.
+pub fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double)).abs().max().double_value(&[])
+}
+
+/// `max |actual - expected| <= tol` (fp32 outputs).
+pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, tol: f64) {
+    assert_eq!(actual.size(), expected.size(), "{what}: shape");
+    let d = max_diff(actual, expected);
+    assert!(d <= tol, "{what}: max abs diff {d:e} > {tol:e}");
+}
+
+/// `max |actual - expected| <= tol * max |expected|` (relative to the tensor's scale, so tiny
+/// gradients are held to the same standard as large ones).
+pub fn assert_rel_close(what: &str, actual: &Tensor, expected: &Tensor, tol: f64) {
+    assert_eq!(actual.size(), expected.size(), "{what}: shape");
+    let scale = expected.abs().max().double_value(&[]).max(f64::MIN_POSITIVE);
+    let d = max_diff(actual, expected);
+    assert!(d <= tol * scale, "{what}: max abs diff {d:e} > {tol:e} x {scale:e}");
+}
+
+/// The project's Python (made by `make setup`); a test that needs it fails loudly without it.
+pub fn python() -> PathBuf {
+    let py = root().join(".venv/bin/python");
+    assert!(py.is_file(), "{} is missing: run `make setup` first", py.display());
+    py
+}
+
+/// The shared IM2GPS3K sample; tests that need real photos fail loudly when it is absent.
+pub fn im2gps3k_sample() -> PathBuf {
+    let dir = root().join("../shared/data/im2gps3k-sample");
+    assert!(dir.join("meta.csv").is_file(), "{} is missing: these tests need the shared real photographs", dir.display());
+    dir
+}
+
+pub fn im2gps3k_images(n: usize) -> Vec<PathBuf> {
+    let mut all: Vec<PathBuf> = std::fs::read_dir(im2gps3k_sample().join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .collect();
+    all.sort();
+    all.truncate(n);
+    all
+}
+
+pub fn run_python(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
+    let out = std::process::Command::new(python()).args(args.iter().map(|a| a.as_ref())).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "python failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+pub fn tmpdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}

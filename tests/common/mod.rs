@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use tch::Tensor;
 
 pub fn root() -> PathBuf {
@@ -66,8 +66,8 @@ pub fn im2gps3k_images(n: usize) -> Vec<PathBuf> {
     all
 }
 
-pub fn run_python(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
-    let out = std::process::Command::new(python()).args(args.iter().map(|a| a.as_ref())).output().unwrap();
+pub fn run_python<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(args: I) -> String {
+    let out = std::process::Command::new(python()).args(args).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "python failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     stdout
@@ -75,8 +75,4 @@ pub fn run_python(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
 
 pub fn tmpdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
-}
-
-pub fn exists(p: &Path) -> bool {
-    p.exists()
 }

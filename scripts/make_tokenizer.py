@@ -60,6 +60,15 @@ def main(out_dir):
         assert len(tok) == 49408, len(tok)
         os.makedirs(out_dir, exist_ok=True)
         tok.save_pretrained(out_dir)
+        # Drop the loading context transformers records; it describes this run, not the tokenizer.
+        cfg_path = os.path.join(out_dir, "tokenizer_config.json")
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+        for key in ("is_local", "local_files_only"):
+            cfg.pop(key, None)
+        with open(cfg_path, "w") as f:
+            json.dump(cfg, f, indent=2)
+            f.write("\n")
         # Keep vocab.json/merges.txt too: some consumers (and our own fallback path) want them.
         for name in ("vocab.json", "merges.txt"):
             with open(os.path.join(tmp, name), "rb") as src, open(os.path.join(out_dir, name), "wb") as dst:

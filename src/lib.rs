@@ -1,7 +1,9 @@
 //! streetclip: CLIP for street-level geolocalization, on tch (libtorch).
 
+pub mod commands;
 pub mod data;
 pub mod model;
+pub mod pretrained;
 pub mod tensor_io;
 pub mod text;
 pub mod train;

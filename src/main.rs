@@ -1,1 +1,95 @@
-fn main() {}
+//! The `streetclip` command line: argument parsing over the library's commands.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use streetclip::commands::{self, embed, predict};
+use streetclip::pretrained::Pretrained;
+
+#[derive(Parser)]
+#[command(name = "streetclip", version, about = "CLIP for street-level image geolocalization (StreetCLIP), on libtorch")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Rank labels for each image by zero-shot probability.
+    Predict {
+        /// Hugging Face CLIP directory (config.json + model.safetensors).
+        #[arg(long)]
+        model: PathBuf,
+        /// Comma-separated labels, e.g. "San Jose,San Diego,Los Angeles".
+        #[arg(long)]
+        labels: String,
+        /// Caption template; `{}` is replaced by each label.
+        #[arg(long, default_value = "A Street View photo in {}.")]
+        template: String,
+        /// How many labels to show per image.
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+        /// cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
+    /// Write image and text features (HF tensor names) to a safetensors file.
+    Embed {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long = "image")]
+        images: Vec<PathBuf>,
+        #[arg(long = "text")]
+        texts: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Predict { model, labels, template, top_k, batch_size, device, json, images } => {
+            let labels = predict::parse_labels(&labels)?;
+            let clip = Pretrained::load(&model, commands::parse_device(&device)?)?;
+            let args = predict::PredictArgs { labels, template, images, batch_size, top_k };
+            let predictions = predict::run(&clip, &args)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&predictions)?);
+            } else {
+                for p in &predictions {
+                    println!("{}", p.image.display());
+                    for r in &p.ranking {
+                        println!("  {:>6.2}%  {}", 100.0 * r.probability, r.label);
+                    }
+                }
+            }
+        }
+        Command::Embed { model, images, texts, out, batch_size, device } => {
+            let clip = Pretrained::load(&model, commands::parse_device(&device)?)?;
+            let tensors = embed::run(&clip, &embed::EmbedArgs { images, texts, batch_size })?;
+            embed::write(&out, &tensors)?;
+            let shapes: Vec<String> = tensors.iter().map(|(n, t)| format!("{n} {:?}", t.size())).collect();
+            eprintln!("wrote {}: {}", out.display(), shapes.join(", "));
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

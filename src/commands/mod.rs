@@ -1,0 +1,50 @@
+//! What the CLI subcommands do, as library functions; `main.rs` only parses arguments.
+
+pub mod embed;
+pub mod predict;
+
+use anyhow::{bail, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use tch::Device;
+
+/// `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device> {
+    let device = match s {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda(0),
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) => Device::Cuda(n),
+            None => bail!("unknown device `{s}`: use cpu, cuda or cuda:N"),
+        },
+    };
+    if let Device::Cuda(n) = device {
+        let available = tch::Cuda::device_count() as usize;
+        if n >= available {
+            bail!("device `{s}` requested but {available} CUDA device(s) are visible to libtorch");
+        }
+    }
+    Ok(device)
+}
+
+/// A progress bar on a terminal for long inputs; hidden otherwise.
+pub fn progress(total: usize, what: &str) -> ProgressBar {
+    if total <= 1 || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total as u64);
+    let style = ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {what} [{{elapsed}}<{{eta}}, {{per_sec}}]"))
+        .expect("valid progress template");
+    bar.set_style(style);
+    bar
+}
+
+/// Files that must exist, checked before any work starts so a typo fails fast.
+pub fn check_files(paths: &[std::path::PathBuf]) -> Result<()> {
+    for p in paths {
+        if !p.is_file() {
+            bail!("image {} does not exist", p.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! A Hugging Face CLIP directory as one unit: model, tokenizer and image preprocessing, loaded
+//! together and written back in the layout `CLIPModel` / `CLIPProcessor.from_pretrained` read.
+
+use crate::data::preprocess::{PreprocessConfig, PREPROCESSOR_FILE};
+use crate::model::{weights, ClipModel};
+use crate::tensor_io::write_atomic;
+use crate::text::ClipTokenizer;
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use tch::{Device, Tensor};
+
+const BUNDLED_TOKENIZER_JSON: &[u8] = include_bytes!("../assets/tokenizer/tokenizer.json");
+const BUNDLED_TOKENIZER_CONFIG: &[u8] = include_bytes!("../assets/tokenizer/tokenizer_config.json");
+/// Tokenizer files copied verbatim when the source directory has them.
+const TOKENIZER_FILES: [&str; 5] = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt"];
+
+pub struct Pretrained {
+    pub model: ClipModel,
+    pub tokenizer: ClipTokenizer,
+    pub preprocess: PreprocessConfig,
+    /// Where the tokenizer files came from (None: the bundled CLIP tokenizer).
+    tokenizer_dir: Option<PathBuf>,
+}
+
+impl Pretrained {
+    pub fn load(dir: &Path, device: Device) -> Result<Self> {
+        let model = ClipModel::load(dir, device)?;
+        let context = model.config.text_config.max_position_embeddings as usize;
+        let tokenizer = ClipTokenizer::from_dir(dir, context)?;
+        let has_tokenizer = TOKENIZER_FILES.iter().any(|f| dir.join(f).is_file());
+        let preprocess = PreprocessConfig::from_dir(dir, model.config.vision_config.image_size as u32)?;
+        Ok(Self { model, tokenizer, preprocess, tokenizer_dir: has_tokenizer.then(|| dir.to_path_buf()) })
+    }
+
+    /// Writes `config.json`, `model.safetensors`, the tokenizer files and
+    /// `preprocessor_config.json` into `out` (created if needed). Each file is written atomically.
+    pub fn save(&self, out: &Path) -> Result<()> {
+        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+        let config = serde_json::to_vec_pretty(&self.model.config.to_hf_json())?;
+        write_atomic(&out.join("config.json"), &config)?;
+        weights::save(&self.model.vs, out)?;
+        self.save_tokenizer(out)?;
+        let mut pre = serde_json::to_value(&self.preprocess)?;
+        pre["image_processor_type"] = "CLIPImageProcessor".into();
+        write_atomic(&out.join(PREPROCESSOR_FILE), &serde_json::to_vec_pretty(&pre)?)
+    }
+
+    fn save_tokenizer(&self, out: &Path) -> Result<()> {
+        match &self.tokenizer_dir {
+            Some(src) if src != out => {
+                for name in TOKENIZER_FILES.iter().filter(|f| src.join(f).is_file()) {
+                    let bytes = std::fs::read(src.join(name)).with_context(|| format!("cannot read {}", src.join(name).display()))?;
+                    write_atomic(&out.join(name), &bytes)?;
+                }
+                Ok(())
+            }
+            Some(_) => Ok(()),
+            None => {
+                write_atomic(&out.join("tokenizer.json"), BUNDLED_TOKENIZER_JSON)?;
+                write_atomic(&out.join("tokenizer_config.json"), BUNDLED_TOKENIZER_CONFIG)
+            }
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        self.model.vs.device()
+    }
+
+    /// Preprocessed images `[B, 3, H, W]`, decoded in parallel; the first bad file is an error.
+    pub fn pixel_values(&self, paths: &[PathBuf]) -> Result<Tensor> {
+        use rayon::prelude::*;
+        let (h, w) = self.preprocess.output_size();
+        // Only the preprocessing config crosses threads (tch tensors are not Sync).
+        let pre = &self.preprocess;
+        let planes = paths.par_iter().map(|p| pre.load(p)).collect::<Result<Vec<_>>>()?;
+        let flat: Vec<f32> = planes.concat();
+        Ok(Tensor::from_slice(&flat).view([paths.len() as i64, 3, h as i64, w as i64]))
+    }
+
+    /// `(input_ids, attention_mask)` on the CPU.
+    pub fn tokenize(&self, texts: &[String]) -> Result<(Tensor, Tensor)> {
+        let (ids, mask) = self.tokenizer.encode_tensors(texts)?;
+        let vocab = self.model.config.text_config.vocab_size;
+        let max_id = ids.max().int64_value(&[]);
+        if max_id >= vocab {
+            anyhow::bail!("the tokenizer produced token id {max_id} but the model's vocabulary has {vocab} entries: the model directory's tokenizer does not belong to it");
+        }
+        Ok((ids, mask))
+    }
+}

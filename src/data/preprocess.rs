@@ -104,12 +104,8 @@ impl PreprocessConfig {
 
     /// Reads and preprocesses one image file into CHW float32.
     pub fn load(&self, path: &Path) -> Result<Vec<f32>> {
-        let img = image::ImageReader::open(path)
-            .with_context(|| format!("cannot open image {}", path.display()))?
-            .with_guessed_format()
-            .with_context(|| format!("cannot read image {}", path.display()))?
-            .decode()
-            .with_context(|| format!("cannot decode image {} (corrupt, truncated or not an image)", path.display()))?;
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
+        let img = decode(&bytes).with_context(|| format!("cannot decode image {} (corrupt, truncated or not an image)", path.display()))?;
         self.apply(&img).with_context(|| format!("cannot preprocess image {}", path.display()))
     }
 
@@ -160,6 +156,25 @@ impl PreprocessConfig {
             }
         }
         out
+    }
+}
+
+/// Decodes an image file's bytes. A JPEG cut short is an error, as in PIL: the `image` crate
+/// would otherwise fill the missing part with grey.
+pub fn decode(bytes: &[u8]) -> Result<image::DynamicImage> {
+    if bytes.starts_with(&[0xFF, 0xD8]) && !jpeg_is_complete(bytes) {
+        bail!("JPEG data ends before its end-of-image marker (truncated file)");
+    }
+    Ok(image::load_from_memory(bytes)?)
+}
+
+/// An end-of-image marker after the last start-of-scan marker. Entropy-coded data stuffs every
+/// 0xFF byte, so neither marker can occur inside it; an EXIF thumbnail's markers come earlier.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let find_last = |m: [u8; 2]| bytes.windows(2).rposition(|w| w == m);
+    match (find_last([0xFF, 0xDA]), find_last([0xFF, 0xD9])) {
+        (Some(sos), Some(eoi)) => eoi > sos,
+        _ => false,
     }
 }
 

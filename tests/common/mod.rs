@@ -29,6 +29,7 @@ pub fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, tol: f64) {
     assert_eq!(actual.size(), expected.size(), "{what}: shape");
     let d = max_diff(actual, expected);
+    eprintln!("{what}: max abs diff {d:.1e}");
     assert!(d <= tol, "{what}: max abs diff {d:e} > {tol:e}");
 }
 
@@ -38,6 +39,7 @@ pub fn assert_rel_close(what: &str, actual: &Tensor, expected: &Tensor, tol: f64
     assert_eq!(actual.size(), expected.size(), "{what}: shape");
     let scale = expected.abs().max().double_value(&[]).max(f64::MIN_POSITIVE);
     let d = max_diff(actual, expected);
+    eprintln!("{what}: max abs diff {:.1e} of max {scale:.1e}", d);
     assert!(d <= tol * scale, "{what}: max abs diff {d:e} > {tol:e} x {scale:e}");
 }
 

@@ -2,6 +2,7 @@
 
 pub mod commands;
 pub mod data;
+pub mod geo;
 pub mod model;
 pub mod pretrained;
 pub mod tensor_io;

@@ -1,0 +1,7 @@
+//! Geography: great-circle distance, the GeoNames gazetteer, reverse geocoding.
+
+pub mod distance;
+pub mod gazetteer;
+
+pub use distance::{haversine_km, EARTH_RADIUS_KM};
+pub use gazetteer::{City, Country, Gazetteer, Region};

@@ -10,7 +10,8 @@ build: setup
 	$(CARGO) build --release
 
 test: setup
-	$(CARGO) test --all-targets -- --test-threads 2
+	$(CARGO) test -- --test-threads 2
+	$(CARGO) check --benches
 
 # Until the trainer lands, the demo ranks captions for the shipped photos with the tiny fixture model.
 demo: build

@@ -3,7 +3,8 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use streetclip::commands::{self, embed, predict};
+use streetclip::commands::{self, captions, embed, predict};
+use streetclip::config::Config;
 use streetclip::pretrained::Pretrained;
 
 #[derive(Parser)]
@@ -40,6 +41,35 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+    /// Print the caption each sample would train on (tab-separated: image, caption).
+    Captions {
+        /// CSV or JSONL manifest (overrides data.manifest of the config).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// WebDataset shards, brace patterns allowed (overrides data.shards).
+        #[arg(long)]
+        shards: Option<String>,
+        /// YAML config (data and captions sections).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Draw a small dataset of procedural street scenes for real cities (demo and tests).
+    SynthData {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 8)]
+        countries: usize,
+        #[arg(long, default_value_t = 3)]
+        cities_per_country: usize,
+        #[arg(long, default_value_t = 12)]
+        per_city: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Write image and text features (HF tensor names) to a safetensors file.
     Embed {
         #[arg(long)]
@@ -74,6 +104,31 @@ fn run(cli: Cli) -> Result<()> {
                     }
                 }
             }
+        }
+        Command::Captions { manifest, shards, config, limit, json } => {
+            let mut cfg = match config {
+                Some(path) => Config::from_file(&path)?,
+                None => Config::default(),
+            };
+            if manifest.is_some() || shards.is_some() {
+                cfg.data.manifest = manifest;
+                cfg.data.shards = shards;
+            }
+            let (rows, report) = captions::run(&cfg, limit)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                for r in &rows {
+                    println!("{}\t{}", r.image, r.caption);
+                }
+            }
+            eprintln!("{}", report.summary());
+        }
+        Command::SynthData { out, countries, cities_per_country, per_city, seed } => {
+            let args = streetclip::synth::SynthArgs { countries, cities_per_country, per_city, seed, ..Default::default() };
+            let g = streetclip::geo::Gazetteer::bundled()?;
+            let n = streetclip::synth::generate(&out, &args, &g)?;
+            eprintln!("wrote {n} images and {}", out.join("manifest.csv").display());
         }
         Command::Embed { model, images, texts, out, batch_size, device } => {
             let clip = Pretrained::load(&model, commands::parse_device(&device)?)?;

@@ -1,5 +1,6 @@
 //! What the CLI subcommands do, as library functions; `main.rs` only parses arguments.
 
+pub mod captions;
 pub mod embed;
 pub mod predict;
 

@@ -1,4 +1,10 @@
-//! Data: image preprocessing (manifests, shards and the loader arrive with the data pipeline).
+//! Data: manifests and WebDataset shards, labels, image preprocessing, the loader.
 
+pub mod dataset;
+pub mod labels;
+pub mod loader;
+pub mod manifest;
 pub mod preprocess;
+pub mod webdataset;
+pub use dataset::{DataConfig, Dataset, OnError, Sample};
 pub use preprocess::PreprocessConfig;

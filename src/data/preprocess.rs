@@ -135,6 +135,31 @@ impl PreprocessConfig {
         Ok(self.to_chw(&resized, rw, ch, cw, top, left))
     }
 
+    /// Training augmentation: a random crop of `scale` (fraction of the area, aspect ratio
+    /// 3/4..4/3 as torchvision's RandomResizedCrop) resized to the output size.
+    pub fn apply_random_crop(&self, img: &image::DynamicImage, scale: [f64; 2], rng: &mut impl rand::Rng) -> Result<Vec<f32>> {
+        use rand::RngExt;
+        let rgb = img.to_rgb8();
+        let (w, h) = rgb.dimensions();
+        let area = (w as f64) * (h as f64) * rng.random_range(scale[0]..=scale[1]);
+        let ratio = rng.random_range((3.0f64 / 4.0).ln()..=(4.0f64 / 3.0).ln()).exp();
+        let cw = ((area * ratio).sqrt().round() as u32).clamp(1, w);
+        let ch = ((area / ratio).sqrt().round() as u32).clamp(1, h);
+        let (left, top) = (rng.random_range(0..=w - cw), rng.random_range(0..=h - ch));
+        let crop = image::imageops::crop_imm(&rgb, left, top, cw, ch).to_image();
+        let (oh, ow) = self.output_size();
+        let resized = resize_bicubic(crop.into_raw(), cw, ch, ow, oh)?;
+        Ok(self.to_chw(&resized, ow, oh, ow, 0, 0))
+    }
+
+    /// Mirrors preprocessed CHW pixels left to right.
+    pub fn hflip(&self, chw: &mut [f32]) {
+        let (_, w) = self.output_size();
+        for row in chw.chunks_mut(w as usize) {
+            row.reverse();
+        }
+    }
+
     /// Crop, rescale and normalize in one pass, with transformers' arithmetic: rescale in f64
     /// then cast to f32, normalize in f32.
     fn to_chw(&self, rgb: &[u8], stride_w: u32, ch: u32, cw: u32, top: u32, left: u32) -> Vec<f32> {

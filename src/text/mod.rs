@@ -1,4 +1,6 @@
-//! Text: the CLIP tokenizer (caption templates arrive with the data pipeline).
+//! Text: the CLIP tokenizer and caption templates.
 
+pub mod caption;
 pub mod tokenizer;
+pub use caption::{CaptionConfig, Captioner, PlaceNames};
 pub use tokenizer::ClipTokenizer;

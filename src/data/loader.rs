@@ -11,7 +11,7 @@ use super::dataset::{AugmentConfig, Dataset, OnError};
 use super::preprocess::{decode, PreprocessConfig};
 use crate::seed::sample_seed;
 use crate::text::Captioner;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -188,7 +188,7 @@ impl Producer {
                 None => bail!("the caption template needs a name this sample does not have"),
             },
         };
-        let img = decode(&s.image.read()?)?;
+        let img = decode(&s.image.read()?).with_context(|| format!("cannot decode image {}", s.image))?;
         let aug = &self.cfg.augment;
         let mut rng = ChaCha8Rng::seed_from_u64(sample_seed(self.cfg.seed, epoch, i as u64));
         let mut pixels = match aug.random_resized_crop {

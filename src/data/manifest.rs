@@ -103,21 +103,22 @@ pub fn read(path: &Path, columns: &Columns, image_root: Option<&Path>) -> Result
     };
     if is_jsonl {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
-        let mut fields = None;
+        let mut objects = Vec::new();
         for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let origin = format!("{}:{}", path.display(), n + 1);
-            let obj: serde_json::Map<String, serde_json::Value> = match serde_json::from_str(line) {
-                Ok(o) => o,
-                Err(e) => {
-                    push(Err((origin, format!("not a JSON object: {e}"))));
-                    continue;
-                }
-            };
-            if fields.is_none() {
-                fields = Some(columns.resolve(&obj.keys().cloned().collect::<Vec<_>>(), path)?);
+            match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(line) {
+                Ok(o) => objects.push((origin, o)),
+                Err(e) => push(Err((origin, format!("not a JSON object: {e}")))),
             }
-            let get = |k: &str| obj.get(k).map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string()));
-            push(record(fields.as_ref().expect("set above"), get, dir, origin));
+        }
+        // Rows may omit keys; the columns are those of all rows together.
+        let mut keys: Vec<String> = objects.iter().flat_map(|(_, o)| o.keys().cloned()).collect();
+        keys.sort();
+        keys.dedup();
+        let fields = columns.resolve(&keys, path)?;
+        for (origin, obj) in objects {
+            let get = |k: &str| obj.get(k).filter(|v| !v.is_null()).map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string()));
+            push(record(&fields, get, dir, origin));
         }
     } else {
         let mut reader = csv::ReaderBuilder::new().flexible(true).from_path(path).with_context(|| format!("cannot read manifest {}", path.display()))?;

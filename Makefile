@@ -25,7 +25,7 @@ fixtures: setup
 	.venv/bin/python scripts/make_fixtures.py
 
 bench: setup
-	$(CARGO) bench --bench embed_throughput
+	$(CARGO) bench --bench embed_throughput --bench loader_throughput --bench reverse_geocode
 
 clean:
 	$(CARGO) clean

@@ -193,7 +193,7 @@ impl Producer {
         let mut rng = ChaCha8Rng::seed_from_u64(sample_seed(self.cfg.seed, epoch, i as u64));
         let mut pixels = match aug.random_resized_crop {
             Some(scale) => self.pre.apply_random_crop(&img, scale, &mut rng)?,
-            None => self.pre.apply(&img)?,
+            None => self.pre.apply(img)?,
         };
         if aug.hflip > 0.0 && rand::RngExt::random_bool(&mut rng, aug.hflip) {
             self.pre.hflip(&mut pixels);

@@ -106,13 +106,14 @@ impl PreprocessConfig {
     pub fn load(&self, path: &Path) -> Result<Vec<f32>> {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
         let img = decode(&bytes).with_context(|| format!("cannot decode image {} (corrupt, truncated or not an image)", path.display()))?;
-        self.apply(&img).with_context(|| format!("cannot preprocess image {}", path.display()))
+        self.apply(img).with_context(|| format!("cannot preprocess image {}", path.display()))
     }
 
     /// Preprocesses a decoded image into CHW float32.
-    pub fn apply(&self, img: &image::DynamicImage) -> Result<Vec<f32>> {
-        // PIL's convert("RGB") drops alpha without compositing; so does to_rgb8.
-        let rgb = img.to_rgb8();
+    pub fn apply(&self, img: image::DynamicImage) -> Result<Vec<f32>> {
+        // PIL's convert("RGB") drops alpha without compositing; so does into_rgb8 (which does
+        // not copy an image that is RGB already, as JPEGs are).
+        let rgb = img.into_rgb8();
         let (w, h) = rgb.dimensions();
         if w == 0 || h == 0 {
             bail!("empty image ({w}x{h})");

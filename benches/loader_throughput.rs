@@ -1,0 +1,62 @@
+//! Loader throughput: decoded, preprocessed (336 px) images/s from the parallel loader on the
+//! ../shared IM2GPS3K sample, against transformers' CLIPImageProcessor + PIL on the same images
+//! with the same number of threads (scripts/bench_loader.py), in one run. Prints the ratio,
+//! overall and per core (goal: >= 3x per core).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+use streetclip::data::dataset::{AugmentConfig, DataConfig, Dataset, OnError};
+use streetclip::data::loader::{Loader, LoaderConfig, Position};
+use streetclip::data::PreprocessConfig;
+use streetclip::geo::Gazetteer;
+use streetclip::text::{CaptionConfig, Captioner};
+
+fn python_rate(root: &std::path::Path, threads: usize, images: &[PathBuf]) -> f64 {
+    let out = std::process::Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("scripts/bench_loader.py"))
+        .arg("336")
+        .arg(threads.to_string())
+        .args(images)
+        .output()
+        .expect("run make setup first");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("images_per_s line")
+}
+
+fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let sample = root.join("../shared/data/im2gps3k-sample");
+    assert!(sample.join("meta.csv").is_file(), "{} is missing: the benchmark needs the shared real photographs", sample.display());
+    let g = Gazetteer::bundled().unwrap();
+    let cfg = DataConfig { manifest: Some(sample.join("meta.csv")), on_error: OnError::Fail, ..DataConfig::default() };
+    let (data, _) = Dataset::load(&cfg, &g).unwrap();
+    let images: Vec<PathBuf> = data.samples.iter().map(|s| PathBuf::from(s.image.to_string())).collect();
+    let data = Arc::new(data);
+    let captioner = Arc::new(Captioner::new(&CaptionConfig::default()).unwrap());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("loader throughput, {} real photos -> 336 px, batch 32", images.len());
+    for threads in [1, cores] {
+        let loader_cfg = LoaderConfig {
+            batch_size: 32,
+            workers: threads,
+            prefetch: 4,
+            seed: 0,
+            shuffle: false,
+            rank: 0,
+            world_size: 1,
+            on_error: OnError::Fail,
+            drop_last: false,
+            augment: AugmentConfig::default(),
+            epochs: Some(1),
+        };
+        let start = Instant::now();
+        let n: usize = Loader::start(data.clone(), captioner.clone(), PreprocessConfig::for_size(336), loader_cfg, Position::default())
+            .unwrap()
+            .map(|b| b.unwrap().samples.len())
+            .sum();
+        let ours = n as f64 / start.elapsed().as_secs_f64();
+        let theirs = python_rate(&root, threads, &images);
+        println!("  {threads} thread(s): streetclip {ours:7.1} images/s ({:.1}/core), CLIPImageProcessor+PIL {theirs:7.1} images/s, ratio {:.2}x", ours / threads as f64, ours / theirs);
+    }
+}

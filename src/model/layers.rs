@@ -17,6 +17,12 @@ pub struct EncoderShape {
     pub initializer_factor: f64,
 }
 
+impl EncoderShape {
+    pub fn new(hidden_size: i64, intermediate_size: i64, num_heads: i64, num_layers: i64, act: Activation, layer_norm_eps: f64, initializer_factor: f64) -> Self {
+        Self { hidden_size, intermediate_size, num_heads, num_layers, act, layer_norm_eps, initializer_factor }
+    }
+}
+
 pub fn layer_norm(p: nn::Path, size: i64, eps: f64) -> nn::LayerNorm {
     nn::layer_norm(p, vec![size], nn::LayerNormConfig { eps, ..Default::default() })
 }

@@ -26,15 +26,7 @@ impl TextTransformer {
             token_embedding: init::embedding(&p / "embeddings" / "token_embedding", c.vocab_size, c.hidden_size, std),
             position_embedding: init::embedding(&p / "embeddings" / "position_embedding", c.max_position_embeddings, c.hidden_size, std),
         };
-        let shape = EncoderShape {
-            hidden_size: c.hidden_size,
-            intermediate_size: c.intermediate_size,
-            num_heads: c.num_attention_heads,
-            num_layers: c.num_hidden_layers,
-            act: c.hidden_act,
-            layer_norm_eps: c.layer_norm_eps,
-            initializer_factor: c.initializer_factor,
-        };
+        let shape = EncoderShape::new(c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_hidden_layers, c.hidden_act, c.layer_norm_eps, c.initializer_factor);
         Self {
             embeddings,
             encoder: Encoder::new(&p / "encoder", &shape),

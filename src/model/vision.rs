@@ -31,15 +31,7 @@ impl VisionTransformer {
             patch_embedding: nn::conv2d(&e / "patch_embedding", c.num_channels, c.hidden_size, c.patch_size, conv),
             position_embedding: init::embedding(&e / "position_embedding", c.num_positions(), c.hidden_size, std),
         };
-        let shape = EncoderShape {
-            hidden_size: c.hidden_size,
-            intermediate_size: c.intermediate_size,
-            num_heads: c.num_attention_heads,
-            num_layers: c.num_hidden_layers,
-            act: c.hidden_act,
-            layer_norm_eps: c.layer_norm_eps,
-            initializer_factor: c.initializer_factor,
-        };
+        let shape = EncoderShape::new(c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_hidden_layers, c.hidden_act, c.layer_norm_eps, c.initializer_factor);
         Self {
             embeddings,
             pre_layrnorm: layer_norm(&p / "pre_layrnorm", c.hidden_size, c.layer_norm_eps),

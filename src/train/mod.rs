@@ -1,3 +1,5 @@
-//! Training: the contrastive loss (more arrives with the trainer).
+//! Training: the contrastive loss, the optimizer and its schedule, the accumulation step.
 
 pub mod loss;
+pub mod optim;
+pub mod step;

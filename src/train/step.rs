@@ -1,0 +1,95 @@
+//! One optimizer step's gradients over several micro-batches, in either accumulation mode,
+//! and the update itself.
+
+use super::loss::clip_loss;
+use super::optim::{clip_grad_norm, AdamW};
+use crate::model::ClipModel;
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Accumulation {
+    /// The loss over all micro × accumulation pairs (GradCache / open_clip's `accum_freq`):
+    /// every image meets every caption of the step as a negative, with one micro-batch's
+    /// activation memory.
+    #[default]
+    FullBatch,
+    /// Each micro-batch's loss over its own pairs, gradients averaged (StreetCLIP, HF Trainer).
+    PerMicroBatch,
+}
+
+pub struct MicroBatch {
+    pub pixel_values: Tensor,
+    pub input_ids: Tensor,
+    pub attention_mask: Tensor,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepStats {
+    pub loss: f64,
+    /// In-batch image→text retrieval accuracy over the pairs the loss saw.
+    pub accuracy: f64,
+}
+
+fn accuracy(logits_per_image: &Tensor) -> f64 {
+    let n = logits_per_image.size()[0];
+    let hits = logits_per_image.argmax(-1, false).eq_tensor(&Tensor::arange(n, (Kind::Int64, logits_per_image.device())));
+    hits.to_kind(Kind::Double).mean(Kind::Double).double_value(&[])
+}
+
+/// Leaves the step's gradients in the model's parameters (added to what is there).
+pub fn accumulate_gradients(model: &ClipModel, micro: &[MicroBatch], mode: Accumulation) -> StepStats {
+    match mode {
+        Accumulation::PerMicroBatch => {
+            let mut stats = StepStats::default();
+            let n = micro.len() as f64;
+            for m in micro {
+                let out = model.forward(&m.input_ids, Some(&m.attention_mask), &m.pixel_values);
+                let loss = clip_loss(&out.logits_per_text);
+                (&loss / n).backward();
+                stats.loss += loss.double_value(&[]) / n;
+                stats.accuracy += accuracy(&out.logits_per_image.detach()) / n;
+            }
+            stats
+        }
+        Accumulation::FullBatch => {
+            // 1. Features of every micro-batch without a graph.
+            let (images, texts): (Vec<Tensor>, Vec<Tensor>) = tch::no_grad(|| {
+                micro.iter().map(|m| (model.image_features(&m.pixel_values), model.text_features(&m.input_ids, Some(&m.attention_mask)))).unzip()
+            });
+            // 2. The loss over all pairs, differentiated with respect to the cached features
+            //    (and logit_scale, whose gradient is complete after this backward).
+            let image_all = Tensor::cat(&images, 0).set_requires_grad(true);
+            let text_all = Tensor::cat(&texts, 0).set_requires_grad(true);
+            let out = model.logits(&image_all, &text_all);
+            let loss = clip_loss(&out.logits_per_text);
+            loss.backward();
+            let stats = StepStats { loss: loss.double_value(&[]), accuracy: accuracy(&out.logits_per_image.detach()) };
+            // 3. Each micro-batch again with a graph, back-propagating its share of those
+            //    feature gradients: the chain rule gives exactly the full-batch gradient.
+            let (image_grad, text_grad) = (image_all.grad(), text_all.grad());
+            let mut offset = 0;
+            for m in micro {
+                let b = m.pixel_values.size()[0];
+                let surrogate = (model.image_features(&m.pixel_values) * image_grad.narrow(0, offset, b)).sum(Kind::Float)
+                    + (model.text_features(&m.input_ids, Some(&m.attention_mask)) * text_grad.narrow(0, offset, b)).sum(Kind::Float);
+                surrogate.backward();
+                offset += b;
+            }
+            stats
+        }
+    }
+}
+
+/// Clips, updates, clamps the temperature (≤ 100, as CLIP), clears the gradients.
+/// Returns the gradient norm before clipping.
+pub fn optimizer_step(model: &ClipModel, opt: &mut AdamW, lr: f64, max_grad_norm: Option<f64>) -> f64 {
+    let norm = clip_grad_norm(opt.parameters(), max_grad_norm);
+    opt.step(lr);
+    tch::no_grad(|| {
+        let _ = model.logit_scale().shallow_clone().clamp_(0.0, 100f64.ln());
+    });
+    opt.zero_grad();
+    norm
+}

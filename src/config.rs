@@ -1,26 +1,158 @@
 //! The YAML run configuration. Unknown keys and wrong types are errors that name the key and
-//! the line; every section has defaults, so a config only states what differs.
+//! the line; every section has defaults, so a config only states what differs; `--set
+//! key.sub=value` overrides any key from the command line.
 
 use crate::data::dataset::DataConfig;
+use crate::model::ClipConfig;
 use crate::text::CaptionConfig;
-use anyhow::{Context, Result};
+use crate::train::optim::OptimConfig;
+use crate::train::step::Accumulation;
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use serde_yaml::Value;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    pub model: ModelConfig,
     pub data: DataConfig,
     pub captions: CaptionConfig,
+    pub train: TrainConfig,
+    pub optim: OptimConfig,
+}
+
+/// Where the model comes from: a Hugging Face directory, or a fresh one from a config/preset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// A Hugging Face CLIP directory (e.g. a local copy of openai/clip-vit-large-patch14-336).
+    pub init: Option<PathBuf>,
+    /// A randomly initialised model of this preset ("ViT-B/32", ..., "ViT-L/14-336").
+    pub preset: Option<String>,
+    /// A randomly initialised model of this HF `CLIPConfig` (inline).
+    pub config: Option<ClipConfig>,
+    /// cpu, cuda, cuda:N.
+    pub device: String,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self { init: None, preset: None, config: None, device: "cpu".into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnNonFinite {
+    /// Save state and stop with a message.
+    #[default]
+    Stop,
+    /// Drop the step's gradients, count it, go on.
+    Skip,
+}
+
+/// Which parameters train.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FreezeConfig {
+    /// Lock the image tower (and its projection).
+    pub vision: bool,
+    /// Lock the text tower (and its projection).
+    pub text: bool,
+    /// Train only the last N encoder blocks of each unlocked tower (plus final norms and
+    /// projections).
+    pub last_n_blocks: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub micro_batch_size: usize,
+    pub grad_accum_steps: usize,
+    pub accumulation: Accumulation,
+    pub epochs: u64,
+    /// Stop after this many optimizer steps; the schedule still spans all epochs.
+    pub max_steps: Option<u64>,
+    pub seed: u64,
+    /// Save a checkpoint every N steps (and at epoch ends and on stop).
+    pub checkpoint_every: u64,
+    /// Checkpoints kept (oldest removed first).
+    pub keep_checkpoints: usize,
+    pub log_every: u64,
+    /// Validate every N steps (0: only at the end).
+    pub eval_every: u64,
+    /// Fraction of the samples held out for validation (chosen by the seed).
+    pub val_fraction: f64,
+    pub on_nonfinite: OnNonFinite,
+    pub freeze: FreezeConfig,
+}
+
+impl Default for TrainConfig {
+    /// StreetCLIP's setup: micro-batch 32 x 12 accumulation steps, 3 epochs.
+    fn default() -> Self {
+        Self {
+            micro_batch_size: 32,
+            grad_accum_steps: 12,
+            accumulation: Accumulation::FullBatch,
+            epochs: 3,
+            max_steps: None,
+            seed: 0,
+            checkpoint_every: 500,
+            keep_checkpoints: 3,
+            log_every: 10,
+            eval_every: 0,
+            val_fraction: 0.05,
+            on_nonfinite: OnNonFinite::Stop,
+            freeze: FreezeConfig::default(),
+        }
+    }
 }
 
 impl Config {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-        Self::from_yaml(&text).with_context(|| format!("invalid config {}", path.display()))
+        Self::from_file_with(path, &[])
     }
 
-    pub fn from_yaml(text: &str) -> Result<Self> {
-        Ok(serde_yaml::from_str(text)?)
+    /// Reads `path` and applies `key.sub=value` overrides (values are YAML: `8`, `true`,
+    /// `[0.9, 0.98]`, `cosine`).
+    pub fn from_file_with(path: &Path, sets: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        Self::from_yaml_with(&text, sets).with_context(|| format!("invalid config {}", path.display()))
     }
+
+    pub fn from_yaml_with(text: &str, sets: &[String]) -> Result<Self> {
+        if sets.is_empty() {
+            return Ok(serde_yaml::from_str(text)?);
+        }
+        let mut value: Value = serde_yaml::from_str(text)?;
+        if value.is_null() {
+            value = Value::Mapping(Default::default());
+        }
+        for set in sets {
+            apply_set(&mut value, set)?;
+        }
+        serde_yaml::from_value(value).context("after --set overrides")
+    }
+
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).expect("config serializes")
+    }
+}
+
+fn apply_set(root: &mut Value, set: &str) -> Result<()> {
+    let Some((key, raw)) = set.split_once('=') else { bail!("--set `{set}`: expected key.sub=value") };
+    let value: Value = serde_yaml::from_str(raw).with_context(|| format!("--set {key}: `{raw}` is not a YAML value"))?;
+    let mut node = root;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let Value::Mapping(map) = node else { bail!("--set {key}: `{}` is not a section", parts[..i].join(".")) };
+        let k = Value::String(part.to_string());
+        if i + 1 == parts.len() {
+            map.insert(k, value);
+            return Ok(());
+        }
+        node = map.entry(k).or_insert_with(|| Value::Mapping(Default::default()));
+    }
+    Ok(())
 }

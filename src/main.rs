@@ -57,6 +57,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Fine-tune CLIP on captioned images (resumes from RUN_DIR's newest checkpoint).
+    Train {
+        #[arg(long)]
+        config: PathBuf,
+        /// Run directory (default: runs/<config name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Stop after N optimizer steps (the schedule still spans the configured run).
+        #[arg(long)]
+        max_steps: Option<u64>,
+        /// Override a config key: --set train.micro_batch_size=8 (repeatable).
+        #[arg(long = "set")]
+        sets: Vec<String>,
+    },
+    /// Write a checkpoint as a Hugging Face CLIP directory.
+    Export {
+        /// A checkpoint directory (RUN_DIR/checkpoints/step-...).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Draw a small dataset of procedural street scenes for real cities (demo and tests).
     SynthData {
         #[arg(long)]
@@ -123,6 +145,16 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
             eprintln!("{}", report.summary());
+        }
+        Command::Train { config, out, max_steps, sets } => {
+            let cfg = Config::from_file_with(&config, &sets)?;
+            let out = out.unwrap_or_else(|| PathBuf::from("runs").join(config.file_stem().unwrap_or_default()));
+            let summary = streetclip::train::trainer::train(&cfg, &cfg.to_yaml(), &out, max_steps)?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
+        Command::Export { checkpoint, out } => {
+            streetclip::commands::export::run(&checkpoint, &out)?;
+            eprintln!("wrote {}", out.display());
         }
         Command::SynthData { out, countries, cities_per_country, per_city, seed } => {
             let args = streetclip::synth::SynthArgs { countries, cities_per_country, per_city, seed, ..Default::default() };

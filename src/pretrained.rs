@@ -25,11 +25,30 @@ pub struct Pretrained {
 impl Pretrained {
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
         let model = ClipModel::load(dir, device)?;
-        let context = model.config.text_config.max_position_embeddings as usize;
-        let tokenizer = ClipTokenizer::from_dir(dir, context)?;
+        let (tokenizer, preprocess, tokenizer_dir) = Self::load_processing(dir, &model.config)?;
+        Ok(Self { model, tokenizer, preprocess, tokenizer_dir })
+    }
+
+    /// A directory's tokenizer and preprocessing (bundled/OpenAI defaults where it has none),
+    /// and where its tokenizer files are.
+    pub fn load_processing(dir: &Path, config: &crate::model::ClipConfig) -> Result<(ClipTokenizer, PreprocessConfig, Option<PathBuf>)> {
+        let tokenizer = ClipTokenizer::from_dir(dir, config.text_config.max_position_embeddings as usize)?;
         let has_tokenizer = TOKENIZER_FILES.iter().any(|f| dir.join(f).is_file());
-        let preprocess = PreprocessConfig::from_dir(dir, model.config.vision_config.image_size as u32)?;
-        Ok(Self { model, tokenizer, preprocess, tokenizer_dir: has_tokenizer.then(|| dir.to_path_buf()) })
+        let preprocess = PreprocessConfig::from_dir(dir, config.vision_config.image_size as u32)?;
+        Ok((tokenizer, preprocess, has_tokenizer.then(|| dir.to_path_buf())))
+    }
+
+    /// Where `save` copies tokenizer files from (None: the bundled tokenizer).
+    pub fn set_tokenizer_dir(&mut self, dir: Option<PathBuf>) {
+        self.tokenizer_dir = dir;
+    }
+
+    /// A randomly initialised model (HF's initialisation) with the bundled CLIP tokenizer and
+    /// OpenAI's preprocessing at the config's image size.
+    pub fn fresh(config: crate::model::ClipConfig, device: Device) -> Result<Self> {
+        let context = config.text_config.max_position_embeddings as usize;
+        let size = config.vision_config.image_size as u32;
+        Ok(Self { model: ClipModel::new(config, device)?, tokenizer: ClipTokenizer::bundled(context)?, preprocess: PreprocessConfig::for_size(size), tokenizer_dir: None })
     }
 
     /// Writes `config.json`, `model.safetensors`, the tokenizer files and

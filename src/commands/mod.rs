@@ -2,6 +2,7 @@
 
 pub mod captions;
 pub mod embed;
+pub mod export;
 pub mod predict;
 
 use anyhow::{bail, Result};

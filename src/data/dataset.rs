@@ -36,12 +36,24 @@ pub struct DataConfig {
     /// Batches prepared ahead of the consumer.
     pub prefetch: usize,
     pub augment: AugmentConfig,
+    /// Draw `synth-data` scenes into the manifest's folder when the manifest is absent (the
+    /// demo config uses this, so it runs on a fresh clone).
+    pub synth: Option<SynthSpec>,
 }
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { manifest: None, shards: None, image_root: None, columns: Columns::default(), on_error: OnError::Skip, workers: 0, prefetch: 4, augment: AugmentConfig::default() }
+        Self { manifest: None, shards: None, image_root: None, columns: Columns::default(), on_error: OnError::Skip, workers: 0, prefetch: 4, augment: AugmentConfig::default(), synth: None }
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SynthSpec {
+    pub countries: usize,
+    pub cities_per_country: usize,
+    pub per_city: usize,
+    pub seed: u64,
 }
 
 /// Training augmentation; off by default (StreetCLIP used the evaluation preprocessing).
@@ -144,6 +156,14 @@ impl Dataset {
     /// Reads the manifest or shards named in `cfg` and resolves every label. Missing image
     /// files are checked here for manifests; unreadable images are found by the loader.
     pub fn load(cfg: &DataConfig, g: &Gazetteer) -> Result<(Self, DataReport)> {
+        if let (Some(spec), Some(manifest)) = (&cfg.synth, &cfg.manifest) {
+            if !manifest.is_file() {
+                let dir = manifest.parent().unwrap_or(std::path::Path::new("."));
+                let args = crate::synth::SynthArgs { countries: spec.countries, cities_per_country: spec.cities_per_country, per_city: spec.per_city, seed: spec.seed, ..Default::default() };
+                let n = crate::synth::generate(dir, &args, g)?;
+                eprintln!("data: drew {n} synthetic scenes into {}", dir.display());
+            }
+        }
         let mut report = DataReport::default();
         let rows: Vec<(ImageRef, super::labels::RawLabel, String)> = match (&cfg.manifest, &cfg.shards) {
             (Some(path), None) => {

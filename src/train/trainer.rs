@@ -1,0 +1,299 @@
+//! The training loop: data → micro-batches → gradients (either accumulation mode) → AdamW,
+//! with logging, validation, checkpoints, exact resume and the final HF export.
+
+use super::checkpoint::{self, TrainState};
+use super::logger::{MetricSink, TensorBoard};
+use super::optim::AdamW;
+use super::step::{accumulate_gradients, optimizer_step, MicroBatch};
+use super::validate::{validate, ValMetrics};
+use crate::commands::parse_device;
+use crate::config::{Config, FreezeConfig, OnNonFinite};
+use crate::data::loader::{Loader, LoaderConfig};
+use crate::data::{Dataset, Sample};
+use crate::geo::Gazetteer;
+use crate::model::ClipConfig;
+use crate::pretrained::Pretrained;
+use crate::seed::sample_seed;
+use crate::text::Captioner;
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+use tch::Tensor;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub steps: u64,
+    pub total_steps: u64,
+    pub samples_seen: u64,
+    pub samples_per_s: f64,
+    pub final_loss: f64,
+    pub skipped_steps: u64,
+    pub skipped_samples: u64,
+    pub train_samples: usize,
+    pub val_samples: usize,
+    pub validation: Option<ValMetrics>,
+    pub stopped_by: String,
+    pub export: Option<PathBuf>,
+}
+
+/// Set by SIGINT/SIGTERM: the loop saves a checkpoint and stops at the next step.
+fn stop_flag() -> &'static AtomicBool {
+    static FLAG: OnceLock<AtomicBool> = OnceLock::new();
+    FLAG.get_or_init(|| {
+        let _ = ctrlc::set_handler(|| stop_flag().store(true, Ordering::SeqCst));
+        AtomicBool::new(false)
+    })
+}
+
+fn build_model(cfg: &Config) -> Result<Pretrained> {
+    let device = parse_device(&cfg.model.device).context("model.device")?;
+    let m = &cfg.model;
+    match (&m.init, &m.preset, &m.config) {
+        (Some(dir), None, None) => Pretrained::load(dir, device),
+        (None, Some(preset), None) => Pretrained::fresh(ClipConfig::preset(preset).context("model.preset")?, device),
+        (None, None, Some(config)) => Pretrained::fresh(config.clone(), device),
+        (None, None, None) => bail!("no model: set model.init (a Hugging Face CLIP directory), model.preset or model.config"),
+        _ => bail!("set only one of model.init, model.preset and model.config"),
+    }
+}
+
+/// Locks parameters as `freeze` says; returns how many remain trainable.
+fn apply_freeze(clip: &mut Pretrained, freeze: &FreezeConfig) -> usize {
+    let (vision_layers, text_layers) = (clip.model.config.vision_config.num_hidden_layers as usize, clip.model.config.text_config.num_hidden_layers as usize);
+    let mut trainable = 0;
+    for (name, var) in clip.model.vs.variables() {
+        let vision = name.starts_with("vision_model") || name.starts_with("visual_projection");
+        let text = name.starts_with("text_model") || name.starts_with("text_projection");
+        let mut train = !(vision && freeze.vision || text && freeze.text);
+        if let (true, Some(n)) = (train, freeze.last_n_blocks) {
+            let layers = if vision { vision_layers } else { text_layers };
+            let block = name.split(".layers.").nth(1).and_then(|r| r.split('.').next()).and_then(|i| i.parse::<usize>().ok());
+            // Embeddings and early blocks lock; the last n blocks, final norms, projections and
+            // the temperature train.
+            let late = match block {
+                Some(i) => i + n >= layers,
+                None => !name.contains("embeddings") && !name.contains("pre_layrnorm"),
+            };
+            train = late;
+        }
+        let _ = var.set_requires_grad(train);
+        trainable += usize::from(train);
+    }
+    trainable
+}
+
+/// Train / validation split by a seeded per-sample draw (stable when the data grows).
+fn split(samples: &[Sample], fraction: f64, seed: u64) -> (Vec<Sample>, Vec<Sample>) {
+    let (mut train, mut val) = (vec![], vec![]);
+    for (i, s) in samples.iter().enumerate() {
+        let u = sample_seed(seed, u64::MAX - 1, i as u64) as f64 / u64::MAX as f64;
+        if u < fraction { val.push(s.clone()) } else { train.push(s.clone()) }
+    }
+    (train, val)
+}
+
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new(total: u64, done: u64) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new(total);
+            b.set_style(indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} [{elapsed}<{eta}] {msg}").expect("template"));
+            b.set_position(done);
+            b
+        });
+        Self { bar }
+    }
+
+    fn update(&self, step: u64, total: u64, line: &str, log: bool) {
+        match &self.bar {
+            Some(b) => {
+                b.set_position(step);
+                b.set_message(line.to_string());
+            }
+            None if log => eprintln!("step {step}/{total} {line}"),
+            None => {}
+        }
+    }
+
+    fn println(&self, line: &str) {
+        match &self.bar {
+            Some(b) => b.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+}
+
+/// Trains as `cfg` says into `out` (resuming from its newest checkpoint), stopping after
+/// `max_steps` optimizer steps when given. `config_yaml` is the resolved config, saved as is.
+pub fn train(cfg: &Config, config_yaml: &str, out: &Path, max_steps: Option<u64>) -> Result<Summary> {
+    let t = &cfg.train;
+    if t.micro_batch_size == 0 || t.grad_accum_steps == 0 || t.epochs == 0 {
+        bail!("train.micro_batch_size, train.grad_accum_steps and train.epochs must be at least 1");
+    }
+    if !(0.0..1.0).contains(&t.val_fraction) {
+        bail!("train.val_fraction = {} must be in [0, 1)", t.val_fraction);
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create run directory {}", out.display()))?;
+    crate::tensor_io::write_atomic(&out.join("config.yaml"), config_yaml.as_bytes())?;
+    let stop = stop_flag();
+
+    let mut clip = build_model(cfg)?;
+    let trainable = apply_freeze(&mut clip, &t.freeze);
+    if trainable == 0 {
+        bail!("train.freeze leaves no parameter to train");
+    }
+    let g = Gazetteer::bundled()?;
+    let (data, report) = Dataset::load(&cfg.data, &g)?;
+    eprintln!("data: {}", report.summary());
+    let (train_samples, val_samples) = split(&data.samples, t.val_fraction, t.seed);
+    let step_size = t.micro_batch_size * t.grad_accum_steps;
+    let steps_per_epoch = (train_samples.len() / step_size) as u64;
+    if steps_per_epoch == 0 {
+        bail!("{} training samples are fewer than one step's batch ({} x {})", train_samples.len(), t.micro_batch_size, t.grad_accum_steps);
+    }
+    let total_steps = steps_per_epoch * t.epochs;
+    let stop_at = max_steps.or(t.max_steps).unwrap_or(total_steps).min(total_steps);
+    let captioner = Arc::new(Captioner::new(&cfg.captions)?);
+    let mut opt = AdamW::new(&clip.model.vs, &cfg.optim);
+
+    let ckpt_root = out.join("checkpoints");
+    let mut state = TrainState::default();
+    if let Some(last) = checkpoint::list(&ckpt_root).pop() {
+        state = checkpoint::load(&last, &mut clip.model, &mut opt)?;
+        eprintln!("resuming from {} (step {})", last.display(), state.step);
+    }
+    let mut tb = TensorBoard::new(&out.join("tensorboard"))?;
+    let device = clip.device();
+    let train_set = Arc::new(Dataset { samples: train_samples });
+    let loader_cfg = LoaderConfig {
+        batch_size: step_size,
+        workers: cfg.data.workers,
+        prefetch: cfg.data.prefetch,
+        seed: t.seed,
+        shuffle: true,
+        rank: 0,
+        world_size: 1,
+        on_error: cfg.data.on_error,
+        drop_last: true,
+        augment: cfg.data.augment.clone(),
+        epochs: Some(t.epochs),
+    };
+    let (h, w) = clip.preprocess.output_size();
+    let mut loader = Loader::start(train_set.clone(), captioner.clone(), clip.preprocess.clone(), loader_cfg, state.position)?;
+    let progress = Progress::new(total_steps, state.step);
+    let (start, start_samples) = (Instant::now(), state.samples_seen);
+    let mut last_loss = f64::NAN;
+    let mut validation = None;
+    let mut stopped_by = "end of training".to_string();
+
+    while state.step < stop_at {
+        if stop.load(Ordering::SeqCst) {
+            stopped_by = "signal".into();
+            break;
+        }
+        let Some(batch) = loader.next() else { break };
+        let batch = batch?;
+        state.skipped_samples += batch.skipped.len() as u64;
+        for s in &batch.skipped {
+            progress.println(&format!("skipped {s}"));
+        }
+        let n = batch.samples.len() as i64;
+        let pixels = Tensor::from_slice(&batch.pixels).view([n, 3, h as i64, w as i64]);
+        let (ids, mask) = clip.tokenize(&batch.captions)?;
+        let micro: Vec<MicroBatch> = (0..n)
+            .step_by(t.micro_batch_size)
+            .map(|s| {
+                let b = (t.micro_batch_size as i64).min(n - s);
+                MicroBatch { pixel_values: pixels.narrow(0, s, b).to(device), input_ids: ids.narrow(0, s, b).to(device), attention_mask: mask.narrow(0, s, b).to(device) }
+            })
+            .collect();
+        let stats = accumulate_gradients(&clip.model, &micro, t.accumulation);
+        if !stats.loss.is_finite() {
+            match t.on_nonfinite {
+                OnNonFinite::Skip => {
+                    opt.zero_grad();
+                    state.skipped_steps += 1;
+                    state.position = batch.next;
+                    progress.println(&format!("step {}: loss is {}; step skipped ({} so far)", state.step + 1, stats.loss, state.skipped_steps));
+                    continue;
+                }
+                OnNonFinite::Stop => {
+                    opt.zero_grad();
+                    checkpoint::save(&ckpt_root, &clip.model, &opt, &state, config_yaml, t.keep_checkpoints)?;
+                    bail!("loss became {} at step {}; state before it saved in {} (lower optim.lr, or set train.on_nonfinite: skip)", stats.loss, state.step + 1, ckpt_root.display());
+                }
+            }
+        }
+        let lr = cfg.optim.lr_at(state.step, total_steps);
+        let grad_norm = optimizer_step(&clip.model, &mut opt, lr, cfg.optim.max_grad_norm);
+        state.step += 1;
+        state.samples_seen += n as u64;
+        state.position = batch.next;
+        last_loss = stats.loss;
+
+        let rate = (state.samples_seen - start_samples) as f64 / start.elapsed().as_secs_f64();
+        let scale = clip.model.logit_scale().exp().double_value(&[]);
+        for (tag, v) in [("train/loss", stats.loss), ("train/lr", lr), ("train/logit_scale", scale), ("train/grad_norm", grad_norm), ("train/samples_per_s", rate), ("train/batch_accuracy", stats.accuracy)] {
+            tb.scalar(tag, v, state.step);
+        }
+        let log_now = state.step % t.log_every.max(1) == 0 || state.step == stop_at;
+        progress.update(state.step, total_steps, &format!("loss {:.4} acc {:.3} lr {lr:.2e} {rate:.1} samples/s", stats.loss, stats.accuracy), log_now);
+
+        let epoch_end = state.step % steps_per_epoch == 0;
+        if t.eval_every > 0 && state.step % t.eval_every == 0 && !val_samples.is_empty() {
+            let m = validate(&clip, &val_samples, &captioner, &g, t.micro_batch_size)?;
+            m.log(&mut tb, state.step);
+            progress.println(&format!("step {}: {}", state.step, m.line()));
+            validation = Some(m);
+        }
+        if epoch_end || state.step % t.checkpoint_every.max(1) == 0 {
+            checkpoint::save(&ckpt_root, &clip.model, &opt, &state, config_yaml, t.keep_checkpoints)?;
+        }
+        tb.flush();
+    }
+    drop(loader);
+    if state.step < stop_at && stopped_by == "end of training" {
+        stopped_by = "data exhausted".into();
+    } else if state.step == stop_at && stop_at < total_steps {
+        stopped_by = format!("max steps ({stop_at})");
+    }
+    checkpoint::save(&ckpt_root, &clip.model, &opt, &state, config_yaml, t.keep_checkpoints)?;
+    let mut export = None;
+    if stopped_by != "signal" {
+        if !val_samples.is_empty() {
+            let m = validate(&clip, &val_samples, &captioner, &g, t.micro_batch_size)?;
+            m.log(&mut tb, state.step);
+            eprintln!("validation: {}", m.line());
+            validation = Some(m);
+        }
+        if state.step == total_steps {
+            clip.save(&out.join("export"))?;
+            export = Some(out.join("export"));
+        }
+    }
+    tb.flush();
+    let elapsed = start.elapsed().as_secs_f64();
+    let summary = Summary {
+        steps: state.step,
+        total_steps,
+        samples_seen: state.samples_seen,
+        samples_per_s: (state.samples_seen - start_samples) as f64 / elapsed.max(1e-9),
+        final_loss: last_loss,
+        skipped_steps: state.skipped_steps,
+        skipped_samples: state.skipped_samples,
+        train_samples: train_set.samples.len(),
+        val_samples: val_samples.len(),
+        validation,
+        stopped_by,
+        export,
+    };
+    crate::tensor_io::write_atomic(&out.join("summary.json"), &serde_json::to_vec_pretty(&summary)?)?;
+    Ok(summary)
+}

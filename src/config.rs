@@ -132,7 +132,9 @@ impl Config {
         for set in sets {
             apply_set(&mut value, set)?;
         }
-        serde_yaml::from_value(value).context("after --set overrides")
+        // Through text again, so errors name the key path and line as for the file itself.
+        let merged = serde_yaml::to_string(&value)?;
+        serde_yaml::from_str(&merged).with_context(|| format!("with --set {}", sets.join(" --set ")))
     }
 
     pub fn to_yaml(&self) -> String {

@@ -144,6 +144,8 @@ pub fn train(cfg: &Config, config_yaml: &str, out: &Path, max_steps: Option<u64>
     crate::tensor_io::write_atomic(&out.join("config.yaml"), config_yaml.as_bytes())?;
     let stop = stop_flag();
 
+    // A fresh model's initial weights come from libtorch's generator.
+    tch::manual_seed(t.seed as i64);
     let mut clip = build_model(cfg)?;
     let trainable = apply_freeze(&mut clip, &t.freeze);
     if trainable == 0 {

@@ -41,8 +41,9 @@ impl TextTransformer {
         let (b, t) = input_ids.size2().expect("input_ids is [batch, tokens]");
         let positions = Tensor::arange(t, (Kind::Int64, input_ids.device()));
         let x = self.embeddings.token_embedding.forward(input_ids) + self.embeddings.position_embedding.forward(&positions);
-        // Causal and padding masks combined, so padded keys are never attended to.
-        let mask = attention_mask.map(|m| {
+        // Causal and padding masks combined, so padded keys are never attended to. Without
+        // padding (as HF's SDPA path also decides) the causal kernel alone does, faster.
+        let mask = attention_mask.filter(|m| m.min().int64_value(&[]) == 0).map(|m| {
             let causal = Tensor::ones([t, t], (Kind::Bool, input_ids.device())).tril(0);
             causal.unsqueeze(0).logical_and(&m.to_kind(Kind::Bool).view([b, 1, t])).unsqueeze(1)
         });

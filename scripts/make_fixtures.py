@@ -173,9 +173,31 @@ def make_training_steps(name="tiny-p32-224", steps=5):
     print(f"{name}.adamw: losses {[round(x, 5) for x in losses]}")
 
 
+def make_bf16_gradients(name="tiny-p32-224"):
+    """Gradients with the towers under torch.autocast(bfloat16) and the loss in fp32 (features
+    cast back to fp32 before normalisation), as streetclip trains on CUDA."""
+    model = CLIPModel.from_pretrained(os.path.join(FIX, name)).float()
+    e = load_file(os.path.join(FIX, f"{name}.expected.safetensors"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        image = model.get_image_features(pixel_values=e["pixel_values"].float()).pooler_output
+        text = model.get_text_features(input_ids=e["input_ids"], attention_mask=e["attention_mask"]).pooler_output
+    image, text = image.float(), text.float()
+    image = image / image.pow(2).sum(-1, keepdim=True).pow(0.5)
+    text = text / text.pow(2).sum(-1, keepdim=True).pow(0.5)
+    logits = text @ image.t() * model.logit_scale.exp()
+    target = torch.arange(len(logits))
+    loss = (torch.nn.functional.cross_entropy(logits, target) + torch.nn.functional.cross_entropy(logits.t(), target)) / 2
+    loss.backward()
+    tensors = {f"grad.{n}": p.grad.contiguous() for n, p in model.named_parameters()}
+    tensors["loss"] = loss.detach()
+    save_file(tensors, os.path.join(FIX, f"{name}-bf16.expected.safetensors"))
+    print(f"{name}-bf16: loss {loss.item():.6f}")
+
+
 if __name__ == "__main__":
     os.makedirs(FIX, exist_ok=True)
     for name, cfg in MODELS.items():
         make_model(name, cfg)
     make_tokenizer_cases()
     make_training_steps()
+    make_bf16_gradients()

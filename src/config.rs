@@ -86,6 +86,18 @@ pub struct TrainConfig {
     pub val_fraction: f64,
     pub on_nonfinite: OnNonFinite,
     pub freeze: FreezeConfig,
+    pub precision: Precision,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// bf16 autocast on CUDA, fp32 on the CPU.
+    #[default]
+    Auto,
+    Fp32,
+    /// bf16 autocast with fp32 master weights (also on the CPU, where it is slower).
+    Bf16,
 }
 
 impl Default for TrainConfig {
@@ -105,6 +117,7 @@ impl Default for TrainConfig {
             val_fraction: 0.05,
             on_nonfinite: OnNonFinite::Stop,
             freeze: FreezeConfig::default(),
+            precision: Precision::Auto,
         }
     }
 }

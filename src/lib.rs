@@ -7,6 +7,7 @@ pub mod geo;
 pub mod model;
 pub mod pretrained;
 pub mod seed;
+pub mod shim;
 pub mod synth;
 pub mod tensor_io;
 pub mod text;

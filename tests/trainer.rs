@@ -164,3 +164,26 @@ fn non_finite_loss_stops_after_saving_or_skips() {
     assert!(err.contains("loss became") && err.contains("saved"), "{err}");
     assert!(!streetclip::train::checkpoint::list(&run.join("checkpoints")).is_empty());
 }
+
+#[test]
+fn freezing_locks_the_chosen_parameters() {
+    let tmp = tmpdir();
+    let base = write_config(tmp.path(), "");
+    let init = fixture("tiny-p14-336");
+    let original: std::collections::HashMap<String, tch::Tensor> = streetclip::tensor_io::read(&init.join("model.safetensors")).unwrap().into_iter().collect();
+    for (freeze, locked, trained) in [
+        ("train.freeze.vision=true", "vision_model.encoder.layers.1.mlp.fc1.weight", "text_model.encoder.layers.0.mlp.fc1.weight"),
+        ("train.freeze.last_n_blocks=1", "text_model.encoder.layers.0.mlp.fc1.weight", "text_model.encoder.layers.1.mlp.fc1.weight"),
+    ] {
+        let run = tmp.path().join(freeze);
+        let out = train(&[&"--config", &base, &"--out", &run, &"--max-steps", &"2", &"--set", &format!("model.init={}", init.display()), &"--set", &"model.config=null", &"--set", &freeze]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let after: std::collections::HashMap<String, tch::Tensor> = final_weights(&run).into_iter().collect();
+        assert!(after[locked].equal(&original[locked]), "{freeze}: {locked} changed");
+        assert!(!after[trained].equal(&original[trained]), "{freeze}: {trained} did not train");
+        if freeze.contains("last_n") {
+            let emb = "text_model.embeddings.token_embedding.weight";
+            assert!(after[emb].equal(&original[emb]), "embeddings lock with last_n_blocks");
+        }
+    }
+}

@@ -4,6 +4,7 @@
 use super::loss::clip_loss;
 use super::optim::{clip_grad_norm, AdamW};
 use crate::model::ClipModel;
+use crate::shim::{autocast, AutocastDtype};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -38,14 +39,28 @@ fn accuracy(logits_per_image: &Tensor) -> f64 {
     hits.to_kind(Kind::Double).mean(Kind::Double).double_value(&[])
 }
 
+/// The towers' features, under autocast in `amp` when given (fp32 master weights; features
+/// and everything after them — normalisation, logits, loss — in fp32).
+fn features(model: &ClipModel, m: &MicroBatch, amp: Option<AutocastDtype>) -> (Tensor, Tensor) {
+    let run = || (model.image_features(&m.pixel_values), model.text_features(&m.input_ids, Some(&m.attention_mask)));
+    match amp {
+        None => run(),
+        Some(dtype) => {
+            let (i, t) = autocast(m.pixel_values.device(), dtype, run).expect("autocast");
+            (i.to_kind(Kind::Float), t.to_kind(Kind::Float))
+        }
+    }
+}
+
 /// Leaves the step's gradients in the model's parameters (added to what is there).
-pub fn accumulate_gradients(model: &ClipModel, micro: &[MicroBatch], mode: Accumulation) -> StepStats {
+pub fn accumulate_gradients(model: &ClipModel, micro: &[MicroBatch], mode: Accumulation, amp: Option<AutocastDtype>) -> StepStats {
     match mode {
         Accumulation::PerMicroBatch => {
             let mut stats = StepStats::default();
             let n = micro.len() as f64;
             for m in micro {
-                let out = model.forward(&m.input_ids, Some(&m.attention_mask), &m.pixel_values);
+                let (image, text) = features(model, m, amp);
+                let out = model.logits(&image, &text);
                 let loss = clip_loss(&out.logits_per_text);
                 (&loss / n).backward();
                 stats.loss += loss.double_value(&[]) / n;
@@ -56,7 +71,7 @@ pub fn accumulate_gradients(model: &ClipModel, micro: &[MicroBatch], mode: Accum
         Accumulation::FullBatch => {
             // 1. Features of every micro-batch without a graph.
             let (images, texts): (Vec<Tensor>, Vec<Tensor>) = tch::no_grad(|| {
-                micro.iter().map(|m| (model.image_features(&m.pixel_values), model.text_features(&m.input_ids, Some(&m.attention_mask)))).unzip()
+                micro.iter().map(|m| features(model, m, amp)).unzip()
             });
             // 2. The loss over all pairs, differentiated with respect to the cached features
             //    (and logit_scale, whose gradient is complete after this backward).
@@ -72,8 +87,8 @@ pub fn accumulate_gradients(model: &ClipModel, micro: &[MicroBatch], mode: Accum
             let mut offset = 0;
             for m in micro {
                 let b = m.pixel_values.size()[0];
-                let surrogate = (model.image_features(&m.pixel_values) * image_grad.narrow(0, offset, b)).sum(Kind::Float)
-                    + (model.text_features(&m.input_ids, Some(&m.attention_mask)) * text_grad.narrow(0, offset, b)).sum(Kind::Float);
+                let (image, text) = features(model, m, amp);
+                let surrogate = (image * image_grad.narrow(0, offset, b)).sum(Kind::Float) + (text * text_grad.narrow(0, offset, b)).sum(Kind::Float);
                 surrogate.backward();
                 offset += b;
             }

@@ -7,7 +7,8 @@ use super::optim::AdamW;
 use super::step::{accumulate_gradients, optimizer_step, MicroBatch};
 use super::validate::{validate, ValMetrics};
 use crate::commands::parse_device;
-use crate::config::{Config, FreezeConfig, OnNonFinite};
+use crate::config::{Config, FreezeConfig, OnNonFinite, Precision};
+use crate::shim::AutocastDtype;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::{Dataset, Sample};
 use crate::geo::Gazetteer;
@@ -173,6 +174,10 @@ pub fn train(cfg: &Config, config_yaml: &str, out: &Path, max_steps: Option<u64>
     }
     let mut tb = TensorBoard::new(&out.join("tensorboard"))?;
     let device = clip.device();
+    let amp = match (t.precision, device.is_cuda()) {
+        (Precision::Bf16, _) | (Precision::Auto, true) => Some(AutocastDtype::BFloat16),
+        _ => None,
+    };
     let train_set = Arc::new(Dataset { samples: train_samples });
     let loader_cfg = LoaderConfig {
         batch_size: step_size,
@@ -216,7 +221,7 @@ pub fn train(cfg: &Config, config_yaml: &str, out: &Path, max_steps: Option<u64>
                 MicroBatch { pixel_values: pixels.narrow(0, s, b).to(device), input_ids: ids.narrow(0, s, b).to(device), attention_mask: mask.narrow(0, s, b).to(device) }
             })
             .collect();
-        let stats = accumulate_gradients(&clip.model, &micro, t.accumulation);
+        let stats = accumulate_gradients(&clip.model, &micro, t.accumulation, amp);
         if !stats.loss.is_finite() {
             match t.on_nonfinite {
                 OnNonFinite::Skip => {

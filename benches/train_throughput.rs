@@ -38,7 +38,7 @@ fn worker(cfg: &Config, threads: usize) {
         .collect();
     let step = |opt: &mut AdamW| {
         accumulate_gradients(&model, &micro, Accumulation::PerMicroBatch, None);
-        optimizer_step(&model, opt, 1e-4, Some(1.0));
+        optimizer_step(&model, opt, 1e-4, Some(1.0)).unwrap();
     };
     step(&mut opt);
     let start = Instant::now();

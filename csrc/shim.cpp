@@ -1,6 +1,11 @@
 // streetclip's C++ shim: what tch does not expose, through a C ABI only.
-// Autocast with a chosen dtype (tch can only toggle CUDA autocast, which then means fp16).
+// - autocast with a chosen dtype (tch can only toggle CUDA autocast, which then means fp16);
+// - libtorch's fused AdamW kernel (tch binds no fused or foreach optimizer ops).
+// A tch `C_tensor*` is an `at::Tensor*` (torch-sys's torch_api.h).
 #include <ATen/autocast_mode.h>
+#include <ATen/ops/_fused_adamw.h>
+#include <cstdio>
+#include <vector>
 #include <c10/core/DeviceType.h>
 #include <c10/core/ScalarType.h>
 
@@ -40,6 +45,27 @@ int sc_autocast_exit(int device, int prev_enabled, int prev_dtype) {
     at::autocast::set_autocast_dtype(dev, dtype_of(prev_dtype));
     return 0;
   } catch (...) {
+    return -1;
+  }
+}
+
+// One AdamW step over `n` parameters with libtorch's fused kernel (torch.optim.AdamW(fused=True)):
+// each array holds `n` tensor pointers; `steps` are float scalars already holding the step
+// number. Returns 0, or -1 if libtorch threw (message in `err`, at most `err_len` bytes).
+int sc_fused_adamw(void** params, void** grads, void** exp_avgs, void** exp_avg_sqs, void** steps, int64_t n,
+                   double lr, double beta1, double beta2, double weight_decay, double eps, char* err, int64_t err_len) {
+  try {
+    auto list = [n](void** ptrs) {
+      std::vector<at::Tensor> out;
+      out.reserve(n);
+      for (int64_t i = 0; i < n; ++i) out.push_back(*static_cast<at::Tensor*>(ptrs[i]));
+      return out;
+    };
+    at::_fused_adamw_(list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), {}, list(steps), lr, beta1, beta2,
+                      weight_decay, eps, /*amsgrad=*/false, /*maximize=*/false);
+    return 0;
+  } catch (const std::exception& e) {
+    snprintf(err, err_len, "%s", e.what());
     return -1;
   }
 }

@@ -34,7 +34,7 @@ fn adamw_steps_match_torch() {
     for (t, want) in losses.iter().enumerate() {
         let stats = accumulate_gradients(&model, &batch, Accumulation::PerMicroBatch, None);
         assert!((stats.loss - *want as f64).abs() < 1e-5, "step {t}: loss {} vs {want}", stats.loss);
-        optimizer_step(&model, &mut opt, cfg.lr_at(t as u64, losses.len() as u64), cfg.max_grad_norm);
+        optimizer_step(&model, &mut opt, cfg.lr_at(t as u64, losses.len() as u64), cfg.max_grad_norm).unwrap();
     }
     for (name, var) in model.vs.variables() {
         assert_close(&format!("param {name}"), &var, &reference[&format!("param.{name}")], 1e-6);

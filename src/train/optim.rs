@@ -1,7 +1,7 @@
-//! AdamW, owned by the project so its state can be checkpointed. The update is
-//! `torch.optim.AdamW`'s (decoupled weight decay, bias-corrected moments, eps added after the
-//! square root), step for step, in fp32.
+//! AdamW, owned by the project so its state can be checkpointed; the update itself is
+//! libtorch's fused AdamW kernel (`torch.optim.AdamW(fused=True)`) through the C++ shim.
 
+use crate::shim::{fused_adamw, AdamWStep};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
@@ -70,6 +70,8 @@ struct Slot {
     param: Tensor,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
+    /// The step count as the fused kernel reads it (a float scalar on the parameter's device).
+    step: Tensor,
     decay: bool,
 }
 
@@ -88,32 +90,38 @@ impl AdamW {
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let slots = vars
             .into_iter()
-            .map(|(name, param)| Slot { decay: decays(&name), exp_avg: param.zeros_like(), exp_avg_sq: param.zeros_like(), name, param })
+            .map(|(name, param)| Slot {
+                decay: decays(&name),
+                exp_avg: param.zeros_like(),
+                exp_avg_sq: param.zeros_like(),
+                step: Tensor::zeros([], (tch::Kind::Float, param.device())),
+                name,
+                param,
+            })
             .collect();
         Self { slots, step: 0, betas: cfg.betas, eps: cfg.eps, weight_decay: cfg.weight_decay }
     }
 
-    /// One update with learning rate `lr` from the gradients in the parameters.
-    pub fn step(&mut self, lr: f64) {
+    /// One update with learning rate `lr` from the gradients in the parameters (those without
+    /// a gradient are left alone, as torch does).
+    pub fn step(&mut self, lr: f64) -> anyhow::Result<()> {
         self.step += 1;
-        let [b1, b2] = self.betas;
-        let bc1 = 1.0 - b1.powi(self.step as i32);
-        let bc2_sqrt = (1.0 - b2.powi(self.step as i32)).sqrt();
-        tch::no_grad(|| {
-            for s in &mut self.slots {
-                let grad = s.param.grad();
-                if !grad.defined() {
-                    continue;
-                }
-                if s.decay && self.weight_decay != 0.0 {
-                    let _ = s.param.f_mul_(&Tensor::from(1.0 - lr * self.weight_decay)).expect("decay");
-                }
-                let _ = s.exp_avg.lerp_(&grad, 1.0 - b1);
-                let _ = s.exp_avg_sq.g_mul_scalar_(b2).addcmul_(&grad, &grad.g_mul_scalar(1.0 - b2));
-                let denom = (s.exp_avg_sq.sqrt() / bc2_sqrt) + self.eps;
-                let _ = s.param.addcdiv_(&(&s.exp_avg * (-lr / bc1)), &denom);
+        for decay in [true, false] {
+            let slots: Vec<&mut Slot> = self.slots.iter_mut().filter(|s| s.decay == decay && s.param.grad().defined()).collect();
+            if slots.is_empty() {
+                continue;
             }
-        });
+            let mut lists: [Vec<Tensor>; 5] = Default::default();
+            for s in slots {
+                let _ = s.step.fill_(self.step as f64);
+                for (list, t) in lists.iter_mut().zip([&s.param, &s.param.grad(), &s.exp_avg, &s.exp_avg_sq, &s.step]) {
+                    list.push(t.shallow_clone());
+                }
+            }
+            let h = AdamWStep { lr, betas: self.betas, weight_decay: if decay { self.weight_decay } else { 0.0 }, eps: self.eps };
+            tch::no_grad(|| fused_adamw(&lists[0], &lists[1], &lists[2], &lists[3], &lists[4], h))?;
+        }
+        Ok(())
     }
 
     pub fn zero_grad(&mut self) {

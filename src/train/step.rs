@@ -99,12 +99,12 @@ pub fn accumulate_gradients(model: &ClipModel, micro: &[MicroBatch], mode: Accum
 
 /// Clips, updates, clamps the temperature (≤ 100, as CLIP), clears the gradients.
 /// Returns the gradient norm before clipping.
-pub fn optimizer_step(model: &ClipModel, opt: &mut AdamW, lr: f64, max_grad_norm: Option<f64>) -> f64 {
+pub fn optimizer_step(model: &ClipModel, opt: &mut AdamW, lr: f64, max_grad_norm: Option<f64>) -> anyhow::Result<f64> {
     let norm = clip_grad_norm(opt.parameters(), max_grad_norm);
-    opt.step(lr);
+    opt.step(lr)?;
     tch::no_grad(|| {
         let _ = model.logit_scale().shallow_clone().clamp_(0.0, 100f64.ln());
     });
     opt.zero_grad();
-    norm
+    Ok(norm)
 }

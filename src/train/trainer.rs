@@ -239,7 +239,7 @@ pub fn train(cfg: &Config, config_yaml: &str, out: &Path, max_steps: Option<u64>
             }
         }
         let lr = cfg.optim.lr_at(state.step, total_steps);
-        let grad_norm = optimizer_step(&clip.model, &mut opt, lr, cfg.optim.max_grad_norm);
+        let grad_norm = optimizer_step(&clip.model, &mut opt, lr, cfg.optim.max_grad_norm)?;
         state.step += 1;
         state.samples_seen += n as u64;
         state.position = batch.next;

@@ -66,3 +66,50 @@ fn loss_and_every_gradient_match_transformers() {
         }
     }
 }
+
+#[test]
+fn presets_have_transformers_parameter_layout() {
+    use streetclip::model::ClipConfig;
+    let tmp = tmpdir();
+    for name in ["ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14-336"] {
+        let cfg = ClipConfig::preset(name).unwrap();
+        let path = tmp.path().join("config.json");
+        std::fs::write(&path, serde_json::to_vec(&cfg.to_hf_json()).unwrap()).unwrap();
+        let hf: std::collections::BTreeMap<String, Vec<i64>> =
+            serde_json::from_str(&run_python([root().join("scripts/hf_param_shapes.py").into_os_string(), path.into_os_string()])).unwrap();
+        let model = ClipModel::new(cfg, Device::Cpu).unwrap();
+        let ours: std::collections::BTreeMap<String, Vec<i64>> = model.vs.variables().into_iter().map(|(n, t)| (n, t.size())).collect();
+        assert_eq!(ours, hf, "{name}");
+        if name == "ViT-L/14-336" {
+            // ../shared/FIELD_NOTES.md: 590 tensors, 427,944,193 parameters.
+            assert_eq!(ours.len(), 590);
+            assert_eq!(ours.values().map(|s| s.iter().product::<i64>()).sum::<i64>(), 427_944_193);
+        }
+    }
+}
+
+#[test]
+fn sharded_checkpoints_load_like_one_file() {
+    let tmp = tmpdir();
+    let src = fixture("tiny-p32-224");
+    std::fs::copy(src.join("config.json"), tmp.path().join("config.json")).unwrap();
+    let mut tensors = streetclip::tensor_io::read(&src.join("model.safetensors")).unwrap();
+    // A legacy buffer that old hub checkpoints carry: ignored.
+    tensors.push(("text_model.embeddings.position_ids".into(), tch::Tensor::arange(40, (Kind::Int64, Device::Cpu)).unsqueeze(0)));
+    let half = tensors.len() / 2;
+    let (a, b) = tensors.split_at(half);
+    let mut map = serde_json::Map::new();
+    for (file, part) in [("model-00001-of-00002.safetensors", a), ("model-00002-of-00002.safetensors", b)] {
+        streetclip::tensor_io::write(&tmp.path().join(file), part).unwrap();
+        for (n, _) in part {
+            map.insert(n.clone(), file.into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(tmp.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let sharded = ClipModel::load(tmp.path(), Device::Cpu).unwrap();
+    let single = ClipModel::load(&src, Device::Cpu).unwrap();
+    let (x, y) = (streetclip::model::weights::named_tensors(&sharded.vs), streetclip::model::weights::named_tensors(&single.vs));
+    assert_eq!(x.len(), y.len());
+    assert!(x.iter().zip(&y).all(|((na, ta), (nb, tb))| na == nb && ta.equal(tb)));
+}

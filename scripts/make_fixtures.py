@@ -194,6 +194,38 @@ def make_bf16_gradients(name="tiny-p32-224"):
     print(f"{name}-bf16: loss {loss.item():.6f}")
 
 
+def make_geo_metrics_cases():
+    """Truth/guess pairs (random, across the antimeridian, at the poles, exact hits) and the
+    metrics computed here independently: haversine with R = 6371 km, thresholds inclusive."""
+    import random
+    import statistics
+
+    rng = random.Random(11)
+    pairs = [(rng.uniform(-80, 80), rng.uniform(-180, 180), rng.uniform(-80, 80), rng.uniform(-180, 180)) for _ in range(150)]
+    pairs += [(lat, lon, lat + rng.uniform(-0.5, 0.5), lon + rng.uniform(-0.5, 0.5)) for lat, lon, _, _ in pairs[:60]]
+    pairs += [(-17.8, 179.9, -17.8, -179.9), (89.9, 0.0, 89.9, 180.0), (-90.0, 0.0, 90.0, 0.0), (48.85, 2.35, 48.85, 2.35)]
+    correct = [None if i % 7 == 0 else (i % 3 != 0) for i in range(len(pairs))]
+
+    def haversine(a, b, c, d):
+        p1, p2, dl = math.radians(a), math.radians(c), math.radians(d - b)
+        h = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+        return 2 * 6371.0 * math.asin(min(1.0, math.sqrt(h)))
+
+    d = [haversine(*p) for p in pairs]
+    known = [c for c in correct if c is not None]
+    expected = {
+        "n": len(d),
+        "within_km": {str(t): 100.0 * sum(x <= t for x in d) / len(d) for t in (1, 25, 200, 750, 2500)},
+        "median_km": statistics.median(d),
+        "mean_km": sum(d) / len(d),
+        "country_accuracy": 100.0 * sum(known) / len(known),
+        "geoscore": sum(5000 * math.exp(-x / 1492.7) for x in d) / len(d),
+    }
+    with open(os.path.join(FIX, "geo_metrics.json"), "w") as f:
+        json.dump({"pairs": pairs, "country_correct": correct, "errors_km": d, "expected": expected}, f, indent=1)
+    print(f"geo_metrics.json: {len(pairs)} pairs")
+
+
 if __name__ == "__main__":
     os.makedirs(FIX, exist_ok=True)
     for name, cfg in MODELS.items():
@@ -201,3 +233,4 @@ if __name__ == "__main__":
     make_tokenizer_cases()
     make_training_steps()
     make_bf16_gradients()
+    make_geo_metrics_cases()

@@ -3,6 +3,7 @@
 //! key.sub=value` overrides any key from the command line.
 
 use crate::data::dataset::DataConfig;
+use crate::eval::geolocate::GeoConfig;
 use crate::model::ClipConfig;
 use crate::text::CaptionConfig;
 use crate::train::optim::OptimConfig;
@@ -20,6 +21,7 @@ pub struct Config {
     pub captions: CaptionConfig,
     pub train: TrainConfig,
     pub optim: OptimConfig,
+    pub geo: GeoConfig,
 }
 
 /// Where the model comes from: a Hugging Face directory, or a fresh one from a config/preset.

@@ -3,6 +3,7 @@
 pub mod commands;
 pub mod config;
 pub mod data;
+pub mod eval;
 pub mod geo;
 pub mod model;
 pub mod pretrained;

@@ -79,6 +79,25 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Guess where photos were taken: country, (region,) city and coordinates, zero-shot.
+    Geolocate {
+        #[arg(long)]
+        model: PathBuf,
+        /// YAML config (its `geo` section: prompts, candidates, regions, top-k).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
+    /// Evaluate a model.
+    #[command(subcommand)]
+    Eval(EvalCommand),
     /// Draw a small dataset of procedural street scenes for real cities (demo and tests).
     SynthData {
         #[arg(long)]
@@ -107,6 +126,34 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// Zero-shot geolocation: % within 1/25/200/750/2500 km, median/mean error, country
+    /// accuracy, GeoScore.
+    Geo {
+        #[arg(long)]
+        model: PathBuf,
+        /// A manifest with coordinates (IM2GPS3K's IMG_ID,LAT,LON works as it is).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Writes metrics.json, predictions.csv and report.md here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<Config> {
+    path.map_or_else(|| Ok(Config::default()), |p| Config::from_file(p))
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -155,6 +202,36 @@ fn run(cli: Cli) -> Result<()> {
         Command::Export { checkpoint, out } => {
             streetclip::commands::export::run(&checkpoint, &out)?;
             eprintln!("wrote {}", out.display());
+        }
+        Command::Geolocate { model, config, batch_size, device, json, images } => {
+            let cfg = load_config(config.as_ref())?;
+            let clip = Pretrained::load(&model, commands::parse_device(&device)?)?;
+            let guesses = commands::geo::geolocate(&clip, &cfg, &images, batch_size)?;
+            if json {
+                let rows: Vec<_> = guesses.iter().map(|(p, g)| serde_json::json!({"image": p, "guess": g})).collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                for (path, g) in &guesses {
+                    let place = [g.city.clone(), g.region.clone(), Some(g.country.clone())].into_iter().flatten().collect::<Vec<_>>().join(", ");
+                    println!("{}\t{place} ({:.4}, {:.4})", path.display(), g.lat, g.lon);
+                    let top = |list: &[streetclip::eval::geolocate::Ranked]| list.iter().map(|r| format!("{} {:.1}%", r.name, 100.0 * r.probability)).collect::<Vec<_>>().join(", ");
+                    println!("  countries: {}", top(&g.top_countries));
+                    if !g.top_regions.is_empty() {
+                        println!("  regions:   {}", top(&g.top_regions));
+                    }
+                    println!("  cities:    {}", top(&g.top_cities));
+                }
+            }
+        }
+        Command::Eval(EvalCommand::Geo { model, manifest, config, out, limit, batch_size, device }) => {
+            let mut cfg = load_config(config.as_ref())?;
+            if manifest.is_some() {
+                cfg.data.manifest = manifest;
+                cfg.data.shards = None;
+            }
+            let clip = Pretrained::load(&model, commands::parse_device(&device)?)?;
+            let (metrics, _) = commands::geo::eval_geo(&clip, &cfg, &model.display().to_string(), out.as_deref(), limit, batch_size)?;
+            println!("{}", serde_json::to_string_pretty(&metrics)?);
         }
         Command::SynthData { out, countries, cities_per_country, per_city, seed } => {
             let args = streetclip::synth::SynthArgs { countries, cities_per_country, per_city, seed, ..Default::default() };

@@ -3,6 +3,7 @@
 pub mod captions;
 pub mod embed;
 pub mod export;
+pub mod geo;
 pub mod predict;
 
 use anyhow::{bail, Result};

@@ -1,0 +1,234 @@
+//! Hierarchical zero-shot geolocation, StreetCLIP's way: choose the country among candidate
+//! countries, optionally the region within it, then the city among its most populous ones; the
+//! guess is that city's coordinates (or the region's / country's centre when a stage has no
+//! candidates). Prompts come from the config; several templates per stage are averaged
+//! (prompt ensembling).
+
+use crate::geo::Gazetteer;
+use crate::pretrained::Pretrained;
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use tch::{Kind, Tensor};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeoConfig {
+    /// `{country}` is the country as in a sentence ("the Netherlands").
+    pub country_prompts: Vec<String>,
+    /// `{region}`, `{country}`.
+    pub region_prompts: Vec<String>,
+    /// `{city}`, `{region}`, `{country}`.
+    pub city_prompts: Vec<String>,
+    /// Add the region stage between country and city.
+    pub use_regions: bool,
+    /// Cities considered in the chosen country (or region): the N most populous.
+    pub cities_per_country: usize,
+    /// Candidate countries (names or codes); default: every gazetteer country with a city.
+    pub countries: Option<Vec<String>>,
+    /// Candidates listed per stage in the output.
+    pub top_k: usize,
+}
+
+impl Default for GeoConfig {
+    fn default() -> Self {
+        Self {
+            country_prompts: vec!["A Street View photo in {country}.".into()],
+            region_prompts: vec!["A Street View photo in {region}, {country}.".into()],
+            city_prompts: vec!["A Street View photo from {city}, {region}, {country}.".into()],
+            use_regions: false,
+            cities_per_country: 30,
+            countries: None,
+            top_k: 3,
+        }
+    }
+}
+
+/// Normalised text embeddings for prompts; the model, or a stand-in in tests.
+pub trait TextEncoder {
+    /// `[n, d]`, each row L2-normalised.
+    fn encode(&self, texts: &[String]) -> Result<Tensor>;
+    /// The softmax temperature (CLIP's `logit_scale.exp()`).
+    fn scale(&self) -> f64;
+}
+
+impl TextEncoder for Pretrained {
+    fn encode(&self, texts: &[String]) -> Result<Tensor> {
+        let device = self.device();
+        let mut out = Vec::new();
+        for chunk in texts.chunks(256) {
+            let (ids, mask) = self.tokenize(chunk)?;
+            out.push(tch::no_grad(|| crate::model::normalize(&self.model.text_features(&ids.to(device), Some(&mask.to(device))))).to(tch::Device::Cpu));
+        }
+        Ok(Tensor::cat(&out, 0))
+    }
+    fn scale(&self) -> f64 {
+        self.model.logit_scale().exp().double_value(&[])
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Ranked {
+    pub name: String,
+    pub probability: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Guess {
+    pub country: String,
+    pub country_code: String,
+    pub region: Option<String>,
+    pub city: Option<String>,
+    pub lat: f64,
+    pub lon: f64,
+    pub top_countries: Vec<Ranked>,
+    pub top_regions: Vec<Ranked>,
+    pub top_cities: Vec<Ranked>,
+    #[serde(skip)]
+    pub country_index: usize,
+}
+
+/// One stage's candidates: gazetteer indices and their ensembled text embeddings.
+struct Stage {
+    items: Vec<usize>,
+    text: Tensor,
+}
+
+pub struct Geolocator<'a, E: TextEncoder> {
+    encoder: &'a E,
+    g: &'a Gazetteer,
+    cfg: GeoConfig,
+    countries: Stage,
+    regions: std::cell::RefCell<HashMap<usize, Option<Stage>>>,
+    cities: std::cell::RefCell<HashMap<(usize, Option<usize>), Option<Stage>>>,
+}
+
+fn fill(template: &str, city: Option<&str>, region: Option<&str>, country: &str) -> String {
+    template.replace("{city}", city.unwrap_or_default()).replace("{region}", region.unwrap_or_default()).replace("{country}", country)
+}
+
+impl<'a, E: TextEncoder> Geolocator<'a, E> {
+    pub fn new(encoder: &'a E, g: &'a Gazetteer, cfg: GeoConfig) -> Result<Self> {
+        for (key, list) in [("country_prompts", &cfg.country_prompts), ("region_prompts", &cfg.region_prompts), ("city_prompts", &cfg.city_prompts)] {
+            if list.is_empty() {
+                bail!("geo.{key} is empty");
+            }
+        }
+        let items: Vec<usize> = match &cfg.countries {
+            Some(names) => names.iter().map(|n| g.country(n).ok_or_else(|| anyhow::anyhow!("geo.countries: unknown country `{n}`"))).collect::<Result<_>>()?,
+            None => (0..g.countries.len()).filter(|&c| g.countries[c].lat.is_finite() && !g.largest_cities(c, 1).is_empty()).collect(),
+        };
+        if let Some(&c) = items.iter().find(|&&c| !g.countries[c].lat.is_finite() && g.largest_cities(c, 1).is_empty()) {
+            bail!("geo.countries: {} has neither cities nor a reference point in the gazetteer", g.countries[c].name);
+        }
+        if items.is_empty() {
+            bail!("no candidate countries");
+        }
+        let prompts = |t: &str| items.iter().map(|&c| fill(t, None, None, &g.countries[c].in_sentence())).collect::<Vec<_>>();
+        let text = Self::ensemble(encoder, &cfg.country_prompts, prompts)?;
+        Ok(Self { encoder, g, cfg, countries: Stage { items, text }, regions: Default::default(), cities: Default::default() })
+    }
+
+    /// The mean of each candidate's normalised embeddings over the templates, renormalised.
+    fn ensemble(encoder: &E, templates: &[String], prompts: impl Fn(&str) -> Vec<String>) -> Result<Tensor> {
+        let per_template = templates.iter().map(|t| encoder.encode(&prompts(t))).collect::<Result<Vec<_>>>()?;
+        Ok(crate::model::normalize(&Tensor::stack(&per_template, 0).mean_dim(0, false, Kind::Float)))
+    }
+
+    fn region_stage(&self, country: usize) -> Result<()> {
+        if self.regions.borrow().contains_key(&country) {
+            return Ok(());
+        }
+        let g = self.g;
+        let mut items: Vec<usize> = g.largest_cities(country, usize::MAX).iter().filter_map(|&c| g.cities[c].region).collect();
+        items.sort();
+        items.dedup();
+        let stage = if items.is_empty() {
+            None
+        } else {
+            let name = g.countries[country].in_sentence();
+            let text = Self::ensemble(self.encoder, &self.cfg.region_prompts, |t| items.iter().map(|&r| fill(t, None, Some(&g.regions[r].name), &name)).collect())?;
+            Some(Stage { items, text })
+        };
+        self.regions.borrow_mut().insert(country, stage);
+        Ok(())
+    }
+
+    fn city_stage(&self, country: usize, region: Option<usize>) -> Result<()> {
+        if self.cities.borrow().contains_key(&(country, region)) {
+            return Ok(());
+        }
+        let g = self.g;
+        let mut items: Vec<usize> = g.largest_cities(country, usize::MAX).into_iter().filter(|&c| region.is_none() || g.cities[c].region == region).collect();
+        items.truncate(self.cfg.cities_per_country);
+        let stage = if items.is_empty() {
+            None
+        } else {
+            let name = g.countries[country].in_sentence();
+            let region_name = |c: usize| g.cities[c].region.map(|r| g.regions[r].name.clone());
+            let text = Self::ensemble(self.encoder, &self.cfg.city_prompts, |t| {
+                items.iter().map(|&c| fill(t, Some(&g.cities[c].name), region_name(c).as_deref(), &name).replace(" , ", " ").replace(", ,", ",")).collect()
+            })?;
+            Some(Stage { items, text })
+        };
+        self.cities.borrow_mut().insert((country, region), stage);
+        Ok(())
+    }
+
+    /// Probabilities over a stage for one image, best first (ties keep candidate order).
+    fn rank(&self, image: &Tensor, stage: &Stage) -> Vec<(usize, f64)> {
+        let probs = (image.matmul(&stage.text.tr()) * self.encoder.scale()).softmax(-1, Kind::Double);
+        let p = Vec::<f64>::try_from(probs).expect("probabilities");
+        let mut order: Vec<usize> = (0..p.len()).collect();
+        order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+        order.into_iter().map(|i| (stage.items[i], p[i])).collect()
+    }
+
+    /// Guesses for L2-normalised image embeddings `[B, d]`.
+    pub fn locate(&self, images: &Tensor) -> Result<Vec<Guess>> {
+        let g = self.g;
+        let k = self.cfg.top_k.max(1);
+        let mut out = Vec::new();
+        for row in 0..images.size()[0] {
+            let image = images.get(row).to_kind(Kind::Float);
+            let countries = self.rank(&image, &self.countries);
+            let country = countries[0].0;
+            let mut region = None;
+            let mut top_regions = vec![];
+            if self.cfg.use_regions {
+                self.region_stage(country)?;
+                if let Some(stage) = &self.regions.borrow()[&country] {
+                    let ranked = self.rank(&image, stage);
+                    region = Some(ranked[0].0);
+                    top_regions = ranked.iter().take(k).map(|&(r, p)| Ranked { name: g.regions[r].name.clone(), probability: p }).collect();
+                }
+            }
+            self.city_stage(country, region)?;
+            let (city, top_cities) = match &self.cities.borrow()[&(country, region)] {
+                Some(stage) => {
+                    let ranked = self.rank(&image, stage);
+                    (Some(ranked[0].0), ranked.iter().take(k).map(|&(c, p)| Ranked { name: g.cities[c].name.clone(), probability: p }).collect())
+                }
+                None => (None, vec![]),
+            };
+            let c = &g.countries[country];
+            let (lat, lon) = match city {
+                Some(i) => (g.cities[i].lat, g.cities[i].lon),
+                None => (c.lat, c.lon),
+            };
+            out.push(Guess {
+                country: c.name.clone(),
+                country_code: c.iso2.clone(),
+                region: city.and_then(|i| g.cities[i].region).or(region).map(|r| g.regions[r].name.clone()),
+                city: city.map(|i| g.cities[i].name.clone()),
+                lat,
+                lon,
+                top_countries: countries.iter().take(k).map(|&(i, p)| Ranked { name: g.countries[i].name.clone(), probability: p }).collect(),
+                top_regions,
+                top_cities,
+                country_index: country,
+            });
+        }
+        Ok(out)
+    }
+}

@@ -196,12 +196,14 @@ pub fn decode(bytes: &[u8]) -> Result<image::DynamicImage> {
 
 /// An end-of-image marker after the last start-of-scan marker. Entropy-coded data stuffs every
 /// 0xFF byte, so neither marker can occur inside it; an EXIF thumbnail's markers come earlier.
+/// Searched from the ends (the last EOI is near the end of the file, the first SOS near its
+/// start), so a whole photo is not scanned.
 fn jpeg_is_complete(bytes: &[u8]) -> bool {
-    let find_last = |m: [u8; 2]| bytes.windows(2).rposition(|w| w == m);
-    match (find_last([0xFF, 0xDA]), find_last([0xFF, 0xD9])) {
-        (Some(sos), Some(eoi)) => eoi > sos,
-        _ => false,
-    }
+    const SOS: [u8; 2] = [0xFF, 0xDA];
+    let Some(eoi) = bytes.windows(2).rposition(|w| w == [0xFF, 0xD9]) else { return false };
+    let sos_before = bytes[..eoi].windows(2).any(|w| w == SOS);
+    let sos_after = bytes[eoi..].windows(2).any(|w| w == SOS);
+    sos_before && !sos_after
 }
 
 /// transformers' `get_resize_output_image_size(default_to_square=False)`: the short side

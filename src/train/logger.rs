@@ -1,6 +1,8 @@
 //! Where training metrics go: TensorBoard event files (tensorboard-rs, behind a small trait so
-//! the rest of the trainer does not depend on it) and the terminal.
+//! the rest of the trainer does not depend on it) and the terminal (a progress bar on a
+//! terminal, plain periodic lines otherwise).
 
+use std::io::IsTerminal;
 use std::path::Path;
 
 pub trait MetricSink {
@@ -27,5 +29,39 @@ impl MetricSink for TensorBoard {
     }
     fn flush(&mut self) {
         self.writer.flush();
+    }
+}
+
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    pub fn new(total: u64, done: u64) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new(total);
+            b.set_style(indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} [{elapsed}<{eta}] {msg}").expect("template"));
+            b.set_position(done);
+            b
+        });
+        Self { bar }
+    }
+
+    pub fn update(&self, step: u64, total: u64, line: &str, log: bool) {
+        match &self.bar {
+            Some(b) => {
+                b.set_position(step);
+                b.set_message(line.to_string());
+            }
+            None if log => eprintln!("step {step}/{total} {line}"),
+            None => {}
+        }
+    }
+
+    pub fn println(&self, line: &str) {
+        match &self.bar {
+            Some(b) => b.println(line),
+            None => eprintln!("{line}"),
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! with logging, validation, checkpoints, exact resume and the final HF export.
 
 use super::checkpoint::{self, TrainState};
-use super::logger::{MetricSink, TensorBoard};
+use super::logger::{MetricSink, Progress, TensorBoard};
 use super::optim::AdamW;
 use super::step::{accumulate_gradients, optimizer_step, MicroBatch};
 use super::validate::{validate, ValMetrics};
@@ -18,7 +18,6 @@ use crate::seed::sample_seed;
 use crate::text::Captioner;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -95,40 +94,6 @@ fn split(samples: &[Sample], fraction: f64, seed: u64) -> (Vec<Sample>, Vec<Samp
         if u < fraction { val.push(s.clone()) } else { train.push(s.clone()) }
     }
     (train, val)
-}
-
-struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-}
-
-impl Progress {
-    fn new(total: u64, done: u64) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let b = indicatif::ProgressBar::new(total);
-            b.set_style(indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} [{elapsed}<{eta}] {msg}").expect("template"));
-            b.set_position(done);
-            b
-        });
-        Self { bar }
-    }
-
-    fn update(&self, step: u64, total: u64, line: &str, log: bool) {
-        match &self.bar {
-            Some(b) => {
-                b.set_position(step);
-                b.set_message(line.to_string());
-            }
-            None if log => eprintln!("step {step}/{total} {line}"),
-            None => {}
-        }
-    }
-
-    fn println(&self, line: &str) {
-        match &self.bar {
-            Some(b) => b.println(line),
-            None => eprintln!("{line}"),
-        }
-    }
 }
 
 /// Trains as `cfg` says into `out` (resuming from its newest checkpoint), stopping after

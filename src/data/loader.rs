@@ -151,7 +151,10 @@ impl Producer {
     /// The next full batch from `pos` (or the last partial one when kept); None at epoch end.
     fn batch(&self, order: &[usize], pos: Position) -> Result<Option<Batch>> {
         let want = self.cfg.batch_size;
-        let (mut pixels, mut captions, mut samples, mut skipped) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (h, w) = self.pre.output_size();
+        // Sized once: growing a batch of tens of megabytes by doubling would copy it repeatedly.
+        let mut pixels = Vec::with_capacity(want * 3 * (h * w) as usize);
+        let (mut captions, mut samples, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
         let mut next = pos.index;
         while samples.len() < want && next < order.len() {
             let take = (want - samples.len()).min(order.len() - next);

@@ -50,11 +50,15 @@ fn main() {
             augment: AugmentConfig::default(),
             epochs: Some(1),
         };
+        let run = || -> usize {
+            Loader::start(data.clone(), captioner.clone(), PreprocessConfig::for_size(336), loader_cfg.clone(), Position::default())
+                .unwrap()
+                .map(|b| b.unwrap().samples.len())
+                .sum()
+        };
+        run(); // warm-up: file cache, allocator, thread pool (the Python side warms up too)
         let start = Instant::now();
-        let n: usize = Loader::start(data.clone(), captioner.clone(), PreprocessConfig::for_size(336), loader_cfg, Position::default())
-            .unwrap()
-            .map(|b| b.unwrap().samples.len())
-            .sum();
+        let n = run();
         let ours = n as f64 / start.elapsed().as_secs_f64();
         let theirs = python_rate(&root, threads, &images);
         println!("  {threads} thread(s): streetclip {ours:7.1} images/s ({:.1}/core), CLIPImageProcessor+PIL {theirs:7.1} images/s, ratio {:.2}x", ours / threads as f64, ours / theirs);

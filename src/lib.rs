@@ -13,3 +13,8 @@ pub mod synth;
 pub mod tensor_io;
 pub mod text;
 pub mod train;
+
+// Decoding and preprocessing allocate several megabytes per image; glibc serves such blocks
+// with mmap/munmap and page faults every time, which mimalloc reuses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

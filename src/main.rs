@@ -14,6 +14,17 @@ struct Cli {
     command: Command,
 }
 
+/// Where and how many at a time the model runs.
+#[derive(clap::Args)]
+struct Runtime {
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Rank labels for each image by zero-shot probability.
@@ -30,11 +41,8 @@ enum Command {
         /// How many labels to show per image.
         #[arg(long, default_value_t = 5)]
         top_k: usize,
-        #[arg(long, default_value_t = 16)]
-        batch_size: usize,
-        /// cpu, cuda or cuda:N.
-        #[arg(long, default_value = "cpu")]
-        device: String,
+        #[command(flatten)]
+        rt: Runtime,
         /// One JSON document instead of text.
         #[arg(long)]
         json: bool,
@@ -86,10 +94,8 @@ enum Command {
         /// YAML config (its `geo` section: prompts, candidates, regions, top-k).
         #[arg(long)]
         config: Option<PathBuf>,
-        #[arg(long, default_value_t = 16)]
-        batch_size: usize,
-        #[arg(long, default_value = "cpu")]
-        device: String,
+        #[command(flatten)]
+        rt: Runtime,
         #[arg(long)]
         json: bool,
         #[arg(required = true)]
@@ -121,10 +127,8 @@ enum Command {
         texts: Vec<String>,
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value_t = 16)]
-        batch_size: usize,
-        #[arg(long, default_value = "cpu")]
-        device: String,
+        #[command(flatten)]
+        rt: Runtime,
     },
 }
 
@@ -145,10 +149,8 @@ enum EvalCommand {
         out: Option<PathBuf>,
         #[arg(long)]
         limit: Option<usize>,
-        #[arg(long, default_value_t = 16)]
-        batch_size: usize,
-        #[arg(long, default_value = "cpu")]
-        device: String,
+        #[command(flatten)]
+        rt: Runtime,
     },
 }
 
@@ -158,10 +160,10 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Predict { model, labels, template, top_k, batch_size, device, json, images } => {
+        Command::Predict { model, labels, template, top_k, rt, json, images } => {
             let labels = predict::parse_labels(&labels)?;
-            let clip = Pretrained::load(&model, commands::parse_device(&device)?)?;
-            let args = predict::PredictArgs { labels, template, images, batch_size, top_k };
+            let clip = Pretrained::load(&model, commands::parse_device(&rt.device)?)?;
+            let args = predict::PredictArgs { labels, template, images, batch_size: rt.batch_size, top_k };
             let predictions = predict::run(&clip, &args)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&predictions)?);
@@ -203,10 +205,10 @@ fn run(cli: Cli) -> Result<()> {
             streetclip::commands::export::run(&checkpoint, &out)?;
             eprintln!("wrote {}", out.display());
         }
-        Command::Geolocate { model, config, batch_size, device, json, images } => {
+        Command::Geolocate { model, config, rt, json, images } => {
             let cfg = load_config(config.as_ref())?;
-            let clip = Pretrained::load(&model, commands::parse_device(&device)?)?;
-            let guesses = commands::geo::geolocate(&clip, &cfg, &images, batch_size)?;
+            let clip = Pretrained::load(&model, commands::parse_device(&rt.device)?)?;
+            let guesses = commands::geo::geolocate(&clip, &cfg, &images, rt.batch_size)?;
             if json {
                 let rows: Vec<_> = guesses.iter().map(|(p, g)| serde_json::json!({"image": p, "guess": g})).collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -223,14 +225,14 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Eval(EvalCommand::Geo { model, manifest, config, out, limit, batch_size, device }) => {
+        Command::Eval(EvalCommand::Geo { model, manifest, config, out, limit, rt }) => {
             let mut cfg = load_config(config.as_ref())?;
             if manifest.is_some() {
                 cfg.data.manifest = manifest;
                 cfg.data.shards = None;
             }
-            let clip = Pretrained::load(&model, commands::parse_device(&device)?)?;
-            let (metrics, _) = commands::geo::eval_geo(&clip, &cfg, &model.display().to_string(), out.as_deref(), limit, batch_size)?;
+            let clip = Pretrained::load(&model, commands::parse_device(&rt.device)?)?;
+            let (metrics, _) = commands::geo::eval_geo(&clip, &cfg, &model.display().to_string(), out.as_deref(), limit, rt.batch_size)?;
             println!("{}", serde_json::to_string_pretty(&metrics)?);
         }
         Command::SynthData { out, countries, cities_per_country, per_city, seed } => {
@@ -239,9 +241,9 @@ fn run(cli: Cli) -> Result<()> {
             let n = streetclip::synth::generate(&out, &args, &g)?;
             eprintln!("wrote {n} images and {}", out.join("manifest.csv").display());
         }
-        Command::Embed { model, images, texts, out, batch_size, device } => {
-            let clip = Pretrained::load(&model, commands::parse_device(&device)?)?;
-            let tensors = embed::run(&clip, &embed::EmbedArgs { images, texts, batch_size })?;
+        Command::Embed { model, images, texts, out, rt } => {
+            let clip = Pretrained::load(&model, commands::parse_device(&rt.device)?)?;
+            let tensors = embed::run(&clip, &embed::EmbedArgs { images, texts, batch_size: rt.batch_size })?;
             embed::write(&out, &tensors)?;
             let shapes: Vec<String> = tensors.iter().map(|(n, t)| format!("{n} {:?}", t.size())).collect();
             eprintln!("wrote {}: {}", out.display(), shapes.join(", "));

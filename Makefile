@@ -32,7 +32,7 @@ fixtures: setup
 	.venv/bin/python scripts/make_fixtures.py
 
 bench: setup
-	$(CARGO) bench --bench embed_throughput --bench loader_throughput --bench reverse_geocode --bench train_throughput
+	$(CARGO) bench --bench embed_throughput --bench loader_throughput --bench reverse_geocode --bench train_throughput --bench eval_geo
 
 clean:
 	$(CARGO) clean

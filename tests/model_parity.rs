@@ -23,6 +23,21 @@ fn variable_names_and_shapes_equal_the_checkpoint_keys() {
 }
 
 #[test]
+fn the_checked_in_models_are_the_ones_the_reference_regenerates() {
+    // The references are computed on this machine from seeds; they must describe the very
+    // weights the tests load.
+    for name in MODELS {
+        let ours = streetclip::tensor_io::read(&fixture(name).join("model.safetensors")).unwrap();
+        let regenerated = streetclip::tensor_io::read(&reference_dir().join(name).join("model.safetensors")).unwrap();
+        assert_eq!(ours.len(), regenerated.len());
+        for ((a, x), (b, y)) in ours.iter().zip(&regenerated) {
+            assert_eq!(a, b);
+            assert_eq!(max_diff(x, y), 0.0, "{name}: {a}");
+        }
+    }
+}
+
+#[test]
 fn features_logits_match_transformers() {
     for name in MODELS {
         let model = ClipModel::load(&fixture(name), Device::Cpu).unwrap();

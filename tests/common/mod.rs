@@ -14,9 +14,28 @@ pub fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures").join(name)
 }
 
-/// The reference tensors a fixture script wrote, by name, as f32/i64 on the CPU.
+/// torch's outputs, gradients and optimizer steps for the fixture models, computed by
+/// scripts/make_fixtures.py on this machine (they depend on the CPU's kernels), once per test
+/// process, into target/reference-fixtures.
+pub fn reference_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = root().join("target/reference-fixtures");
+        // A fresh directory per process, renamed into place: concurrent test binaries never read
+        // a half-written reference.
+        let tmp = root().join(format!("target/.reference-fixtures.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        run_python([root().join("scripts/make_fixtures.py").into_os_string(), "--out".into(), tmp.clone().into_os_string(), "models".into(), "training".into(), "bf16".into()]);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir).or_else(|_| std::fs::remove_dir_all(&tmp)).unwrap();
+        dir
+    })
+    .clone()
+}
+
+/// The reference tensors of `name` (see `reference_dir`), by name, on the CPU.
 pub fn expected(name: &str) -> HashMap<String, Tensor> {
-    let path = fixture(&format!("{name}.expected.safetensors"));
+    let path = reference_dir().join(format!("{name}.expected.safetensors"));
     streetclip::tensor_io::read(&path).unwrap().into_iter().collect()
 }
 

@@ -19,8 +19,44 @@ fn main() {
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .warnings(false)
         .compile("streetclip_shim");
+    compile_dist(&root);
     println!("cargo:rustc-link-search=native={lib}");
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
     println!("cargo:rerun-if-changed=csrc/shim.cpp");
+}
+
+/// csrc/dist.cpp: c10d's TCPStore and ProcessGroupGloo (Gloo's headers from Debian's
+/// libgloo-dev, which `make setup` installs); ProcessGroupNCCL too when the CUDA toolkit and
+/// NCCL headers of the torch wheel's CUDA are in the environment (`nvidia/` in site-packages).
+fn compile_dist(libtorch: &std::path::Path) {
+    if !std::path::Path::new("/usr/include/gloo/algorithm.h").is_file() {
+        panic!("Gloo's headers are missing (/usr/include/gloo): run `make setup`, which installs Debian's libgloo-dev");
+    }
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .file("csrc/dist.cpp")
+        .include(libtorch.join("include"))
+        .include(libtorch.join("include/torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .define("USE_C10D_GLOO", None)
+        .warnings(false);
+    let nvidia = libtorch.join("../nvidia");
+    let cuda_headers = [nvidia.join("cu13/include"), nvidia.join("nccl/include")];
+    let nccl = ["cu13/include/cuda_runtime_api.h", "cu13/include/crt/host_defines.h", "cu13/include/nv/target", "nccl/include/nccl.h"].iter().all(|h| nvidia.join(h).exists());
+    if nccl {
+        build.define("USE_C10D_NCCL", None);
+        for dir in &cuda_headers {
+            build.include(dir);
+        }
+        println!("cargo:rustc-link-lib=dylib=torch_cuda");
+        println!("cargo:rustc-link-lib=dylib=c10_cuda");
+    }
+    if !nccl {
+        println!("cargo:warning=building without ProcessGroupNCCL: the CUDA/NCCL headers of the torch wheel are not in {} (make setup installs them)", nvidia.display());
+    }
+    build.compile("streetclip_dist");
+    println!("cargo:rerun-if-changed=csrc/dist.cpp");
 }

@@ -21,10 +21,12 @@ fn main() {
     let model_dir = root.join("tests/fixtures/tiny-p14-336");
     let mut cfg = Config::default();
     cfg.data.manifest = Some(sample.join("meta.csv"));
+    // Both sides encode every prompt: the text-embedding cache would make reruns unfairly fast.
+    cfg.geo.cache = false;
 
     let start = Instant::now();
     let clip = Pretrained::load(&model_dir, tch::Device::Cpu).unwrap();
-    let (_, predictions) = eval_geo(&clip, &cfg, "tiny", None, None, BATCH).unwrap();
+    let predictions = eval_geo(&clip, &cfg, "tiny", None, BATCH).unwrap().predictions;
     let ours = predictions.len() as f64 / start.elapsed().as_secs_f64();
 
     let images: Vec<&str> = predictions.iter().map(|p| p.image.as_str()).collect();

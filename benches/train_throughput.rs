@@ -11,6 +11,7 @@ use std::time::Instant;
 use streetclip::config::Config;
 use streetclip::model::ClipModel;
 use streetclip::train::optim::{AdamW, OptimConfig};
+use streetclip::dist::Dist;
 use streetclip::train::step::{accumulate_gradients, optimizer_step, Accumulation, MicroBatch};
 use tch::{Kind, Tensor};
 
@@ -37,7 +38,7 @@ fn worker(cfg: &Config, threads: usize) {
         })
         .collect();
     let step = |opt: &mut AdamW| {
-        accumulate_gradients(&model, &micro, Accumulation::PerMicroBatch, None);
+        accumulate_gradients(&model, &micro, Accumulation::PerMicroBatch, None, &Dist::single()).unwrap();
         optimizer_step(&model, opt, 1e-4, Some(1.0)).unwrap();
     };
     step(&mut opt);

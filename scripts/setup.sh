@@ -10,6 +10,14 @@ REQ=scripts/requirements.txt
 STAMP="$VENV/.streetclip-setup"
 want="$(sha256sum "$REQ" | cut -d' ' -f1)"
 
+# Gloo's headers for the c10d shim (csrc/dist.cpp); the library itself is inside libtorch.
+if [[ ! -f /usr/include/gloo/algorithm.h ]]; then
+    echo "setup: installing Debian's libgloo-dev (Gloo headers for the c10d shim)"
+    SUDO=""; [[ "$(id -u)" != 0 ]] && SUDO="sudo"
+    $SUDO apt-get install -y -qq libgloo-dev >/dev/null || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq libgloo-dev >/dev/null; } \
+        || { echo "setup: cannot install libgloo-dev; install it with your package manager (Debian/Ubuntu: apt-get install libgloo-dev)" >&2; exit 1; }
+fi
+
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" && -e "$VENV/libtorch/lib" ]]; then
     exit 0
 fi

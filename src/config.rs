@@ -3,6 +3,7 @@
 //! key.sub=value` overrides any key from the command line.
 
 use crate::data::dataset::DataConfig;
+use crate::dist::DistConfig;
 use crate::eval::geolocate::GeoConfig;
 use crate::model::ClipConfig;
 use crate::text::CaptionConfig;
@@ -22,6 +23,7 @@ pub struct Config {
     pub train: TrainConfig,
     pub optim: OptimConfig,
     pub geo: GeoConfig,
+    pub dist: DistConfig,
 }
 
 /// Where the model comes from: a Hugging Face directory, or a fresh one from a config/preset.

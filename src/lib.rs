@@ -3,6 +3,7 @@
 pub mod commands;
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod eval;
 pub mod geo;
 pub mod model;

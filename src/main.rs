@@ -78,6 +78,12 @@ enum Command {
         /// Override a config key: --set train.micro_batch_size=8 (repeatable).
         #[arg(long = "set")]
         sets: Vec<String>,
+        /// Start N data-parallel workers on this machine (as torchrun --nproc-per-node N).
+        #[arg(long)]
+        nproc_per_node: Option<usize>,
+        /// The launcher's rendezvous port (default: a free one).
+        #[arg(long, requires = "nproc_per_node")]
+        master_port: Option<u16>,
     },
     /// Write a checkpoint as a Hugging Face CLIP directory.
     Export {
@@ -137,18 +143,40 @@ enum EvalCommand {
     /// Zero-shot geolocation: % within 1/25/200/750/2500 km, median/mean error, country
     /// accuracy, GeoScore.
     Geo {
-        #[arg(long)]
-        model: PathBuf,
+        /// A Hugging Face CLIP directory; repeat to compare models in one report.
+        #[arg(long, required = true)]
+        model: Vec<PathBuf>,
         /// A manifest with coordinates (IM2GPS3K's IMG_ID,LAT,LON works as it is).
         #[arg(long)]
         manifest: Option<PathBuf>,
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Writes metrics.json, predictions.csv and report.md here.
+        /// Writes metrics.json, predictions.csv, report.md, error_curve.png and map.png here
+        /// (one folder per model and a side-by-side report when comparing).
         #[arg(long)]
         out: Option<PathBuf>,
         #[arg(long)]
         limit: Option<usize>,
+        #[command(flatten)]
+        rt: Runtime,
+    },
+    /// Zero-shot classification accuracy for any label set: per-class precision/recall,
+    /// confusion matrix.
+    Classify {
+        #[arg(long)]
+        model: PathBuf,
+        /// An ImageFolder directory (root/<class>/*.jpg) or a CSV/JSONL manifest.
+        #[arg(long)]
+        data: PathBuf,
+        /// The manifest column holding the class.
+        #[arg(long)]
+        label_column: Option<String>,
+        /// Caption template, `{}` is the class name (`_` read as a space); repeat to ensemble.
+        #[arg(long = "template")]
+        templates: Vec<String>,
+        /// Writes metrics.json, predictions.csv, confusion.csv, confusion.png and report.md here.
+        #[arg(long)]
+        out: Option<PathBuf>,
         #[command(flatten)]
         rt: Runtime,
     },
@@ -195,11 +223,17 @@ fn run(cli: Cli) -> Result<()> {
             }
             eprintln!("{}", report.summary());
         }
-        Command::Train { config, out, max_steps, sets } => {
+        Command::Train { config, out, max_steps, sets, nproc_per_node, master_port } => {
             let cfg = Config::from_file_with(&config, &sets)?;
+            if let Some(n) = nproc_per_node {
+                // Each worker reruns this command line without the launcher's own options.
+                return streetclip::dist::launch::run(n, &worker_args(), master_port);
+            }
             let out = out.unwrap_or_else(|| PathBuf::from("runs").join(config.file_stem().unwrap_or_default()));
             let summary = streetclip::train::trainer::train(&cfg, &cfg.to_yaml(), &out, max_steps)?;
-            println!("{}", serde_json::to_string_pretty(&summary)?);
+            if streetclip::dist::DistEnv::from_env()?.rank == 0 {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            }
         }
         Command::Export { checkpoint, out } => {
             streetclip::commands::export::run(&checkpoint, &out)?;
@@ -231,8 +265,29 @@ fn run(cli: Cli) -> Result<()> {
                 cfg.data.manifest = manifest;
                 cfg.data.shards = None;
             }
+            let device = commands::parse_device(&rt.device)?;
+            let names = commands::geo::model_names(&model);
+            let mut evals = Vec::new();
+            for (dir, name) in model.iter().zip(names) {
+                let clip = Pretrained::load(dir, device)?;
+                evals.push(commands::geo::eval_geo(&clip, &cfg, &name, limit, rt.batch_size)?);
+            }
+            match (&out, evals.as_slice()) {
+                (Some(out), [one]) => commands::geo::write_outputs(out, one)?,
+                (Some(out), _) => commands::geo::write_comparison(out, &evals)?,
+                (None, _) => {}
+            }
+            let metrics: serde_json::Map<String, serde_json::Value> = evals.iter().map(|e| (e.name.clone(), serde_json::json!(e.metrics))).collect();
+            match evals.as_slice() {
+                [one] => println!("{}", serde_json::to_string_pretty(&one.metrics)?),
+                _ => println!("{}", serde_json::to_string_pretty(&metrics)?),
+            }
+        }
+        Command::Eval(EvalCommand::Classify { model, data, label_column, templates, out, rt }) => {
+            let data = streetclip::data::labelled::Labelled::load(&data, label_column.as_deref())?;
+            let templates = if templates.is_empty() { vec![commands::classify::DEFAULT_TEMPLATE.to_string()] } else { templates };
             let clip = Pretrained::load(&model, commands::parse_device(&rt.device)?)?;
-            let (metrics, _) = commands::geo::eval_geo(&clip, &cfg, &model.display().to_string(), out.as_deref(), limit, rt.batch_size)?;
+            let (metrics, _) = commands::classify::run(&clip, &data, &templates, rt.batch_size, out.as_deref())?;
             println!("{}", serde_json::to_string_pretty(&metrics)?);
         }
         Command::SynthData { out, countries, cities_per_country, per_city, seed } => {
@@ -250,6 +305,21 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// This program's arguments without `--nproc-per-node` and `--master-port` (and their values).
+fn worker_args() -> Vec<std::ffi::OsString> {
+    let mut out = Vec::new();
+    let mut args = std::env::args_os().skip(1);
+    while let Some(a) = args.next() {
+        let text = a.to_string_lossy();
+        if text == "--nproc-per-node" || text == "--master-port" {
+            args.next();
+        } else if !(text.starts_with("--nproc-per-node=") || text.starts_with("--master-port=")) {
+            out.push(a);
+        }
+    }
+    out
 }
 
 /// The error and its causes on one line; a cause already quoted by the message before it is

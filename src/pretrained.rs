@@ -96,6 +96,29 @@ impl Pretrained {
         Ok(Tensor::from_slice(&flat).view([paths.len() as i64, 3, h as i64, w as i64]))
     }
 
+    /// L2-normalised image embeddings `[B, projection_dim]` (on the CPU) of decoded images,
+    /// preprocessed in parallel.
+    pub fn image_embeddings(&self, images: Vec<image::DynamicImage>) -> Result<Tensor> {
+        use rayon::prelude::*;
+        let (h, w) = self.preprocess.output_size();
+        let pre = &self.preprocess;
+        let planes = images.into_par_iter().map(|i| pre.apply(i)).collect::<Result<Vec<_>>>()?;
+        let n = planes.len() as i64;
+        let pixels = Tensor::from_slice(&planes.concat()).view([n, 3, h as i64, w as i64]).to(self.device());
+        Ok(tch::no_grad(|| crate::model::normalize(&self.model.image_features(&pixels))).to(Device::Cpu))
+    }
+
+    /// `image_embeddings` of image files, decoded in parallel; the first unreadable one is an
+    /// error naming it.
+    pub fn embed_files(&self, paths: &[PathBuf]) -> Result<Tensor> {
+        use rayon::prelude::*;
+        let decoded = paths
+            .par_iter()
+            .map(|p| std::fs::read(p).map_err(anyhow::Error::from).and_then(|b| crate::data::preprocess::decode(&b)).with_context(|| format!("cannot decode image {}", p.display())))
+            .collect::<Result<Vec<_>>>()?;
+        self.image_embeddings(decoded)
+    }
+
     /// `(input_ids, attention_mask)` on the CPU.
     pub fn tokenize(&self, texts: &[String]) -> Result<(Tensor, Tensor)> {
         let (ids, mask) = self.tokenizer.encode_tensors(texts)?;

@@ -62,13 +62,17 @@ struct Bytes {
 
 impl Bytes {
     fn of(t: &Tensor) -> Result<Self> {
-        let t = t.detach().to_device(tch::Device::Cpu).contiguous();
-        let dtype = dtype_of(t.kind())?;
-        let numel = t.numel();
-        let mut data = vec![0u8; numel * dtype.bitsize() / 8];
-        t.copy_data_u8(&mut data, numel);
-        Ok(Self { dtype, shape: t.size().iter().map(|&d| d as usize).collect(), data })
+        Ok(Self { dtype: dtype_of(t.kind())?, shape: t.size().iter().map(|&d| d as usize).collect(), data: raw_bytes(t) })
     }
+}
+
+/// A tensor's elements as contiguous CPU bytes in its own dtype (native byte order).
+pub fn raw_bytes(t: &Tensor) -> Vec<u8> {
+    let t = t.detach().to_device(tch::Device::Cpu).contiguous();
+    let numel = t.numel();
+    let mut data = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+    t.copy_data_u8(&mut data, numel);
+    data
 }
 
 impl View for &Bytes {

@@ -4,7 +4,8 @@
 
 mod common;
 use common::*;
-use streetclip::eval::geolocate::{GeoConfig, Geolocator, TextEncoder};
+use streetclip::eval::geolocate::{GeoConfig, Geolocator};
+use streetclip::eval::text::TextEncoder;
 use streetclip::eval::metrics::geo_metrics;
 use streetclip::geo::{haversine_km, Gazetteer};
 use tch::{Kind, Tensor};
@@ -114,25 +115,152 @@ fn edges_single_candidate_ties_and_countries_without_cities() {
     assert!(Geolocator::new(&enc, &g, GeoConfig { countries: Some(vec!["Atlantis".into()]), ..GeoConfig::default() }).is_err());
 }
 
+fn eval_geo(models: &[std::path::PathBuf], out: &std::path::Path, cache: &std::path::Path, limit: Option<&str>) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_streetclip"));
+    cmd.args(["eval", "geo"]).env("STREETCLIP_CACHE_DIR", cache);
+    for m in models {
+        cmd.arg("--model").arg(m);
+    }
+    if let Some(n) = limit {
+        cmd.args(["--limit", n]);
+    }
+    cmd.arg("--manifest").arg(im2gps3k_sample().join("meta.csv")).arg("--out").arg(out).output().unwrap()
+}
+
+fn png_size(path: &std::path::Path) -> (u32, u32) {
+    let img = image::open(path).unwrap_or_else(|e| panic!("{} is not a readable PNG: {e}", path.display()));
+    (img.width(), img.height())
+}
+
 #[test]
 fn evaluation_end_to_end_on_im2gps3k_sample() {
     let tmp = tmpdir();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_streetclip"))
-        .args(["eval", "geo", "--model"])
-        .arg(fixture("tiny-p14-336"))
-        .arg("--manifest")
-        .arg(im2gps3k_sample().join("meta.csv"))
-        .arg("--out")
-        .arg(tmp.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("metrics.json")).unwrap()).unwrap();
+    let (out, cache) = (tmp.path().join("eval"), tmp.path().join("cache"));
+    let first = eval_geo(&[fixture("tiny-p14-336")], &out, &cache, None);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics["n"], 300);
     let within: Vec<f64> = ["1", "25", "200", "750", "2500"].iter().map(|t| metrics["within_km"][t].as_f64().unwrap()).collect();
     assert!(within.windows(2).all(|w| w[0] <= w[1]), "cumulative: {within:?}");
-    let csv = std::fs::read_to_string(tmp.path().join("predictions.csv")).unwrap();
+    let csv = std::fs::read_to_string(out.join("predictions.csv")).unwrap();
     assert!(csv.starts_with("image,lat,lon,pred_lat,pred_lon,pred_country,pred_region,pred_city,true_country,error_km"));
     assert_eq!(csv.lines().count(), 301);
-    assert!(std::fs::read_to_string(tmp.path().join("report.md")).unwrap().contains("within 2500 km"));
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("within 2500 km") && report.contains("![map](map.png)"));
+    assert_eq!(png_size(&out.join("error_curve.png")), (900, 560));
+    assert_eq!(png_size(&out.join("map.png")), (1200, 660));
+    // A second run (on the first 40 images) takes every candidate embedding from the cache and
+    // makes the same guesses.
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(stderr.contains("0 prompt lists from the cache"), "{stderr}");
+    let second = eval_geo(&[fixture("tiny-p14-336")], &tmp.path().join("again"), &cache, Some("40"));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains(" 0 encoded"), "{stderr}");
+    let again = std::fs::read_to_string(tmp.path().join("again/predictions.csv")).unwrap();
+    assert_eq!(again.lines().collect::<Vec<_>>(), csv.lines().take(41).collect::<Vec<_>>());
+}
+
+#[test]
+fn two_models_are_compared_in_one_report() {
+    let tmp = tmpdir();
+    // The second model: the first with its image tower perturbed ("fine-tuned").
+    let tuned = tmp.path().join("tuned");
+    let clip = streetclip::pretrained::Pretrained::load(&fixture("tiny-p14-336"), tch::Device::Cpu).unwrap();
+    tch::manual_seed(0);
+    tch::no_grad(|| {
+        for (name, v) in clip.model.vs.variables() {
+            if name.starts_with("vision_model.encoder") {
+                let _ = v.shallow_clone().g_add_(&(v.randn_like() * 0.05));
+            }
+        }
+    });
+    clip.save(&tuned).unwrap();
+    let out = tmp.path().join("cmp");
+    let run = eval_geo(&[fixture("tiny-p14-336"), tuned], &out, &tmp.path().join("cache"), Some("24"));
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    // Same text tower: the second model finds at least the country prompts in the cache.
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let hits: Vec<usize> = stderr.lines().filter_map(|l| l.strip_prefix("text embeddings: ")).map(|l| l.split(' ').next().unwrap().parse().unwrap()).collect();
+    assert!(hits.len() == 2 && hits[0] == 0 && hits[1] >= 1, "{stderr}");
+    let cmp: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("comparison.json")).unwrap()).unwrap();
+    for name in ["tiny-p14-336", "tuned"] {
+        let own: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(name).join("metrics.json")).unwrap()).unwrap();
+        assert_eq!(cmp[name]["metrics"], own, "{name}");
+        assert_eq!(own["n"], 24);
+        assert!(out.join(name).join("map.png").is_file());
+    }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("| metric | `tiny-p14-336` | `tuned` | Δ (2nd − 1st) |"), "{report}");
+    let a = cmp["tiny-p14-336"]["metrics"]["mean_km"].as_f64().unwrap();
+    let b = cmp["tuned"]["metrics"]["mean_km"].as_f64().unwrap();
+    assert_ne!(a, b, "the perturbed model guesses differently");
+    assert!(report.contains(&format!("| mean error | {a:.0} km | {b:.0} km | {:+.0} km |", b - a)), "{report}");
+    png_size(&out.join("error_curve.png"));
+}
+
+/// Counts calls, so cache hits are visible.
+struct Counting {
+    calls: std::cell::Cell<usize>,
+}
+
+impl TextEncoder for Counting {
+    fn encode(&self, texts: &[String]) -> anyhow::Result<Tensor> {
+        self.calls.set(self.calls.get() + 1);
+        let lens: Vec<f32> = texts.iter().flat_map(|t| [t.len() as f32, 1.0]).collect();
+        Ok(streetclip::model::normalize(&Tensor::from_slice(&lens).view([texts.len() as i64, 2])))
+    }
+    fn scale(&self) -> f64 {
+        1.0
+    }
+}
+
+#[test]
+fn text_cache_serves_repeats_and_keys_on_model_and_prompts() {
+    use streetclip::eval::text_cache::CachedText;
+    let tmp = tmpdir();
+    let inner = Counting { calls: Default::default() };
+    let prompts = vec!["A Street View photo in France.".to_string(), "A Street View photo in Japan.".to_string()];
+    let cached = CachedText::new(&inner, "model-a".into(), Some(tmp.path()));
+    let first = cached.encode(&prompts).unwrap();
+    let again = cached.encode(&prompts).unwrap();
+    assert_eq!(inner.calls.get(), 1);
+    assert_eq!(max_diff(&first, &again), 0.0);
+    // Other prompts, or the same prompts for another model, are encoded afresh.
+    let _ = cached.encode(&prompts[..1]).unwrap();
+    assert_eq!(inner.calls.get(), 2);
+    let other_model = CachedText::new(&inner, "model-b".into(), Some(tmp.path()));
+    let _ = other_model.encode(&prompts).unwrap();
+    assert_eq!(inner.calls.get(), 3);
+    // A damaged entry is recomputed and replaced, not trusted.
+    let dir = tmp.path().join("text-embeddings");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        std::fs::write(entry.unwrap().path(), b"garbage").unwrap();
+    }
+    let fresh = CachedText::new(&inner, "model-a".into(), Some(tmp.path()));
+    assert_eq!(max_diff(&fresh.encode(&prompts).unwrap(), &first), 0.0);
+    assert_eq!((inner.calls.get(), fresh.misses.get()), (4, 1));
+    assert_eq!(max_diff(&fresh.encode(&prompts).unwrap(), &first), 0.0);
+    assert_eq!((inner.calls.get(), fresh.hits.get()), (4, 1));
+    // Without a folder nothing is cached.
+    let off = CachedText::new(&inner, "model-a".into(), None);
+    let _ = off.encode(&prompts).unwrap();
+    let _ = off.encode(&prompts).unwrap();
+    assert_eq!(inner.calls.get(), 6);
+}
+
+#[test]
+fn the_model_fingerprint_follows_the_text_tower_only() {
+    use streetclip::eval::text_cache::text_fingerprint;
+    let clip = streetclip::pretrained::Pretrained::load(&fixture("tiny-p32-224"), tch::Device::Cpu).unwrap();
+    let before = text_fingerprint(&clip).unwrap();
+    assert_eq!(before, text_fingerprint(&clip).unwrap());
+    let vars = clip.model.vs.variables();
+    tch::no_grad(|| {
+        let _ = vars["vision_model.post_layernorm.weight"].shallow_clone().g_add_scalar_(1.0);
+    });
+    assert_eq!(before, text_fingerprint(&clip).unwrap(), "vision weights do not change text embeddings");
+    tch::no_grad(|| {
+        let _ = vars["text_model.final_layer_norm.bias"].shallow_clone().g_add_scalar_(1e-3);
+    });
+    assert_ne!(before, text_fingerprint(&clip).unwrap());
 }

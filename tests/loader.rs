@@ -70,14 +70,22 @@ fn same_seed_same_stream_other_seed_other_order() {
 
 #[test]
 fn ranks_are_disjoint_and_cover_the_epoch() {
+    let n = 30;
+    let whole = epoch_order(n, 9, 0, true, 0, 1, 3);
     for world in [2, 3, 4] {
-        let n = 30;
-        let shares: Vec<Vec<usize>> = (0..world).map(|r| epoch_order(n, 9, 0, true, r, world)).collect();
+        let block = 3;
+        let shares: Vec<Vec<usize>> = (0..world).map(|r| epoch_order(n, 9, 0, true, r, world, block)).collect();
         let all: Vec<usize> = shares.iter().flatten().copied().collect();
         let distinct: HashSet<usize> = all.iter().copied().collect();
         assert_eq!(distinct.len(), all.len(), "disjoint");
-        assert_eq!(all.len(), n / world * world, "covering (up to the remainder)");
-        assert!(shares.iter().all(|s| s.len() == n / world), "equal shares");
+        let global = world * block;
+        assert_eq!(all.len(), n / global * global, "covering whole global batches");
+        assert!(shares.iter().all(|s| s.len() == n / global * block), "equal shares");
+        // Global batch g, rank by rank, is the one-rank order's g-th run of world x block.
+        for g in 0..n / global {
+            let spliced: Vec<usize> = shares.iter().flat_map(|s| s[g * block..(g + 1) * block].to_vec()).collect();
+            assert_eq!(spliced, whole[g * global..(g + 1) * global], "world {world}, global batch {g}");
+        }
     }
     let f = synth(3);
     let r0 = run(&f.data, LoaderConfig { rank: 0, world_size: 2, ..config(3) }, Position::default());
@@ -85,7 +93,7 @@ fn ranks_are_disjoint_and_cover_the_epoch() {
     let s0: HashSet<usize> = r0.iter().filter(|b| b.epoch == 0).flat_map(|b| b.samples.clone()).collect();
     let s1: HashSet<usize> = r1.iter().filter(|b| b.epoch == 0).flat_map(|b| b.samples.clone()).collect();
     assert!(s0.is_disjoint(&s1));
-    assert_eq!(s0.len() + s1.len(), 30);
+    assert_eq!(s0.len() + s1.len(), 30 / 6 * 6);
 }
 
 #[test]

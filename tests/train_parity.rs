@@ -7,6 +7,7 @@ use common::*;
 use streetclip::model::ClipModel;
 use streetclip::train::loss::clip_loss;
 use streetclip::train::optim::{AdamW, OptimConfig, Schedule};
+use streetclip::dist::Dist;
 use streetclip::train::step::{accumulate_gradients, optimizer_step, Accumulation, MicroBatch};
 use tch::{Device, Kind, Tensor};
 
@@ -32,7 +33,7 @@ fn adamw_steps_match_torch() {
     let batch = micro_batches(&e, 4);
     let losses = Vec::<f32>::try_from(&reference["losses"]).unwrap();
     for (t, want) in losses.iter().enumerate() {
-        let stats = accumulate_gradients(&model, &batch, Accumulation::PerMicroBatch, None);
+        let stats = accumulate_gradients(&model, &batch, Accumulation::PerMicroBatch, None, &Dist::single()).unwrap();
         assert!((stats.loss - *want as f64).abs() < 1e-5, "step {t}: loss {} vs {want}", stats.loss);
         optimizer_step(&model, &mut opt, cfg.lr_at(t as u64, losses.len() as u64), cfg.max_grad_norm).unwrap();
     }
@@ -80,15 +81,15 @@ fn full_batch_accumulation_equals_one_step_on_the_whole_batch() {
         let e64: std::collections::HashMap<String, Tensor> =
             e.iter().map(|(k, v)| (k.clone(), if v.is_floating_point() { v.to_kind(Kind::Double) } else { v.shallow_clone() })).collect();
         let to_f64 = |mb: Vec<MicroBatch>| mb.into_iter().map(|m| MicroBatch { pixel_values: m.pixel_values.to_kind(Kind::Double), ..m }).collect::<Vec<_>>();
-        let whole = accumulate_gradients(&model, &to_f64(micro_batches(&e64, 4)), Accumulation::FullBatch, None);
+        let whole = accumulate_gradients(&model, &to_f64(micro_batches(&e64, 4)), Accumulation::FullBatch, None, &Dist::single()).unwrap();
         let one_step: std::collections::HashMap<String, Tensor> = gradients(&model).into_iter().collect();
-        let split = accumulate_gradients(&model, &to_f64(micro_batches(&e64, 2)), Accumulation::FullBatch, None);
+        let split = accumulate_gradients(&model, &to_f64(micro_batches(&e64, 2)), Accumulation::FullBatch, None, &Dist::single()).unwrap();
         let accumulated = gradients(&model);
         assert!((whole.loss - split.loss).abs() < 1e-12);
         assert_gradients_close(&format!("{name} f64 full_batch vs one step"), &accumulated, |n| one_step[n].shallow_clone(), 1e-5);
 
         let model = ClipModel::load(&fixture(name), Device::Cpu).unwrap();
-        let split = accumulate_gradients(&model, &micro_batches(&e, 2), Accumulation::FullBatch, None);
+        let split = accumulate_gradients(&model, &micro_batches(&e, 2), Accumulation::FullBatch, None, &Dist::single()).unwrap();
         assert!((split.loss - e["loss"].double_value(&[])).abs() < 1e-5, "the HF loss on the whole batch");
         assert_gradients_close(&format!("{name} fp32 full_batch vs HF"), &gradients(&model), |n| e[&format!("grad.{n}")].shallow_clone(), 1e-4);
     }
@@ -99,7 +100,7 @@ fn per_micro_batch_accumulation_averages_local_losses() {
     let model = ClipModel::load(&fixture("tiny-p32-224"), Device::Cpu).unwrap();
     let e = expected("tiny-p32-224");
     let micro = micro_batches(&e, 2);
-    let stats = accumulate_gradients(&model, &micro, Accumulation::PerMicroBatch, None);
+    let stats = accumulate_gradients(&model, &micro, Accumulation::PerMicroBatch, None, &Dist::single()).unwrap();
     let accumulated = gradients(&model);
     let mut expected_loss = 0.0;
     for m in &micro {
@@ -137,7 +138,7 @@ fn bf16_autocast_matches_torch_autocast() {
     let model = ClipModel::load(&fixture("tiny-p32-224"), Device::Cpu).unwrap();
     let e = expected("tiny-p32-224");
     let reference = expected("tiny-p32-224-bf16");
-    let stats = accumulate_gradients(&model, &micro_batches(&e, 4), Accumulation::PerMicroBatch, Some(streetclip::shim::AutocastDtype::BFloat16));
+    let stats = accumulate_gradients(&model, &micro_batches(&e, 4), Accumulation::PerMicroBatch, Some(streetclip::shim::AutocastDtype::BFloat16), &Dist::single()).unwrap();
     assert!((stats.loss - reference["loss"].double_value(&[])).abs() < 1e-5, "bf16 loss {} vs torch {}", stats.loss, reference["loss"].double_value(&[]));
     let grads = gradients(&model);
     assert!(grads.iter().all(|(_, g)| g.kind() == Kind::Float), "fp32 master gradients");

@@ -1,6 +1,7 @@
 //! What the CLI subcommands do, as library functions; `main.rs` only parses arguments.
 
 pub mod captions;
+pub mod classify;
 pub mod embed;
 pub mod export;
 pub mod geo;

@@ -1,8 +1,10 @@
 //! The parallel loader: a deterministic, resumable stream of (pixels, caption) batches.
 //!
-//! Each epoch's order is a seeded permutation of the whole dataset, the same on every rank;
-//! rank `r` of `w` takes positions `r, r + w, r + 2w, ...` (the order truncated to a multiple of
-//! `w`, so ranks see equally many samples and together cover the epoch). A background thread
+//! Each epoch's order is a seeded permutation of the whole dataset, the same on every rank. The
+//! order is cut into global batches of `w × batch_size`; rank `r` of `w` takes the `r`-th
+//! `batch_size` block of each (the order truncated to whole global batches, so ranks see equally
+//! many samples). A global batch — and each micro-batch within it — is thus the same samples
+//! however many ranks share it. A background thread
 //! decodes and preprocesses each batch on a pool of worker threads and keeps up to `prefetch`
 //! batches ready. Every batch carries the position after it, so a checkpoint that stores it
 //! resumes exactly where the run stopped.
@@ -59,14 +61,18 @@ pub struct Batch {
     pub skipped: Vec<String>,
 }
 
-/// This rank's share of an epoch, in order.
-pub fn epoch_order(n: usize, seed: u64, epoch: u64, shuffle: bool, rank: usize, world_size: usize) -> Vec<usize> {
+/// This rank's share of an epoch, in order: block `rank` of every `world_size × block` run.
+pub fn epoch_order(n: usize, seed: u64, epoch: u64, shuffle: bool, rank: usize, world_size: usize, block: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     if shuffle {
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(sample_seed(seed, epoch, u64::MAX)));
     }
-    let usable = n / world_size * world_size;
-    order.into_iter().take(usable).skip(rank).step_by(world_size).collect()
+    if world_size == 1 {
+        return order;
+    }
+    let global = world_size * block;
+    order.truncate(n / global * global);
+    order.chunks(block).skip(rank).step_by(world_size).flatten().copied().collect()
 }
 
 pub struct Loader {
@@ -88,7 +94,7 @@ impl Loader {
         if cfg.batch_size == 0 || cfg.world_size == 0 || cfg.rank >= cfg.world_size {
             bail!("loader: batch size {} and rank {} of {} are not valid", cfg.batch_size, cfg.rank, cfg.world_size);
         }
-        if data.samples.len() / cfg.world_size < cfg.batch_size && cfg.drop_last {
+        if data.samples.len() < cfg.world_size * cfg.batch_size && (cfg.drop_last || cfg.world_size > 1) {
             bail!("{} samples are too few for batches of {} on {} rank(s)", data.samples.len(), cfg.batch_size, cfg.world_size);
         }
         let pool = rayon::ThreadPoolBuilder::new().num_threads(cfg.workers).thread_name(|i| format!("decode-{i}")).build()?;
@@ -125,7 +131,7 @@ impl Producer {
         let mut pos = from;
         while self.cfg.epochs.is_none_or(|e| pos.epoch < e) {
             let c = &self.cfg;
-            let order = epoch_order(self.data.samples.len(), c.seed, pos.epoch, c.shuffle, c.rank, c.world_size);
+            let order = epoch_order(self.data.samples.len(), c.seed, pos.epoch, c.shuffle, c.rank, c.world_size, c.batch_size);
             while pos.index < order.len() {
                 if stop.load(Ordering::Relaxed) {
                     return;

@@ -1,6 +1,7 @@
 //! Data: manifests and WebDataset shards, labels, image preprocessing, the loader.
 
 pub mod dataset;
+pub mod labelled;
 pub mod labels;
 pub mod loader;
 pub mod manifest;

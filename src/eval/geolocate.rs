@@ -4,8 +4,8 @@
 //! candidates). Prompts come from the config; several templates per stage are averaged
 //! (prompt ensembling).
 
+use super::text::{ensemble, probabilities, TextEncoder};
 use crate::geo::Gazetteer;
-use crate::pretrained::Pretrained;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -28,6 +28,8 @@ pub struct GeoConfig {
     pub countries: Option<Vec<String>>,
     /// Candidates listed per stage in the output.
     pub top_k: usize,
+    /// Keep candidate text embeddings on disk (see `text_cache`), keyed by model and prompts.
+    pub cache: bool,
 }
 
 impl Default for GeoConfig {
@@ -40,30 +42,8 @@ impl Default for GeoConfig {
             cities_per_country: 30,
             countries: None,
             top_k: 3,
+            cache: true,
         }
-    }
-}
-
-/// Normalised text embeddings for prompts; the model, or a stand-in in tests.
-pub trait TextEncoder {
-    /// `[n, d]`, each row L2-normalised.
-    fn encode(&self, texts: &[String]) -> Result<Tensor>;
-    /// The softmax temperature (CLIP's `logit_scale.exp()`).
-    fn scale(&self) -> f64;
-}
-
-impl TextEncoder for Pretrained {
-    fn encode(&self, texts: &[String]) -> Result<Tensor> {
-        let device = self.device();
-        let mut out = Vec::new();
-        for chunk in texts.chunks(256) {
-            let (ids, mask) = self.tokenize(chunk)?;
-            out.push(tch::no_grad(|| crate::model::normalize(&self.model.text_features(&ids.to(device), Some(&mask.to(device))))).to(tch::Device::Cpu));
-        }
-        Ok(Tensor::cat(&out, 0))
-    }
-    fn scale(&self) -> f64 {
-        self.model.logit_scale().exp().double_value(&[])
     }
 }
 
@@ -125,14 +105,8 @@ impl<'a, E: TextEncoder> Geolocator<'a, E> {
             bail!("no candidate countries");
         }
         let prompts = |t: &str| items.iter().map(|&c| fill(t, None, None, &g.countries[c].in_sentence())).collect::<Vec<_>>();
-        let text = Self::ensemble(encoder, &cfg.country_prompts, prompts)?;
+        let text = ensemble(encoder, &cfg.country_prompts, prompts)?;
         Ok(Self { encoder, g, cfg, countries: Stage { items, text }, regions: Default::default(), cities: Default::default() })
-    }
-
-    /// The mean of each candidate's normalised embeddings over the templates, renormalised.
-    fn ensemble(encoder: &E, templates: &[String], prompts: impl Fn(&str) -> Vec<String>) -> Result<Tensor> {
-        let per_template = templates.iter().map(|t| encoder.encode(&prompts(t))).collect::<Result<Vec<_>>>()?;
-        Ok(crate::model::normalize(&Tensor::stack(&per_template, 0).mean_dim(0, false, Kind::Float)))
     }
 
     fn region_stage(&self, country: usize) -> Result<()> {
@@ -147,7 +121,7 @@ impl<'a, E: TextEncoder> Geolocator<'a, E> {
             None
         } else {
             let name = g.countries[country].in_sentence();
-            let text = Self::ensemble(self.encoder, &self.cfg.region_prompts, |t| items.iter().map(|&r| fill(t, None, Some(&g.regions[r].name), &name)).collect())?;
+            let text = ensemble(self.encoder, &self.cfg.region_prompts, |t| items.iter().map(|&r| fill(t, None, Some(&g.regions[r].name), &name)).collect())?;
             Some(Stage { items, text })
         };
         self.regions.borrow_mut().insert(country, stage);
@@ -166,7 +140,7 @@ impl<'a, E: TextEncoder> Geolocator<'a, E> {
         } else {
             let name = g.countries[country].in_sentence();
             let region_name = |c: usize| g.cities[c].region.map(|r| g.regions[r].name.clone());
-            let text = Self::ensemble(self.encoder, &self.cfg.city_prompts, |t| {
+            let text = ensemble(self.encoder, &self.cfg.city_prompts, |t| {
                 items.iter().map(|&c| fill(t, Some(&g.cities[c].name), region_name(c).as_deref(), &name).replace(" , ", " ").replace(", ,", ",")).collect()
             })?;
             Some(Stage { items, text })
@@ -177,7 +151,7 @@ impl<'a, E: TextEncoder> Geolocator<'a, E> {
 
     /// Probabilities over a stage for one image, best first (ties keep candidate order).
     fn rank(&self, image: &Tensor, stage: &Stage) -> Vec<(usize, f64)> {
-        let probs = (image.matmul(&stage.text.tr()) * self.encoder.scale()).softmax(-1, Kind::Double);
+        let probs = probabilities(&image.unsqueeze(0), &stage.text, self.encoder.scale()).squeeze_dim(0);
         let p = Vec::<f64>::try_from(probs).expect("probabilities");
         let mut order: Vec<usize> = (0..p.len()).collect();
         order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));

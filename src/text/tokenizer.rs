@@ -17,6 +17,12 @@ pub struct ClipTokenizer {
 }
 
 impl ClipTokenizer {
+    /// The tokenizer's full definition (vocabulary, merges, normalisation, padding) as JSON:
+    /// equal strings tokenize equally, so caches key on it.
+    pub fn definition(&self) -> Result<String> {
+        self.inner.to_string(false).map_err(|e| anyhow::anyhow!("cannot serialise the tokenizer: {e}"))
+    }
+
     /// The bundled CLIP tokenizer.
     pub fn bundled(context_length: usize) -> Result<Self> {
         let inner = Tokenizer::from_bytes(BUNDLED).map_err(|e| anyhow::anyhow!("bundled tokenizer.json: {e}"))?;

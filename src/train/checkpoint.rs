@@ -15,8 +15,12 @@ use std::path::{Path, PathBuf};
 pub struct TrainState {
     /// Optimizer steps taken.
     pub step: u64,
-    /// Where the loader resumes.
+    /// Where the loader resumes (rank 0's, in a multi-process run).
     pub position: Position,
+    /// Every rank's position, for a multi-process run (ranks that skipped bad samples are
+    /// further into their shares than others).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rank_positions: Vec<Position>,
     pub samples_seen: u64,
     /// Steps dropped for a non-finite loss.
     pub skipped_steps: u64,

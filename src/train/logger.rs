@@ -34,9 +34,15 @@ impl MetricSink for TensorBoard {
 
 pub struct Progress {
     bar: Option<indicatif::ProgressBar>,
+    quiet: bool,
 }
 
 impl Progress {
+    /// Prints nothing: the other ranks of a data-parallel run.
+    pub fn quiet() -> Self {
+        Self { bar: None, quiet: true }
+    }
+
     pub fn new(total: u64, done: u64) -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let b = indicatif::ProgressBar::new(total);
@@ -44,7 +50,7 @@ impl Progress {
             b.set_position(done);
             b
         });
-        Self { bar }
+        Self { bar, quiet: false }
     }
 
     pub fn update(&self, step: u64, total: u64, line: &str, log: bool) {
@@ -53,7 +59,7 @@ impl Progress {
                 b.set_position(step);
                 b.set_message(line.to_string());
             }
-            None if log => eprintln!("step {step}/{total} {line}"),
+            None if log && !self.quiet => eprintln!("step {step}/{total} {line}"),
             None => {}
         }
     }
@@ -61,7 +67,8 @@ impl Progress {
     pub fn println(&self, line: &str) {
         match &self.bar {
             Some(b) => b.println(line),
-            None => eprintln!("{line}"),
+            None if !self.quiet => eprintln!("{line}"),
+            None => {}
         }
     }
 }

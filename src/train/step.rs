@@ -3,7 +3,9 @@
 
 use super::loss::clip_loss;
 use super::optim::{clip_grad_norm, AdamW};
+use crate::dist::Dist;
 use crate::model::ClipModel;
+use anyhow::Result;
 use crate::shim::{autocast, AutocastDtype};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -52,8 +54,11 @@ fn features(model: &ClipModel, m: &MicroBatch, amp: Option<AutocastDtype>) -> (T
     }
 }
 
-/// Leaves the step's gradients in the model's parameters (added to what is there).
-pub fn accumulate_gradients(model: &ClipModel, micro: &[MicroBatch], mode: Accumulation, amp: Option<AutocastDtype>) -> StepStats {
+/// Leaves the step's gradients in the model's parameters (added to what is there). With
+/// several ranks, `full_batch` makes one loss over every rank's pairs: features are
+/// all-gathered (without a graph) and this rank's own are spliced in with one, so its gradient
+/// is its share of the global loss's (the caller sums shares over the ranks).
+pub fn accumulate_gradients(model: &ClipModel, micro: &[MicroBatch], mode: Accumulation, amp: Option<AutocastDtype>, dist: &Dist) -> Result<StepStats> {
     match mode {
         Accumulation::PerMicroBatch => {
             let mut stats = StepStats::default();
@@ -66,7 +71,7 @@ pub fn accumulate_gradients(model: &ClipModel, micro: &[MicroBatch], mode: Accum
                 stats.loss += loss.double_value(&[]) / n;
                 stats.accuracy += accuracy(&out.logits_per_image.detach()) / n;
             }
-            stats
+            Ok(stats)
         }
         Accumulation::FullBatch => {
             // 1. Features of every micro-batch without a graph.
@@ -75,15 +80,16 @@ pub fn accumulate_gradients(model: &ClipModel, micro: &[MicroBatch], mode: Accum
             });
             // 2. The loss over all pairs, differentiated with respect to the cached features
             //    (and logit_scale, whose gradient is complete after this backward).
-            let image_all = Tensor::cat(&images, 0).set_requires_grad(true);
-            let text_all = Tensor::cat(&texts, 0).set_requires_grad(true);
+            let image_own = Tensor::cat(&images, 0).set_requires_grad(true);
+            let text_own = Tensor::cat(&texts, 0).set_requires_grad(true);
+            let (image_all, text_all) = (splice_global(dist, &image_own)?, splice_global(dist, &text_own)?);
             let out = model.logits(&image_all, &text_all);
             let loss = clip_loss(&out.logits_per_text);
             loss.backward();
             let stats = StepStats { loss: loss.double_value(&[]), accuracy: accuracy(&out.logits_per_image.detach()) };
             // 3. Each micro-batch again with a graph, back-propagating its share of those
             //    feature gradients: the chain rule gives exactly the full-batch gradient.
-            let (image_grad, text_grad) = (image_all.grad(), text_all.grad());
+            let (image_grad, text_grad) = (image_own.grad(), text_own.grad());
             let mut offset = 0;
             for m in micro {
                 let b = m.pixel_values.size()[0];
@@ -92,9 +98,22 @@ pub fn accumulate_gradients(model: &ClipModel, micro: &[MicroBatch], mode: Accum
                 surrogate.backward();
                 offset += b;
             }
-            stats
+            Ok(stats)
         }
     }
+}
+
+/// Every rank's rows of `own` in rank order, with this rank's block being `own` itself (so
+/// gradients flow to it) and the others constants. Every rank holds the same number of rows.
+fn splice_global(dist: &Dist, own: &Tensor) -> Result<Tensor> {
+    if dist.world_size == 1 {
+        return Ok(own.shallow_clone());
+    }
+    let all = dist.all_gather(&own.detach())?;
+    let n = own.size()[0];
+    let before = all.narrow(0, 0, n * dist.rank as i64);
+    let after = all.narrow(0, n * (dist.rank as i64 + 1), n * (dist.world_size - dist.rank - 1) as i64);
+    Ok(Tensor::cat(&[before, own.shallow_clone(), after], 0))
 }
 
 /// Clips, updates, clamps the temperature (≤ 100, as CLIP), clears the gradients.

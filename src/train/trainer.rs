@@ -4,12 +4,14 @@
 use super::checkpoint::{self, TrainState};
 use super::logger::{MetricSink, Progress, TensorBoard};
 use super::optim::AdamW;
-use super::step::{accumulate_gradients, optimizer_step, MicroBatch};
+use super::step::{accumulate_gradients, optimizer_step, Accumulation, MicroBatch};
 use super::validate::{validate, ValMetrics};
 use crate::commands::parse_device;
+use crate::dist::{all_reduce_gradients, Dist, DistEnv};
+use crate::model::weights;
 use crate::config::{Config, FreezeConfig, OnNonFinite, Precision};
 use crate::shim::AutocastDtype;
-use crate::data::loader::{Loader, LoaderConfig};
+use crate::data::loader::{Loader, LoaderConfig, Position};
 use crate::data::{Dataset, Sample};
 use crate::geo::Gazetteer;
 use crate::model::ClipConfig;
@@ -49,8 +51,15 @@ fn stop_flag() -> &'static AtomicBool {
     })
 }
 
-fn build_model(cfg: &Config) -> Result<Pretrained> {
-    let device = parse_device(&cfg.model.device).context("model.device")?;
+/// The configured device; in a multi-process run `cuda` means this worker's GPU, cuda:LOCAL_RANK.
+fn device_for(cfg: &Config, env: &DistEnv) -> Result<tch::Device> {
+    if env.is_distributed() && cfg.model.device == "cuda" {
+        return parse_device(&format!("cuda:{}", env.local_rank)).context("model.device (cuda:LOCAL_RANK)");
+    }
+    parse_device(&cfg.model.device).context("model.device")
+}
+
+fn build_model(cfg: &Config, device: tch::Device) -> Result<Pretrained> {
     let m = &cfg.model;
     match (&m.init, &m.preset, &m.config) {
         (Some(dir), None, None) => Pretrained::load(dir, device),
@@ -86,6 +95,36 @@ fn apply_freeze(clip: &mut Pretrained, freeze: &FreezeConfig) -> usize {
     trainable
 }
 
+/// Every rank's loader position gathered to rank 0, which writes the checkpoint. All ranks call
+/// this at the same steps.
+#[allow(clippy::too_many_arguments)]
+fn save_checkpoint(dist: &Dist, root: &Path, clip: &Pretrained, opt: &AdamW, state: &mut TrainState, config_yaml: &str, keep: usize) -> Result<()> {
+    if dist.world_size > 1 {
+        let mine = Tensor::from_slice(&[state.position.epoch as i64, state.position.index as i64]).view([1, 2]);
+        let all = Vec::<i64>::try_from(dist.all_gather(&mine.to(clip.device()))?.view([-1]))?;
+        state.rank_positions = all.chunks(2).map(|p| Position { epoch: p[0] as u64, index: p[1] as usize }).collect();
+    }
+    if dist.is_main() {
+        checkpoint::save(root, &clip.model, opt, state, config_yaml, keep)?;
+    }
+    Ok(())
+}
+
+/// This rank's loader position in a resumed run. With the world size it was saved with, its own;
+/// otherwise rank 0's position in the data, re-expressed in this world's shares (exact unless
+/// samples were skipped).
+fn resume_position(state: &TrainState, dist: &Dist) -> Position {
+    let saved_world = state.rank_positions.len().max(1);
+    if saved_world == dist.world_size {
+        return state.rank_positions.get(dist.rank).copied().unwrap_or(state.position);
+    }
+    let global = state.position.index * saved_world;
+    if dist.is_main() {
+        eprintln!("resuming a {saved_world}-rank run on {} ranks: each continues at sample {} of its share", dist.world_size, global / dist.world_size);
+    }
+    Position { epoch: state.position.epoch, index: global / dist.world_size }
+}
+
 /// Train / validation split by a seeded per-sample draw (stable when the data grows).
 fn split(samples: &[Sample], fraction: f64, seed: u64) -> (Vec<Sample>, Vec<Sample>) {
     let (mut train, mut val) = (vec![], vec![]);
@@ -98,6 +137,9 @@ fn split(samples: &[Sample], fraction: f64, seed: u64) -> (Vec<Sample>, Vec<Samp
 
 /// Trains as `cfg` says into `out` (resuming from its newest checkpoint), stopping after
 /// `max_steps` optimizer steps when given. `config_yaml` is the resolved config, saved as is.
+/// Under torchrun, SLURM or `--nproc-per-node`, this process is one rank of a data-parallel job:
+/// the global batch is world × grad_accum_steps × micro_batch_size; rank 0 alone logs,
+/// validates, checkpoints and exports.
 pub fn train(cfg: &Config, config_yaml: &str, out: &Path, max_steps: Option<u64>) -> Result<Summary> {
     let t = &cfg.train;
     if t.micro_batch_size == 0 || t.grad_accum_steps == 0 || t.epochs == 0 {
@@ -106,25 +148,39 @@ pub fn train(cfg: &Config, config_yaml: &str, out: &Path, max_steps: Option<u64>
     if !(0.0..1.0).contains(&t.val_fraction) {
         bail!("train.val_fraction = {} must be in [0, 1)", t.val_fraction);
     }
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create run directory {}", out.display()))?;
-    crate::tensor_io::write_atomic(&out.join("config.yaml"), config_yaml.as_bytes())?;
+    let env = DistEnv::from_env()?;
+    let device = device_for(cfg, &env)?;
+    let dist = Dist::init(&env, cfg.dist.backend_for(device)?, device, cfg.dist.timeout())?;
+    let main = dist.is_main();
+    if main {
+        std::fs::create_dir_all(out).with_context(|| format!("cannot create run directory {}", out.display()))?;
+        crate::tensor_io::write_atomic(&out.join("config.yaml"), config_yaml.as_bytes())?;
+    }
     let stop = stop_flag();
 
     // A fresh model's initial weights come from libtorch's generator.
     tch::manual_seed(t.seed as i64);
-    let mut clip = build_model(cfg)?;
+    let mut clip = build_model(cfg, device)?;
     let trainable = apply_freeze(&mut clip, &t.freeze);
     if trainable == 0 {
         bail!("train.freeze leaves no parameter to train");
     }
     let g = Gazetteer::bundled()?;
+    // Rank 0 first: it draws synthetic data when the config asks for it.
+    if !main {
+        dist.barrier().context("waiting for rank 0 to prepare the data")?;
+    }
     let (data, report) = Dataset::load(&cfg.data, &g)?;
-    eprintln!("data: {}", report.summary());
+    if main {
+        eprintln!("data: {}", report.summary());
+        dist.barrier()?;
+    }
     let (train_samples, val_samples) = split(&data.samples, t.val_fraction, t.seed);
+    // Per rank; the step's global batch is world_size times this.
     let step_size = t.micro_batch_size * t.grad_accum_steps;
-    let steps_per_epoch = (train_samples.len() / step_size) as u64;
+    let steps_per_epoch = (train_samples.len() / dist.world_size / step_size) as u64;
     if steps_per_epoch == 0 {
-        bail!("{} training samples are fewer than one step's batch ({} x {})", train_samples.len(), t.micro_batch_size, t.grad_accum_steps);
+        bail!("{} training samples are fewer than one step's batch ({} ranks x {} x {})", train_samples.len(), dist.world_size, t.micro_batch_size, t.grad_accum_steps);
     }
     let total_steps = steps_per_epoch * t.epochs;
     let stop_at = max_steps.or(t.max_steps).unwrap_or(total_steps).min(total_steps);
@@ -135,10 +191,19 @@ pub fn train(cfg: &Config, config_yaml: &str, out: &Path, max_steps: Option<u64>
     let mut state = TrainState::default();
     if let Some(last) = checkpoint::list(&ckpt_root).pop() {
         state = checkpoint::load(&last, &mut clip.model, &mut opt)?;
-        eprintln!("resuming from {} (step {})", last.display(), state.step);
+        if main {
+            eprintln!("resuming from {} (step {})", last.display(), state.step);
+        }
+        state.position = resume_position(&state, &dist);
     }
-    let mut tb = TensorBoard::new(&out.join("tensorboard"))?;
-    let device = clip.device();
+    if dist.world_size > 1 {
+        // Identical starting weights everywhere, fresh or resumed.
+        dist.broadcast_tensors(&weights::named_tensors(&clip.model.vs).into_iter().map(|(_, t)| t).collect::<Vec<_>>()).context("broadcasting rank 0's parameters")?;
+        if main {
+            eprintln!("data parallel: {} ranks ({}), global batch {} = {} x {} x {}", dist.world_size, env.launcher, dist.world_size * step_size, dist.world_size, t.grad_accum_steps, t.micro_batch_size);
+        }
+    }
+    let mut tb = if main { Some(TensorBoard::new(&out.join("tensorboard"))?) } else { None };
     let amp = match (t.precision, device.is_cuda()) {
         (Precision::Bf16, _) | (Precision::Auto, true) => Some(AutocastDtype::BFloat16),
         _ => None,
@@ -150,8 +215,8 @@ pub fn train(cfg: &Config, config_yaml: &str, out: &Path, max_steps: Option<u64>
         prefetch: cfg.data.prefetch,
         seed: t.seed,
         shuffle: true,
-        rank: 0,
-        world_size: 1,
+        rank: dist.rank,
+        world_size: dist.world_size,
         on_error: cfg.data.on_error,
         drop_last: true,
         augment: cfg.data.augment.clone(),
@@ -159,22 +224,29 @@ pub fn train(cfg: &Config, config_yaml: &str, out: &Path, max_steps: Option<u64>
     };
     let (h, w) = clip.preprocess.output_size();
     let mut loader = Loader::start(train_set.clone(), captioner.clone(), clip.preprocess.clone(), loader_cfg, state.position)?;
-    let progress = Progress::new(total_steps, state.step);
+    let progress = if main { Progress::new(total_steps, state.step) } else { Progress::quiet() };
+    let params = weights::named_tensors(&clip.model.vs);
     let (start, start_samples) = (Instant::now(), state.samples_seen);
     let mut last_loss = f64::NAN;
     let mut validation = None;
     let mut stopped_by = "end of training".to_string();
 
     while state.step < stop_at {
-        if stop.load(Ordering::SeqCst) {
+        // Every rank stops at the same step, whichever got the signal.
+        if dist.any(stop.load(Ordering::SeqCst))? {
             stopped_by = "signal".into();
             break;
         }
-        let Some(batch) = loader.next() else { break };
-        let batch = batch?;
+        let batch = loader.next();
+        // Ranks run out of data together (their shares are equally long), but agree anyway: a
+        // rank that stopped alone would leave the others waiting in a collective.
+        if dist.any(batch.is_none())? {
+            break;
+        }
+        let batch = batch.expect("checked above")?;
         state.skipped_samples += batch.skipped.len() as u64;
         for s in &batch.skipped {
-            progress.println(&format!("skipped {s}"));
+            eprintln!("rank {}: skipped {s}", dist.rank);
         }
         let n = batch.samples.len() as i64;
         let pixels = Tensor::from_slice(&batch.pixels).view([n, 3, h as i64, w as i64]);
@@ -186,7 +258,12 @@ pub fn train(cfg: &Config, config_yaml: &str, out: &Path, max_steps: Option<u64>
                 MicroBatch { pixel_values: pixels.narrow(0, s, b).to(device), input_ids: ids.narrow(0, s, b).to(device), attention_mask: mask.narrow(0, s, b).to(device) }
             })
             .collect();
-        let stats = accumulate_gradients(&clip.model, &micro, t.accumulation, amp);
+        let mut stats = accumulate_gradients(&clip.model, &micro, t.accumulation, amp, &dist)?;
+        if dist.world_size > 1 {
+            all_reduce_gradients(&dist, &params, t.accumulation == Accumulation::PerMicroBatch, &["logit_scale"])?;
+            // The same loss on every rank, so they agree on skipping a non-finite step.
+            (stats.loss, stats.accuracy) = dist.mean2(stats.loss, stats.accuracy)?;
+        }
         if !stats.loss.is_finite() {
             match t.on_nonfinite {
                 OnNonFinite::Skip => {
@@ -198,7 +275,7 @@ pub fn train(cfg: &Config, config_yaml: &str, out: &Path, max_steps: Option<u64>
                 }
                 OnNonFinite::Stop => {
                     opt.zero_grad();
-                    checkpoint::save(&ckpt_root, &clip.model, &opt, &state, config_yaml, t.keep_checkpoints)?;
+                    save_checkpoint(&dist, &ckpt_root, &clip, &opt, &mut state, config_yaml, t.keep_checkpoints)?;
                     bail!("loss became {} at step {}; state before it saved in {} (lower optim.lr, or set train.on_nonfinite: skip)", stats.loss, state.step + 1, ckpt_root.display());
                 }
             }
@@ -206,29 +283,33 @@ pub fn train(cfg: &Config, config_yaml: &str, out: &Path, max_steps: Option<u64>
         let lr = cfg.optim.lr_at(state.step, total_steps);
         let grad_norm = optimizer_step(&clip.model, &mut opt, lr, cfg.optim.max_grad_norm)?;
         state.step += 1;
-        state.samples_seen += n as u64;
+        state.samples_seen += (n as u64) * dist.world_size as u64;
         state.position = batch.next;
         last_loss = stats.loss;
 
         let rate = (state.samples_seen - start_samples) as f64 / start.elapsed().as_secs_f64();
         let scale = clip.model.logit_scale().exp().double_value(&[]);
-        for (tag, v) in [("train/loss", stats.loss), ("train/lr", lr), ("train/logit_scale", scale), ("train/grad_norm", grad_norm), ("train/samples_per_s", rate), ("train/batch_accuracy", stats.accuracy)] {
-            tb.scalar(tag, v, state.step);
+        if let Some(tb) = tb.as_mut() {
+            for (tag, v) in [("train/loss", stats.loss), ("train/lr", lr), ("train/logit_scale", scale), ("train/grad_norm", grad_norm), ("train/samples_per_s", rate), ("train/batch_accuracy", stats.accuracy)] {
+                tb.scalar(tag, v, state.step);
+            }
         }
         let log_now = state.step % t.log_every.max(1) == 0 || state.step == stop_at;
         progress.update(state.step, total_steps, &format!("loss {:.4} acc {:.3} lr {lr:.2e} {rate:.1} samples/s", stats.loss, stats.accuracy), log_now);
 
         let epoch_end = state.step % steps_per_epoch == 0;
-        if t.eval_every > 0 && state.step % t.eval_every == 0 && !val_samples.is_empty() {
+        if let (true, Some(tb)) = (t.eval_every > 0 && state.step % t.eval_every == 0 && !val_samples.is_empty(), tb.as_mut()) {
             let m = validate(&clip, &val_samples, &captioner, &g, t.micro_batch_size)?;
-            m.log(&mut tb, state.step);
+            m.log(tb, state.step);
             progress.println(&format!("step {}: {}", state.step, m.line()));
             validation = Some(m);
         }
         if epoch_end || state.step % t.checkpoint_every.max(1) == 0 {
-            checkpoint::save(&ckpt_root, &clip.model, &opt, &state, config_yaml, t.keep_checkpoints)?;
+            save_checkpoint(&dist, &ckpt_root, &clip, &opt, &mut state, config_yaml, t.keep_checkpoints)?;
         }
-        tb.flush();
+        if let Some(tb) = tb.as_mut() {
+            tb.flush();
+        }
     }
     drop(loader);
     if state.step < stop_at && stopped_by == "end of training" {
@@ -236,21 +317,23 @@ pub fn train(cfg: &Config, config_yaml: &str, out: &Path, max_steps: Option<u64>
     } else if state.step == stop_at && stop_at < total_steps {
         stopped_by = format!("max steps ({stop_at})");
     }
-    checkpoint::save(&ckpt_root, &clip.model, &opt, &state, config_yaml, t.keep_checkpoints)?;
     let mut export = None;
-    if stopped_by != "signal" {
-        if !val_samples.is_empty() {
-            let m = validate(&clip, &val_samples, &captioner, &g, t.micro_batch_size)?;
-            m.log(&mut tb, state.step);
-            eprintln!("validation: {}", m.line());
-            validation = Some(m);
+    save_checkpoint(&dist, &ckpt_root, &clip, &opt, &mut state, config_yaml, t.keep_checkpoints)?;
+    if let Some(tb) = tb.as_mut() {
+        if stopped_by != "signal" {
+            if !val_samples.is_empty() {
+                let m = validate(&clip, &val_samples, &captioner, &g, t.micro_batch_size)?;
+                m.log(tb, state.step);
+                eprintln!("validation: {}", m.line());
+                validation = Some(m);
+            }
+            if state.step == total_steps {
+                clip.save(&out.join("export"))?;
+                export = Some(out.join("export"));
+            }
         }
-        if state.step == total_steps {
-            clip.save(&out.join("export"))?;
-            export = Some(out.join("export"));
-        }
+        tb.flush();
     }
-    tb.flush();
     let elapsed = start.elapsed().as_secs_f64();
     let summary = Summary {
         steps: state.step,
@@ -266,6 +349,10 @@ pub fn train(cfg: &Config, config_yaml: &str, out: &Path, max_steps: Option<u64>
         stopped_by,
         export,
     };
-    crate::tensor_io::write_atomic(&out.join("summary.json"), &serde_json::to_vec_pretty(&summary)?)?;
+    if main {
+        crate::tensor_io::write_atomic(&out.join("summary.json"), &serde_json::to_vec_pretty(&summary)?)?;
+    }
+    // Nobody leaves while rank 0 still writes: a launcher would read an early exit as the end.
+    dist.barrier()?;
     Ok(summary)
 }

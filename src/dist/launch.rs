@@ -1,0 +1,119 @@
+//! `streetclip train --nproc-per-node N`: a single-node launcher in the manner of torchrun. It
+//! starts N copies of this program with torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE,
+//! LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT), forwards SIGINT/SIGTERM to them, and when one
+//! fails stops the others and says which one failed.
+
+use anyhow::{bail, Context, Result};
+use std::process::{Child, Command, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long workers get to stop after SIGTERM before SIGKILL.
+const GRACE: Duration = Duration::from_secs(20);
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on a child's pid; a process that already exited makes it fail harmlessly.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+/// A free TCP port on the loopback interface (for MASTER_PORT when none is given).
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).context("cannot find a free port for the rendezvous")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("signal {s}"),
+        _ => "unknown status".into(),
+    }
+}
+
+/// Runs `args` (this program's arguments, without the launcher's own) as `nproc` workers and
+/// waits for all of them. `port`: MASTER_PORT, or a free one.
+pub fn run(nproc: usize, args: &[std::ffi::OsString], port: Option<u16>) -> Result<()> {
+    if nproc == 0 {
+        bail!("--nproc-per-node must be at least 1");
+    }
+    let exe = std::env::current_exe().context("cannot find this program's path to start workers")?;
+    let port = match port {
+        Some(p) => p,
+        None => free_port()?,
+    };
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("cannot install the signal handler")?;
+    }
+    let mut workers: Vec<Child> = Vec::new();
+    for rank in 0..nproc {
+        let child = Command::new(&exe)
+            .args(args)
+            .env("RANK", rank.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("WORLD_SIZE", nproc.to_string())
+            .env("LOCAL_WORLD_SIZE", nproc.to_string())
+            .env("GROUP_RANK", "0")
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .env_remove("TORCHELASTIC_USE_AGENT_STORE")
+            .spawn()
+            .with_context(|| format!("cannot start worker {rank}"))?;
+        workers.push(child);
+    }
+    eprintln!("launcher: {nproc} workers on 127.0.0.1:{port}");
+    let mut status: Vec<Option<ExitStatus>> = vec![None; nproc];
+    let mut failure: Option<String> = None;
+    let mut stopping_since: Option<Instant> = None;
+    let mut forwarded = false;
+    loop {
+        for (rank, child) in workers.iter_mut().enumerate() {
+            if status[rank].is_none() {
+                if let Some(s) = child.try_wait()? {
+                    status[rank] = Some(s);
+                    if !s.success() && failure.is_none() && !interrupted.load(Ordering::SeqCst) {
+                        failure = Some(format!("worker {rank} failed ({})", describe(s)));
+                    }
+                }
+            }
+        }
+        if status.iter().all(Option::is_some) {
+            break;
+        }
+        if interrupted.load(Ordering::SeqCst) && !forwarded {
+            // Workers save a checkpoint and stop at their next step.
+            workers.iter().for_each(|c| signal(c, libc::SIGTERM));
+            forwarded = true;
+            stopping_since = Some(Instant::now());
+        }
+        if failure.is_some() && stopping_since.is_none() {
+            eprintln!("launcher: {}; stopping the other workers", failure.as_deref().unwrap_or_default());
+            for (rank, c) in workers.iter().enumerate() {
+                if status[rank].is_none() {
+                    signal(c, libc::SIGTERM);
+                }
+            }
+            stopping_since = Some(Instant::now());
+        }
+        if stopping_since.is_some_and(|t| t.elapsed() > GRACE) {
+            for (rank, c) in workers.iter().enumerate() {
+                if status[rank].is_none() {
+                    signal(c, libc::SIGKILL);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if let Some(f) = failure {
+        bail!("{f}; the other workers were stopped. Its error is printed above; rerun the same command to resume from the last checkpoint");
+    }
+    if let Some((rank, s)) = status.iter().enumerate().find(|(_, s)| s.is_some_and(|s| !s.success())) {
+        bail!("worker {rank} stopped ({}) after the interrupt", describe(s.expect("set")));
+    }
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! An on-disk cache of candidate text embeddings. Zero-shot evaluation encodes the same few
+//! thousand prompts (every country, the cities of every predicted country) for each run; a
+//! ViT-L text tower takes minutes for that on a CPU. Entries are keyed by a content hash of
+//! what determines the embeddings — the text tower's weights, the tokenizer, the device kind
+//! and the prompts — so a retrained model or an edited prompt can never hit a stale entry.
+
+use super::text::TextEncoder;
+use crate::pretrained::Pretrained;
+use anyhow::{Context, Result};
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+use tch::{Kind, Tensor};
+
+/// `$STREETCLIP_CACHE_DIR`, else `$XDG_CACHE_HOME/streetclip`, else `~/.cache/streetclip`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    env("STREETCLIP_CACHE_DIR").or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("streetclip"))).or_else(|| env("HOME").map(|h| h.join(".cache/streetclip")))
+}
+
+/// What makes a model's text embeddings what they are, hashed: text-tower tensors (names,
+/// shapes, dtypes, bytes), the tokenizer definition and the device kind.
+pub fn text_fingerprint(clip: &Pretrained) -> Result<String> {
+    let mut h = blake3::Hasher::new();
+    for (name, t) in crate::model::weights::named_tensors(&clip.model.vs) {
+        if !(name.starts_with("text_model.") || name.starts_with("text_projection.")) {
+            continue;
+        }
+        h.update(format!("{name} {:?} {:?}\n", t.kind(), t.size()).as_bytes());
+        h.update(&crate::tensor_io::raw_bytes(&t));
+    }
+    h.update(clip.tokenizer.definition()?.as_bytes());
+    h.update(if clip.device().is_cuda() { b"cuda" } else { b"cpu" });
+    Ok(h.finalize().to_hex().to_string())
+}
+
+/// A model's encoder behind the cache in `default_cache_dir()`, or uncached when `enabled` is
+/// false or no cache folder can be named.
+pub fn for_model(clip: &Pretrained, enabled: bool) -> Result<CachedText<'_, Pretrained>> {
+    match default_cache_dir().filter(|_| enabled) {
+        Some(dir) => Ok(CachedText::new(clip, text_fingerprint(clip)?, Some(&dir))),
+        None => Ok(CachedText::new(clip, String::new(), None)),
+    }
+}
+
+/// A `TextEncoder` that serves repeated prompt lists from `dir/text-embeddings/`.
+pub struct CachedText<'a, E: TextEncoder> {
+    inner: &'a E,
+    fingerprint: String,
+    /// None: no caching, every call goes to `inner`.
+    dir: Option<PathBuf>,
+    pub hits: Cell<usize>,
+    pub misses: Cell<usize>,
+    warned: Cell<bool>,
+}
+
+impl<'a, E: TextEncoder> CachedText<'a, E> {
+    /// `fingerprint` must change whenever `inner`'s embeddings could (see `text_fingerprint`).
+    pub fn new(inner: &'a E, fingerprint: String, dir: Option<&Path>) -> Self {
+        Self { inner, fingerprint, dir: dir.map(|d| d.join("text-embeddings")), hits: Cell::new(0), misses: Cell::new(0), warned: Cell::new(false) }
+    }
+
+    fn entry(&self, dir: &Path, texts: &[String]) -> PathBuf {
+        let mut h = blake3::Hasher::new();
+        h.update(self.fingerprint.as_bytes());
+        for t in texts {
+            // Length-prefixed, so ["ab", "c"] and ["a", "bc"] differ.
+            h.update(&(t.len() as u64).to_le_bytes());
+            h.update(t.as_bytes());
+        }
+        dir.join(format!("{}.safetensors", h.finalize().to_hex()))
+    }
+
+    /// A cached entry, or None when absent or unreadable (it is then recomputed and replaced).
+    fn lookup(path: &Path, n: usize) -> Option<Tensor> {
+        let tensors = crate::tensor_io::read(path).ok()?;
+        let (_, t) = tensors.into_iter().find(|(name, _)| name == "embeddings")?;
+        (t.dim() == 2 && t.size()[0] == n as i64 && t.kind() == Kind::Float).then_some(t)
+    }
+}
+
+impl<E: TextEncoder> TextEncoder for CachedText<'_, E> {
+    fn encode(&self, texts: &[String]) -> Result<Tensor> {
+        let Some(dir) = &self.dir else { return self.inner.encode(texts) };
+        let path = self.entry(dir, texts);
+        if let Some(t) = Self::lookup(&path, texts.len()) {
+            self.hits.set(self.hits.get() + 1);
+            return Ok(t);
+        }
+        self.misses.set(self.misses.get() + 1);
+        let t = self.inner.encode(texts)?.to_kind(Kind::Float);
+        // A cache that cannot be written costs time, not results: warn once and go on.
+        let stored = std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))
+            .and_then(|_| crate::tensor_io::write(&path, &[("embeddings".to_string(), t.shallow_clone())]));
+        if let Err(e) = stored {
+            if !self.warned.replace(true) {
+                eprintln!("warning: text-embedding cache not written ({e:#}); set STREETCLIP_CACHE_DIR or geo.cache: false");
+            }
+        }
+        Ok(t)
+    }
+
+    fn scale(&self) -> f64 {
+        self.inner.scale()
+    }
+}

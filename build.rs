@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 fn main() {
     // torch-sys publishes this to crates that depend on it directly (`links = "tch"`).
-    let lib = std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys did not report libtorch's lib dir; run `make setup` first");
+    let lib = std::env::var("DEP_TCH_LIBTORCH_LIB")
+        .expect("torch-sys did not report libtorch's lib dir; run `make setup` first");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
 
@@ -45,7 +46,14 @@ fn compile_dist(libtorch: &std::path::Path) {
         .warnings(false);
     let nvidia = libtorch.join("../nvidia");
     let cuda_headers = [nvidia.join("cu13/include"), nvidia.join("nccl/include")];
-    let nccl = ["cu13/include/cuda_runtime_api.h", "cu13/include/crt/host_defines.h", "cu13/include/nv/target", "nccl/include/nccl.h"].iter().all(|h| nvidia.join(h).exists());
+    let nccl = [
+        "cu13/include/cuda_runtime_api.h",
+        "cu13/include/crt/host_defines.h",
+        "cu13/include/nv/target",
+        "nccl/include/nccl.h",
+    ]
+    .iter()
+    .all(|h| nvidia.join(h).exists());
     if nccl {
         build.define("USE_C10D_NCCL", None);
         for dir in &cuda_headers {

@@ -14,10 +14,19 @@ const BATCH: usize = 32;
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let sample = root.join("../shared/data/im2gps3k-sample/images");
-    assert!(sample.is_dir(), "{} is missing: the benchmark needs the shared real photographs", sample.display());
-    let mut images: Vec<PathBuf> = std::fs::read_dir(&sample).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(
+        sample.is_dir(),
+        "{} is missing: the benchmark needs the shared real photographs",
+        sample.display()
+    );
+    let mut images: Vec<PathBuf> = std::fs::read_dir(&sample)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     images.sort();
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     tch::set_num_threads(threads as i32);
     let model_dir = root.join("tests/fixtures/tiny-p14-336");
 
@@ -41,11 +50,22 @@ fn main() {
         .args(&images)
         .output()
         .expect("run make setup first");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let theirs: f64 = stdout.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("images_per_s line");
+    let theirs: f64 = stdout
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("images_per_s line");
 
-    println!("embed throughput, {} real photos, tiny 336 px CLIP, batch {BATCH}, {threads} threads", images.len());
+    println!(
+        "embed throughput, {} real photos, tiny 336 px CLIP, batch {BATCH}, {threads} threads",
+        images.len()
+    );
     println!("  streetclip    {ours:8.1} images/s");
     println!("  transformers  {theirs:8.1} images/s");
     println!("  ratio         {:8.2}x", ours / theirs);

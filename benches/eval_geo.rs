@@ -15,8 +15,14 @@ const BATCH: usize = 32;
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let sample = root.join("../shared/data/im2gps3k-sample");
-    assert!(sample.join("meta.csv").is_file(), "{} is missing: the benchmark needs the shared real photographs", sample.display());
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    assert!(
+        sample.join("meta.csv").is_file(),
+        "{} is missing: the benchmark needs the shared real photographs",
+        sample.display()
+    );
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     tch::set_num_threads(threads as i32);
     let model_dir = root.join("tests/fixtures/tiny-p14-336");
     let mut cfg = Config::default();
@@ -26,7 +32,9 @@ fn main() {
 
     let start = Instant::now();
     let clip = Pretrained::load(&model_dir, tch::Device::Cpu).unwrap();
-    let predictions = eval_geo(&clip, &cfg, "tiny", None, BATCH).unwrap().predictions;
+    let predictions = eval_geo(&clip, &cfg, "tiny", None, BATCH)
+        .unwrap()
+        .predictions;
     let ours = predictions.len() as f64 / start.elapsed().as_secs_f64();
 
     let images: Vec<&str> = predictions.iter().map(|p| p.image.as_str()).collect();
@@ -40,15 +48,38 @@ fn main() {
         .args(&images)
         .output()
         .expect("run make setup first");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let theirs: f64 = stdout.lines().find_map(|l| l.strip_prefix("images_per_s ")).and_then(|v| v.parse().ok()).expect("images_per_s");
-    let guesses: Vec<(&str, &str)> = stdout.lines().filter_map(|l| l.strip_prefix("guess\t")).filter_map(|l| l.split_once('\t')).collect();
-    let same_country = predictions.iter().zip(&guesses).filter(|(p, g)| p.pred_country == g.0).count();
-    let same_city = predictions.iter().zip(&guesses).filter(|(p, g)| p.pred_country == g.0 && p.pred_city == g.1).count();
+    let theirs: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("images_per_s "))
+        .and_then(|v| v.parse().ok())
+        .expect("images_per_s");
+    let guesses: Vec<(&str, &str)> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("guess\t"))
+        .filter_map(|l| l.split_once('\t'))
+        .collect();
+    let same_country = predictions
+        .iter()
+        .zip(&guesses)
+        .filter(|(p, g)| p.pred_country == g.0)
+        .count();
+    let same_city = predictions
+        .iter()
+        .zip(&guesses)
+        .filter(|(p, g)| p.pred_country == g.0 && p.pred_city == g.1)
+        .count();
     println!("eval geo, {} IM2GPS3K photos, tiny 336 px CLIP, batch {BATCH}, {threads} threads (model load + candidates + images)", predictions.len());
     println!("  streetclip    {ours:7.1} images/s");
     println!("  transformers  {theirs:7.1} images/s");
     println!("  ratio         {:7.2}x", ours / theirs);
-    println!("  same country {same_country}/{n}, same city {same_city}/{n}", n = predictions.len());
+    println!(
+        "  same country {same_country}/{n}, same city {same_city}/{n}",
+        n = predictions.len()
+    );
 }

@@ -20,22 +20,47 @@ fn python_rate(root: &std::path::Path, threads: usize, images: &[PathBuf]) -> f6
         .args(images)
         .output()
         .expect("run make setup first");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("images_per_s line")
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("images_per_s line")
 }
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let sample = root.join("../shared/data/im2gps3k-sample");
-    assert!(sample.join("meta.csv").is_file(), "{} is missing: the benchmark needs the shared real photographs", sample.display());
+    assert!(
+        sample.join("meta.csv").is_file(),
+        "{} is missing: the benchmark needs the shared real photographs",
+        sample.display()
+    );
     let g = Gazetteer::bundled().unwrap();
-    let cfg = DataConfig { manifest: Some(sample.join("meta.csv")), on_error: OnError::Fail, ..DataConfig::default() };
+    let cfg = DataConfig {
+        manifest: Some(sample.join("meta.csv")),
+        on_error: OnError::Fail,
+        ..DataConfig::default()
+    };
     let (data, _) = Dataset::load(&cfg, &g).unwrap();
-    let images: Vec<PathBuf> = data.samples.iter().map(|s| PathBuf::from(s.image.to_string())).collect();
+    let images: Vec<PathBuf> = data
+        .samples
+        .iter()
+        .map(|s| PathBuf::from(s.image.to_string()))
+        .collect();
     let data = Arc::new(data);
     let captioner = Arc::new(Captioner::new(&CaptionConfig::default()).unwrap());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!("loader throughput, {} real photos -> 336 px, batch 32", images.len());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!(
+        "loader throughput, {} real photos -> 336 px, batch 32",
+        images.len()
+    );
     for threads in [1, cores] {
         let loader_cfg = LoaderConfig {
             batch_size: 32,
@@ -51,10 +76,16 @@ fn main() {
             epochs: Some(1),
         };
         let run = || -> usize {
-            Loader::start(data.clone(), captioner.clone(), PreprocessConfig::for_size(336), loader_cfg.clone(), Position::default())
-                .unwrap()
-                .map(|b| b.unwrap().samples.len())
-                .sum()
+            Loader::start(
+                data.clone(),
+                captioner.clone(),
+                PreprocessConfig::for_size(336),
+                loader_cfg.clone(),
+                Position::default(),
+            )
+            .unwrap()
+            .map(|b| b.unwrap().samples.len())
+            .sum()
         };
         run(); // warm-up: file cache, allocator, thread pool (the Python side warms up too)
         let start = Instant::now();

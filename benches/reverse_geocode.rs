@@ -12,7 +12,14 @@ fn main() {
     let g = Gazetteer::bundled().unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let n = 1_000_000;
-    let points: Vec<(f64, f64)> = (0..n).map(|_| (rng.random_range(-1.0f64..1.0).asin().to_degrees(), rng.random_range(-180.0..180.0))).collect();
+    let points: Vec<(f64, f64)> = (0..n)
+        .map(|_| {
+            (
+                rng.random_range(-1.0f64..1.0).asin().to_degrees(),
+                rng.random_range(-180.0..180.0),
+            )
+        })
+        .collect();
     let start = Instant::now();
     let mut checksum = 0usize;
     for &(lat, lon) in &points {
@@ -26,9 +33,20 @@ fn main() {
         .arg("1")
         .output()
         .expect("run make setup first");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let theirs: f64 = String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("lookups_per_s");
-    println!("reverse geocoding, {} cities, one core (checksum {checksum})", g.cities.len());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs: f64 = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("lookups_per_s");
+    println!(
+        "reverse geocoding, {} cities, one core (checksum {checksum})",
+        g.cities.len()
+    );
     println!("  streetclip (k-d tree)      {ours:12.0} lookups/s");
     println!("  numpy brute force          {theirs:12.0} lookups/s");
     println!("  ratio                      {:12.1}x", ours / theirs);

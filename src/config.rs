@@ -42,7 +42,12 @@ pub struct ModelConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { init: None, preset: None, config: None, device: "cpu".into() }
+        Self {
+            init: None,
+            preset: None,
+            config: None,
+            device: "cpu".into(),
+        }
     }
 }
 
@@ -134,8 +139,10 @@ impl Config {
     /// Reads `path` and applies `key.sub=value` overrides (values are YAML: `8`, `true`,
     /// `[0.9, 0.98]`, `cosine`).
     pub fn from_file_with(path: &Path, sets: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-        Self::from_yaml_with(&text, sets).with_context(|| format!("invalid config {}", path.display()))
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        Self::from_yaml_with(&text, sets)
+            .with_context(|| format!("invalid config {}", path.display()))
     }
 
     pub fn from_yaml_with(text: &str, sets: &[String]) -> Result<Self> {
@@ -151,7 +158,8 @@ impl Config {
         }
         // Through text again, so errors name the key path and line as for the file itself.
         let merged = serde_yaml::to_string(&value)?;
-        serde_yaml::from_str(&merged).with_context(|| format!("with --set {}", sets.join(" --set ")))
+        serde_yaml::from_str(&merged)
+            .with_context(|| format!("with --set {}", sets.join(" --set ")))
     }
 
     pub fn to_yaml(&self) -> String {
@@ -160,18 +168,25 @@ impl Config {
 }
 
 fn apply_set(root: &mut Value, set: &str) -> Result<()> {
-    let Some((key, raw)) = set.split_once('=') else { bail!("--set `{set}`: expected key.sub=value") };
-    let value: Value = serde_yaml::from_str(raw).with_context(|| format!("--set {key}: `{raw}` is not a YAML value"))?;
+    let Some((key, raw)) = set.split_once('=') else {
+        bail!("--set `{set}`: expected key.sub=value")
+    };
+    let value: Value = serde_yaml::from_str(raw)
+        .with_context(|| format!("--set {key}: `{raw}` is not a YAML value"))?;
     let mut node = root;
     let parts: Vec<&str> = key.split('.').collect();
     for (i, part) in parts.iter().enumerate() {
-        let Value::Mapping(map) = node else { bail!("--set {key}: `{}` is not a section", parts[..i].join(".")) };
+        let Value::Mapping(map) = node else {
+            bail!("--set {key}: `{}` is not a section", parts[..i].join("."))
+        };
         let k = Value::String(part.to_string());
         if i + 1 == parts.len() {
             map.insert(k, value);
             return Ok(());
         }
-        node = map.entry(k).or_insert_with(|| Value::Mapping(Default::default()));
+        node = map
+            .entry(k)
+            .or_insert_with(|| Value::Mapping(Default::default()));
     }
     Ok(())
 }

@@ -8,7 +8,11 @@ use streetclip::config::Config;
 use streetclip::pretrained::Pretrained;
 
 #[derive(Parser)]
-#[command(name = "streetclip", version, about = "CLIP for street-level image geolocalization (StreetCLIP), on libtorch")]
+#[command(
+    name = "streetclip",
+    version,
+    about = "CLIP for street-level image geolocalization (StreetCLIP), on libtorch"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -188,10 +192,24 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Predict { model, labels, template, top_k, rt, json, images } => {
+        Command::Predict {
+            model,
+            labels,
+            template,
+            top_k,
+            rt,
+            json,
+            images,
+        } => {
             let labels = predict::parse_labels(&labels)?;
             let clip = Pretrained::load(&model, commands::parse_device(&rt.device)?)?;
-            let args = predict::PredictArgs { labels, template, images, batch_size: rt.batch_size, top_k };
+            let args = predict::PredictArgs {
+                labels,
+                template,
+                images,
+                batch_size: rt.batch_size,
+                top_k,
+            };
             let predictions = predict::run(&clip, &args)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&predictions)?);
@@ -204,7 +222,13 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Captions { manifest, shards, config, limit, json } => {
+        Command::Captions {
+            manifest,
+            shards,
+            config,
+            limit,
+            json,
+        } => {
             let mut cfg = match config {
                 Some(path) => Config::from_file(&path)?,
                 None => Config::default(),
@@ -223,13 +247,22 @@ fn run(cli: Cli) -> Result<()> {
             }
             eprintln!("{}", report.summary());
         }
-        Command::Train { config, out, max_steps, sets, nproc_per_node, master_port } => {
+        Command::Train {
+            config,
+            out,
+            max_steps,
+            sets,
+            nproc_per_node,
+            master_port,
+        } => {
             let cfg = Config::from_file_with(&config, &sets)?;
             if let Some(n) = nproc_per_node {
                 // Each worker reruns this command line without the launcher's own options.
                 return streetclip::dist::launch::run(n, &worker_args(), master_port);
             }
-            let out = out.unwrap_or_else(|| PathBuf::from("runs").join(config.file_stem().unwrap_or_default()));
+            let out = out.unwrap_or_else(|| {
+                PathBuf::from("runs").join(config.file_stem().unwrap_or_default())
+            });
             let summary = streetclip::train::trainer::train(&cfg, &cfg.to_yaml(), &out, max_steps)?;
             if streetclip::dist::DistEnv::from_env()?.rank == 0 {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -239,18 +272,36 @@ fn run(cli: Cli) -> Result<()> {
             streetclip::commands::export::run(&checkpoint, &out)?;
             eprintln!("wrote {}", out.display());
         }
-        Command::Geolocate { model, config, rt, json, images } => {
+        Command::Geolocate {
+            model,
+            config,
+            rt,
+            json,
+            images,
+        } => {
             let cfg = load_config(config.as_ref())?;
             let clip = Pretrained::load(&model, commands::parse_device(&rt.device)?)?;
             let guesses = commands::geo::geolocate(&clip, &cfg, &images, rt.batch_size)?;
             if json {
-                let rows: Vec<_> = guesses.iter().map(|(p, g)| serde_json::json!({"image": p, "guess": g})).collect();
+                let rows: Vec<_> = guesses
+                    .iter()
+                    .map(|(p, g)| serde_json::json!({"image": p, "guess": g}))
+                    .collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 for (path, g) in &guesses {
-                    let place = [g.city.clone(), g.region.clone(), Some(g.country.clone())].into_iter().flatten().collect::<Vec<_>>().join(", ");
+                    let place = [g.city.clone(), g.region.clone(), Some(g.country.clone())]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join(", ");
                     println!("{}\t{place} ({:.4}, {:.4})", path.display(), g.lat, g.lon);
-                    let top = |list: &[streetclip::eval::geolocate::Ranked]| list.iter().map(|r| format!("{} {:.1}%", r.name, 100.0 * r.probability)).collect::<Vec<_>>().join(", ");
+                    let top = |list: &[streetclip::eval::geolocate::Ranked]| {
+                        list.iter()
+                            .map(|r| format!("{} {:.1}%", r.name, 100.0 * r.probability))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
                     println!("  countries: {}", top(&g.top_countries));
                     if !g.top_regions.is_empty() {
                         println!("  regions:   {}", top(&g.top_regions));
@@ -259,7 +310,14 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Eval(EvalCommand::Geo { model, manifest, config, out, limit, rt }) => {
+        Command::Eval(EvalCommand::Geo {
+            model,
+            manifest,
+            config,
+            out,
+            limit,
+            rt,
+        }) => {
             let mut cfg = load_config(config.as_ref())?;
             if manifest.is_some() {
                 cfg.data.manifest = manifest;
@@ -270,37 +328,89 @@ fn run(cli: Cli) -> Result<()> {
             let mut evals = Vec::new();
             for (dir, name) in model.iter().zip(names) {
                 let clip = Pretrained::load(dir, device)?;
-                evals.push(commands::geo::eval_geo(&clip, &cfg, &name, limit, rt.batch_size)?);
+                evals.push(commands::geo::eval_geo(
+                    &clip,
+                    &cfg,
+                    &name,
+                    limit,
+                    rt.batch_size,
+                )?);
             }
             match (&out, evals.as_slice()) {
                 (Some(out), [one]) => commands::geo::write_outputs(out, one)?,
                 (Some(out), _) => commands::geo::write_comparison(out, &evals)?,
                 (None, _) => {}
             }
-            let metrics: serde_json::Map<String, serde_json::Value> = evals.iter().map(|e| (e.name.clone(), serde_json::json!(e.metrics))).collect();
+            let metrics: serde_json::Map<String, serde_json::Value> = evals
+                .iter()
+                .map(|e| (e.name.clone(), serde_json::json!(e.metrics)))
+                .collect();
             match evals.as_slice() {
                 [one] => println!("{}", serde_json::to_string_pretty(&one.metrics)?),
                 _ => println!("{}", serde_json::to_string_pretty(&metrics)?),
             }
         }
-        Command::Eval(EvalCommand::Classify { model, data, label_column, templates, out, rt }) => {
+        Command::Eval(EvalCommand::Classify {
+            model,
+            data,
+            label_column,
+            templates,
+            out,
+            rt,
+        }) => {
             let data = streetclip::data::labelled::Labelled::load(&data, label_column.as_deref())?;
-            let templates = if templates.is_empty() { vec![commands::classify::DEFAULT_TEMPLATE.to_string()] } else { templates };
+            let templates = if templates.is_empty() {
+                vec![commands::classify::DEFAULT_TEMPLATE.to_string()]
+            } else {
+                templates
+            };
             let clip = Pretrained::load(&model, commands::parse_device(&rt.device)?)?;
-            let (metrics, _) = commands::classify::run(&clip, &data, &templates, rt.batch_size, out.as_deref())?;
+            let (metrics, _) =
+                commands::classify::run(&clip, &data, &templates, rt.batch_size, out.as_deref())?;
             println!("{}", serde_json::to_string_pretty(&metrics)?);
         }
-        Command::SynthData { out, countries, cities_per_country, per_city, seed } => {
-            let args = streetclip::synth::SynthArgs { countries, cities_per_country, per_city, seed, ..Default::default() };
+        Command::SynthData {
+            out,
+            countries,
+            cities_per_country,
+            per_city,
+            seed,
+        } => {
+            let args = streetclip::synth::SynthArgs {
+                countries,
+                cities_per_country,
+                per_city,
+                seed,
+                ..Default::default()
+            };
             let g = streetclip::geo::Gazetteer::bundled()?;
             let n = streetclip::synth::generate(&out, &args, &g)?;
-            eprintln!("wrote {n} images and {}", out.join("manifest.csv").display());
+            eprintln!(
+                "wrote {n} images and {}",
+                out.join("manifest.csv").display()
+            );
         }
-        Command::Embed { model, images, texts, out, rt } => {
+        Command::Embed {
+            model,
+            images,
+            texts,
+            out,
+            rt,
+        } => {
             let clip = Pretrained::load(&model, commands::parse_device(&rt.device)?)?;
-            let tensors = embed::run(&clip, &embed::EmbedArgs { images, texts, batch_size: rt.batch_size })?;
+            let tensors = embed::run(
+                &clip,
+                &embed::EmbedArgs {
+                    images,
+                    texts,
+                    batch_size: rt.batch_size,
+                },
+            )?;
             embed::write(&out, &tensors)?;
-            let shapes: Vec<String> = tensors.iter().map(|(n, t)| format!("{n} {:?}", t.size())).collect();
+            let shapes: Vec<String> = tensors
+                .iter()
+                .map(|(n, t)| format!("{n} {:?}", t.size()))
+                .collect();
             eprintln!("wrote {}: {}", out.display(), shapes.join(", "));
         }
     }
@@ -327,7 +437,11 @@ fn worker_args() -> Vec<std::ffi::OsString> {
 fn one_line(e: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in e.chain() {
-        let text = cause.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+        let text = cause
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
         if !parts.last().is_some_and(|prev| prev.contains(&text)) {
             parts.push(text);
         }

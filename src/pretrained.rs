@@ -12,7 +12,13 @@ use tch::{Device, Tensor};
 const BUNDLED_TOKENIZER_JSON: &[u8] = include_bytes!("../assets/tokenizer/tokenizer.json");
 const BUNDLED_TOKENIZER_CONFIG: &[u8] = include_bytes!("../assets/tokenizer/tokenizer_config.json");
 /// Tokenizer files copied verbatim when the source directory has them.
-const TOKENIZER_FILES: [&str; 5] = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt"];
+const TOKENIZER_FILES: [&str; 5] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+];
 
 pub struct Pretrained {
     pub model: ClipModel,
@@ -26,16 +32,29 @@ impl Pretrained {
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
         let model = ClipModel::load(dir, device)?;
         let (tokenizer, preprocess, tokenizer_dir) = Self::load_processing(dir, &model.config)?;
-        Ok(Self { model, tokenizer, preprocess, tokenizer_dir })
+        Ok(Self {
+            model,
+            tokenizer,
+            preprocess,
+            tokenizer_dir,
+        })
     }
 
     /// A directory's tokenizer and preprocessing (bundled/OpenAI defaults where it has none),
     /// and where its tokenizer files are.
-    pub fn load_processing(dir: &Path, config: &crate::model::ClipConfig) -> Result<(ClipTokenizer, PreprocessConfig, Option<PathBuf>)> {
-        let tokenizer = ClipTokenizer::from_dir(dir, config.text_config.max_position_embeddings as usize)?;
+    pub fn load_processing(
+        dir: &Path,
+        config: &crate::model::ClipConfig,
+    ) -> Result<(ClipTokenizer, PreprocessConfig, Option<PathBuf>)> {
+        let tokenizer =
+            ClipTokenizer::from_dir(dir, config.text_config.max_position_embeddings as usize)?;
         let has_tokenizer = TOKENIZER_FILES.iter().any(|f| dir.join(f).is_file());
         let preprocess = PreprocessConfig::from_dir(dir, config.vision_config.image_size as u32)?;
-        Ok((tokenizer, preprocess, has_tokenizer.then(|| dir.to_path_buf())))
+        Ok((
+            tokenizer,
+            preprocess,
+            has_tokenizer.then(|| dir.to_path_buf()),
+        ))
     }
 
     /// Where `save` copies tokenizer files from (None: the bundled tokenizer).
@@ -48,7 +67,12 @@ impl Pretrained {
     pub fn fresh(config: crate::model::ClipConfig, device: Device) -> Result<Self> {
         let context = config.text_config.max_position_embeddings as usize;
         let size = config.vision_config.image_size as u32;
-        Ok(Self { model: ClipModel::new(config, device)?, tokenizer: ClipTokenizer::bundled(context)?, preprocess: PreprocessConfig::for_size(size), tokenizer_dir: None })
+        Ok(Self {
+            model: ClipModel::new(config, device)?,
+            tokenizer: ClipTokenizer::bundled(context)?,
+            preprocess: PreprocessConfig::for_size(size),
+            tokenizer_dir: None,
+        })
     }
 
     /// Writes `config.json`, `model.safetensors`, the tokenizer files and
@@ -61,14 +85,18 @@ impl Pretrained {
         self.save_tokenizer(out)?;
         let mut pre = serde_json::to_value(&self.preprocess)?;
         pre["image_processor_type"] = "CLIPImageProcessor".into();
-        write_atomic(&out.join(PREPROCESSOR_FILE), &serde_json::to_vec_pretty(&pre)?)
+        write_atomic(
+            &out.join(PREPROCESSOR_FILE),
+            &serde_json::to_vec_pretty(&pre)?,
+        )
     }
 
     fn save_tokenizer(&self, out: &Path) -> Result<()> {
         match &self.tokenizer_dir {
             Some(src) if src != out => {
                 for name in TOKENIZER_FILES.iter().filter(|f| src.join(f).is_file()) {
-                    let bytes = std::fs::read(src.join(name)).with_context(|| format!("cannot read {}", src.join(name).display()))?;
+                    let bytes = std::fs::read(src.join(name))
+                        .with_context(|| format!("cannot read {}", src.join(name).display()))?;
                     write_atomic(&out.join(name), &bytes)?;
                 }
                 Ok(())
@@ -91,7 +119,10 @@ impl Pretrained {
         let (h, w) = self.preprocess.output_size();
         // Only the preprocessing config crosses threads (tch tensors are not Sync).
         let pre = &self.preprocess;
-        let planes = paths.par_iter().map(|p| pre.load(p)).collect::<Result<Vec<_>>>()?;
+        let planes = paths
+            .par_iter()
+            .map(|p| pre.load(p))
+            .collect::<Result<Vec<_>>>()?;
         let flat: Vec<f32> = planes.concat();
         Ok(Tensor::from_slice(&flat).view([paths.len() as i64, 3, h as i64, w as i64]))
     }
@@ -102,10 +133,18 @@ impl Pretrained {
         use rayon::prelude::*;
         let (h, w) = self.preprocess.output_size();
         let pre = &self.preprocess;
-        let planes = images.into_par_iter().map(|i| pre.apply(i)).collect::<Result<Vec<_>>>()?;
+        let planes = images
+            .into_par_iter()
+            .map(|i| pre.apply(i))
+            .collect::<Result<Vec<_>>>()?;
         let n = planes.len() as i64;
-        let pixels = Tensor::from_slice(&planes.concat()).view([n, 3, h as i64, w as i64]).to(self.device());
-        Ok(tch::no_grad(|| crate::model::normalize(&self.model.image_features(&pixels))).to(Device::Cpu))
+        let pixels = Tensor::from_slice(&planes.concat())
+            .view([n, 3, h as i64, w as i64])
+            .to(self.device());
+        Ok(
+            tch::no_grad(|| crate::model::normalize(&self.model.image_features(&pixels)))
+                .to(Device::Cpu),
+        )
     }
 
     /// `image_embeddings` of image files, decoded in parallel; the first unreadable one is an
@@ -114,7 +153,12 @@ impl Pretrained {
         use rayon::prelude::*;
         let decoded = paths
             .par_iter()
-            .map(|p| std::fs::read(p).map_err(anyhow::Error::from).and_then(|b| crate::data::preprocess::decode(&b)).with_context(|| format!("cannot decode image {}", p.display())))
+            .map(|p| {
+                std::fs::read(p)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|b| crate::data::preprocess::decode(&b))
+                    .with_context(|| format!("cannot decode image {}", p.display()))
+            })
             .collect::<Result<Vec<_>>>()?;
         self.image_embeddings(decoded)
     }

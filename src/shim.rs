@@ -21,7 +21,12 @@ extern "C" {
         err: *mut c_char,
         err_len: i64,
     ) -> i32;
-    fn sc_autocast_enter(device: i32, dtype: i32, prev_enabled: *mut i32, prev_dtype: *mut i32) -> i32;
+    fn sc_autocast_enter(
+        device: i32,
+        dtype: i32,
+        prev_enabled: *mut i32,
+        prev_dtype: *mut i32,
+    ) -> i32;
     fn sc_autocast_exit(device: i32, prev_enabled: i32, prev_dtype: i32) -> i32;
 }
 
@@ -61,22 +66,59 @@ pub struct AdamWStep {
 
 /// One AdamW update of `params` in place with libtorch's fused kernel. All slices have the same
 /// length; `steps` are float scalars holding the (already incremented) step number.
-pub fn fused_adamw(params: &[Tensor], grads: &[Tensor], exp_avgs: &[Tensor], exp_avg_sqs: &[Tensor], steps: &[Tensor], h: AdamWStep) -> Result<()> {
+pub fn fused_adamw(
+    params: &[Tensor],
+    grads: &[Tensor],
+    exp_avgs: &[Tensor],
+    exp_avg_sqs: &[Tensor],
+    steps: &[Tensor],
+    h: AdamWStep,
+) -> Result<()> {
     let n = params.len();
-    if [grads.len(), exp_avgs.len(), exp_avg_sqs.len(), steps.len()].iter().any(|&l| l != n) {
+    if [grads.len(), exp_avgs.len(), exp_avg_sqs.len(), steps.len()]
+        .iter()
+        .any(|&l| l != n)
+    {
         bail!("fused_adamw: {n} parameters but lists of other lengths");
     }
-    let ptrs = |ts: &[Tensor]| ts.iter().map(|t| t.as_ptr() as *mut c_void).collect::<Vec<_>>();
-    let (mut p, mut g, mut m, mut v, mut s) = (ptrs(params), ptrs(grads), ptrs(exp_avgs), ptrs(exp_avg_sqs), ptrs(steps));
+    let ptrs = |ts: &[Tensor]| {
+        ts.iter()
+            .map(|t| t.as_ptr() as *mut c_void)
+            .collect::<Vec<_>>()
+    };
+    let (mut p, mut g, mut m, mut v, mut s) = (
+        ptrs(params),
+        ptrs(grads),
+        ptrs(exp_avgs),
+        ptrs(exp_avg_sqs),
+        ptrs(steps),
+    );
     let mut err = [0 as c_char; 512];
     // SAFETY: each array holds `n` pointers to live tch tensors (at::Tensor*), borrowed for
     // the call; the kernel updates params and moments in place.
     let rc = unsafe {
-        sc_fused_adamw(p.as_mut_ptr(), g.as_mut_ptr(), m.as_mut_ptr(), v.as_mut_ptr(), s.as_mut_ptr(), n as i64, h.lr, h.betas[0], h.betas[1], h.weight_decay, h.eps, err.as_mut_ptr(), err.len() as i64)
+        sc_fused_adamw(
+            p.as_mut_ptr(),
+            g.as_mut_ptr(),
+            m.as_mut_ptr(),
+            v.as_mut_ptr(),
+            s.as_mut_ptr(),
+            n as i64,
+            h.lr,
+            h.betas[0],
+            h.betas[1],
+            h.weight_decay,
+            h.eps,
+            err.as_mut_ptr(),
+            err.len() as i64,
+        )
     };
     if rc != 0 {
         // SAFETY: the shim wrote a NUL-terminated message into `err`.
-        bail!("libtorch fused AdamW failed: {}", unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy());
+        bail!(
+            "libtorch fused AdamW failed: {}",
+            unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy()
+        );
     }
     Ok(())
 }

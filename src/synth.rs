@@ -23,12 +23,22 @@ pub struct SynthArgs {
 
 impl Default for SynthArgs {
     fn default() -> Self {
-        Self { countries: 8, cities_per_country: 3, per_city: 12, seed: 0, width: 160, height: 120 }
+        Self {
+            countries: 8,
+            cities_per_country: 3,
+            per_city: 12,
+            seed: 0,
+            width: 160,
+            height: 120,
+        }
     }
 }
 
 /// Countries that drive on the left (the largest of them; the rest drive on the right).
-const LEFT_DRIVING: [&str; 24] = ["GB", "IE", "JP", "IN", "AU", "NZ", "ZA", "TH", "ID", "MY", "PK", "BD", "KE", "UG", "TZ", "LK", "NP", "SG", "HK", "JM", "ZW", "ZM", "MZ", "NA"];
+const LEFT_DRIVING: [&str; 24] = [
+    "GB", "IE", "JP", "IN", "AU", "NZ", "ZA", "TH", "ID", "MY", "PK", "BD", "KE", "UG", "TZ", "LK",
+    "NP", "SG", "HK", "JM", "ZW", "ZM", "MZ", "NA",
+];
 
 /// What a country's streets look like.
 struct Style {
@@ -44,11 +54,20 @@ struct Style {
 }
 
 fn palette(rng: &mut ChaCha8Rng) -> Rgb<u8> {
-    Rgb([rng.random_range(40..230), rng.random_range(40..230), rng.random_range(40..230)])
+    Rgb([
+        rng.random_range(40..230),
+        rng.random_range(40..230),
+        rng.random_range(40..230),
+    ])
 }
 
 fn style(country: &Country) -> Style {
-    let mut rng = ChaCha8Rng::seed_from_u64(country.iso2.bytes().fold(17u64, |h, b| h.wrapping_mul(131).wrapping_add(b as u64)));
+    let mut rng = ChaCha8Rng::seed_from_u64(
+        country
+            .iso2
+            .bytes()
+            .fold(17u64, |h, b| h.wrapping_mul(131).wrapping_add(b as u64)),
+    );
     let abs_lat = country.lat.abs();
     let americas = matches!(country.continent.as_str(), "NA" | "SA");
     // Dense green in the tropics, sparse and dry in the subtropical desert belt, medium beyond.
@@ -61,7 +80,11 @@ fn style(country: &Country) -> Style {
     let pale = (abs_lat * 2.0).min(120.0) as u8;
     Style {
         left_driving: LEFT_DRIVING.contains(&country.iso2.as_str()),
-        centre_line: if americas { Rgb([240, 200, 20]) } else { Rgb([245, 245, 245]) },
+        centre_line: if americas {
+            Rgb([240, 200, 20])
+        } else {
+            Rgb([245, 245, 245])
+        },
         sign_shape: rng.random_range(0..3),
         sign_colour: palette(&mut rng),
         sky: Rgb([90 + pale, 150 + pale / 2, 235]),
@@ -82,7 +105,12 @@ fn fill_rect(img: &mut RgbImage, x0: i64, y0: i64, x1: i64, y1: i64, c: Rgb<u8>)
 }
 
 /// Fills the points inside `inside(x, y)` within a bounding box.
-fn fill_shape(img: &mut RgbImage, bbox: (i64, i64, i64, i64), c: Rgb<u8>, inside: impl Fn(f64, f64) -> bool) {
+fn fill_shape(
+    img: &mut RgbImage,
+    bbox: (i64, i64, i64, i64),
+    c: Rgb<u8>,
+    inside: impl Fn(f64, f64) -> bool,
+) {
     let (w, h) = (img.width() as i64, img.height() as i64);
     for y in bbox.1.max(0)..bbox.3.min(h) {
         for x in bbox.0.max(0)..bbox.2.min(w) {
@@ -94,14 +122,23 @@ fn fill_shape(img: &mut RgbImage, bbox: (i64, i64, i64, i64), c: Rgb<u8>, inside
 }
 
 fn jitter(c: Rgb<u8>, rng: &mut ChaCha8Rng, amount: i32) -> Rgb<u8> {
-    Rgb(c.0.map(|v| (v as i32 + rng.random_range(-amount..=amount)).clamp(0, 255) as u8))
+    Rgb(c
+        .0
+        .map(|v| (v as i32 + rng.random_range(-amount..=amount)).clamp(0, 255) as u8))
 }
 
 fn scene(s: &Style, city_tint: Rgb<u8>, rng: &mut ChaCha8Rng, w: u32, h: u32) -> RgbImage {
     let (wf, hf) = (w as f64, h as f64);
     let horizon = (hf * rng.random_range(0.38..0.48)) as i64;
     let mut img = RgbImage::from_pixel(w, h, jitter(s.sky, rng, 12));
-    fill_rect(&mut img, 0, horizon, w as i64, h as i64, jitter(s.ground, rng, 10));
+    fill_rect(
+        &mut img,
+        0,
+        horizon,
+        w as i64,
+        h as i64,
+        jitter(s.ground, rng, 10),
+    );
     // Buildings along the horizon, in the country's colours tinted by the city.
     let mut x = -(rng.random_range(0..20) as i64);
     while x < w as i64 {
@@ -109,7 +146,14 @@ fn scene(s: &Style, city_tint: Rgb<u8>, rng: &mut ChaCha8Rng, w: u32, h: u32) ->
         let bh = (hf * rng.random_range(0.1..0.3)) as i64;
         let base = s.buildings[rng.random_range(0..2)];
         let c = Rgb([0, 1, 2].map(|i| ((base.0[i] as u16 * 3 + city_tint.0[i] as u16) / 4) as u8));
-        fill_rect(&mut img, x, horizon - bh, x + bw - 1, horizon, jitter(c, rng, 8));
+        fill_rect(
+            &mut img,
+            x,
+            horizon - bh,
+            x + bw - 1,
+            horizon,
+            jitter(c, rng, 8),
+        );
         x += bw;
     }
     // Trees: more and greener where the country is greener.
@@ -117,39 +161,84 @@ fn scene(s: &Style, city_tint: Rgb<u8>, rng: &mut ChaCha8Rng, w: u32, h: u32) ->
         let (cx, r) = (rng.random_range(0.0..wf), rng.random_range(3.0..8.0));
         let cy = horizon as f64 - r * 0.5;
         let c = jitter(s.foliage, rng, 15);
-        fill_shape(&mut img, ((cx - r) as i64, (cy - r) as i64, (cx + r) as i64 + 1, (cy + r) as i64 + 1), c, |x, y| (x - cx).powi(2) + (y - cy).powi(2) < r * r);
+        fill_shape(
+            &mut img,
+            (
+                (cx - r) as i64,
+                (cy - r) as i64,
+                (cx + r) as i64 + 1,
+                (cy + r) as i64 + 1,
+            ),
+            c,
+            |x, y| (x - cx).powi(2) + (y - cy).powi(2) < r * r,
+        );
     }
     // The road: a trapezoid to the vanishing point, centre line dashed in the country's colour.
     let vx = wf * rng.random_range(0.42..0.58);
     let top = horizon as f64;
     let road = Rgb([70, 70, 75]);
-    fill_shape(&mut img, (0, horizon, w as i64, h as i64), jitter(road, rng, 6), |x, y| {
-        let t = (y - top) / (hf - top);
-        (x - vx).abs() < 2.0 + t * wf * 0.55
-    });
+    fill_shape(
+        &mut img,
+        (0, horizon, w as i64, h as i64),
+        jitter(road, rng, 6),
+        |x, y| {
+            let t = (y - top) / (hf - top);
+            (x - vx).abs() < 2.0 + t * wf * 0.55
+        },
+    );
     for k in 0..8 {
         let y0 = top + (hf - top) * (k as f64 / 8.0).powi(2);
         let y1 = top + (hf - top) * ((k as f64 + 0.5) / 8.0).powi(2);
-        fill_shape(&mut img, (0, y0 as i64, w as i64, y1 as i64 + 1), s.centre_line, |x, y| {
-            let t = (y - top) / (hf - top);
-            (x - vx).abs() < 0.4 + t * 2.0
-        });
+        fill_shape(
+            &mut img,
+            (0, y0 as i64, w as i64, y1 as i64 + 1),
+            s.centre_line,
+            |x, y| {
+                let t = (y - top) / (hf - top);
+                (x - vx).abs() < 0.4 + t * 2.0
+            },
+        );
     }
     // A car on the side of the road its country drives on.
     let side = if s.left_driving { -1.0 } else { 1.0 };
     let t = rng.random_range(0.35..0.8);
     let (cy, cw) = (top + (hf - top) * t, 4.0 + t * wf * 0.18);
     let cx = vx + side * t * wf * 0.22;
-    fill_rect(&mut img, (cx - cw / 2.0) as i64, (cy - cw * 0.5) as i64, (cx + cw / 2.0) as i64, cy as i64, palette(rng));
+    fill_rect(
+        &mut img,
+        (cx - cw / 2.0) as i64,
+        (cy - cw * 0.5) as i64,
+        (cx + cw / 2.0) as i64,
+        cy as i64,
+        palette(rng),
+    );
     // A road sign on the verge: the country's shape and colour.
     let sx = vx - side * wf * rng.random_range(0.3..0.42);
     let (sy, r) = (top + (hf - top) * 0.15, hf * 0.07);
-    fill_rect(&mut img, sx as i64, sy as i64, sx as i64 + 1, (sy + r * 3.0) as i64, Rgb([90, 90, 90]));
-    let bbox = ((sx - r) as i64, (sy - r) as i64, (sx + r) as i64 + 1, (sy + r) as i64 + 1);
+    fill_rect(
+        &mut img,
+        sx as i64,
+        sy as i64,
+        sx as i64 + 1,
+        (sy + r * 3.0) as i64,
+        Rgb([90, 90, 90]),
+    );
+    let bbox = (
+        (sx - r) as i64,
+        (sy - r) as i64,
+        (sx + r) as i64 + 1,
+        (sy + r) as i64 + 1,
+    );
     match s.sign_shape {
-        0 => fill_shape(&mut img, bbox, s.sign_colour, |x, y| (x - sx).powi(2) + (y - sy).powi(2) < r * r),
-        1 => fill_shape(&mut img, bbox, s.sign_colour, |x, y| y - (sy - r) > 1.7 * (x - sx).abs() && y < sy + r * 0.7),
-        _ => fill_shape(&mut img, bbox, s.sign_colour, |x, y| (x - sx).abs() + (y - sy).abs() < r),
+        0 => fill_shape(&mut img, bbox, s.sign_colour, |x, y| {
+            (x - sx).powi(2) + (y - sy).powi(2) < r * r
+        }),
+        1 => fill_shape(&mut img, bbox, s.sign_colour, |x, y| {
+            y - (sy - r) > 1.7 * (x - sx).abs() && y < sy + r * 0.7
+        }),
+        _ => fill_shape(&mut img, bbox, s.sign_colour, |x, y| {
+            (x - sx).abs() + (y - sy).abs() < r
+        }),
     }
     img
 }
@@ -161,11 +250,15 @@ pub fn generate(out: &Path, args: &SynthArgs, g: &Gazetteer) -> Result<usize> {
         bail!("--countries, --cities-per-country and --per-city must be at least 1");
     }
     let images = out.join("images");
-    std::fs::create_dir_all(&images).with_context(|| format!("cannot create {}", images.display()))?;
+    std::fs::create_dir_all(&images)
+        .with_context(|| format!("cannot create {}", images.display()))?;
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
     // Populous countries with enough cities, drawn by the seed.
     let mut pool: Vec<usize> = (0..g.countries.len())
-        .filter(|&c| g.countries[c].lat.is_finite() && g.largest_cities(c, args.cities_per_country).len() == args.cities_per_country)
+        .filter(|&c| {
+            g.countries[c].lat.is_finite()
+                && g.largest_cities(c, args.cities_per_country).len() == args.cities_per_country
+        })
         .collect();
     pool.sort_by_key(|&c| std::cmp::Reverse(g.countries[c].population));
     pool.truncate(60.max(args.countries));
@@ -184,13 +277,27 @@ pub fn generate(out: &Path, args: &SynthArgs, g: &Gazetteer) -> Result<usize> {
                 let img = scene(&st, tint, &mut rng, args.width, args.height);
                 let name = format!("{}_{}_{k:03}.jpg", country.iso2, place.geonameid);
                 let mut bytes = Vec::new();
-                img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Jpeg)?;
+                img.write_to(
+                    &mut std::io::Cursor::new(&mut bytes),
+                    image::ImageFormat::Jpeg,
+                )?;
                 write_atomic(&images.join(&name), &bytes)?;
                 // Within a few km of the city centre, as geotags are.
-                let (lat, lon) = (place.lat + rng.random_range(-0.03..0.03), place.lon + rng.random_range(-0.03..0.03));
-                let region = place.region.map(|r| g.regions[r].name.clone()).unwrap_or_default();
+                let (lat, lon) = (
+                    place.lat + rng.random_range(-0.03..0.03),
+                    place.lon + rng.random_range(-0.03..0.03),
+                );
+                let region = place
+                    .region
+                    .map(|r| g.regions[r].name.clone())
+                    .unwrap_or_default();
                 let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-                csv += &format!("images/{name},{},{},{},{lat:.5},{lon:.5}\n", quote(&place.name), quote(&region), country.iso2);
+                csv += &format!(
+                    "images/{name},{},{},{},{lat:.5},{lon:.5}\n",
+                    quote(&place.name),
+                    quote(&region),
+                    country.iso2
+                );
                 n += 1;
             }
         }

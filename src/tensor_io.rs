@@ -39,12 +39,20 @@ fn dtype_of(kind: Kind) -> Result<Dtype> {
 /// Every tensor of a safetensors file, on the CPU, in the file's dtype.
 pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("{} is not a valid safetensors file (corrupt or truncated?)", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes).with_context(|| {
+        format!(
+            "{} is not a valid safetensors file (corrupt or truncated?)",
+            path.display()
+        )
+    })?;
     let mut out = Vec::new();
     for (name, view) in st.tensors() {
         let Some(kind) = kind_of(view.dtype()) else {
-            bail!("{}: tensor `{name}` has unsupported dtype {:?}", path.display(), view.dtype());
+            bail!(
+                "{}: tensor `{name}` has unsupported dtype {:?}",
+                path.display(),
+                view.dtype()
+            );
         };
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         out.push((name, Tensor::from_data_size(view.data(), &shape, kind)));
@@ -62,7 +70,11 @@ struct Bytes {
 
 impl Bytes {
     fn of(t: &Tensor) -> Result<Self> {
-        Ok(Self { dtype: dtype_of(t.kind())?, shape: t.size().iter().map(|&d| d as usize).collect(), data: raw_bytes(t) })
+        Ok(Self {
+            dtype: dtype_of(t.kind())?,
+            shape: t.size().iter().map(|&d| d as usize).collect(),
+            data: raw_bytes(t),
+        })
     }
 }
 
@@ -93,7 +105,10 @@ impl View for &Bytes {
 /// Writes `tensors` (contiguous, on the CPU) to `path` atomically: a temporary file in the same
 /// directory, fsync, rename. Metadata `{"format": "pt"}` is what transformers expects.
 pub fn write(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
-    let owned = tensors.iter().map(|(n, t)| Ok((n.clone(), Bytes::of(t)?))).collect::<Result<Vec<_>>>()?;
+    let owned = tensors
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), Bytes::of(t)?)))
+        .collect::<Result<Vec<_>>>()?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     let buf = safetensors::serialize(owned.iter().map(|(n, b)| (n.as_str(), b)), Some(metadata))
         .with_context(|| format!("cannot serialize tensors for {}", path.display()))?;
@@ -102,9 +117,18 @@ pub fn write(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
 
 /// Temporary file beside `path`, fsync, rename: readers see the old file or the new one, never half.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().with_context(|| format!("{} is not a file path", path.display()))?;
-    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file path", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let result = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;

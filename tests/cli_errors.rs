@@ -6,15 +6,25 @@ use std::path::Path;
 use std::process::Command;
 
 fn streetclip(args: &[&dyn AsRef<std::ffi::OsStr>]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_streetclip")).args(args.iter().map(|a| a.as_ref())).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).to_string())
+    let out = Command::new(env!("CARGO_BIN_EXE_streetclip"))
+        .args(args.iter().map(|a| a.as_ref()))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }
 
 /// Runs `predict` with `model`, `labels` and `image` and checks the failure is clean.
 fn assert_clean_failure(model: &Path, labels: &str, image: &Path, must_mention: &[&str]) {
-    let (code, stderr) = streetclip(&[&"predict", &"--model", &model, &"--labels", &labels, &image]);
+    let (code, stderr) =
+        streetclip(&[&"predict", &"--model", &model, &"--labels", &labels, &image]);
     assert_eq!(code, 1, "exit status; stderr: {stderr}");
-    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "no panic: {stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "no panic: {stderr}"
+    );
     assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
     assert!(stderr.starts_with("error: "), "{stderr}");
     for m in must_mention {
@@ -38,12 +48,22 @@ fn demo_image() -> std::path::PathBuf {
 
 #[test]
 fn missing_model_directory() {
-    assert_clean_failure(Path::new("/nonexistent/model"), "a,b", &demo_image(), &["/nonexistent/model", "does not exist"]);
+    assert_clean_failure(
+        Path::new("/nonexistent/model"),
+        "a,b",
+        &demo_image(),
+        &["/nonexistent/model", "does not exist"],
+    );
 }
 
 #[test]
 fn missing_image() {
-    assert_clean_failure(&fixture("tiny-p14-336"), "a,b", Path::new("/nonexistent.jpg"), &["/nonexistent.jpg"]);
+    assert_clean_failure(
+        &fixture("tiny-p14-336"),
+        "a,b",
+        Path::new("/nonexistent.jpg"),
+        &["/nonexistent.jpg"],
+    );
 }
 
 #[test]
@@ -51,7 +71,12 @@ fn corrupt_image() {
     let tmp = tmpdir();
     let bad = tmp.path().join("broken.jpg");
     std::fs::write(&bad, b"\xff\xd8\xff\xe0 this is not really a jpeg").unwrap();
-    assert_clean_failure(&fixture("tiny-p14-336"), "a,b", &bad, &["broken.jpg", "cannot decode"]);
+    assert_clean_failure(
+        &fixture("tiny-p14-336"),
+        "a,b",
+        &bad,
+        &["broken.jpg", "cannot decode"],
+    );
 }
 
 #[test]
@@ -69,7 +94,12 @@ fn truncated_safetensors() {
     let weights = tmp.path().join("model.safetensors");
     let bytes = std::fs::read(&weights).unwrap();
     std::fs::write(&weights, &bytes[..bytes.len() / 3]).unwrap();
-    assert_clean_failure(tmp.path(), "a,b", &demo_image(), &["model.safetensors", "not a valid safetensors"]);
+    assert_clean_failure(
+        tmp.path(),
+        "a,b",
+        &demo_image(),
+        &["model.safetensors", "not a valid safetensors"],
+    );
 }
 
 #[test]
@@ -83,27 +113,62 @@ fn garbage_safetensors() {
 fn shapes_that_do_not_match_the_config() {
     let tmp = model_copy();
     let path = tmp.path().join("config.json");
-    let text = std::fs::read_to_string(&path).unwrap().replace("\"projection_dim\": 24", "\"projection_dim\": 32");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("\"projection_dim\": 24", "\"projection_dim\": 32");
     std::fs::write(&path, text).unwrap();
-    assert_clean_failure(tmp.path(), "a,b", &demo_image(), &["does not match", "shape of `text_projection.weight`", "[24, 16]", "[32, 16]"]);
+    assert_clean_failure(
+        tmp.path(),
+        "a,b",
+        &demo_image(),
+        &[
+            "does not match",
+            "shape of `text_projection.weight`",
+            "[24, 16]",
+            "[32, 16]",
+        ],
+    );
 }
 
 #[test]
 fn missing_and_unexpected_keys_are_listed_together() {
     let tmp = model_copy();
     let path = tmp.path().join("config.json");
-    let text = std::fs::read_to_string(&path).unwrap().replacen("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3", 1);
+    let text = std::fs::read_to_string(&path).unwrap().replacen(
+        "\"num_hidden_layers\": 2",
+        "\"num_hidden_layers\": 3",
+        1,
+    );
     std::fs::write(&path, text).unwrap();
-    let (code, stderr) = streetclip(&[&"predict", &"--model", &tmp.path(), &"--labels", &"a", &demo_image()]);
+    let (code, stderr) = streetclip(&[
+        &"predict",
+        &"--model",
+        &tmp.path(),
+        &"--labels",
+        &"a",
+        &demo_image(),
+    ]);
     assert_eq!(code, 1);
-    assert!(stderr.contains("missing `text_model.encoder.layers.2.mlp.fc1.weight`"), "{stderr}");
+    assert!(
+        stderr.contains("missing `text_model.encoder.layers.2.mlp.fc1.weight`"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn pytorch_bin_only_names_the_conversion_command() {
     let tmp = model_copy();
-    std::fs::rename(tmp.path().join("model.safetensors"), tmp.path().join("pytorch_model.bin")).unwrap();
-    assert_clean_failure(tmp.path(), "a,b", &demo_image(), &["pytorch_model.bin", "scripts/convert_bin_to_safetensors.py"]);
+    std::fs::rename(
+        tmp.path().join("model.safetensors"),
+        tmp.path().join("pytorch_model.bin"),
+    )
+    .unwrap();
+    assert_clean_failure(
+        tmp.path(),
+        "a,b",
+        &demo_image(),
+        &["pytorch_model.bin", "scripts/convert_bin_to_safetensors.py"],
+    );
 }
 
 #[test]
@@ -115,13 +180,32 @@ fn invalid_config_json() {
 
 #[test]
 fn empty_label_list() {
-    assert_clean_failure(&fixture("tiny-p14-336"), "", &demo_image(), &["--labels is empty"]);
-    assert_clean_failure(&fixture("tiny-p14-336"), "a,,b", &demo_image(), &["empty label at position 2"]);
+    assert_clean_failure(
+        &fixture("tiny-p14-336"),
+        "",
+        &demo_image(),
+        &["--labels is empty"],
+    );
+    assert_clean_failure(
+        &fixture("tiny-p14-336"),
+        "a,,b",
+        &demo_image(),
+        &["empty label at position 2"],
+    );
 }
 
 #[test]
 fn unknown_device() {
-    let (code, stderr) = streetclip(&[&"predict", &"--model", &fixture("tiny-p14-336"), &"--labels", &"a", &"--device", &"tpu", &demo_image()]);
+    let (code, stderr) = streetclip(&[
+        &"predict",
+        &"--model",
+        &fixture("tiny-p14-336"),
+        &"--labels",
+        &"a",
+        &"--device",
+        &"tpu",
+        &demo_image(),
+    ]);
     assert_eq!(code, 1);
     assert!(stderr.contains("unknown device `tpu`"), "{stderr}");
 }
@@ -129,7 +213,13 @@ fn unknown_device() {
 #[test]
 fn embed_with_nothing_to_embed() {
     let tmp = tmpdir();
-    let (code, stderr) = streetclip(&[&"embed", &"--model", &fixture("tiny-p14-336"), &"--out", &tmp.path().join("x.safetensors")]);
+    let (code, stderr) = streetclip(&[
+        &"embed",
+        &"--model",
+        &fixture("tiny-p14-336"),
+        &"--out",
+        &tmp.path().join("x.safetensors"),
+    ]);
     assert_eq!(code, 1);
     assert!(stderr.contains("nothing to embed"), "{stderr}");
 }
@@ -138,7 +228,15 @@ fn embed_with_nothing_to_embed() {
 fn tokenizer_that_does_not_fit_the_model() {
     // tiny-p32-224 has 1000 token ids; the bundled CLIP tokenizer produces ids up to 49407.
     let tmp = tmpdir();
-    let (code, stderr) = streetclip(&[&"embed", &"--model", &fixture("tiny-p32-224"), &"--text", &"hello", &"--out", &tmp.path().join("x.safetensors")]);
+    let (code, stderr) = streetclip(&[
+        &"embed",
+        &"--model",
+        &fixture("tiny-p32-224"),
+        &"--text",
+        &"hello",
+        &"--out",
+        &tmp.path().join("x.safetensors"),
+    ]);
     assert_eq!(code, 1);
     assert!(stderr.contains("vocabulary has 1000 entries"), "{stderr}");
 }

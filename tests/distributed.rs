@@ -12,22 +12,101 @@ use streetclip::dist::{all_reduce_gradients, Backend, Dist, DistEnv, Store};
 use tch::{Kind, Tensor};
 
 fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-    move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+    move |k| {
+        pairs
+            .iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.to_string())
+    }
 }
 
 #[test]
 fn torchrun_slurm_and_single_process_environments() {
-    let e = DistEnv::from_vars(vars(&[("RANK", "5"), ("LOCAL_RANK", "1"), ("WORLD_SIZE", "8"), ("LOCAL_WORLD_SIZE", "4"), ("MASTER_ADDR", "node0"), ("MASTER_PORT", "1234"), ("TORCHELASTIC_USE_AGENT_STORE", "True"), ("TORCHELASTIC_RESTART_COUNT", "2")])).unwrap();
-    assert_eq!((e.rank, e.local_rank, e.world_size, e.local_world_size, e.master_addr.as_str(), e.master_port, e.use_agent_store, e.restart_count, e.launcher), (5, 1, 8, 4, "node0", 1234, true, 2, "torchrun"));
-    let s = DistEnv::from_vars(vars(&[("SLURM_PROCID", "3"), ("SLURM_NTASKS", "4"), ("SLURM_LOCALID", "1"), ("SLURM_NTASKS_PER_NODE", "2"), ("SLURM_JOB_NODELIST", "gpu[07-09,12]")])).unwrap();
-    assert_eq!((s.rank, s.local_rank, s.world_size, s.local_world_size, s.master_addr.as_str(), s.master_port, s.use_agent_store, s.launcher), (3, 1, 4, 2, "gpu07", 29500, false, "slurm"));
+    let e = DistEnv::from_vars(vars(&[
+        ("RANK", "5"),
+        ("LOCAL_RANK", "1"),
+        ("WORLD_SIZE", "8"),
+        ("LOCAL_WORLD_SIZE", "4"),
+        ("MASTER_ADDR", "node0"),
+        ("MASTER_PORT", "1234"),
+        ("TORCHELASTIC_USE_AGENT_STORE", "True"),
+        ("TORCHELASTIC_RESTART_COUNT", "2"),
+    ]))
+    .unwrap();
+    assert_eq!(
+        (
+            e.rank,
+            e.local_rank,
+            e.world_size,
+            e.local_world_size,
+            e.master_addr.as_str(),
+            e.master_port,
+            e.use_agent_store,
+            e.restart_count,
+            e.launcher
+        ),
+        (5, 1, 8, 4, "node0", 1234, true, 2, "torchrun")
+    );
+    let s = DistEnv::from_vars(vars(&[
+        ("SLURM_PROCID", "3"),
+        ("SLURM_NTASKS", "4"),
+        ("SLURM_LOCALID", "1"),
+        ("SLURM_NTASKS_PER_NODE", "2"),
+        ("SLURM_JOB_NODELIST", "gpu[07-09,12]"),
+    ]))
+    .unwrap();
+    assert_eq!(
+        (
+            s.rank,
+            s.local_rank,
+            s.world_size,
+            s.local_world_size,
+            s.master_addr.as_str(),
+            s.master_port,
+            s.use_agent_store,
+            s.launcher
+        ),
+        (3, 1, 4, 2, "gpu07", 29500, false, "slurm")
+    );
     // torchrun's variables win over SLURM's (torchrun inside an allocation).
-    assert_eq!(DistEnv::from_vars(vars(&[("RANK", "0"), ("WORLD_SIZE", "2"), ("SLURM_PROCID", "1"), ("SLURM_NTASKS", "4")])).unwrap().launcher, "torchrun");
+    assert_eq!(
+        DistEnv::from_vars(vars(&[
+            ("RANK", "0"),
+            ("WORLD_SIZE", "2"),
+            ("SLURM_PROCID", "1"),
+            ("SLURM_NTASKS", "4")
+        ]))
+        .unwrap()
+        .launcher,
+        "torchrun"
+    );
     assert_eq!(DistEnv::from_vars(vars(&[])).unwrap(), DistEnv::single());
-    assert!(DistEnv::from_vars(vars(&[("RANK", "2"), ("WORLD_SIZE", "2")])).unwrap_err().to_string().contains("rank 2 is not within a world of 2"));
-    assert!(DistEnv::from_vars(vars(&[("RANK", "x"), ("WORLD_SIZE", "2")])).unwrap_err().to_string().contains("RANK=`x`"));
-    assert!(DistEnv::from_vars(vars(&[("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_PORT", "99999")])).unwrap_err().to_string().contains("MASTER_PORT"));
-    assert!(DistEnv::from_vars(vars(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "2")])).unwrap_err().to_string().contains("SLURM_JOB_NODELIST"));
+    assert!(
+        DistEnv::from_vars(vars(&[("RANK", "2"), ("WORLD_SIZE", "2")]))
+            .unwrap_err()
+            .to_string()
+            .contains("rank 2 is not within a world of 2")
+    );
+    assert!(
+        DistEnv::from_vars(vars(&[("RANK", "x"), ("WORLD_SIZE", "2")]))
+            .unwrap_err()
+            .to_string()
+            .contains("RANK=`x`")
+    );
+    assert!(DistEnv::from_vars(vars(&[
+        ("RANK", "0"),
+        ("WORLD_SIZE", "2"),
+        ("MASTER_PORT", "99999")
+    ]))
+    .unwrap_err()
+    .to_string()
+    .contains("MASTER_PORT"));
+    assert!(
+        DistEnv::from_vars(vars(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "2")]))
+            .unwrap_err()
+            .to_string()
+            .contains("SLURM_JOB_NODELIST")
+    );
     assert_eq!(first_host("node1,node2").unwrap(), "node1");
     assert_eq!(first_host("a100-[3-4]").unwrap(), "a100-3");
     assert_eq!(first_host("solo").unwrap(), "solo");
@@ -36,7 +115,13 @@ fn torchrun_slurm_and_single_process_environments() {
 
 #[test]
 fn one_process_needs_no_group() {
-    let d = Dist::init(&DistEnv::single(), Backend::Gloo, tch::Device::Cpu, Duration::from_secs(1)).unwrap();
+    let d = Dist::init(
+        &DistEnv::single(),
+        Backend::Gloo,
+        tch::Device::Cpu,
+        Duration::from_secs(1),
+    )
+    .unwrap();
     let t = Tensor::from_slice(&[1.0f32, 2.0]);
     d.all_reduce_sum(&t).unwrap();
     assert_eq!(Vec::<f32>::try_from(&t).unwrap(), [1.0, 2.0]);
@@ -47,7 +132,14 @@ fn one_process_needs_no_group() {
 /// This test binary again, running only `worker` as rank `rank` of `world`.
 fn spawn_worker(rank: usize, world: usize, port: u16, mode: &str) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "worker", "--ignored", "--nocapture", "--test-threads", "1"])
+        .args([
+            "--exact",
+            "worker",
+            "--ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
         .env("RANK", rank.to_string())
         .env("WORLD_SIZE", world.to_string())
         .env("MASTER_ADDR", "127.0.0.1")
@@ -74,16 +166,22 @@ fn worker() {
     // all_reduce: Σ (rank + 1) = w (w + 1) / 2 in every element.
     let t = Tensor::full([3], r + 1.0, (Kind::Float, tch::Device::Cpu));
     dist.all_reduce_sum(&t).unwrap();
-    assert_eq!(Vec::<f32>::try_from(&t).unwrap(), vec![(w * (w + 1.0) / 2.0) as f32; 3]);
+    assert_eq!(
+        Vec::<f32>::try_from(&t).unwrap(),
+        vec![(w * (w + 1.0) / 2.0) as f32; 3]
+    );
     // all_gather: rank order.
     let mine = Tensor::from_slice(&[r as f32, 10.0 * r as f32]).view([1, 2]);
     let all = dist.all_gather(&mine).unwrap();
-    let expected: Vec<f32> = (0..dist.world_size).flat_map(|i| [i as f32, 10.0 * i as f32]).collect();
+    let expected: Vec<f32> = (0..dist.world_size)
+        .flat_map(|i| [i as f32, 10.0 * i as f32])
+        .collect();
     assert_eq!(Vec::<f32>::try_from(all.view([-1])).unwrap(), expected);
     // broadcast: rank 0's value everywhere; buckets of mixed dtypes.
     let b = Tensor::full([4], r + 7.0, (Kind::Double, tch::Device::Cpu));
     let c = Tensor::full([2, 2], (r + 1.0) * 3.0, (Kind::Float, tch::Device::Cpu));
-    dist.broadcast_tensors(&[b.shallow_clone(), c.shallow_clone()]).unwrap();
+    dist.broadcast_tensors(&[b.shallow_clone(), c.shallow_clone()])
+        .unwrap();
     assert_eq!(Vec::<f64>::try_from(&b).unwrap(), vec![7.0; 4]);
     assert_eq!(Vec::<f32>::try_from(c.view([-1])).unwrap(), vec![3.0; 4]);
     // Gradients: summed for full_batch shares, averaged for per-rank losses, and replicated
@@ -91,9 +189,15 @@ fn worker() {
     let p = Tensor::zeros([2], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
     let s = Tensor::zeros([], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
     ((&p * (r + 1.0)).sum(Kind::Float) + &s * 5.0).backward();
-    let params = vec![("p".to_string(), p.shallow_clone()), ("logit_scale".to_string(), s.shallow_clone())];
+    let params = vec![
+        ("p".to_string(), p.shallow_clone()),
+        ("logit_scale".to_string(), s.shallow_clone()),
+    ];
     all_reduce_gradients(&dist, &params, false, &["logit_scale"]).unwrap();
-    assert_eq!(Vec::<f32>::try_from(p.grad()).unwrap(), vec![(w * (w + 1.0) / 2.0) as f32; 2]);
+    assert_eq!(
+        Vec::<f32>::try_from(p.grad()).unwrap(),
+        vec![(w * (w + 1.0) / 2.0) as f32; 2]
+    );
     assert!((s.grad().double_value(&[]) - 5.0).abs() < 1e-6);
     assert!(dist.any(dist.rank == 0).unwrap());
     assert_eq!(dist.mean2(r, 1.0).unwrap(), ((w - 1.0) / 2.0, 1.0));
@@ -102,16 +206,28 @@ fn worker() {
 }
 
 fn wait_all(children: Vec<std::process::Child>) -> Vec<Output> {
-    children.into_iter().map(|c| c.wait_with_output().unwrap()).collect()
+    children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect()
 }
 
 #[test]
 fn collectives_between_processes() {
     for world in [2, 3] {
         let port = streetclip::dist::launch::free_port().unwrap();
-        let outputs = wait_all((0..world).map(|r| spawn_worker(r, world, port, "check")).collect());
+        let outputs = wait_all(
+            (0..world)
+                .map(|r| spawn_worker(r, world, port, "check"))
+                .collect(),
+        );
         for (rank, o) in outputs.iter().enumerate() {
-            assert!(o.status.success(), "world {world} rank {rank}:\n{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+            assert!(
+                o.status.success(),
+                "world {world} rank {rank}:\n{}\n{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
             assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("rank {rank} ok")));
         }
     }
@@ -125,8 +241,15 @@ fn a_dead_peer_is_an_error_within_the_timeout_not_a_hang() {
     assert_eq!(outputs[1].status.code(), Some(3));
     assert!(!outputs[0].status.success());
     let stderr = String::from_utf8_lossy(&outputs[0].stderr);
-    assert!(stderr.contains("all_reduce failed (a peer process died or timed out?)"), "{stderr}");
-    assert!(start.elapsed() < Duration::from_secs(60), "{:?}", start.elapsed());
+    assert!(
+        stderr.contains("all_reduce failed (a peer process died or timed out?)"),
+        "{stderr}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
@@ -134,25 +257,55 @@ fn rendezvous_errors_are_clear() {
     // The port is taken: the server cannot bind it.
     let taken = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
     let port = taken.local_addr().unwrap().port();
-    let err = Store::connect("127.0.0.1", port, 2, true, Duration::from_secs(2), "/t/").err().unwrap().to_string();
-    assert!(err.contains(&format!("cannot host the rendezvous store on 127.0.0.1:{port}")) && err.contains("MASTER_PORT"), "{err}");
+    let err = Store::connect("127.0.0.1", port, 2, true, Duration::from_secs(2), "/t/")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains(&format!(
+            "cannot host the rendezvous store on 127.0.0.1:{port}"
+        )) && err.contains("MASTER_PORT"),
+        "{err}"
+    );
     // Nobody listens: the client gives up after its timeout.
     drop(taken);
     let start = Instant::now();
-    let err = Store::connect("127.0.0.1", port, 2, false, Duration::from_secs(2), "/t/").err().unwrap().to_string();
-    assert!(err.contains("cannot reach the rendezvous store") && err.contains("MASTER_ADDR"), "{err}");
+    let err = Store::connect("127.0.0.1", port, 2, false, Duration::from_secs(2), "/t/")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("cannot reach the rendezvous store") && err.contains("MASTER_ADDR"),
+        "{err}"
+    );
     assert!(start.elapsed() < Duration::from_secs(30));
     // A store round trip, keys namespaced by the prefix.
     let port = streetclip::dist::launch::free_port().unwrap();
     let server = Store::connect("127.0.0.1", port, 2, true, Duration::from_secs(5), "/a/").unwrap();
-    let client = Store::connect("127.0.0.1", port, 2, false, Duration::from_secs(5), "/a/").unwrap();
+    let client =
+        Store::connect("127.0.0.1", port, 2, false, Duration::from_secs(5), "/a/").unwrap();
     server.set("k", "v1").unwrap();
     assert_eq!(client.get("k").unwrap(), "v1");
     let other = Store::connect("127.0.0.1", port, 2, false, Duration::from_secs(1), "/b/").unwrap();
-    assert!(other.get("k").is_err(), "another prefix does not see the key");
+    assert!(
+        other.get("k").is_err(),
+        "another prefix does not see the key"
+    );
     // No NCCL on a CPU device.
-    let env = DistEnv { world_size: 2, ..DistEnv::single() };
-    assert!(Dist::init(&env, Backend::Nccl, tch::Device::Cpu, Duration::from_secs(1)).err().unwrap().to_string().contains("needs a CUDA device"));
+    let env = DistEnv {
+        world_size: 2,
+        ..DistEnv::single()
+    };
+    assert!(Dist::init(
+        &env,
+        Backend::Nccl,
+        tch::Device::Cpu,
+        Duration::from_secs(1)
+    )
+    .err()
+    .unwrap()
+    .to_string()
+    .contains("needs a CUDA device"));
 }
 
 /// A tiny model on synthetic scenes; `accum` accumulation steps of micro-batches of 4.
@@ -187,13 +340,23 @@ dist: {{timeout_s: 30}}
 }
 
 fn train(cfg: &Path, out: &Path, extra: &[&str]) -> Output {
-    let o = Command::new(env!("CARGO_BIN_EXE_streetclip")).arg("train").arg("--config").arg(cfg).arg("--out").arg(out).args(extra).output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_streetclip"))
+        .arg("train")
+        .arg("--config")
+        .arg(cfg)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     o
 }
 
 fn final_weights(run: &Path) -> Vec<(String, Tensor)> {
-    let last = streetclip::train::checkpoint::list(&run.join("checkpoints")).pop().unwrap();
+    let last = streetclip::train::checkpoint::list(&run.join("checkpoints"))
+        .pop()
+        .unwrap();
     streetclip::tensor_io::read(&last.join("model.safetensors")).unwrap()
 }
 
@@ -203,16 +366,29 @@ fn ranks_train_like_one_process_with_their_accumulation() {
     let data = tmp.path().join("scenes");
     // One process with 2 x 3 = 6 accumulation steps is the reference for 2 ranks x 3 and 3 x 2.
     let one = tmp.path().join("one");
-    train(&config(tmp.path(), &data, 6, "full_batch"), &one, &["--max-steps", "3"]);
+    train(
+        &config(tmp.path(), &data, 6, "full_batch"),
+        &one,
+        &["--max-steps", "3"],
+    );
     let reference = final_weights(&one);
     for (ranks, accum) in [(2, 3), (3, 2)] {
         let run = tmp.path().join(format!("ranks-{ranks}"));
-        let out = train(&config(tmp.path(), &data, accum, "full_batch"), &run, &["--max-steps", "3", "--nproc-per-node", &ranks.to_string()]);
+        let out = train(
+            &config(tmp.path(), &data, accum, "full_batch"),
+            &run,
+            &["--max-steps", "3", "--nproc-per-node", &ranks.to_string()],
+        );
         let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(summary["steps"], 3, "only rank 0 prints its summary");
         assert_eq!(summary["samples_seen"], 3 * 24);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(&format!("data parallel: {ranks} ranks (torchrun), global batch 24 = {ranks} x {accum} x 4")), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "data parallel: {ranks} ranks (torchrun), global batch 24 = {ranks} x {accum} x 4"
+            )),
+            "{stderr}"
+        );
         let mut worst = 0f64;
         for ((name, a), (_, b)) in reference.iter().zip(final_weights(&run)) {
             let d = max_diff(a, &b);
@@ -230,9 +406,17 @@ fn per_micro_batch_ranks_average_their_gradients() {
     let tmp = tmpdir();
     let data = tmp.path().join("scenes");
     let one = tmp.path().join("one");
-    train(&config(tmp.path(), &data, 4, "per_micro_batch"), &one, &["--max-steps", "2"]);
+    train(
+        &config(tmp.path(), &data, 4, "per_micro_batch"),
+        &one,
+        &["--max-steps", "2"],
+    );
     let two = tmp.path().join("two");
-    train(&config(tmp.path(), &data, 2, "per_micro_batch"), &two, &["--max-steps", "2", "--nproc-per-node", "2"]);
+    train(
+        &config(tmp.path(), &data, 2, "per_micro_batch"),
+        &two,
+        &["--max-steps", "2", "--nproc-per-node", "2"],
+    );
     for ((name, a), (_, b)) in final_weights(&one).iter().zip(final_weights(&two)) {
         let d = max_diff(a, &b);
         assert!(d <= 1e-5, "{name} differs by {d:e}");
@@ -241,12 +425,23 @@ fn per_micro_batch_ranks_average_their_gradients() {
 
 /// The pids of `pid`'s child processes.
 fn children(pid: u32) -> Vec<i32> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    text.split_whitespace().map(|p| p.parse().unwrap()).collect()
+    let text =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    text.split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect()
 }
 
 fn step_of(checkpoint: &Path) -> u64 {
-    checkpoint.file_name().unwrap().to_string_lossy().chars().filter(char::is_ascii_digit).collect::<String>().parse().unwrap()
+    checkpoint
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -268,7 +463,10 @@ fn a_killed_worker_stops_the_run_with_a_clear_error_and_it_resumes() {
     // Once a checkpoint exists, kill rank 1 outright.
     let start = Instant::now();
     while streetclip::train::checkpoint::list(&run.join("checkpoints")).is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let workers = children(launcher.id());
@@ -278,15 +476,41 @@ fn a_killed_worker_stops_the_run_with_a_clear_error_and_it_resumes() {
     let o = launcher.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("launcher: worker 1 failed (signal 9)") && stderr.contains("rerun the same command to resume"), "{stderr}");
+    assert!(
+        stderr.contains("launcher: worker 1 failed (signal 9)")
+            && stderr.contains("rerun the same command to resume"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(killed_at.elapsed() < Duration::from_secs(30), "the others stopped after {:?}", killed_at.elapsed());
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(30),
+        "the others stopped after {:?}",
+        killed_at.elapsed()
+    );
     // Rerunning resumes from the last checkpoint.
-    let last = step_of(&streetclip::train::checkpoint::list(&run.join("checkpoints")).pop().unwrap());
+    let last = step_of(
+        &streetclip::train::checkpoint::list(&run.join("checkpoints"))
+            .pop()
+            .unwrap(),
+    );
     let target = (last + 2).to_string();
-    let o = train(&cfg, &run, &["--nproc-per-node", "2", "--set", "train.epochs=500", "--max-steps", &target]);
+    let o = train(
+        &cfg,
+        &run,
+        &[
+            "--nproc-per-node",
+            "2",
+            "--set",
+            "train.epochs=500",
+            "--max-steps",
+            &target,
+        ],
+    );
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(stderr.contains(&format!("resuming from")) && stderr.contains(&format!("(step {last})")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("resuming from")) && stderr.contains(&format!("(step {last})")),
+        "{stderr}"
+    );
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(summary["steps"].as_u64(), Some(last + 2));
 }
@@ -308,7 +532,11 @@ fn torchrun_and_slurm_environments_train_like_the_builtin_launcher() {
     };
     // PyTorch's own torchrun: its agent hosts the store (TORCHELASTIC_USE_AGENT_STORE).
     let torchrun = root().join(".venv/bin/torchrun");
-    assert!(torchrun.is_file(), "{} is missing: run `make setup`", torchrun.display());
+    assert!(
+        torchrun.is_file(),
+        "{} is missing: run `make setup`",
+        torchrun.display()
+    );
     let run = tmp.path().join("torchrun");
     let o = Command::new(&torchrun)
         .args(["--no-python", "--nproc-per-node", "2", "--master-port"])
@@ -332,7 +560,13 @@ fn torchrun_and_slurm_environments_train_like_the_builtin_launcher() {
                 .arg(&cfg)
                 .arg("--out")
                 .arg(&run)
-                .envs([("SLURM_PROCID", r.to_string()), ("SLURM_LOCALID", r.to_string()), ("SLURM_NTASKS", "2".into()), ("SLURM_JOB_NODELIST", "localhost".into()), ("MASTER_PORT", port.clone())])
+                .envs([
+                    ("SLURM_PROCID", r.to_string()),
+                    ("SLURM_LOCALID", r.to_string()),
+                    ("SLURM_NTASKS", "2".into()),
+                    ("SLURM_JOB_NODELIST", "localhost".into()),
+                    ("MASTER_PORT", port.clone()),
+                ])
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -345,4 +579,3 @@ fn torchrun_and_slurm_environments_train_like_the_builtin_launcher() {
     }
     same(&run);
 }
-

@@ -8,9 +8,17 @@ use streetclip::geo::{haversine_km, Gazetteer, EARTH_RADIUS_KM};
 fn haversine_known_distances() {
     let deg = 2.0 * std::f64::consts::PI * EARTH_RADIUS_KM / 360.0;
     assert!((haversine_km(0.0, 0.0, 0.0, 1.0) - deg).abs() < 1e-9);
-    assert!((haversine_km(0.0, 179.5, 0.0, -179.5) - deg).abs() < 1e-9, "across the antimeridian");
-    assert!((haversine_km(90.0, 0.0, -90.0, 0.0) - std::f64::consts::PI * EARTH_RADIUS_KM).abs() < 1e-6);
-    assert!((haversine_km(89.0, 0.0, 89.0, 180.0) - 2.0 * deg).abs() < 1e-9, "over the pole");
+    assert!(
+        (haversine_km(0.0, 179.5, 0.0, -179.5) - deg).abs() < 1e-9,
+        "across the antimeridian"
+    );
+    assert!(
+        (haversine_km(90.0, 0.0, -90.0, 0.0) - std::f64::consts::PI * EARTH_RADIUS_KM).abs() < 1e-6
+    );
+    assert!(
+        (haversine_km(89.0, 0.0, 89.0, 180.0) - 2.0 * deg).abs() < 1e-9,
+        "over the pole"
+    );
     assert_eq!(haversine_km(48.85, 2.35, 48.85, 2.35), 0.0);
     // Paris - London, 343.5 km by the same formula with R = 6371 km (e.g. movable-type.co.uk).
     assert!((haversine_km(48.8566, 2.3522, 51.5074, -0.1278) - 343.5).abs() < 0.1);
@@ -31,7 +39,13 @@ fn loads_quickly_with_everything_in_it() {
 fn country_lookup_by_code_name_and_alias() {
     let g = Gazetteer::bundled().unwrap();
     let us = g.country("US").unwrap();
-    for name in ["us", "USA", "United States", "united states of america", "the United States"] {
+    for name in [
+        "us",
+        "USA",
+        "United States",
+        "united states of america",
+        "the United States",
+    ] {
         assert_eq!(g.country(name), Some(us), "{name}");
     }
     assert_eq!(g.countries[us].in_sentence(), "the United States");
@@ -41,7 +55,10 @@ fn country_lookup_by_code_name_and_alias() {
     let ci = g.country("CI").unwrap();
     assert_eq!(g.country("Côte d'Ivoire"), g.country("cote d ivoire"));
     assert_eq!(g.country("Ivory Coast"), Some(ci));
-    assert_eq!(g.countries[g.country("France").unwrap()].in_sentence(), "France");
+    assert_eq!(
+        g.countries[g.country("France").unwrap()].in_sentence(),
+        "France"
+    );
     assert_eq!(g.country("UK"), g.country("GB"));
     assert_eq!(g.country("Atlantis"), None);
 }
@@ -53,7 +70,10 @@ fn region_and_city_lookup() {
     let sp_region = g.region(br, "Sao Paulo").unwrap();
     let sp = g.city(br, Some(sp_region), "sao paulo").unwrap();
     assert_eq!(g.cities[sp].name, "São Paulo");
-    assert_eq!(g.regions[g.cities[sp].region.unwrap()].name, g.regions[sp_region].name);
+    assert_eq!(
+        g.regions[g.cities[sp].region.unwrap()].name,
+        g.regions[sp_region].name
+    );
     let us = g.country("US").unwrap();
     // Several Springfields: the most populous wins without a region; the region picks one.
     let il = g.region(us, "Illinois").unwrap();
@@ -77,18 +97,44 @@ fn reverse_geocoding_equals_brute_force() {
     let g = Gazetteer::bundled().unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let mut points: Vec<(f64, f64)> = (0..3000)
-        .map(|_| (rng.random_range(-1.0f64..1.0).asin().to_degrees(), rng.random_range(-180.0..180.0)))
+        .map(|_| {
+            (
+                rng.random_range(-1.0f64..1.0).asin().to_degrees(),
+                rng.random_range(-180.0..180.0),
+            )
+        })
         .collect();
     // The antimeridian (Fiji, Chukotka) and the poles.
-    points.extend((0..500).map(|i| (rng.random_range(-70.0..70.0), if i % 2 == 0 { 179.99 } else { -179.99 })));
-    points.extend((0..200).map(|i| (if i % 2 == 0 { 89.9 } else { -89.9 }, rng.random_range(-180.0..180.0))));
-    points.extend([(-17.8, 179.9), (-17.8, -179.9), (65.0, -179.0), (90.0, 0.0), (-90.0, 0.0)]);
+    points.extend((0..500).map(|i| {
+        (
+            rng.random_range(-70.0..70.0),
+            if i % 2 == 0 { 179.99 } else { -179.99 },
+        )
+    }));
+    points.extend((0..200).map(|i| {
+        (
+            if i % 2 == 0 { 89.9 } else { -89.9 },
+            rng.random_range(-180.0..180.0),
+        )
+    }));
+    points.extend([
+        (-17.8, 179.9),
+        (-17.8, -179.9),
+        (65.0, -179.0),
+        (90.0, 0.0),
+        (-90.0, 0.0),
+    ]);
     for (lat, lon) in points {
         let ours = g.nearest_city(lat, lon);
         let (best, best_km) = brute_force(&g, lat, lon);
         let ours_km = haversine_km(lat, lon, g.cities[ours].lat, g.cities[ours].lon);
         // Ties between equidistant cities may resolve either way; the distance must be minimal.
-        assert!(ours == best || (ours_km - best_km).abs() < 1e-6, "({lat}, {lon}): {} at {ours_km} km vs {} at {best_km} km", g.cities[ours].name, g.cities[best].name);
+        assert!(
+            ours == best || (ours_km - best_km).abs() < 1e-6,
+            "({lat}, {lon}): {} at {ours_km} km vs {} at {best_km} km",
+            g.cities[ours].name,
+            g.cities[best].name
+        );
     }
 }
 
@@ -96,7 +142,13 @@ fn reverse_geocoding_equals_brute_force() {
 fn reverse_geocoding_known_places() {
     let g = Gazetteer::bundled().unwrap();
     let paris = &g.cities[g.nearest_city(48.8566, 2.3522)];
-    assert_eq!((paris.name.as_str(), g.countries[paris.country].iso2.as_str()), ("Paris", "FR"));
+    assert_eq!(
+        (
+            paris.name.as_str(),
+            g.countries[paris.country].iso2.as_str()
+        ),
+        ("Paris", "FR")
+    );
     let suva = &g.cities[g.nearest_city(-18.14, 178.44)];
     assert_eq!(g.countries[suva.country].iso2, "FJ");
 }

@@ -5,8 +5,8 @@
 mod common;
 use common::*;
 use streetclip::eval::geolocate::{GeoConfig, Geolocator};
-use streetclip::eval::text::TextEncoder;
 use streetclip::eval::metrics::geo_metrics;
+use streetclip::eval::text::TextEncoder;
 use streetclip::geo::{haversine_km, Gazetteer};
 use tch::{Kind, Tensor};
 
@@ -19,22 +19,41 @@ fn metrics_match_an_independent_python_computation() {
         .unwrap()
         .iter()
         .map(|p| {
-            let v: Vec<f64> = p.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+            let v: Vec<f64> = p
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect();
             haversine_km(v[0], v[1], v[2], v[3])
         })
         .collect();
     for (ours, theirs) in errors.iter().zip(f["errors_km"].as_array().unwrap()) {
         assert!((ours - theirs.as_f64().unwrap()).abs() < 1e-9);
     }
-    let correct: Vec<Option<bool>> = f["country_correct"].as_array().unwrap().iter().map(|c| c.as_bool()).collect();
+    let correct: Vec<Option<bool>> = f["country_correct"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_bool())
+        .collect();
     let m = serde_json::to_value(geo_metrics(&errors, &correct)).unwrap();
     let e = &f["expected"];
     assert_eq!(m["n"], e["n"]);
     for t in ["1", "25", "200", "750", "2500"] {
-        assert!((m["within_km"][t].as_f64().unwrap() - e["within_km"][t].as_f64().unwrap()).abs() < 1e-9, "{t}");
+        assert!(
+            (m["within_km"][t].as_f64().unwrap() - e["within_km"][t].as_f64().unwrap()).abs()
+                < 1e-9,
+            "{t}"
+        );
     }
     for k in ["median_km", "mean_km", "country_accuracy", "geoscore"] {
-        assert!((m[k].as_f64().unwrap() - e[k].as_f64().unwrap()).abs() < 1e-6, "{k}: {} vs {}", m[k], e[k]);
+        assert!(
+            (m[k].as_f64().unwrap() - e[k].as_f64().unwrap()).abs() < 1e-6,
+            "{k}: {} vs {}",
+            m[k],
+            e[k]
+        );
     }
 }
 
@@ -51,8 +70,18 @@ impl TextEncoder for OneHot {
             .iter()
             .map(|t| {
                 // City prompts read "from {city}, ..."; country prompts end "in {country}.".
-                let i = self.names.iter().position(|n| t.contains(&format!("from {n},")) || t.ends_with(&format!("in {n}."))).map_or(d - 1, |i| i as i64);
-                Tensor::zeros([d], (Kind::Float, tch::Device::Cpu)).index_fill(0, &Tensor::from_slice(&[i]), 1.0)
+                let i = self
+                    .names
+                    .iter()
+                    .position(|n| {
+                        t.contains(&format!("from {n},")) || t.ends_with(&format!("in {n}."))
+                    })
+                    .map_or(d - 1, |i| i as i64);
+                Tensor::zeros([d], (Kind::Float, tch::Device::Cpu)).index_fill(
+                    0,
+                    &Tensor::from_slice(&[i]),
+                    1.0,
+                )
             })
             .collect();
         Ok(Tensor::stack(&rows, 0))
@@ -74,19 +103,43 @@ fn image_like(enc: &OneHot, names: &[&str]) -> Tensor {
 #[test]
 fn the_hierarchy_finds_the_known_answer() {
     let g = Gazetteer::bundled().unwrap();
-    let enc = OneHot { names: vec!["France".into(), "Japan".into(), "Lyon".into(), "Osaka".into(), "Fiji".into(), "Suva".into()] };
-    let cfg = GeoConfig { countries: Some(vec!["FR".into(), "JP".into(), "FJ".into()]), ..GeoConfig::default() };
+    let enc = OneHot {
+        names: vec![
+            "France".into(),
+            "Japan".into(),
+            "Lyon".into(),
+            "Osaka".into(),
+            "Fiji".into(),
+            "Suva".into(),
+        ],
+    };
+    let cfg = GeoConfig {
+        countries: Some(vec!["FR".into(), "JP".into(), "FJ".into()]),
+        ..GeoConfig::default()
+    };
     let locator = Geolocator::new(&enc, &g, cfg).unwrap();
-    let guess = &locator.locate(&image_like(&enc, &["Japan", "Osaka"])).unwrap()[0];
-    assert_eq!((guess.country_code.as_str(), guess.city.as_deref()), ("JP", Some("Osaka")));
+    let guess = &locator
+        .locate(&image_like(&enc, &["Japan", "Osaka"]))
+        .unwrap()[0];
+    assert_eq!(
+        (guess.country_code.as_str(), guess.city.as_deref()),
+        ("JP", Some("Osaka"))
+    );
     let osaka = g.city(g.country("JP").unwrap(), None, "Osaka").unwrap();
-    assert_eq!((guess.lat, guess.lon), (g.cities[osaka].lat, g.cities[osaka].lon));
+    assert_eq!(
+        (guess.lat, guess.lon),
+        (g.cities[osaka].lat, g.cities[osaka].lon)
+    );
     assert!(guess.top_countries[0].probability > 0.99);
     // The country decides first: Lyon's look does not pull a Japanese image to France.
-    let guess = &locator.locate(&image_like(&enc, &["Japan", "Lyon"])).unwrap()[0];
+    let guess = &locator
+        .locate(&image_like(&enc, &["Japan", "Lyon"]))
+        .unwrap()[0];
     assert_eq!(guess.country_code, "JP");
     // Across the antimeridian: a truth just east of it, the guess Suva just west of it.
-    let guess = &locator.locate(&image_like(&enc, &["Fiji", "Suva"])).unwrap()[0];
+    let guess = &locator
+        .locate(&image_like(&enc, &["Fiji", "Suva"]))
+        .unwrap()[0];
     assert_eq!(guess.city.as_deref(), Some("Suva"));
     assert!(haversine_km(-16.5, -179.9, guess.lat, guess.lon) < 300.0);
 }
@@ -94,28 +147,78 @@ fn the_hierarchy_finds_the_known_answer() {
 #[test]
 fn edges_single_candidate_ties_and_countries_without_cities() {
     let g = Gazetteer::bundled().unwrap();
-    let enc = OneHot { names: vec!["France".into(), "Japan".into()] };
+    let enc = OneHot {
+        names: vec!["France".into(), "Japan".into()],
+    };
     // One candidate country: always chosen, probability 1.
-    let one = Geolocator::new(&enc, &g, GeoConfig { countries: Some(vec!["FR".into()]), ..GeoConfig::default() }).unwrap();
+    let one = Geolocator::new(
+        &enc,
+        &g,
+        GeoConfig {
+            countries: Some(vec!["FR".into()]),
+            ..GeoConfig::default()
+        },
+    )
+    .unwrap();
     let guess = &one.locate(&image_like(&enc, &["Japan"])).unwrap()[0];
     assert_eq!(guess.country_code, "FR");
     assert!((guess.top_countries[0].probability - 1.0).abs() < 1e-12);
     // A tie between countries keeps the candidate order.
-    let two = Geolocator::new(&enc, &g, GeoConfig { countries: Some(vec!["JP".into(), "FR".into()]), ..GeoConfig::default() }).unwrap();
-    assert_eq!(two.locate(&image_like(&enc, &["France", "Japan"])).unwrap()[0].country_code, "JP");
+    let two = Geolocator::new(
+        &enc,
+        &g,
+        GeoConfig {
+            countries: Some(vec!["JP".into(), "FR".into()]),
+            ..GeoConfig::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        two.locate(&image_like(&enc, &["France", "Japan"])).unwrap()[0].country_code,
+        "JP"
+    );
     // Tokelau has no city of 15,000 people: the guess is the country's reference point.
-    let tk = Geolocator::new(&enc, &g, GeoConfig { countries: Some(vec!["Tokelau".into(), "FR".into()]), ..GeoConfig::default() }).unwrap();
+    let tk = Geolocator::new(
+        &enc,
+        &g,
+        GeoConfig {
+            countries: Some(vec!["Tokelau".into(), "FR".into()]),
+            ..GeoConfig::default()
+        },
+    )
+    .unwrap();
     let guess = &tk.locate(&image_like(&enc, &[])).unwrap()[0];
     assert_eq!(guess.country_code, "TK", "tie: first candidate");
     assert!(guess.city.is_none() && guess.top_cities.is_empty());
     let c = &g.countries[g.country("TK").unwrap()];
     assert_eq!((guess.lat, guess.lon), (c.lat, c.lon));
     // A country with neither cities nor coordinates cannot be a candidate.
-    assert!(Geolocator::new(&enc, &g, GeoConfig { countries: Some(vec!["Bouvet Island".into()]), ..GeoConfig::default() }).is_err());
-    assert!(Geolocator::new(&enc, &g, GeoConfig { countries: Some(vec!["Atlantis".into()]), ..GeoConfig::default() }).is_err());
+    assert!(Geolocator::new(
+        &enc,
+        &g,
+        GeoConfig {
+            countries: Some(vec!["Bouvet Island".into()]),
+            ..GeoConfig::default()
+        }
+    )
+    .is_err());
+    assert!(Geolocator::new(
+        &enc,
+        &g,
+        GeoConfig {
+            countries: Some(vec!["Atlantis".into()]),
+            ..GeoConfig::default()
+        }
+    )
+    .is_err());
 }
 
-fn eval_geo(models: &[std::path::PathBuf], out: &std::path::Path, cache: &std::path::Path, limit: Option<&str>) -> std::process::Output {
+fn eval_geo(
+    models: &[std::path::PathBuf],
+    out: &std::path::Path,
+    cache: &std::path::Path,
+    limit: Option<&str>,
+) -> std::process::Output {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_streetclip"));
     cmd.args(["eval", "geo"]).env("STREETCLIP_CACHE_DIR", cache);
     for m in models {
@@ -124,11 +227,17 @@ fn eval_geo(models: &[std::path::PathBuf], out: &std::path::Path, cache: &std::p
     if let Some(n) = limit {
         cmd.args(["--limit", n]);
     }
-    cmd.arg("--manifest").arg(im2gps3k_sample().join("meta.csv")).arg("--out").arg(out).output().unwrap()
+    cmd.arg("--manifest")
+        .arg(im2gps3k_sample().join("meta.csv"))
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
 }
 
 fn png_size(path: &std::path::Path) -> (u32, u32) {
-    let img = image::open(path).unwrap_or_else(|e| panic!("{} is not a readable PNG: {e}", path.display()));
+    let img = image::open(path)
+        .unwrap_or_else(|e| panic!("{} is not a readable PNG: {e}", path.display()));
     (img.width(), img.height())
 }
 
@@ -137,13 +246,26 @@ fn evaluation_end_to_end_on_im2gps3k_sample() {
     let tmp = tmpdir();
     let (out, cache) = (tmp.path().join("eval"), tmp.path().join("cache"));
     let first = eval_geo(&[fixture("tiny-p14-336")], &out, &cache, None);
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
-    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics["n"], 300);
-    let within: Vec<f64> = ["1", "25", "200", "750", "2500"].iter().map(|t| metrics["within_km"][t].as_f64().unwrap()).collect();
-    assert!(within.windows(2).all(|w| w[0] <= w[1]), "cumulative: {within:?}");
+    let within: Vec<f64> = ["1", "25", "200", "750", "2500"]
+        .iter()
+        .map(|t| metrics["within_km"][t].as_f64().unwrap())
+        .collect();
+    assert!(
+        within.windows(2).all(|w| w[0] <= w[1]),
+        "cumulative: {within:?}"
+    );
     let csv = std::fs::read_to_string(out.join("predictions.csv")).unwrap();
-    assert!(csv.starts_with("image,lat,lon,pred_lat,pred_lon,pred_country,pred_region,pred_city,true_country,error_km"));
+    assert!(csv.starts_with(
+        "image,lat,lon,pred_lat,pred_lon,pred_country,pred_region,pred_city,true_country,error_km"
+    ));
     assert_eq!(csv.lines().count(), 301);
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("within 2500 km") && report.contains("![map](map.png)"));
@@ -153,11 +275,19 @@ fn evaluation_end_to_end_on_im2gps3k_sample() {
     // makes the same guesses.
     let stderr = String::from_utf8_lossy(&first.stderr);
     assert!(stderr.contains("0 prompt lists from the cache"), "{stderr}");
-    let second = eval_geo(&[fixture("tiny-p14-336")], &tmp.path().join("again"), &cache, Some("40"));
+    let second = eval_geo(
+        &[fixture("tiny-p14-336")],
+        &tmp.path().join("again"),
+        &cache,
+        Some("40"),
+    );
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(stderr.contains(" 0 encoded"), "{stderr}");
     let again = std::fs::read_to_string(tmp.path().join("again/predictions.csv")).unwrap();
-    assert_eq!(again.lines().collect::<Vec<_>>(), csv.lines().take(41).collect::<Vec<_>>());
+    assert_eq!(
+        again.lines().collect::<Vec<_>>(),
+        csv.lines().take(41).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -165,7 +295,8 @@ fn two_models_are_compared_in_one_report() {
     let tmp = tmpdir();
     // The second model: the first with its image tower perturbed ("fine-tuned").
     let tuned = tmp.path().join("tuned");
-    let clip = streetclip::pretrained::Pretrained::load(&fixture("tiny-p14-336"), tch::Device::Cpu).unwrap();
+    let clip = streetclip::pretrained::Pretrained::load(&fixture("tiny-p14-336"), tch::Device::Cpu)
+        .unwrap();
     tch::manual_seed(0);
     tch::no_grad(|| {
         for (name, v) in clip.model.vs.variables() {
@@ -176,25 +307,52 @@ fn two_models_are_compared_in_one_report() {
     });
     clip.save(&tuned).unwrap();
     let out = tmp.path().join("cmp");
-    let run = eval_geo(&[fixture("tiny-p14-336"), tuned], &out, &tmp.path().join("cache"), Some("24"));
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let run = eval_geo(
+        &[fixture("tiny-p14-336"), tuned],
+        &out,
+        &tmp.path().join("cache"),
+        Some("24"),
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     // Same text tower: the second model finds at least the country prompts in the cache.
     let stderr = String::from_utf8_lossy(&run.stderr);
-    let hits: Vec<usize> = stderr.lines().filter_map(|l| l.strip_prefix("text embeddings: ")).map(|l| l.split(' ').next().unwrap().parse().unwrap()).collect();
+    let hits: Vec<usize> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("text embeddings: "))
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
     assert!(hits.len() == 2 && hits[0] == 0 && hits[1] >= 1, "{stderr}");
-    let cmp: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("comparison.json")).unwrap()).unwrap();
+    let cmp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("comparison.json")).unwrap())
+            .unwrap();
     for name in ["tiny-p14-336", "tuned"] {
-        let own: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(name).join("metrics.json")).unwrap()).unwrap();
+        let own: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join(name).join("metrics.json")).unwrap(),
+        )
+        .unwrap();
         assert_eq!(cmp[name]["metrics"], own, "{name}");
         assert_eq!(own["n"], 24);
         assert!(out.join(name).join("map.png").is_file());
     }
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(report.contains("| metric | `tiny-p14-336` | `tuned` | Δ (2nd − 1st) |"), "{report}");
+    assert!(
+        report.contains("| metric | `tiny-p14-336` | `tuned` | Δ (2nd − 1st) |"),
+        "{report}"
+    );
     let a = cmp["tiny-p14-336"]["metrics"]["mean_km"].as_f64().unwrap();
     let b = cmp["tuned"]["metrics"]["mean_km"].as_f64().unwrap();
     assert_ne!(a, b, "the perturbed model guesses differently");
-    assert!(report.contains(&format!("| mean error | {a:.0} km | {b:.0} km | {:+.0} km |", b - a)), "{report}");
+    assert!(
+        report.contains(&format!(
+            "| mean error | {a:.0} km | {b:.0} km | {:+.0} km |",
+            b - a
+        )),
+        "{report}"
+    );
     png_size(&out.join("error_curve.png"));
 }
 
@@ -207,7 +365,9 @@ impl TextEncoder for Counting {
     fn encode(&self, texts: &[String]) -> anyhow::Result<Tensor> {
         self.calls.set(self.calls.get() + 1);
         let lens: Vec<f32> = texts.iter().flat_map(|t| [t.len() as f32, 1.0]).collect();
-        Ok(streetclip::model::normalize(&Tensor::from_slice(&lens).view([texts.len() as i64, 2])))
+        Ok(streetclip::model::normalize(
+            &Tensor::from_slice(&lens).view([texts.len() as i64, 2]),
+        ))
     }
     fn scale(&self) -> f64 {
         1.0
@@ -218,8 +378,13 @@ impl TextEncoder for Counting {
 fn text_cache_serves_repeats_and_keys_on_model_and_prompts() {
     use streetclip::eval::text_cache::CachedText;
     let tmp = tmpdir();
-    let inner = Counting { calls: Default::default() };
-    let prompts = vec!["A Street View photo in France.".to_string(), "A Street View photo in Japan.".to_string()];
+    let inner = Counting {
+        calls: Default::default(),
+    };
+    let prompts = vec![
+        "A Street View photo in France.".to_string(),
+        "A Street View photo in Japan.".to_string(),
+    ];
     let cached = CachedText::new(&inner, "model-a".into(), Some(tmp.path()));
     let first = cached.encode(&prompts).unwrap();
     let again = cached.encode(&prompts).unwrap();
@@ -251,16 +416,25 @@ fn text_cache_serves_repeats_and_keys_on_model_and_prompts() {
 #[test]
 fn the_model_fingerprint_follows_the_text_tower_only() {
     use streetclip::eval::text_cache::text_fingerprint;
-    let clip = streetclip::pretrained::Pretrained::load(&fixture("tiny-p32-224"), tch::Device::Cpu).unwrap();
+    let clip = streetclip::pretrained::Pretrained::load(&fixture("tiny-p32-224"), tch::Device::Cpu)
+        .unwrap();
     let before = text_fingerprint(&clip).unwrap();
     assert_eq!(before, text_fingerprint(&clip).unwrap());
     let vars = clip.model.vs.variables();
     tch::no_grad(|| {
-        let _ = vars["vision_model.post_layernorm.weight"].shallow_clone().g_add_scalar_(1.0);
+        let _ = vars["vision_model.post_layernorm.weight"]
+            .shallow_clone()
+            .g_add_scalar_(1.0);
     });
-    assert_eq!(before, text_fingerprint(&clip).unwrap(), "vision weights do not change text embeddings");
+    assert_eq!(
+        before,
+        text_fingerprint(&clip).unwrap(),
+        "vision weights do not change text embeddings"
+    );
     tch::no_grad(|| {
-        let _ = vars["text_model.final_layer_norm.bias"].shallow_clone().g_add_scalar_(1e-3);
+        let _ = vars["text_model.final_layer_norm.bias"]
+            .shallow_clone()
+            .g_add_scalar_(1e-3);
     });
     assert_ne!(before, text_fingerprint(&clip).unwrap());
 }

@@ -9,7 +9,10 @@ use streetclip::pretrained::Pretrained;
 use tch::Device;
 
 fn demo_images() -> Vec<std::path::PathBuf> {
-    ["coffee.jpg", "chelsea.jpg", "rocket.jpg"].iter().map(|f| root().join("assets/demo").join(f)).collect()
+    ["coffee.jpg", "chelsea.jpg", "rocket.jpg"]
+        .iter()
+        .map(|f| root().join("assets/demo").join(f))
+        .collect()
 }
 
 fn save_and_check(fixture_name: &str, texts: &[&str]) {
@@ -24,14 +27,27 @@ fn save_and_check(fixture_name: &str, texts: &[&str]) {
     assert_eq!(a.len(), b.len());
     for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
         assert_eq!(na, nb);
-        assert!(ta.equal(tb), "{fixture_name}: {na} changed in the round trip");
+        assert!(
+            ta.equal(tb),
+            "{fixture_name}: {na} changed in the round trip"
+        );
     }
-    assert_eq!(original.model.config, reloaded.model.config, "config.json round trip");
-    assert_eq!(original.preprocess, reloaded.preprocess, "preprocessor config round trip");
+    assert_eq!(
+        original.model.config, reloaded.model.config,
+        "config.json round trip"
+    );
+    assert_eq!(
+        original.preprocess, reloaded.preprocess,
+        "preprocessor config round trip"
+    );
 
     let embeds = tmp.path().join("embeds.safetensors");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_streetclip"));
-    cmd.arg("embed").arg("--model").arg(&export).arg("--out").arg(&embeds);
+    cmd.arg("embed")
+        .arg("--model")
+        .arg(&export)
+        .arg("--out")
+        .arg(&embeds);
     for image in demo_images() {
         cmd.arg("--image").arg(image);
     }
@@ -40,7 +56,11 @@ fn save_and_check(fixture_name: &str, texts: &[&str]) {
     }
     let status = cmd.status().unwrap();
     assert!(status.success());
-    let mut args = vec![root().join("scripts/check_hf_interop.py").into_os_string(), export.into(), embeds.into()];
+    let mut args = vec![
+        root().join("scripts/check_hf_interop.py").into_os_string(),
+        export.into(),
+        embeds.into(),
+    ];
     args.extend(texts.iter().map(Into::into));
     let report = run_python(&args);
     eprintln!("{fixture_name}: {report}");
@@ -48,7 +68,14 @@ fn save_and_check(fixture_name: &str, texts: &[&str]) {
 
 #[test]
 fn openai_style_model_round_trips_through_transformers() {
-    save_and_check("tiny-p14-336", &["A Street View photo in Paris, France.", "A Street View photo from São Paulo.", "東京"]);
+    save_and_check(
+        "tiny-p14-336",
+        &[
+            "A Street View photo in Paris, France.",
+            "A Street View photo from São Paulo.",
+            "東京",
+        ],
+    );
 }
 
 #[test]

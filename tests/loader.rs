@@ -21,11 +21,25 @@ fn synth(n_countries: usize) -> Fixture {
     let g = Gazetteer::bundled().unwrap();
     let tmp = tmpdir();
     let dir = tmp.path().to_path_buf();
-    let args = SynthArgs { countries: n_countries, cities_per_country: 2, per_city: 5, seed: 1, width: 96, height: 72 };
+    let args = SynthArgs {
+        countries: n_countries,
+        cities_per_country: 2,
+        per_city: 5,
+        seed: 1,
+        width: 96,
+        height: 72,
+    };
     generate(&dir, &args, &g).unwrap();
-    let cfg = DataConfig { manifest: Some(dir.join("manifest.csv")), ..DataConfig::default() };
+    let cfg = DataConfig {
+        manifest: Some(dir.join("manifest.csv")),
+        ..DataConfig::default()
+    };
     let (data, _) = Dataset::load(&cfg, &g).unwrap();
-    Fixture { _tmp: tmp, dir, data: Arc::new(data) }
+    Fixture {
+        _tmp: tmp,
+        dir,
+        data: Arc::new(data),
+    }
 }
 
 fn config(batch: usize) -> LoaderConfig {
@@ -45,11 +59,30 @@ fn config(batch: usize) -> LoaderConfig {
 }
 
 fn captioner() -> Arc<Captioner> {
-    Arc::new(Captioner::new(&CaptionConfig { drop_city: 0.5, ..CaptionConfig::default() }).unwrap())
+    Arc::new(
+        Captioner::new(&CaptionConfig {
+            drop_city: 0.5,
+            ..CaptionConfig::default()
+        })
+        .unwrap(),
+    )
 }
 
-fn run(data: &Arc<Dataset>, cfg: LoaderConfig, from: Position) -> Vec<streetclip::data::loader::Batch> {
-    Loader::start(data.clone(), captioner(), PreprocessConfig::for_size(32), cfg, from).unwrap().map(|b| b.unwrap()).collect()
+fn run(
+    data: &Arc<Dataset>,
+    cfg: LoaderConfig,
+    from: Position,
+) -> Vec<streetclip::data::loader::Batch> {
+    Loader::start(
+        data.clone(),
+        captioner(),
+        PreprocessConfig::for_size(32),
+        cfg,
+        from,
+    )
+    .unwrap()
+    .map(|b| b.unwrap())
+    .collect()
 }
 
 #[test]
@@ -59,12 +92,29 @@ fn same_seed_same_stream_other_seed_other_order() {
     let b = run(&f.data, config(4), Position::default());
     assert_eq!(a.len(), 2 * (30 / 4), "two epochs of full batches");
     for (x, y) in a.iter().zip(&b) {
-        assert_eq!((&x.samples, &x.captions, &x.pixels), (&y.samples, &y.captions, &y.pixels));
+        assert_eq!(
+            (&x.samples, &x.captions, &x.pixels),
+            (&y.samples, &y.captions, &y.pixels)
+        );
     }
-    let other = run(&f.data, LoaderConfig { seed: 6, ..config(4) }, Position::default());
-    assert_ne!(a.iter().map(|b| b.samples.clone()).collect::<Vec<_>>(), other.iter().map(|b| b.samples.clone()).collect::<Vec<_>>());
+    let other = run(
+        &f.data,
+        LoaderConfig {
+            seed: 6,
+            ..config(4)
+        },
+        Position::default(),
+    );
+    assert_ne!(
+        a.iter().map(|b| b.samples.clone()).collect::<Vec<_>>(),
+        other.iter().map(|b| b.samples.clone()).collect::<Vec<_>>()
+    );
     // Each epoch is a permutation: no sample twice.
-    let epoch0: Vec<usize> = a.iter().filter(|b| b.epoch == 0).flat_map(|b| b.samples.clone()).collect();
+    let epoch0: Vec<usize> = a
+        .iter()
+        .filter(|b| b.epoch == 0)
+        .flat_map(|b| b.samples.clone())
+        .collect();
     assert_eq!(epoch0.iter().collect::<HashSet<_>>().len(), epoch0.len());
 }
 
@@ -74,24 +124,64 @@ fn ranks_are_disjoint_and_cover_the_epoch() {
     let whole = epoch_order(n, 9, 0, true, 0, 1, 3);
     for world in [2, 3, 4] {
         let block = 3;
-        let shares: Vec<Vec<usize>> = (0..world).map(|r| epoch_order(n, 9, 0, true, r, world, block)).collect();
+        let shares: Vec<Vec<usize>> = (0..world)
+            .map(|r| epoch_order(n, 9, 0, true, r, world, block))
+            .collect();
         let all: Vec<usize> = shares.iter().flatten().copied().collect();
         let distinct: HashSet<usize> = all.iter().copied().collect();
         assert_eq!(distinct.len(), all.len(), "disjoint");
         let global = world * block;
-        assert_eq!(all.len(), n / global * global, "covering whole global batches");
-        assert!(shares.iter().all(|s| s.len() == n / global * block), "equal shares");
+        assert_eq!(
+            all.len(),
+            n / global * global,
+            "covering whole global batches"
+        );
+        assert!(
+            shares.iter().all(|s| s.len() == n / global * block),
+            "equal shares"
+        );
         // Global batch g, rank by rank, is the one-rank order's g-th run of world x block.
         for g in 0..n / global {
-            let spliced: Vec<usize> = shares.iter().flat_map(|s| s[g * block..(g + 1) * block].to_vec()).collect();
-            assert_eq!(spliced, whole[g * global..(g + 1) * global], "world {world}, global batch {g}");
+            let spliced: Vec<usize> = shares
+                .iter()
+                .flat_map(|s| s[g * block..(g + 1) * block].to_vec())
+                .collect();
+            assert_eq!(
+                spliced,
+                whole[g * global..(g + 1) * global],
+                "world {world}, global batch {g}"
+            );
         }
     }
     let f = synth(3);
-    let r0 = run(&f.data, LoaderConfig { rank: 0, world_size: 2, ..config(3) }, Position::default());
-    let r1 = run(&f.data, LoaderConfig { rank: 1, world_size: 2, ..config(3) }, Position::default());
-    let s0: HashSet<usize> = r0.iter().filter(|b| b.epoch == 0).flat_map(|b| b.samples.clone()).collect();
-    let s1: HashSet<usize> = r1.iter().filter(|b| b.epoch == 0).flat_map(|b| b.samples.clone()).collect();
+    let r0 = run(
+        &f.data,
+        LoaderConfig {
+            rank: 0,
+            world_size: 2,
+            ..config(3)
+        },
+        Position::default(),
+    );
+    let r1 = run(
+        &f.data,
+        LoaderConfig {
+            rank: 1,
+            world_size: 2,
+            ..config(3)
+        },
+        Position::default(),
+    );
+    let s0: HashSet<usize> = r0
+        .iter()
+        .filter(|b| b.epoch == 0)
+        .flat_map(|b| b.samples.clone())
+        .collect();
+    let s1: HashSet<usize> = r1
+        .iter()
+        .filter(|b| b.epoch == 0)
+        .flat_map(|b| b.samples.clone())
+        .collect();
     assert!(s0.is_disjoint(&s1));
     assert_eq!(s0.len() + s1.len(), 30 / 6 * 6);
 }
@@ -104,7 +194,10 @@ fn resuming_from_a_saved_position_continues_exactly() {
         let resumed = run(&f.data, config(4), full[cut - 1].next);
         assert_eq!(resumed.len(), full.len() - cut);
         for (x, y) in full[cut..].iter().zip(&resumed) {
-            assert_eq!((&x.samples, &x.captions, &x.pixels, x.next), (&y.samples, &y.captions, &y.pixels, y.next));
+            assert_eq!(
+                (&x.samples, &x.captions, &x.pixels, x.next),
+                (&y.samples, &y.captions, &y.pixels, y.next)
+            );
         }
     }
 }
@@ -113,9 +206,20 @@ fn resuming_from_a_saved_position_continues_exactly() {
 fn pixels_are_the_preprocessed_images() {
     let f = synth(1);
     let pre = PreprocessConfig::for_size(32);
-    let batches = run(&f.data, LoaderConfig { shuffle: false, epochs: Some(1), ..config(4) }, Position::default());
+    let batches = run(
+        &f.data,
+        LoaderConfig {
+            shuffle: false,
+            epochs: Some(1),
+            ..config(4)
+        },
+        Position::default(),
+    );
     let first = &batches[0];
-    let streetclip::data::dataset::ImageRef::File(path) = &f.data.samples[first.samples[0]].image else { panic!() };
+    let streetclip::data::dataset::ImageRef::File(path) = &f.data.samples[first.samples[0]].image
+    else {
+        panic!()
+    };
     assert_eq!(&first.pixels[..3 * 32 * 32], &pre.load(path).unwrap()[..]);
 }
 
@@ -125,30 +229,93 @@ fn bad_images_are_skipped_and_counted_or_fail() {
     // Corrupt two images after indexing: the loader finds them.
     let mut broken = vec![];
     for s in f.data.samples.iter().take(2) {
-        let streetclip::data::dataset::ImageRef::File(p) = &s.image else { panic!() };
+        let streetclip::data::dataset::ImageRef::File(p) = &s.image else {
+            panic!()
+        };
         std::fs::write(p, b"\xff\xd8broken").unwrap();
         broken.push(p.clone());
     }
-    let batches = run(&f.data, LoaderConfig { epochs: Some(1), ..config(4) }, Position::default());
+    let batches = run(
+        &f.data,
+        LoaderConfig {
+            epochs: Some(1),
+            ..config(4)
+        },
+        Position::default(),
+    );
     let skipped: Vec<&String> = batches.iter().flat_map(|b| &b.skipped).collect();
     assert_eq!(skipped.len(), 2, "{skipped:?}");
-    assert!(batches.iter().all(|b| b.samples.len() == 4), "batches stay full");
-    let mut failing = Loader::start(f.data.clone(), captioner(), PreprocessConfig::for_size(32), LoaderConfig { on_error: OnError::Fail, shuffle: false, ..config(4) }, Position::default()).unwrap();
+    assert!(
+        batches.iter().all(|b| b.samples.len() == 4),
+        "batches stay full"
+    );
+    let mut failing = Loader::start(
+        f.data.clone(),
+        captioner(),
+        PreprocessConfig::for_size(32),
+        LoaderConfig {
+            on_error: OnError::Fail,
+            shuffle: false,
+            ..config(4)
+        },
+        Position::default(),
+    )
+    .unwrap();
     let err = format!("{:#}", failing.next().unwrap().err().unwrap());
-    assert!(err.contains("manifest.csv:2") && err.contains("cannot decode"), "{err}");
+    assert!(
+        err.contains("manifest.csv:2") && err.contains("cannot decode"),
+        "{err}"
+    );
     let _ = f.dir;
 }
 
 #[test]
 fn augmentation_is_seeded_and_flip_mirrors() {
     let f = synth(1);
-    let aug = AugmentConfig { random_resized_crop: Some([0.5, 1.0]), hflip: 0.0 };
-    let a = run(&f.data, LoaderConfig { augment: aug.clone(), epochs: Some(1), ..config(4) }, Position::default());
-    let b = run(&f.data, LoaderConfig { augment: aug, epochs: Some(1), ..config(4) }, Position::default());
+    let aug = AugmentConfig {
+        random_resized_crop: Some([0.5, 1.0]),
+        hflip: 0.0,
+    };
+    let a = run(
+        &f.data,
+        LoaderConfig {
+            augment: aug.clone(),
+            epochs: Some(1),
+            ..config(4)
+        },
+        Position::default(),
+    );
+    let b = run(
+        &f.data,
+        LoaderConfig {
+            augment: aug,
+            epochs: Some(1),
+            ..config(4)
+        },
+        Position::default(),
+    );
     assert_eq!(a[0].pixels, b[0].pixels, "same seed, same crops");
-    let plain = run(&f.data, LoaderConfig { epochs: Some(1), ..config(4) }, Position::default());
+    let plain = run(
+        &f.data,
+        LoaderConfig {
+            epochs: Some(1),
+            ..config(4)
+        },
+        Position::default(),
+    );
     assert_ne!(a[0].pixels, plain[0].pixels);
-    let flipped = run(&f.data, LoaderConfig { augment: AugmentConfig { random_resized_crop: None, hflip: 1.0 }, epochs: Some(1), ..config(4) }, Position::default());
+    let flipped = run(
+        &f.data,
+        LoaderConfig {
+            augment: AugmentConfig {
+                random_resized_crop: None,
+                hflip: 1.0,
+            },
+            epochs: Some(1),
+            ..config(4)
+        },
+        Position::default(),
+    );
     let row = |p: &[f32]| p[..32].to_vec();
     let mut mirrored = row(&plain[0].pixels);
     mirrored.reverse();

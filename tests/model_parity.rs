@@ -15,9 +15,12 @@ fn variable_names_and_shapes_equal_the_checkpoint_keys() {
         let dir = fixture(name);
         let model = ClipModel::load(&dir, Device::Cpu).unwrap();
         let file = streetclip::tensor_io::read(&dir.join("model.safetensors")).unwrap();
-        let from_file: Vec<(String, Vec<i64>)> = file.iter().map(|(n, t)| (n.clone(), t.size())).collect();
-        let ours: Vec<(String, Vec<i64>)> =
-            streetclip::model::weights::named_tensors(&model.vs).iter().map(|(n, t)| (n.clone(), t.size())).collect();
+        let from_file: Vec<(String, Vec<i64>)> =
+            file.iter().map(|(n, t)| (n.clone(), t.size())).collect();
+        let ours: Vec<(String, Vec<i64>)> = streetclip::model::weights::named_tensors(&model.vs)
+            .iter()
+            .map(|(n, t)| (n.clone(), t.size()))
+            .collect();
         assert_eq!(ours, from_file, "{name}");
     }
 }
@@ -28,7 +31,9 @@ fn the_checked_in_models_are_the_ones_the_reference_regenerates() {
     // weights the tests load.
     for name in MODELS {
         let ours = streetclip::tensor_io::read(&fixture(name).join("model.safetensors")).unwrap();
-        let regenerated = streetclip::tensor_io::read(&reference_dir().join(name).join("model.safetensors")).unwrap();
+        let regenerated =
+            streetclip::tensor_io::read(&reference_dir().join(name).join("model.safetensors"))
+                .unwrap();
         assert_eq!(ours.len(), regenerated.len());
         for ((a, x), (b, y)) in ours.iter().zip(&regenerated) {
             assert_eq!(a, b);
@@ -45,12 +50,37 @@ fn features_logits_match_transformers() {
         let pixels = e["pixel_values"].to_kind(Kind::Float);
         let (ids, mask) = (&e["input_ids"], &e["attention_mask"]);
         tch::no_grad(|| {
-            assert_close(&format!("{name} image_features"), &model.image_features(&pixels), &e["image_features"], 1e-4);
-            assert_close(&format!("{name} text_features"), &model.text_features(ids, Some(mask)), &e["text_features"], 1e-4);
+            assert_close(
+                &format!("{name} image_features"),
+                &model.image_features(&pixels),
+                &e["image_features"],
+                1e-4,
+            );
+            assert_close(
+                &format!("{name} text_features"),
+                &model.text_features(ids, Some(mask)),
+                &e["text_features"],
+                1e-4,
+            );
             let out = model.forward(ids, Some(mask), &pixels);
-            assert_close(&format!("{name} image_embeds"), &out.image_embeds, &e["image_embeds"], 1e-4);
-            assert_close(&format!("{name} text_embeds"), &out.text_embeds, &e["text_embeds"], 1e-4);
-            assert_close(&format!("{name} logits_per_image"), &out.logits_per_image, &e["logits_per_image"], 1e-4);
+            assert_close(
+                &format!("{name} image_embeds"),
+                &out.image_embeds,
+                &e["image_embeds"],
+                1e-4,
+            );
+            assert_close(
+                &format!("{name} text_embeds"),
+                &out.text_embeds,
+                &e["text_embeds"],
+                1e-4,
+            );
+            assert_close(
+                &format!("{name} logits_per_image"),
+                &out.logits_per_image,
+                &e["logits_per_image"],
+                1e-4,
+            );
         });
     }
 }
@@ -61,7 +91,12 @@ fn padding_mask_is_optional_for_pooled_text() {
     let model = ClipModel::load(&fixture("tiny-p14-336"), Device::Cpu).unwrap();
     let e = expected("tiny-p14-336");
     let without = tch::no_grad(|| model.text_features(&e["input_ids"], None));
-    assert_close("text_features without mask", &without, &e["text_features"], 1e-4);
+    assert_close(
+        "text_features without mask",
+        &without,
+        &e["text_features"],
+        1e-4,
+    );
 }
 
 #[test]
@@ -69,15 +104,28 @@ fn loss_and_every_gradient_match_transformers() {
     for name in MODELS {
         let model = ClipModel::load(&fixture(name), Device::Cpu).unwrap();
         let e = expected(name);
-        let out = model.forward(&e["input_ids"], Some(&e["attention_mask"]), &e["pixel_values"].to_kind(Kind::Float));
+        let out = model.forward(
+            &e["input_ids"],
+            Some(&e["attention_mask"]),
+            &e["pixel_values"].to_kind(Kind::Float),
+        );
         let loss = clip_loss(&out.logits_per_text);
         assert_rel_close(&format!("{name} loss"), &loss, &e["loss"], 1e-4);
         loss.backward();
         let vars = model.vs.variables();
-        assert_eq!(vars.len(), e.keys().filter(|k| k.starts_with("grad.")).count(), "{name}: one gradient per parameter");
+        assert_eq!(
+            vars.len(),
+            e.keys().filter(|k| k.starts_with("grad.")).count(),
+            "{name}: one gradient per parameter"
+        );
         for (pname, var) in vars {
             let reference = &e[&format!("grad.{pname}")];
-            assert_rel_close(&format!("{name} grad {pname}"), &var.grad(), reference, 1e-4);
+            assert_rel_close(
+                &format!("{name} grad {pname}"),
+                &var.grad(),
+                reference,
+                1e-4,
+            );
         }
     }
 }
@@ -90,15 +138,28 @@ fn presets_have_transformers_parameter_layout() {
         let cfg = ClipConfig::preset(name).unwrap();
         let path = tmp.path().join("config.json");
         std::fs::write(&path, serde_json::to_vec(&cfg.to_hf_json()).unwrap()).unwrap();
-        let hf: std::collections::BTreeMap<String, Vec<i64>> =
-            serde_json::from_str(&run_python([root().join("scripts/hf_param_shapes.py").into_os_string(), path.into_os_string()])).unwrap();
+        let hf: std::collections::BTreeMap<String, Vec<i64>> = serde_json::from_str(&run_python([
+            root().join("scripts/hf_param_shapes.py").into_os_string(),
+            path.into_os_string(),
+        ]))
+        .unwrap();
         let model = ClipModel::new(cfg, Device::Cpu).unwrap();
-        let ours: std::collections::BTreeMap<String, Vec<i64>> = model.vs.variables().into_iter().map(|(n, t)| (n, t.size())).collect();
+        let ours: std::collections::BTreeMap<String, Vec<i64>> = model
+            .vs
+            .variables()
+            .into_iter()
+            .map(|(n, t)| (n, t.size()))
+            .collect();
         assert_eq!(ours, hf, "{name}");
         if name == "ViT-L/14-336" {
             // ../shared/FIELD_NOTES.md: 590 tensors, 427,944,193 parameters.
             assert_eq!(ours.len(), 590);
-            assert_eq!(ours.values().map(|s| s.iter().product::<i64>()).sum::<i64>(), 427_944_193);
+            assert_eq!(
+                ours.values()
+                    .map(|s| s.iter().product::<i64>())
+                    .sum::<i64>(),
+                427_944_193
+            );
         }
     }
 }
@@ -110,21 +171,37 @@ fn sharded_checkpoints_load_like_one_file() {
     std::fs::copy(src.join("config.json"), tmp.path().join("config.json")).unwrap();
     let mut tensors = streetclip::tensor_io::read(&src.join("model.safetensors")).unwrap();
     // A legacy buffer that old hub checkpoints carry: ignored.
-    tensors.push(("text_model.embeddings.position_ids".into(), tch::Tensor::arange(40, (Kind::Int64, Device::Cpu)).unsqueeze(0)));
+    tensors.push((
+        "text_model.embeddings.position_ids".into(),
+        tch::Tensor::arange(40, (Kind::Int64, Device::Cpu)).unsqueeze(0),
+    ));
     let half = tensors.len() / 2;
     let (a, b) = tensors.split_at(half);
     let mut map = serde_json::Map::new();
-    for (file, part) in [("model-00001-of-00002.safetensors", a), ("model-00002-of-00002.safetensors", b)] {
+    for (file, part) in [
+        ("model-00001-of-00002.safetensors", a),
+        ("model-00002-of-00002.safetensors", b),
+    ] {
         streetclip::tensor_io::write(&tmp.path().join(file), part).unwrap();
         for (n, _) in part {
             map.insert(n.clone(), file.into());
         }
     }
     let index = serde_json::json!({"metadata": {}, "weight_map": map});
-    std::fs::write(tmp.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    std::fs::write(
+        tmp.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
     let sharded = ClipModel::load(tmp.path(), Device::Cpu).unwrap();
     let single = ClipModel::load(&src, Device::Cpu).unwrap();
-    let (x, y) = (streetclip::model::weights::named_tensors(&sharded.vs), streetclip::model::weights::named_tensors(&single.vs));
+    let (x, y) = (
+        streetclip::model::weights::named_tensors(&sharded.vs),
+        streetclip::model::weights::named_tensors(&single.vs),
+    );
     assert_eq!(x.len(), y.len());
-    assert!(x.iter().zip(&y).all(|((na, ta), (nb, tb))| na == nb && ta.equal(tb)));
+    assert!(x
+        .iter()
+        .zip(&y)
+        .all(|((na, ta), (nb, tb))| na == nb && ta.equal(tb)));
 }

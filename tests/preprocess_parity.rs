@@ -16,11 +16,22 @@ use tch::{Kind, Tensor};
 fn reference(size: u32, n: usize) -> (Vec<std::path::PathBuf>, Tensor, tempfile::TempDir) {
     let tmp = tmpdir();
     let images = im2gps3k_images(n);
-    let mut args = vec![root().join("scripts/preprocess_reference.py").into_os_string(), tmp.path().into(), size.to_string().into()];
+    let mut args = vec![
+        root()
+            .join("scripts/preprocess_reference.py")
+            .into_os_string(),
+        tmp.path().into(),
+        size.to_string().into(),
+    ];
     args.extend(images.iter().map(|p| p.clone().into_os_string()));
     run_python(&args);
-    let files: Vec<std::path::PathBuf> = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("files.json")).unwrap()).unwrap();
-    let reference = streetclip::tensor_io::read(&tmp.path().join("reference.safetensors")).unwrap().remove(0).1;
+    let files: Vec<std::path::PathBuf> =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("files.json")).unwrap())
+            .unwrap();
+    let reference = streetclip::tensor_io::read(&tmp.path().join("reference.safetensors"))
+        .unwrap()
+        .remove(0)
+        .1;
     (files, reference, tmp)
 }
 
@@ -39,12 +50,18 @@ fn matches_clip_image_processor_on_real_photos() {
     for (i, f) in files.iter().enumerate() {
         let ours = Tensor::from_slice(&cfg.load(f).unwrap()).view([3, size as i64, size as i64]);
         let d = (levels(&ours, &cfg) - levels(&reference.get(i as i64), &cfg)).abs();
-        let (max, mean) = (d.max().double_value(&[]), d.mean(Kind::Double).double_value(&[]));
+        let (max, mean) = (
+            d.max().double_value(&[]),
+            d.mean(Kind::Double).double_value(&[]),
+        );
         eprintln!("{}: max {max:.2} mean {mean:.3} levels", f.display());
         let name = f.file_name().unwrap().to_string_lossy();
         assert!(max <= 6.0, "{name}: max diff {max} levels");
         assert!(mean <= 0.45, "{name}: mean diff {mean} levels");
         worst_mean = worst_mean.max(mean);
     }
-    eprintln!("worst mean diff {worst_mean:.3} levels over {} images", files.len());
+    eprintln!(
+        "worst mean diff {worst_mean:.3} levels over {} images",
+        files.len()
+    );
 }

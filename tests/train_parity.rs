@@ -4,10 +4,10 @@
 
 mod common;
 use common::*;
+use streetclip::dist::Dist;
 use streetclip::model::ClipModel;
 use streetclip::train::loss::clip_loss;
 use streetclip::train::optim::{AdamW, OptimConfig, Schedule};
-use streetclip::dist::Dist;
 use streetclip::train::step::{accumulate_gradients, optimizer_step, Accumulation, MicroBatch};
 use tch::{Device, Kind, Tensor};
 
@@ -28,17 +28,47 @@ fn adamw_steps_match_torch() {
     let model = ClipModel::load(&fixture("tiny-p32-224"), Device::Cpu).unwrap();
     let e = expected("tiny-p32-224");
     let reference = expected("tiny-p32-224-adamw");
-    let cfg = OptimConfig { lr: 1e-3, betas: [0.9, 0.98], eps: 1e-6, weight_decay: 0.1, schedule: Schedule::Linear, warmup_steps: 2, max_grad_norm: Some(1.0) };
+    let cfg = OptimConfig {
+        lr: 1e-3,
+        betas: [0.9, 0.98],
+        eps: 1e-6,
+        weight_decay: 0.1,
+        schedule: Schedule::Linear,
+        warmup_steps: 2,
+        max_grad_norm: Some(1.0),
+    };
     let mut opt = AdamW::new(&model.vs, &cfg);
     let batch = micro_batches(&e, 4);
     let losses = Vec::<f32>::try_from(&reference["losses"]).unwrap();
     for (t, want) in losses.iter().enumerate() {
-        let stats = accumulate_gradients(&model, &batch, Accumulation::PerMicroBatch, None, &Dist::single()).unwrap();
-        assert!((stats.loss - *want as f64).abs() < 1e-5, "step {t}: loss {} vs {want}", stats.loss);
-        optimizer_step(&model, &mut opt, cfg.lr_at(t as u64, losses.len() as u64), cfg.max_grad_norm).unwrap();
+        let stats = accumulate_gradients(
+            &model,
+            &batch,
+            Accumulation::PerMicroBatch,
+            None,
+            &Dist::single(),
+        )
+        .unwrap();
+        assert!(
+            (stats.loss - *want as f64).abs() < 1e-5,
+            "step {t}: loss {} vs {want}",
+            stats.loss
+        );
+        optimizer_step(
+            &model,
+            &mut opt,
+            cfg.lr_at(t as u64, losses.len() as u64),
+            cfg.max_grad_norm,
+        )
+        .unwrap();
     }
     for (name, var) in model.vs.variables() {
-        assert_close(&format!("param {name}"), &var, &reference[&format!("param.{name}")], 1e-6);
+        assert_close(
+            &format!("param {name}"),
+            &var,
+            &reference[&format!("param.{name}")],
+            1e-6,
+        );
     }
 }
 
@@ -46,13 +76,25 @@ fn adamw_steps_match_torch() {
 /// exception when they do not: softmax ignores a shift shared by all keys, so their gradient
 /// is zero in exact arithmetic and what remains is rounding noise, which then must be
 /// negligible against the largest gradient on both sides.
-fn assert_gradients_close(what: &str, actual: &[(String, Tensor)], expected: impl Fn(&str) -> Tensor, tol: f64) {
-    let largest = actual.iter().map(|(_, g)| g.abs().max().double_value(&[])).fold(0.0, f64::max);
+fn assert_gradients_close(
+    what: &str,
+    actual: &[(String, Tensor)],
+    expected: impl Fn(&str) -> Tensor,
+    tol: f64,
+) {
+    let largest = actual
+        .iter()
+        .map(|(_, g)| g.abs().max().double_value(&[]))
+        .fold(0.0, f64::max);
     for (n, a) in actual {
         let b = expected(n);
         let scale = b.abs().max().double_value(&[]);
         if n.ends_with("k_proj.bias") && max_diff(a, &b) > tol * scale {
-            assert!(max_diff(a, &Tensor::zeros_like(a)) < 1e-6 * largest && max_diff(&b, &Tensor::zeros_like(&b)) < 1e-6 * largest, "{what} {n}: not ~0");
+            assert!(
+                max_diff(a, &Tensor::zeros_like(a)) < 1e-6 * largest
+                    && max_diff(&b, &Tensor::zeros_like(&b)) < 1e-6 * largest,
+                "{what} {n}: not ~0"
+            );
         } else {
             assert_rel_close(&format!("{what} {n}"), a, &b, tol);
         }
@@ -60,7 +102,12 @@ fn assert_gradients_close(what: &str, actual: &[(String, Tensor)], expected: imp
 }
 
 fn gradients(model: &ClipModel) -> Vec<(String, Tensor)> {
-    let mut g: Vec<(String, Tensor)> = model.vs.variables().into_iter().map(|(n, v)| (n, v.grad().copy())).collect();
+    let mut g: Vec<(String, Tensor)> = model
+        .vs
+        .variables()
+        .into_iter()
+        .map(|(n, v)| (n, v.grad().copy()))
+        .collect();
     g.sort_by(|a, b| a.0.cmp(&b.0));
     for (_, v) in model.vs.variables() {
         let mut v = v;
@@ -78,20 +125,73 @@ fn full_batch_accumulation_equals_one_step_on_the_whole_batch() {
         let mut model = ClipModel::load(&fixture(name), Device::Cpu).unwrap();
         model.vs.double();
         let e = expected(name);
-        let e64: std::collections::HashMap<String, Tensor> =
-            e.iter().map(|(k, v)| (k.clone(), if v.is_floating_point() { v.to_kind(Kind::Double) } else { v.shallow_clone() })).collect();
-        let to_f64 = |mb: Vec<MicroBatch>| mb.into_iter().map(|m| MicroBatch { pixel_values: m.pixel_values.to_kind(Kind::Double), ..m }).collect::<Vec<_>>();
-        let whole = accumulate_gradients(&model, &to_f64(micro_batches(&e64, 4)), Accumulation::FullBatch, None, &Dist::single()).unwrap();
-        let one_step: std::collections::HashMap<String, Tensor> = gradients(&model).into_iter().collect();
-        let split = accumulate_gradients(&model, &to_f64(micro_batches(&e64, 2)), Accumulation::FullBatch, None, &Dist::single()).unwrap();
+        let e64: std::collections::HashMap<String, Tensor> = e
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    if v.is_floating_point() {
+                        v.to_kind(Kind::Double)
+                    } else {
+                        v.shallow_clone()
+                    },
+                )
+            })
+            .collect();
+        let to_f64 = |mb: Vec<MicroBatch>| {
+            mb.into_iter()
+                .map(|m| MicroBatch {
+                    pixel_values: m.pixel_values.to_kind(Kind::Double),
+                    ..m
+                })
+                .collect::<Vec<_>>()
+        };
+        let whole = accumulate_gradients(
+            &model,
+            &to_f64(micro_batches(&e64, 4)),
+            Accumulation::FullBatch,
+            None,
+            &Dist::single(),
+        )
+        .unwrap();
+        let one_step: std::collections::HashMap<String, Tensor> =
+            gradients(&model).into_iter().collect();
+        let split = accumulate_gradients(
+            &model,
+            &to_f64(micro_batches(&e64, 2)),
+            Accumulation::FullBatch,
+            None,
+            &Dist::single(),
+        )
+        .unwrap();
         let accumulated = gradients(&model);
         assert!((whole.loss - split.loss).abs() < 1e-12);
-        assert_gradients_close(&format!("{name} f64 full_batch vs one step"), &accumulated, |n| one_step[n].shallow_clone(), 1e-5);
+        assert_gradients_close(
+            &format!("{name} f64 full_batch vs one step"),
+            &accumulated,
+            |n| one_step[n].shallow_clone(),
+            1e-5,
+        );
 
         let model = ClipModel::load(&fixture(name), Device::Cpu).unwrap();
-        let split = accumulate_gradients(&model, &micro_batches(&e, 2), Accumulation::FullBatch, None, &Dist::single()).unwrap();
-        assert!((split.loss - e["loss"].double_value(&[])).abs() < 1e-5, "the HF loss on the whole batch");
-        assert_gradients_close(&format!("{name} fp32 full_batch vs HF"), &gradients(&model), |n| e[&format!("grad.{n}")].shallow_clone(), 1e-4);
+        let split = accumulate_gradients(
+            &model,
+            &micro_batches(&e, 2),
+            Accumulation::FullBatch,
+            None,
+            &Dist::single(),
+        )
+        .unwrap();
+        assert!(
+            (split.loss - e["loss"].double_value(&[])).abs() < 1e-5,
+            "the HF loss on the whole batch"
+        );
+        assert_gradients_close(
+            &format!("{name} fp32 full_batch vs HF"),
+            &gradients(&model),
+            |n| e[&format!("grad.{n}")].shallow_clone(),
+            1e-4,
+        );
     }
 }
 
@@ -100,7 +200,14 @@ fn per_micro_batch_accumulation_averages_local_losses() {
     let model = ClipModel::load(&fixture("tiny-p32-224"), Device::Cpu).unwrap();
     let e = expected("tiny-p32-224");
     let micro = micro_batches(&e, 2);
-    let stats = accumulate_gradients(&model, &micro, Accumulation::PerMicroBatch, None, &Dist::single()).unwrap();
+    let stats = accumulate_gradients(
+        &model,
+        &micro,
+        Accumulation::PerMicroBatch,
+        None,
+        &Dist::single(),
+    )
+    .unwrap();
     let accumulated = gradients(&model);
     let mut expected_loss = 0.0;
     for m in &micro {
@@ -120,14 +227,28 @@ fn per_micro_batch_accumulation_averages_local_losses() {
 
 #[test]
 fn schedules() {
-    let cfg = OptimConfig { lr: 1.0, warmup_steps: 10, schedule: Schedule::Cosine, ..OptimConfig::default() };
+    let cfg = OptimConfig {
+        lr: 1.0,
+        warmup_steps: 10,
+        schedule: Schedule::Cosine,
+        ..OptimConfig::default()
+    };
     assert!((cfg.lr_at(0, 110) - 0.1).abs() < 1e-12);
     assert!((cfg.lr_at(9, 110) - 1.0).abs() < 1e-12);
-    assert!((cfg.lr_at(60, 110) - 0.5).abs() < 1e-12, "half way through the cosine");
+    assert!(
+        (cfg.lr_at(60, 110) - 0.5).abs() < 1e-12,
+        "half way through the cosine"
+    );
     assert!(cfg.lr_at(110, 110).abs() < 1e-12);
-    let lin = OptimConfig { schedule: Schedule::Linear, ..cfg.clone() };
+    let lin = OptimConfig {
+        schedule: Schedule::Linear,
+        ..cfg.clone()
+    };
     assert!((lin.lr_at(35, 110) - 0.75).abs() < 1e-12);
-    let constant = OptimConfig { schedule: Schedule::Constant, ..cfg };
+    let constant = OptimConfig {
+        schedule: Schedule::Constant,
+        ..cfg
+    };
     assert_eq!(constant.lr_at(100, 110), 1.0);
 }
 
@@ -138,9 +259,29 @@ fn bf16_autocast_matches_torch_autocast() {
     let model = ClipModel::load(&fixture("tiny-p32-224"), Device::Cpu).unwrap();
     let e = expected("tiny-p32-224");
     let reference = expected("tiny-p32-224-bf16");
-    let stats = accumulate_gradients(&model, &micro_batches(&e, 4), Accumulation::PerMicroBatch, Some(streetclip::shim::AutocastDtype::BFloat16), &Dist::single()).unwrap();
-    assert!((stats.loss - reference["loss"].double_value(&[])).abs() < 1e-5, "bf16 loss {} vs torch {}", stats.loss, reference["loss"].double_value(&[]));
+    let stats = accumulate_gradients(
+        &model,
+        &micro_batches(&e, 4),
+        Accumulation::PerMicroBatch,
+        Some(streetclip::shim::AutocastDtype::BFloat16),
+        &Dist::single(),
+    )
+    .unwrap();
+    assert!(
+        (stats.loss - reference["loss"].double_value(&[])).abs() < 1e-5,
+        "bf16 loss {} vs torch {}",
+        stats.loss,
+        reference["loss"].double_value(&[])
+    );
     let grads = gradients(&model);
-    assert!(grads.iter().all(|(_, g)| g.kind() == Kind::Float), "fp32 master gradients");
-    assert_gradients_close("bf16 vs torch autocast", &grads, |n| reference[&format!("grad.{n}")].shallow_clone(), 1e-4);
+    assert!(
+        grads.iter().all(|(_, g)| g.kind() == Kind::Float),
+        "fp32 master gradients"
+    );
+    assert_gradients_close(
+        "bf16 vs torch autocast",
+        &grads,
+        |n| reference[&format!("grad.{n}")].shallow_clone(),
+        1e-4,
+    );
 }

@@ -38,7 +38,11 @@ optim: {{lr: 2.0e-3, weight_decay: 0.1, schedule: cosine, warmup_steps: 3}}
 }
 
 fn train(args: &[&dyn AsRef<std::ffi::OsStr>]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_streetclip")).arg("train").args(args.iter().map(|a| a.as_ref())).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_streetclip"))
+        .arg("train")
+        .args(args.iter().map(|a| a.as_ref()))
+        .output()
+        .unwrap()
 }
 
 fn summary(run: &Path) -> serde_json::Value {
@@ -46,14 +50,24 @@ fn summary(run: &Path) -> serde_json::Value {
 }
 
 fn final_weights(run: &Path) -> Vec<(String, tch::Tensor)> {
-    let last = streetclip::train::checkpoint::list(&run.join("checkpoints")).pop().unwrap();
+    let last = streetclip::train::checkpoint::list(&run.join("checkpoints"))
+        .pop()
+        .unwrap();
     streetclip::tensor_io::read(&last.join("model.safetensors")).unwrap()
 }
 
 fn losses(run: &Path) -> Vec<(u64, f64)> {
-    let out = run_python([root().join("scripts/read_tensorboard.py").into_os_string(), run.join("tensorboard").into_os_string()]);
+    let out = run_python([
+        root().join("scripts/read_tensorboard.py").into_os_string(),
+        run.join("tensorboard").into_os_string(),
+    ]);
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
-    json["train/loss"].as_array().unwrap().iter().map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap())).collect()
+    json["train/loss"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap()))
+        .collect()
 }
 
 #[test]
@@ -62,34 +76,79 @@ fn learns_logs_exports() {
     let cfg = write_config(tmp.path(), "");
     let run = tmp.path().join("run");
     let out = train(&[&"--config", &cfg, &"--out", &run]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s = summary(&run);
     let v = &s["validation"];
-    let (acc, chance) = (v["country_accuracy"].as_f64().unwrap(), v["country_chance"].as_f64().unwrap());
+    let (acc, chance) = (
+        v["country_accuracy"].as_f64().unwrap(),
+        v["country_chance"].as_f64().unwrap(),
+    );
     assert_eq!(chance, 0.25);
-    assert!(acc >= 0.6, "zero-shot country accuracy {acc} vs chance {chance}");
+    assert!(
+        acc >= 0.6,
+        "zero-shot country accuracy {acc} vs chance {chance}"
+    );
     // The run directory layout.
-    for p in ["config.yaml", "summary.json", "export/config.json", "export/model.safetensors", "export/tokenizer.json", "export/preprocessor_config.json"] {
+    for p in [
+        "config.yaml",
+        "summary.json",
+        "export/config.json",
+        "export/model.safetensors",
+        "export/tokenizer.json",
+        "export/preprocessor_config.json",
+    ] {
         assert!(run.join(p).is_file(), "{p}");
     }
     // TensorBoard's own reader sees every scalar, one point per step.
-    let out = run_python([root().join("scripts/read_tensorboard.py").into_os_string(), run.join("tensorboard").into_os_string()]);
+    let out = run_python([
+        root().join("scripts/read_tensorboard.py").into_os_string(),
+        run.join("tensorboard").into_os_string(),
+    ]);
     let tags: serde_json::Value = serde_json::from_str(&out).unwrap();
     let steps = s["steps"].as_u64().unwrap();
-    for tag in ["train/loss", "train/lr", "train/logit_scale", "train/grad_norm", "train/samples_per_s", "train/batch_accuracy"] {
-        assert_eq!(tags[tag].as_array().map(|a| a.len() as u64), Some(steps), "{tag}");
+    for tag in [
+        "train/loss",
+        "train/lr",
+        "train/logit_scale",
+        "train/grad_norm",
+        "train/samples_per_s",
+        "train/batch_accuracy",
+    ] {
+        assert_eq!(
+            tags[tag].as_array().map(|a| a.len() as u64),
+            Some(steps),
+            "{tag}"
+        );
     }
     assert!(tags["val/country_accuracy"].as_array().is_some());
     let curve = losses(&run);
-    assert!(curve.last().unwrap().1 < curve.first().unwrap().1, "the loss goes down: {curve:?}");
+    assert!(
+        curve.last().unwrap().1 < curve.first().unwrap().1,
+        "the loss goes down: {curve:?}"
+    );
     // The export loads back and the CLI exports a checkpoint the same way.
     let again = tmp.path().join("again");
-    let last = streetclip::train::checkpoint::list(&run.join("checkpoints")).pop().unwrap();
-    let st = Command::new(env!("CARGO_BIN_EXE_streetclip")).args(["export", "--checkpoint"]).arg(&last).arg("--out").arg(&again).status().unwrap();
+    let last = streetclip::train::checkpoint::list(&run.join("checkpoints"))
+        .pop()
+        .unwrap();
+    let st = Command::new(env!("CARGO_BIN_EXE_streetclip"))
+        .args(["export", "--checkpoint"])
+        .arg(&last)
+        .arg("--out")
+        .arg(&again)
+        .status()
+        .unwrap();
     assert!(st.success());
     let a = streetclip::tensor_io::read(&run.join("export/model.safetensors")).unwrap();
     let b = streetclip::tensor_io::read(&again.join("model.safetensors")).unwrap();
-    assert!(a.iter().zip(&b).all(|((na, ta), (nb, tb))| na == nb && ta.equal(tb)));
+    assert!(a
+        .iter()
+        .zip(&b)
+        .all(|((na, ta), (nb, tb))| na == nb && ta.equal(tb)));
 }
 
 #[test]
@@ -99,7 +158,11 @@ fn stopping_at_max_steps_then_continuing_equals_one_run() {
     let (split, whole) = (tmp.path().join("split"), tmp.path().join("whole"));
     for (run, steps) in [(&split, "5"), (&split, "10"), (&whole, "10")] {
         let out = train(&[&"--config", &cfg, &"--out", run, &"--max-steps", &steps]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     assert_eq!(summary(&split)["steps"], 10);
     let (a, b) = (final_weights(&split), final_weights(&whole));
@@ -114,17 +177,30 @@ fn a_killed_run_resumes_where_it_stopped() {
     let tmp = tmpdir();
     let cfg = write_config(tmp.path(), "");
     let (killed, whole) = (tmp.path().join("killed"), tmp.path().join("whole"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_streetclip")).args(["train", "--config"]).arg(&cfg).arg("--out").arg(&killed).spawn().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_streetclip"))
+        .args(["train", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&killed)
+        .spawn()
+        .unwrap();
     // Kill it (SIGKILL: no chance to save) once a mid-run checkpoint exists.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     while streetclip::train::checkpoint::list(&killed.join("checkpoints")).is_empty() {
-        assert!(std::time::Instant::now() < deadline, "no checkpoint appeared");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint appeared"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     child.kill().unwrap();
     child.wait().unwrap();
     let out = train(&[&"--config", &cfg, &"--out", &killed]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("resuming from"));
     let out = train(&[&"--config", &cfg, &"--out", &whole]);
     assert!(out.status.success());
@@ -138,17 +214,41 @@ fn a_killed_run_resumes_where_it_stopped() {
 fn bad_configs_name_the_key() {
     let tmp = tmpdir();
     let cfg = write_config(tmp.path(), "");
-    let out = train(&[&"--config", &cfg, &"--out", &tmp.path().join("r"), &"--set", &"train.micro_bach_size=4"]);
+    let out = train(&[
+        &"--config",
+        &cfg,
+        &"--out",
+        &tmp.path().join("r"),
+        &"--set",
+        &"train.micro_bach_size=4",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(err.contains("unknown field `micro_bach_size`") && err.contains("config.yaml"), "{err}");
-    let out = train(&[&"--config", &cfg, &"--out", &tmp.path().join("r"), &"--set", &"optim.lr=fast"]);
+    assert!(
+        err.contains("unknown field `micro_bach_size`") && err.contains("config.yaml"),
+        "{err}"
+    );
+    let out = train(&[
+        &"--config",
+        &cfg,
+        &"--out",
+        &tmp.path().join("r"),
+        &"--set",
+        &"optim.lr=fast",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("optim.lr") || err.contains("lr"), "{err}");
-    std::fs::write(tmp.path().join("typo.yaml"), "train:\n  epochs: 1\n  grad_accum: 3\n").unwrap();
+    std::fs::write(
+        tmp.path().join("typo.yaml"),
+        "train:\n  epochs: 1\n  grad_accum: 3\n",
+    )
+    .unwrap();
     let out = train(&[&"--config", &tmp.path().join("typo.yaml")]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("grad_accum") && err.contains("line 3"), "{err}");
+    assert!(
+        err.contains("grad_accum") && err.contains("line 3"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"));
 }
 
@@ -158,10 +258,24 @@ fn non_finite_loss_stops_after_saving_or_skips() {
     let cfg = write_config(tmp.path(), "");
     // An absurd learning rate drives the weights to inf within a few steps.
     let run = tmp.path().join("nan");
-    let out = train(&[&"--config", &cfg, &"--out", &run, &"--set", &"optim.lr=1.0e+30", &"--set", &"optim.max_grad_norm=null", &"--set", &"optim.warmup_steps=0"]);
+    let out = train(&[
+        &"--config",
+        &cfg,
+        &"--out",
+        &run,
+        &"--set",
+        &"optim.lr=1.0e+30",
+        &"--set",
+        &"optim.max_grad_norm=null",
+        &"--set",
+        &"optim.warmup_steps=0",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("loss became") && err.contains("saved"), "{err}");
+    assert!(
+        err.contains("loss became") && err.contains("saved"),
+        "{err}"
+    );
     assert!(!streetclip::train::checkpoint::list(&run.join("checkpoints")).is_empty());
 }
 
@@ -170,20 +284,59 @@ fn freezing_locks_the_chosen_parameters() {
     let tmp = tmpdir();
     let base = write_config(tmp.path(), "");
     let init = fixture("tiny-p14-336");
-    let original: std::collections::HashMap<String, tch::Tensor> = streetclip::tensor_io::read(&init.join("model.safetensors")).unwrap().into_iter().collect();
+    let original: std::collections::HashMap<String, tch::Tensor> =
+        streetclip::tensor_io::read(&init.join("model.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
     for (freeze, locked, trained) in [
-        ("train.freeze.vision=true", "vision_model.encoder.layers.1.mlp.fc1.weight", "text_model.encoder.layers.0.mlp.fc1.weight"),
-        ("train.freeze.last_n_blocks=1", "text_model.encoder.layers.0.mlp.fc1.weight", "text_model.encoder.layers.1.mlp.fc1.weight"),
+        (
+            "train.freeze.vision=true",
+            "vision_model.encoder.layers.1.mlp.fc1.weight",
+            "text_model.encoder.layers.0.mlp.fc1.weight",
+        ),
+        (
+            "train.freeze.last_n_blocks=1",
+            "text_model.encoder.layers.0.mlp.fc1.weight",
+            "text_model.encoder.layers.1.mlp.fc1.weight",
+        ),
     ] {
         let run = tmp.path().join(freeze);
-        let out = train(&[&"--config", &base, &"--out", &run, &"--max-steps", &"2", &"--set", &format!("model.init={}", init.display()), &"--set", &"model.config=null", &"--set", &freeze]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let after: std::collections::HashMap<String, tch::Tensor> = final_weights(&run).into_iter().collect();
-        assert!(after[locked].equal(&original[locked]), "{freeze}: {locked} changed");
-        assert!(!after[trained].equal(&original[trained]), "{freeze}: {trained} did not train");
+        let out = train(&[
+            &"--config",
+            &base,
+            &"--out",
+            &run,
+            &"--max-steps",
+            &"2",
+            &"--set",
+            &format!("model.init={}", init.display()),
+            &"--set",
+            &"model.config=null",
+            &"--set",
+            &freeze,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let after: std::collections::HashMap<String, tch::Tensor> =
+            final_weights(&run).into_iter().collect();
+        assert!(
+            after[locked].equal(&original[locked]),
+            "{freeze}: {locked} changed"
+        );
+        assert!(
+            !after[trained].equal(&original[trained]),
+            "{freeze}: {trained} did not train"
+        );
         if freeze.contains("last_n") {
             let emb = "text_model.embeddings.token_embedding.weight";
-            assert!(after[emb].equal(&original[emb]), "embeddings lock with last_n_blocks");
+            assert!(
+                after[emb].equal(&original[emb]),
+                "embeddings lock with last_n_blocks"
+            );
         }
     }
 }

@@ -19,7 +19,10 @@ pub struct CaptionRow {
 }
 
 /// Captions for the first `limit` samples (epoch 0), and the data report.
-pub fn run(cfg: &Config, limit: Option<usize>) -> Result<(Vec<CaptionRow>, crate::data::dataset::DataReport)> {
+pub fn run(
+    cfg: &Config,
+    limit: Option<usize>,
+) -> Result<(Vec<CaptionRow>, crate::data::dataset::DataReport)> {
     let g = Gazetteer::bundled()?;
     let (data, report) = Dataset::load(&cfg.data, &g)?;
     let captioner = Captioner::new(&cfg.captions)?;
@@ -29,7 +32,12 @@ pub fn run(cfg: &Config, limit: Option<usize>) -> Result<(Vec<CaptionRow>, crate
         .enumerate()
         .take(limit.unwrap_or(usize::MAX))
         .map(|(i, s)| {
-            let caption = s.place.caption.clone().or_else(|| captioner.caption(&s.place.names, 0, i as u64)).unwrap_or_default();
+            let caption = s
+                .place
+                .caption
+                .clone()
+                .or_else(|| captioner.caption(&s.place.names, 0, i as u64))
+                .unwrap_or_default();
             CaptionRow {
                 image: s.image.to_string(),
                 caption,

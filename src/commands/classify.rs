@@ -24,18 +24,29 @@ pub struct ClassPrediction {
 
 /// The class-caption embeddings `[classes, d]`: each template filled with each name (`{}`),
 /// ensembled over the templates.
-pub fn class_text_embeddings(encoder: &impl TextEncoder, names: &[String], templates: &[String]) -> Result<Tensor> {
+pub fn class_text_embeddings(
+    encoder: &impl TextEncoder,
+    names: &[String],
+    templates: &[String],
+) -> Result<Tensor> {
     if templates.is_empty() {
         bail!("no caption template given");
     }
     if let Some(t) = templates.iter().find(|t| !t.contains("{}")) {
         bail!("caption template `{t}` has no `{{}}` for the class name");
     }
-    ensemble(encoder, templates, |t| names.iter().map(|n| t.replace("{}", n)).collect())
+    ensemble(encoder, templates, |t| {
+        names.iter().map(|n| t.replace("{}", n)).collect()
+    })
 }
 
 /// Zero-shot predictions (class index, probability) for `paths`, `batch` images at a time.
-pub fn zero_shot(clip: &Pretrained, classes: &Tensor, paths: &[PathBuf], batch: usize) -> Result<Vec<(usize, f64)>> {
+pub fn zero_shot(
+    clip: &Pretrained,
+    classes: &Tensor,
+    paths: &[PathBuf],
+    batch: usize,
+) -> Result<Vec<(usize, f64)>> {
     let scale = clip.scale();
     let bar = super::progress(paths.len(), "images");
     let mut out = Vec::with_capacity(paths.len());
@@ -52,7 +63,13 @@ pub fn zero_shot(clip: &Pretrained, classes: &Tensor, paths: &[PathBuf], batch: 
 }
 
 /// Classifies `data` zero-shot; with `out`, writes the report files and `predictions.csv` there.
-pub fn run(clip: &Pretrained, data: &Labelled, templates: &[String], batch: usize, out: Option<&Path>) -> Result<(ClassMetrics, Vec<ClassPrediction>)> {
+pub fn run(
+    clip: &Pretrained,
+    data: &Labelled,
+    templates: &[String],
+    batch: usize,
+    out: Option<&Path>,
+) -> Result<(ClassMetrics, Vec<ClassPrediction>)> {
     let text = class_text_embeddings(clip, &data.caption_names(), templates)?;
     let paths: Vec<PathBuf> = data.items.iter().map(|i| i.path.clone()).collect();
     let guesses = zero_shot(clip, &text, &paths, batch)?;
@@ -63,10 +80,23 @@ pub fn run(clip: &Pretrained, data: &Labelled, templates: &[String], batch: usiz
         .items
         .iter()
         .zip(&guesses)
-        .map(|(item, &(p, prob))| ClassPrediction { image: item.path.display().to_string(), label: data.classes[item.class].clone(), predicted: data.classes[p].clone(), probability: prob })
+        .map(|(item, &(p, prob))| ClassPrediction {
+            image: item.path.display().to_string(),
+            label: data.classes[item.class].clone(),
+            predicted: data.classes[p].clone(),
+            probability: prob,
+        })
         .collect();
     if let Some(dir) = out {
-        let about = format!("Zero-shot on `{}` with templates {}.", data.source.display(), templates.iter().map(|t| format!("\"{t}\"")).collect::<Vec<_>>().join(", "));
+        let about = format!(
+            "Zero-shot on `{}` with templates {}.",
+            data.source.display(),
+            templates
+                .iter()
+                .map(|t| format!("\"{t}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         write_report(dir, "Zero-shot classification", &about, &metrics)?;
         write_predictions(&dir.join("predictions.csv"), &rows)?;
     }

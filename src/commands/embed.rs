@@ -29,7 +29,9 @@ pub fn run(clip: &Pretrained, args: &EmbedArgs) -> Result<Vec<(String, Tensor)>>
         let (mut pixels, mut embeds) = (Vec::new(), Vec::new());
         for chunk in args.images.chunks(batch) {
             let p = clip.pixel_values(chunk)?;
-            embeds.push(tch::no_grad(|| clip.model.image_features(&p.to(device))).to(tch::Device::Cpu));
+            embeds.push(
+                tch::no_grad(|| clip.model.image_features(&p.to(device))).to(tch::Device::Cpu),
+            );
             pixels.push(p);
             bar.inc(chunk.len() as u64);
         }
@@ -44,7 +46,10 @@ pub fn run(clip: &Pretrained, args: &EmbedArgs) -> Result<Vec<(String, Tensor)>>
             .step_by(batch)
             .map(|start| {
                 let len = (batch as i64).min(args.texts.len() as i64 - start);
-                let (i, m) = (ids.narrow(0, start, len).to(device), mask.narrow(0, start, len).to(device));
+                let (i, m) = (
+                    ids.narrow(0, start, len).to(device),
+                    mask.narrow(0, start, len).to(device),
+                );
                 tch::no_grad(|| clip.model.text_features(&i, Some(&m))).to(tch::Device::Cpu)
             })
             .collect();
@@ -53,7 +58,11 @@ pub fn run(clip: &Pretrained, args: &EmbedArgs) -> Result<Vec<(String, Tensor)>>
         text_embeds = Some(Tensor::cat(&embeds, 0));
     }
     if let (Some(i), Some(t)) = (&image_embeds, &text_embeds) {
-        let logits = tch::no_grad(|| clip.model.logits(&i.to(device), &t.to(device)).logits_per_image);
+        let logits = tch::no_grad(|| {
+            clip.model
+                .logits(&i.to(device), &t.to(device))
+                .logits_per_image
+        });
         out.push(("logits_per_image".to_string(), logits.to(tch::Device::Cpu)));
     }
     out.extend(image_embeds.map(|t| ("image_embeds".to_string(), t)));

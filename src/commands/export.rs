@@ -8,7 +8,8 @@ use std::path::Path;
 /// Loads the checkpoint's model (its `config.json` and weights) with the tokenizer and
 /// preprocessing of the run's initial model, and writes them to `out`.
 pub fn run(checkpoint: &Path, out: &Path) -> Result<()> {
-    let mut clip = Pretrained::load(checkpoint, tch::Device::Cpu).with_context(|| format!("checkpoint {}", checkpoint.display()))?;
+    let mut clip = Pretrained::load(checkpoint, tch::Device::Cpu)
+        .with_context(|| format!("checkpoint {}", checkpoint.display()))?;
     let cfg = Config::from_file(&checkpoint.join("config.yaml"))?;
     if let Some(init) = &cfg.model.init {
         let original = Pretrained::load_processing(init, &clip.model.config)?;

@@ -6,16 +6,21 @@ use crate::data::{Dataset, Sample};
 use crate::eval::geolocate::{Geolocator, Guess};
 use crate::eval::metrics::{geo_metrics, GeoMetrics, THRESHOLDS_KM};
 use crate::eval::{plots, text_cache};
-use crate::tensor_io::write_atomic;
 use crate::geo::{haversine_km, Gazetteer};
 use crate::pretrained::Pretrained;
+use crate::tensor_io::write_atomic;
 use anyhow::{Context, Result};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-pub fn geolocate(clip: &Pretrained, cfg: &Config, images: &[PathBuf], batch: usize) -> Result<Vec<(PathBuf, Guess)>> {
+pub fn geolocate(
+    clip: &Pretrained,
+    cfg: &Config,
+    images: &[PathBuf],
+    batch: usize,
+) -> Result<Vec<(PathBuf, Guess)>> {
     super::check_files(images)?;
     let g = Gazetteer::bundled()?;
     let encoder = text_cache::for_model(clip, cfg.geo.cache)?;
@@ -50,11 +55,22 @@ pub struct GeoEval {
 }
 
 /// Evaluates `clip` on the samples of `cfg.data` that have coordinates.
-pub fn eval_geo(clip: &Pretrained, cfg: &Config, name: &str, limit: Option<usize>, batch: usize) -> Result<GeoEval> {
+pub fn eval_geo(
+    clip: &Pretrained,
+    cfg: &Config,
+    name: &str,
+    limit: Option<usize>,
+    batch: usize,
+) -> Result<GeoEval> {
     let g = Gazetteer::bundled()?;
     let (data, report) = Dataset::load(&cfg.data, &g)?;
     eprintln!("data: {}", report.summary());
-    let samples: Vec<&Sample> = data.samples.iter().filter(|s| s.place.lat.is_some() && s.place.lon.is_some()).take(limit.unwrap_or(usize::MAX)).collect();
+    let samples: Vec<&Sample> = data
+        .samples
+        .iter()
+        .filter(|s| s.place.lat.is_some() && s.place.lon.is_some())
+        .take(limit.unwrap_or(usize::MAX))
+        .collect();
     if samples.is_empty() {
         anyhow::bail!("no sample has coordinates to evaluate against");
     }
@@ -63,9 +79,23 @@ pub fn eval_geo(clip: &Pretrained, cfg: &Config, name: &str, limit: Option<usize
     let bar = super::progress(samples.len(), "images");
     let (mut predictions, mut errors, mut correct) = (Vec::new(), Vec::new(), Vec::new());
     for chunk in samples.chunks(batch.max(1)) {
-        let decoded = chunk.par_iter().map(|s| s.image.read().and_then(|b| decode(&b)).with_context(|| format!("cannot decode image {}", s.image))).collect::<Result<Vec<_>>>()?;
-        for (s, guess) in chunk.iter().zip(locator.locate(&clip.image_embeddings(decoded)?)?) {
-            let (lat, lon) = (s.place.lat.unwrap_or_default(), s.place.lon.unwrap_or_default());
+        let decoded = chunk
+            .par_iter()
+            .map(|s| {
+                s.image
+                    .read()
+                    .and_then(|b| decode(&b))
+                    .with_context(|| format!("cannot decode image {}", s.image))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for (s, guess) in chunk
+            .iter()
+            .zip(locator.locate(&clip.image_embeddings(decoded)?)?)
+        {
+            let (lat, lon) = (
+                s.place.lat.unwrap_or_default(),
+                s.place.lon.unwrap_or_default(),
+            );
             let error_km = haversine_km(lat, lon, guess.lat, guess.lon);
             errors.push(error_km);
             correct.push(s.place.country.map(|c| c == guess.country_index));
@@ -78,7 +108,11 @@ pub fn eval_geo(clip: &Pretrained, cfg: &Config, name: &str, limit: Option<usize
                 pred_country: guess.country_code,
                 pred_region: guess.region.unwrap_or_default(),
                 pred_city: guess.city.unwrap_or_default(),
-                true_country: s.place.country.map(|c| g.countries[c].iso2.clone()).unwrap_or_default(),
+                true_country: s
+                    .place
+                    .country
+                    .map(|c| g.countries[c].iso2.clone())
+                    .unwrap_or_default(),
                 error_km,
             });
         }
@@ -86,44 +120,91 @@ pub fn eval_geo(clip: &Pretrained, cfg: &Config, name: &str, limit: Option<usize
     }
     bar.finish_and_clear();
     if encoder.hits.get() + encoder.misses.get() > 0 {
-        eprintln!("text embeddings: {} prompt lists from the cache, {} encoded", encoder.hits.get(), encoder.misses.get());
+        eprintln!(
+            "text embeddings: {} prompt lists from the cache, {} encoded",
+            encoder.hits.get(),
+            encoder.misses.get()
+        );
     }
-    Ok(GeoEval { name: name.to_string(), metrics: geo_metrics(&errors, &correct), predictions })
+    Ok(GeoEval {
+        name: name.to_string(),
+        metrics: geo_metrics(&errors, &correct),
+        predictions,
+    })
 }
 
 fn errors(e: &GeoEval) -> Vec<f64> {
     e.predictions.iter().map(|p| p.error_km).collect()
 }
 
-const THRESHOLD_NOTE: &str = "Distances are great-circle (R = 6371 km); a guess exactly at a threshold counts as within it.";
+const THRESHOLD_NOTE: &str =
+    "Distances are great-circle (R = 6371 km); a guess exactly at a threshold counts as within it.";
 
 /// The metrics as Markdown table rows, one column per evaluation (and their difference for two).
 fn metric_rows(evals: &[&GeoEval]) -> String {
     let mut md = String::new();
     let diff = evals.len() == 2;
-    let row = |md: &mut String, label: &str, values: Vec<Option<f64>>, unit: &str, digits: usize| {
-        let cell = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.digits$}{unit}"));
-        let mut cells: Vec<String> = values.iter().map(|&v| cell(v)).collect();
-        if let (true, [Some(a), Some(b)]) = (diff, values.as_slice()) {
-            cells.push(format!("{:+.digits$}{unit}", b - a));
-        }
-        let _ = writeln!(md, "| {label} | {} |", cells.join(" | "));
-    };
+    let row =
+        |md: &mut String, label: &str, values: Vec<Option<f64>>, unit: &str, digits: usize| {
+            let cell =
+                |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.digits$}{unit}"));
+            let mut cells: Vec<String> = values.iter().map(|&v| cell(v)).collect();
+            if let (true, [Some(a), Some(b)]) = (diff, values.as_slice()) {
+                cells.push(format!("{:+.digits$}{unit}", b - a));
+            }
+            let _ = writeln!(md, "| {label} | {} |", cells.join(" | "));
+        };
     for t in THRESHOLDS_KM {
         let t = t as u32;
-        row(&mut md, &format!("within {t} km"), evals.iter().map(|e| e.metrics.within_km.get(&t).copied()).collect(), "%", 1);
+        row(
+            &mut md,
+            &format!("within {t} km"),
+            evals
+                .iter()
+                .map(|e| e.metrics.within_km.get(&t).copied())
+                .collect(),
+            "%",
+            1,
+        );
     }
-    row(&mut md, "median error", evals.iter().map(|e| Some(e.metrics.median_km)).collect(), " km", 0);
-    row(&mut md, "mean error", evals.iter().map(|e| Some(e.metrics.mean_km)).collect(), " km", 0);
-    row(&mut md, "country accuracy", evals.iter().map(|e| e.metrics.country_accuracy).collect(), "%", 1);
-    row(&mut md, "mean GeoScore", evals.iter().map(|e| Some(e.metrics.geoscore)).collect(), "", 0);
+    row(
+        &mut md,
+        "median error",
+        evals.iter().map(|e| Some(e.metrics.median_km)).collect(),
+        " km",
+        0,
+    );
+    row(
+        &mut md,
+        "mean error",
+        evals.iter().map(|e| Some(e.metrics.mean_km)).collect(),
+        " km",
+        0,
+    );
+    row(
+        &mut md,
+        "country accuracy",
+        evals.iter().map(|e| e.metrics.country_accuracy).collect(),
+        "%",
+        1,
+    );
+    row(
+        &mut md,
+        "mean GeoScore",
+        evals.iter().map(|e| Some(e.metrics.geoscore)).collect(),
+        "",
+        0,
+    );
     md
 }
 
 /// `metrics.json`, `predictions.csv`, `report.md`, `error_curve.png` and `map.png` in `dir`.
 pub fn write_outputs(dir: &Path, e: &GeoEval) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    write_atomic(&dir.join("metrics.json"), &serde_json::to_vec_pretty(&e.metrics)?)?;
+    write_atomic(
+        &dir.join("metrics.json"),
+        &serde_json::to_vec_pretty(&e.metrics)?,
+    )?;
     let mut csv = csv::Writer::from_writer(vec![]);
     for p in &e.predictions {
         csv.serialize(p)?;
@@ -132,44 +213,95 @@ pub fn write_outputs(dir: &Path, e: &GeoEval) -> Result<()> {
     plots::error_curve(&dir.join("error_curve.png"), &[(e.name.clone(), errors(e))])?;
     let g = Gazetteer::bundled()?;
     let land: Vec<(f64, f64)> = g.cities.iter().map(|c| (c.lat, c.lon)).collect();
-    let pairs: Vec<_> = e.predictions.iter().map(|p| ((p.lat, p.lon), (p.pred_lat, p.pred_lon))).collect();
-    plots::map_scatter(&dir.join("map.png"), &format!("{}: truths and guesses", e.name), &pairs, &land)?;
-    let mut md = format!("# Geolocation evaluation\n\nModel: `{}`; {} images.\n\n| metric | value |\n|---|---|\n", e.name, e.metrics.n);
+    let pairs: Vec<_> = e
+        .predictions
+        .iter()
+        .map(|p| ((p.lat, p.lon), (p.pred_lat, p.pred_lon)))
+        .collect();
+    plots::map_scatter(
+        &dir.join("map.png"),
+        &format!("{}: truths and guesses", e.name),
+        &pairs,
+        &land,
+    )?;
+    let mut md = format!(
+        "# Geolocation evaluation\n\nModel: `{}`; {} images.\n\n| metric | value |\n|---|---|\n",
+        e.name, e.metrics.n
+    );
     md += &metric_rows(&[e]);
-    let _ = write!(md, "\n{THRESHOLD_NOTE}\n\n![cumulative error](error_curve.png)\n\n![map](map.png)\n");
+    let _ = write!(
+        md,
+        "\n{THRESHOLD_NOTE}\n\n![cumulative error](error_curve.png)\n\n![map](map.png)\n"
+    );
     write_atomic(&dir.join("report.md"), md.as_bytes())
 }
 
 /// Each evaluation's outputs in `dir/<name>/`, and at the top a side-by-side `report.md`,
 /// `comparison.json` and one `error_curve.png` with every model's curve.
 pub fn write_comparison(dir: &Path, evals: &[GeoEval]) -> Result<()> {
-    let mut md = format!("# Geolocation evaluation: {} models compared\n\n{} images each.\n\n", evals.len(), evals[0].metrics.n);
+    let mut md = format!(
+        "# Geolocation evaluation: {} models compared\n\n{} images each.\n\n",
+        evals.len(),
+        evals[0].metrics.n
+    );
     let names: Vec<String> = evals.iter().map(|e| format!("`{}`", e.name)).collect();
-    let delta = if evals.len() == 2 { " | Δ (2nd − 1st)" } else { "" };
-    let _ = writeln!(md, "| metric | {}{delta} |\n|---|{}", names.join(" | "), "---|".repeat(evals.len() + usize::from(evals.len() == 2)));
+    let delta = if evals.len() == 2 {
+        " | Δ (2nd − 1st)"
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        md,
+        "| metric | {}{delta} |\n|---|{}",
+        names.join(" | "),
+        "---|".repeat(evals.len() + usize::from(evals.len() == 2))
+    );
     md += &metric_rows(&evals.iter().collect::<Vec<_>>());
     let mut json = serde_json::Map::new();
     for e in evals {
         let sub = slug(&e.name);
         write_outputs(&dir.join(&sub), e)?;
-        json.insert(e.name.clone(), serde_json::json!({"dir": sub, "metrics": e.metrics}));
+        json.insert(
+            e.name.clone(),
+            serde_json::json!({"dir": sub, "metrics": e.metrics}),
+        );
     }
     let _ = write!(md, "\n{THRESHOLD_NOTE} Per-model predictions, maps and reports: {}.\n\n![cumulative error](error_curve.png)\n", evals.iter().map(|e| format!("[{0}]({0}/report.md)", slug(&e.name))).collect::<Vec<_>>().join(", "));
-    plots::error_curve(&dir.join("error_curve.png"), &evals.iter().map(|e| (e.name.clone(), errors(e))).collect::<Vec<_>>())?;
-    write_atomic(&dir.join("comparison.json"), &serde_json::to_vec_pretty(&json)?)?;
+    plots::error_curve(
+        &dir.join("error_curve.png"),
+        &evals
+            .iter()
+            .map(|e| (e.name.clone(), errors(e)))
+            .collect::<Vec<_>>(),
+    )?;
+    write_atomic(
+        &dir.join("comparison.json"),
+        &serde_json::to_vec_pretty(&json)?,
+    )?;
     write_atomic(&dir.join("report.md"), md.as_bytes())
 }
 
 /// A folder name for a model name: its letters, digits, `-`, `_` and `.`.
 fn slug(name: &str) -> String {
-    name.chars().map(|c| if c.is_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect()
+    name.chars()
+        .map(|c| {
+            if c.is_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Display names for model directories: their last path component, made unique with `-2`, `-3`.
 pub fn model_names(dirs: &[PathBuf]) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     for d in dirs {
-        let base = d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| d.display().to_string());
+        let base = d
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| d.display().to_string());
         let mut name = base.clone();
         let mut i = 2;
         while names.contains(&name) {

@@ -17,7 +17,10 @@ pub fn parse_device(s: &str) -> Result<Device> {
     let device = match s {
         "cpu" => Device::Cpu,
         "cuda" => Device::Cuda(0),
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+        other => match other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
             Some(n) => Device::Cuda(n),
             None => bail!("unknown device `{s}`: use cpu, cuda or cuda:N"),
         },
@@ -37,8 +40,10 @@ pub fn progress(total: usize, what: &str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(total as u64);
-    let style = ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {what} [{{elapsed}}<{{eta}}, {{per_sec}}]"))
-        .expect("valid progress template");
+    let style = ProgressStyle::with_template(&format!(
+        "{{bar:40}} {{pos}}/{{len}} {what} [{{elapsed}}<{{eta}}, {{per_sec}}]"
+    ))
+    .expect("valid progress template");
     bar.set_style(style);
     bar
 }

@@ -43,7 +43,17 @@ pub struct DataConfig {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { manifest: None, shards: None, image_root: None, columns: Columns::default(), on_error: OnError::Skip, workers: 0, prefetch: 4, augment: AugmentConfig::default(), synth: None }
+        Self {
+            manifest: None,
+            shards: None,
+            image_root: None,
+            columns: Columns::default(),
+            on_error: OnError::Skip,
+            workers: 0,
+            prefetch: 4,
+            augment: AugmentConfig::default(),
+            synth: None,
+        }
     }
 }
 
@@ -71,7 +81,11 @@ pub struct AugmentConfig {
 pub enum ImageRef {
     File(PathBuf),
     /// A member of a tar shard: its data's offset and length.
-    Tar { shard: Arc<PathBuf>, offset: u64, len: u64 },
+    Tar {
+        shard: Arc<PathBuf>,
+        offset: u64,
+        len: u64,
+    },
 }
 
 impl ImageRef {
@@ -79,12 +93,20 @@ impl ImageRef {
         use anyhow::Context;
         use std::io::{Read, Seek, SeekFrom};
         match self {
-            ImageRef::File(p) => std::fs::read(p).with_context(|| format!("cannot read image {}", p.display())),
+            ImageRef::File(p) => {
+                std::fs::read(p).with_context(|| format!("cannot read image {}", p.display()))
+            }
             ImageRef::Tar { shard, offset, len } => {
-                let mut f = std::fs::File::open(shard.as_path()).with_context(|| format!("cannot open shard {}", shard.display()))?;
+                let mut f = std::fs::File::open(shard.as_path())
+                    .with_context(|| format!("cannot open shard {}", shard.display()))?;
                 f.seek(SeekFrom::Start(*offset))?;
                 let mut buf = vec![0; *len as usize];
-                f.read_exact(&mut buf).with_context(|| format!("shard {} ends inside a member (truncated?)", shard.display()))?;
+                f.read_exact(&mut buf).with_context(|| {
+                    format!(
+                        "shard {} ends inside a member (truncated?)",
+                        shard.display()
+                    )
+                })?;
                 Ok(buf)
             }
         }
@@ -134,15 +156,24 @@ impl DataReport {
     }
 
     pub fn summary(&self) -> String {
-        let mut s = format!("{} rows: {} kept, {} skipped", self.rows, self.kept, self.skipped);
+        let mut s = format!(
+            "{} rows: {} kept, {} skipped",
+            self.rows, self.kept, self.skipped
+        );
         if self.unknown.cities + self.unknown.regions > 0 {
-            s += &format!("; names not in the gazetteer (left out of captions): {} cities, {} regions", self.unknown.cities, self.unknown.regions);
+            s += &format!(
+                "; names not in the gazetteer (left out of captions): {} cities, {} regions",
+                self.unknown.cities, self.unknown.regions
+            );
         }
         for line in &self.first_skipped {
             s += &format!("\n  skipped {line}");
         }
         if self.skipped > self.first_skipped.len() {
-            s += &format!("\n  ... and {} more", self.skipped - self.first_skipped.len());
+            s += &format!(
+                "\n  ... and {} more",
+                self.skipped - self.first_skipped.len()
+            );
         }
         s
     }
@@ -159,44 +190,64 @@ impl Dataset {
         if let (Some(spec), Some(manifest)) = (&cfg.synth, &cfg.manifest) {
             if !manifest.is_file() {
                 let dir = manifest.parent().unwrap_or(std::path::Path::new("."));
-                let args = crate::synth::SynthArgs { countries: spec.countries, cities_per_country: spec.cities_per_country, per_city: spec.per_city, seed: spec.seed, ..Default::default() };
+                let args = crate::synth::SynthArgs {
+                    countries: spec.countries,
+                    cities_per_country: spec.cities_per_country,
+                    per_city: spec.per_city,
+                    seed: spec.seed,
+                    ..Default::default()
+                };
                 let n = crate::synth::generate(dir, &args, g)?;
                 eprintln!("data: drew {n} synthetic scenes into {}", dir.display());
             }
         }
         let mut report = DataReport::default();
-        let rows: Vec<(ImageRef, super::labels::RawLabel, String)> = match (&cfg.manifest, &cfg.shards) {
-            (Some(path), None) => {
-                let (records, bad) = manifest::read(path, &cfg.columns, cfg.image_root.as_deref())?;
-                report.rows = records.len() + bad.len();
-                for (origin, why) in bad {
-                    report.bad(cfg.on_error, &origin, &why)?;
-                }
-                let mut rows = Vec::with_capacity(records.len());
-                for r in records {
-                    if r.image.is_file() {
-                        rows.push((ImageRef::File(r.image), r.label, r.origin));
-                    } else {
-                        report.bad(cfg.on_error, &r.origin, &format!("image {} does not exist", r.image.display()))?;
+        let rows: Vec<(ImageRef, super::labels::RawLabel, String)> =
+            match (&cfg.manifest, &cfg.shards) {
+                (Some(path), None) => {
+                    let (records, bad) =
+                        manifest::read(path, &cfg.columns, cfg.image_root.as_deref())?;
+                    report.rows = records.len() + bad.len();
+                    for (origin, why) in bad {
+                        report.bad(cfg.on_error, &origin, &why)?;
                     }
+                    let mut rows = Vec::with_capacity(records.len());
+                    for r in records {
+                        if r.image.is_file() {
+                            rows.push((ImageRef::File(r.image), r.label, r.origin));
+                        } else {
+                            report.bad(
+                                cfg.on_error,
+                                &r.origin,
+                                &format!("image {} does not exist", r.image.display()),
+                            )?;
+                        }
+                    }
+                    rows
                 }
-                rows
-            }
-            (None, Some(pattern)) => {
-                let (members, bad) = webdataset::index(pattern, &cfg.columns)?;
-                report.rows = members.len() + bad.len();
-                for (origin, why) in bad {
-                    report.bad(cfg.on_error, &origin, &why)?;
+                (None, Some(pattern)) => {
+                    let (members, bad) = webdataset::index(pattern, &cfg.columns)?;
+                    report.rows = members.len() + bad.len();
+                    for (origin, why) in bad {
+                        report.bad(cfg.on_error, &origin, &why)?;
+                    }
+                    members
                 }
-                members
-            }
-            (Some(_), Some(_)) => bail!("data.manifest and data.shards are both set; choose one"),
-            (None, None) => bail!("no data: set data.manifest (CSV/JSONL) or data.shards (WebDataset tars)"),
-        };
+                (Some(_), Some(_)) => {
+                    bail!("data.manifest and data.shards are both set; choose one")
+                }
+                (None, None) => {
+                    bail!("no data: set data.manifest (CSV/JSONL) or data.shards (WebDataset tars)")
+                }
+            };
         let mut samples = Vec::with_capacity(rows.len());
         for (image, raw, origin) in rows {
             match resolve(g, &raw, &mut report.unknown) {
-                Ok(place) => samples.push(Sample { image, place, origin }),
+                Ok(place) => samples.push(Sample {
+                    image,
+                    place,
+                    origin,
+                }),
                 Err(e) => report.bad(cfg.on_error, &origin, &e.to_string())?,
             }
         }

@@ -39,7 +39,9 @@ impl Labelled {
     /// `root/<class>/<image>`; every class folder must hold at least one image.
     pub fn image_folder(root: &Path) -> Result<Self> {
         let mut classes = Vec::new();
-        for entry in std::fs::read_dir(root).with_context(|| format!("cannot list {}", root.display()))? {
+        for entry in
+            std::fs::read_dir(root).with_context(|| format!("cannot list {}", root.display()))?
+        {
             let entry = entry?;
             if entry.file_type()?.is_dir() {
                 classes.push(entry.file_name().to_string_lossy().into_owned());
@@ -47,7 +49,10 @@ impl Labelled {
         }
         classes.sort();
         if classes.is_empty() {
-            bail!("{} has no class folders: expected root/<class>/*.jpg", root.display());
+            bail!(
+                "{} has no class folders: expected root/<class>/*.jpg",
+                root.display()
+            );
         }
         let mut items = Vec::new();
         for (class, name) in classes.iter().enumerate() {
@@ -55,15 +60,27 @@ impl Labelled {
             let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
                 .with_context(|| format!("cannot list {}", dir.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_lowercase().as_str())))
+                .filter(|p| {
+                    p.extension()
+                        .and_then(|e| e.to_str())
+                        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_lowercase().as_str()))
+                })
                 .collect();
             if files.is_empty() {
-                bail!("class folder {} holds no images ({}): remove it or add images", dir.display(), IMAGE_EXTENSIONS.join(", "));
+                bail!(
+                    "class folder {} holds no images ({}): remove it or add images",
+                    dir.display(),
+                    IMAGE_EXTENSIONS.join(", ")
+                );
             }
             files.sort();
             items.extend(files.into_iter().map(|path| LabelledImage { path, class }));
         }
-        Ok(Self { classes, items, source: root.to_path_buf() })
+        Ok(Self {
+            classes,
+            items,
+            source: root.to_path_buf(),
+        })
     }
 
     /// A `.csv` or `.jsonl` manifest; image paths relative to the manifest's folder.
@@ -71,34 +88,88 @@ impl Labelled {
         let dir = path.parent().unwrap_or(Path::new("."));
         let mut rows: Vec<(String, String)> = Vec::new();
         let image_keys = ["image", "path", "file", "filename", "image_path"];
-        if matches!(path.extension().and_then(|e| e.to_str()), Some("jsonl" | "json")) {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
-            for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-                let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line).with_context(|| format!("{}:{}: not a JSON object", path.display(), n + 1))?;
-                let field = |k: &str| obj.get(k).and_then(|v| v.as_str().map(String::from).or_else(|| (!v.is_null()).then(|| v.to_string())));
-                let image = image_keys.iter().find_map(|k| field(k)).with_context(|| format!("{}:{}: no image field ({})", path.display(), n + 1, image_keys.join(", ")))?;
-                let label = field(label_column).with_context(|| format!("{}:{}: no `{label_column}` field", path.display(), n + 1))?;
+        if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("jsonl" | "json")
+        ) {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read manifest {}", path.display()))?;
+            for (n, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)
+                    .with_context(|| format!("{}:{}: not a JSON object", path.display(), n + 1))?;
+                let field = |k: &str| {
+                    obj.get(k).and_then(|v| {
+                        v.as_str()
+                            .map(String::from)
+                            .or_else(|| (!v.is_null()).then(|| v.to_string()))
+                    })
+                };
+                let image = image_keys.iter().find_map(|k| field(k)).with_context(|| {
+                    format!(
+                        "{}:{}: no image field ({})",
+                        path.display(),
+                        n + 1,
+                        image_keys.join(", ")
+                    )
+                })?;
+                let label = field(label_column).with_context(|| {
+                    format!("{}:{}: no `{label_column}` field", path.display(), n + 1)
+                })?;
                 rows.push((image, label));
             }
         } else {
-            let mut reader = csv::Reader::from_path(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
+            let mut reader = csv::Reader::from_path(path)
+                .with_context(|| format!("cannot read manifest {}", path.display()))?;
             let headers: Vec<String> = reader.headers()?.iter().map(String::from).collect();
-            let image_col = headers.iter().position(|h| image_keys.contains(&h.to_lowercase().as_str())).with_context(|| format!("{}: no image column ({}); columns: {}", path.display(), image_keys.join(", "), headers.join(", ")))?;
+            let image_col = headers
+                .iter()
+                .position(|h| image_keys.contains(&h.to_lowercase().as_str()))
+                .with_context(|| {
+                    format!(
+                        "{}: no image column ({}); columns: {}",
+                        path.display(),
+                        image_keys.join(", "),
+                        headers.join(", ")
+                    )
+                })?;
             let label_col = headers.iter().position(|h| h == label_column).with_context(|| format!("{}: no `{label_column}` column (choose one with --label-column); columns: {}", path.display(), headers.join(", ")))?;
             for (n, record) in reader.records().enumerate() {
-                let record = record.with_context(|| format!("{}: row {}", path.display(), n + 2))?;
-                rows.push((record[image_col].to_string(), record[label_col].trim().to_string()));
+                let record =
+                    record.with_context(|| format!("{}: row {}", path.display(), n + 2))?;
+                rows.push((
+                    record[image_col].to_string(),
+                    record[label_col].trim().to_string(),
+                ));
             }
         }
         if let Some((image, _)) = rows.iter().find(|(_, label)| label.is_empty()) {
             bail!("{}: image {image} has an empty label", path.display());
         }
-        let classes: Vec<String> = rows.iter().map(|(_, l)| l.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+        let classes: Vec<String> = rows
+            .iter()
+            .map(|(_, l)| l.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         if classes.is_empty() {
             bail!("manifest {} has no rows", path.display());
         }
-        let items = rows.into_iter().map(|(image, label)| LabelledImage { path: dir.join(image), class: classes.binary_search(&label).expect("collected above") }).collect();
-        Ok(Self { classes, items, source: path.to_path_buf() })
+        let items = rows
+            .into_iter()
+            .map(|(image, label)| LabelledImage {
+                path: dir.join(image),
+                class: classes.binary_search(&label).expect("collected above"),
+            })
+            .collect();
+        Ok(Self {
+            classes,
+            items,
+            source: path.to_path_buf(),
+        })
     }
 
     /// Re-indexes onto `classes` (e.g. the training split's); a class this split has and the
@@ -107,12 +178,23 @@ impl Labelled {
         if self.classes == classes {
             return Ok(self);
         }
-        let extra: Vec<&String> = self.classes.iter().filter(|c| !classes.contains(c)).collect();
-        let missing: Vec<&String> = classes.iter().filter(|c| !self.classes.contains(c)).collect();
+        let extra: Vec<&String> = self
+            .classes
+            .iter()
+            .filter(|c| !classes.contains(c))
+            .collect();
+        let missing: Vec<&String> = classes
+            .iter()
+            .filter(|c| !self.classes.contains(c))
+            .collect();
         if !extra.is_empty() {
             bail!("{} has classes the training data lacks: {extra:?} (training classes missing here: {missing:?}); the class folders must be the same in every split", self.source.display());
         }
-        let map: Vec<usize> = self.classes.iter().map(|c| classes.iter().position(|x| x == c).expect("checked")).collect();
+        let map: Vec<usize> = self
+            .classes
+            .iter()
+            .map(|c| classes.iter().position(|x| x == c).expect("checked"))
+            .collect();
         for item in &mut self.items {
             item.class = map[item.class];
         }
@@ -122,6 +204,9 @@ impl Labelled {
 
     /// Class names as they read in a caption: `urban_area` → `urban area`.
     pub fn caption_names(&self) -> Vec<String> {
-        self.classes.iter().map(|c| c.replace(['_', '-'], " ")).collect()
+        self.classes
+            .iter()
+            .map(|c| c.replace(['_', '-'], " "))
+            .collect()
     }
 }

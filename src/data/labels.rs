@@ -50,21 +50,40 @@ pub struct UnknownNames {
 
 /// Canonical names for a label. Missing names are filled from the nearest city when
 /// coordinates are given (and, when a country is given, only from a city in that country).
-pub fn resolve(g: &Gazetteer, raw: &RawLabel, unknown: &mut UnknownNames) -> Result<Place, LabelError> {
+pub fn resolve(
+    g: &Gazetteer,
+    raw: &RawLabel,
+    unknown: &mut UnknownNames,
+) -> Result<Place, LabelError> {
     let coords = match (raw.lat, raw.lon) {
         (Some(lat), Some(lon)) if valid_coordinates(lat, lon) => Some((lat, lon)),
         (Some(lat), Some(lon)) => return Err(LabelError::BadCoordinates(lat, lon)),
         (None, None) => None,
         _ => return Err(LabelError::HalfCoordinates),
     };
-    let given_country = match raw.country.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-        Some(name) => Some(g.country(name).ok_or_else(|| LabelError::UnknownCountry(name.to_string()))?),
+    let given_country = match raw
+        .country
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        Some(name) => Some(
+            g.country(name)
+                .ok_or_else(|| LabelError::UnknownCountry(name.to_string()))?,
+        ),
         None => None,
     };
-    let nearest = coords.map(|(lat, lon)| g.nearest_city(lat, lon)).filter(|&c| given_country.is_none_or(|k| g.cities[c].country == k));
+    let nearest = coords
+        .map(|(lat, lon)| g.nearest_city(lat, lon))
+        .filter(|&c| given_country.is_none_or(|k| g.cities[c].country == k));
     let Some(country) = given_country.or(nearest.map(|c| g.cities[c].country)) else {
         if raw.caption.is_some() {
-            return Ok(Place { caption: raw.caption.clone(), lat: raw.lat, lon: raw.lon, ..Place::default() });
+            return Ok(Place {
+                caption: raw.caption.clone(),
+                lat: raw.lat,
+                lon: raw.lon,
+                ..Place::default()
+            });
         }
         return Err(LabelError::NoLocation);
     };
@@ -86,5 +105,11 @@ pub fn resolve(g: &Gazetteer, raw: &RawLabel, unknown: &mut UnknownNames) -> Res
         region: region.map(|r| g.regions[r].name.clone()),
         country: Some(g.countries[country].in_sentence()),
     };
-    Ok(Place { names, country: Some(country), lat: raw.lat, lon: raw.lon, caption: raw.caption.clone() })
+    Ok(Place {
+        names,
+        country: Some(country),
+        lat: raw.lat,
+        lon: raw.lon,
+        caption: raw.caption.clone(),
+    })
 }

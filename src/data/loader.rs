@@ -62,17 +62,35 @@ pub struct Batch {
 }
 
 /// This rank's share of an epoch, in order: block `rank` of every `world_size × block` run.
-pub fn epoch_order(n: usize, seed: u64, epoch: u64, shuffle: bool, rank: usize, world_size: usize, block: usize) -> Vec<usize> {
+pub fn epoch_order(
+    n: usize,
+    seed: u64,
+    epoch: u64,
+    shuffle: bool,
+    rank: usize,
+    world_size: usize,
+    block: usize,
+) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     if shuffle {
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(sample_seed(seed, epoch, u64::MAX)));
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(sample_seed(
+            seed,
+            epoch,
+            u64::MAX,
+        )));
     }
     if world_size == 1 {
         return order;
     }
     let global = world_size * block;
     order.truncate(n / global * global);
-    order.chunks(block).skip(rank).step_by(world_size).flatten().copied().collect()
+    order
+        .chunks(block)
+        .skip(rank)
+        .step_by(world_size)
+        .flatten()
+        .copied()
+        .collect()
 }
 
 pub struct Loader {
@@ -90,20 +108,53 @@ struct Producer {
 }
 
 impl Loader {
-    pub fn start(data: Arc<Dataset>, captioner: Arc<Captioner>, pre: PreprocessConfig, cfg: LoaderConfig, from: Position) -> Result<Self> {
+    pub fn start(
+        data: Arc<Dataset>,
+        captioner: Arc<Captioner>,
+        pre: PreprocessConfig,
+        cfg: LoaderConfig,
+        from: Position,
+    ) -> Result<Self> {
         if cfg.batch_size == 0 || cfg.world_size == 0 || cfg.rank >= cfg.world_size {
-            bail!("loader: batch size {} and rank {} of {} are not valid", cfg.batch_size, cfg.rank, cfg.world_size);
+            bail!(
+                "loader: batch size {} and rank {} of {} are not valid",
+                cfg.batch_size,
+                cfg.rank,
+                cfg.world_size
+            );
         }
-        if data.samples.len() < cfg.world_size * cfg.batch_size && (cfg.drop_last || cfg.world_size > 1) {
-            bail!("{} samples are too few for batches of {} on {} rank(s)", data.samples.len(), cfg.batch_size, cfg.world_size);
+        if data.samples.len() < cfg.world_size * cfg.batch_size
+            && (cfg.drop_last || cfg.world_size > 1)
+        {
+            bail!(
+                "{} samples are too few for batches of {} on {} rank(s)",
+                data.samples.len(),
+                cfg.batch_size,
+                cfg.world_size
+            );
         }
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(cfg.workers).thread_name(|i| format!("decode-{i}")).build()?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(cfg.workers)
+            .thread_name(|i| format!("decode-{i}"))
+            .build()?;
         let (tx, rx) = sync_channel(cfg.prefetch.max(1));
         let stop = Arc::new(AtomicBool::new(false));
-        let producer = Producer { data, captioner, pre, cfg, pool };
+        let producer = Producer {
+            data,
+            captioner,
+            pre,
+            cfg,
+            pool,
+        };
         let flag = stop.clone();
-        let worker = std::thread::Builder::new().name("loader".into()).spawn(move || producer.run(from, &tx, &flag))?;
-        Ok(Self { rx, stop, worker: Some(worker) })
+        let worker = std::thread::Builder::new()
+            .name("loader".into())
+            .spawn(move || producer.run(from, &tx, &flag))?;
+        Ok(Self {
+            rx,
+            stop,
+            worker: Some(worker),
+        })
     }
 }
 
@@ -131,7 +182,15 @@ impl Producer {
         let mut pos = from;
         while self.cfg.epochs.is_none_or(|e| pos.epoch < e) {
             let c = &self.cfg;
-            let order = epoch_order(self.data.samples.len(), c.seed, pos.epoch, c.shuffle, c.rank, c.world_size, c.batch_size);
+            let order = epoch_order(
+                self.data.samples.len(),
+                c.seed,
+                pos.epoch,
+                c.shuffle,
+                c.rank,
+                c.world_size,
+                c.batch_size,
+            );
             while pos.index < order.len() {
                 if stop.load(Ordering::Relaxed) {
                     return;
@@ -150,7 +209,10 @@ impl Producer {
                     }
                 }
             }
-            pos = Position { epoch: pos.epoch + 1, index: 0 };
+            pos = Position {
+                epoch: pos.epoch + 1,
+                index: 0,
+            };
         }
     }
 
@@ -167,7 +229,10 @@ impl Producer {
             let chosen = &order[next..next + take];
             let results: Vec<Result<(Vec<f32>, String)>> = self.pool.install(|| {
                 use rayon::prelude::*;
-                chosen.par_iter().map(|&i| self.sample(i, pos.epoch)).collect()
+                chosen
+                    .par_iter()
+                    .map(|&i| self.sample(i, pos.epoch))
+                    .collect()
             });
             for (&i, r) in chosen.iter().zip(results) {
                 match r {
@@ -176,8 +241,13 @@ impl Producer {
                         captions.push(caption);
                         samples.push(i);
                     }
-                    Err(e) if self.cfg.on_error == OnError::Skip => skipped.push(format!("{}: {e:#}", self.data.samples[i].origin)),
-                    Err(e) => bail!("{}: {e:#} (set data.on_error: skip to leave such samples out)", self.data.samples[i].origin),
+                    Err(e) if self.cfg.on_error == OnError::Skip => {
+                        skipped.push(format!("{}: {e:#}", self.data.samples[i].origin))
+                    }
+                    Err(e) => bail!(
+                        "{}: {e:#} (set data.on_error: skip to leave such samples out)",
+                        self.data.samples[i].origin
+                    ),
                 }
             }
             next += take;
@@ -185,7 +255,17 @@ impl Producer {
         if samples.is_empty() || (samples.len() < want && self.cfg.drop_last) {
             return Ok(None);
         }
-        Ok(Some(Batch { pixels, captions, samples, epoch: pos.epoch, next: Position { epoch: pos.epoch, index: next }, skipped }))
+        Ok(Some(Batch {
+            pixels,
+            captions,
+            samples,
+            epoch: pos.epoch,
+            next: Position {
+                epoch: pos.epoch,
+                index: next,
+            },
+            skipped,
+        }))
     }
 
     fn sample(&self, i: usize, epoch: u64) -> Result<(Vec<f32>, String)> {
@@ -197,7 +277,8 @@ impl Producer {
                 None => bail!("the caption template needs a name this sample does not have"),
             },
         };
-        let img = decode(&s.image.read()?).with_context(|| format!("cannot decode image {}", s.image))?;
+        let img =
+            decode(&s.image.read()?).with_context(|| format!("cannot decode image {}", s.image))?;
         let aug = &self.cfg.augment;
         let mut rng = ChaCha8Rng::seed_from_u64(sample_seed(self.cfg.seed, epoch, i as u64));
         let mut pixels = match aug.random_resized_crop {

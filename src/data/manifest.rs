@@ -21,10 +21,25 @@ pub struct Columns {
 }
 
 const USUAL: [(&str, &[&str]); 7] = [
-    ("image", &["image", "img_id", "image_path", "path", "file", "filename", "file_name", "img"]),
+    (
+        "image",
+        &[
+            "image",
+            "img_id",
+            "image_path",
+            "path",
+            "file",
+            "filename",
+            "file_name",
+            "img",
+        ],
+    ),
     ("city", &["city", "town"]),
     ("region", &["region", "state", "province", "admin1"]),
-    ("country", &["country", "country_code", "iso2", "countrycode"]),
+    (
+        "country",
+        &["country", "country_code", "iso2", "countrycode"],
+    ),
     ("lat", &["lat", "latitude"]),
     ("lon", &["lon", "lng", "long", "longitude"]),
     ("caption", &["caption", "text"]),
@@ -50,11 +65,18 @@ impl Columns {
             *slot = match self.configured(role) {
                 Some(name) => {
                     if !keys.contains(name) {
-                        bail!("{}: data.columns.{role} = `{name}` is not a column (columns: {})", source.display(), keys.join(", "));
+                        bail!(
+                            "{}: data.columns.{role} = `{name}` is not a column (columns: {})",
+                            source.display(),
+                            keys.join(", ")
+                        );
                     }
                     Some(name.clone())
                 }
-                None => keys.iter().find(|k| usual.contains(&k.to_lowercase().as_str())).cloned(),
+                None => keys
+                    .iter()
+                    .find(|k| usual.contains(&k.to_lowercase().as_str()))
+                    .cloned(),
             };
         }
         Ok(out)
@@ -72,17 +94,43 @@ pub struct Record {
 fn coordinate(value: Option<&str>, what: &str) -> std::result::Result<Option<f64>, String> {
     match value.map(str::trim).filter(|v| !v.is_empty()) {
         None => Ok(None),
-        Some(v) => v.parse::<f64>().ok().filter(|x| x.is_finite()).map(Some).ok_or_else(|| format!("{what} `{v}` is not a number")),
+        Some(v) => v
+            .parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite())
+            .map(Some)
+            .ok_or_else(|| format!("{what} `{v}` is not a number")),
     }
 }
 
-fn record(fields: &[Option<String>; 7], get: impl Fn(&str) -> Option<String>, root: &Path, origin: String) -> std::result::Result<Record, (String, String)> {
-    let val = |i: usize| fields[i].as_deref().and_then(&get).filter(|s| !s.trim().is_empty());
+fn record(
+    fields: &[Option<String>; 7],
+    get: impl Fn(&str) -> Option<String>,
+    root: &Path,
+    origin: String,
+) -> std::result::Result<Record, (String, String)> {
+    let val = |i: usize| {
+        fields[i]
+            .as_deref()
+            .and_then(&get)
+            .filter(|s| !s.trim().is_empty())
+    };
     let image = val(0).ok_or_else(|| (origin.clone(), "no image path".to_string()))?;
     let lat = coordinate(val(4).as_deref(), "lat").map_err(|e| (origin.clone(), e))?;
     let lon = coordinate(val(5).as_deref(), "lon").map_err(|e| (origin.clone(), e))?;
-    let label = RawLabel { city: val(1), region: val(2), country: val(3), lat, lon, caption: val(6) };
-    Ok(Record { image: root.join(image), label, origin })
+    let label = RawLabel {
+        city: val(1),
+        region: val(2),
+        country: val(3),
+        lat,
+        lon,
+        caption: val(6),
+    };
+    Ok(Record {
+        image: root.join(image),
+        label,
+        origin,
+    })
 }
 
 /// Rows that parse, and `(where, why)` for rows that do not.
@@ -95,16 +143,24 @@ pub fn read(path: &Path, columns: &Columns, image_root: Option<&Path>) -> Result
         bail!("manifest {} does not exist", path.display());
     }
     let dir = path.parent().unwrap_or(Path::new("."));
-    let is_jsonl = matches!(path.extension().and_then(|e| e.to_str()), Some("jsonl" | "json"));
+    let is_jsonl = matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("jsonl" | "json")
+    );
     let (mut records, mut bad) = (Vec::new(), Vec::new());
     let mut push = |r| match r {
         Ok(rec) => records.push(rec),
         Err(e) => bad.push(e),
     };
     if is_jsonl {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read manifest {}", path.display()))?;
         let mut objects = Vec::new();
-        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
             let origin = format!("{}:{}", path.display(), n + 1);
             match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(line) {
                 Ok(o) => objects.push((origin, o)),
@@ -112,23 +168,46 @@ pub fn read(path: &Path, columns: &Columns, image_root: Option<&Path>) -> Result
             }
         }
         // Rows may omit keys; the columns are those of all rows together.
-        let mut keys: Vec<String> = objects.iter().flat_map(|(_, o)| o.keys().cloned()).collect();
+        let mut keys: Vec<String> = objects
+            .iter()
+            .flat_map(|(_, o)| o.keys().cloned())
+            .collect();
         keys.sort();
         keys.dedup();
         let fields = columns.resolve(&keys, path)?;
         for (origin, obj) in objects {
-            let get = |k: &str| obj.get(k).filter(|v| !v.is_null()).map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string()));
+            let get = |k: &str| {
+                obj.get(k).filter(|v| !v.is_null()).map(|v| {
+                    v.as_str()
+                        .map(String::from)
+                        .unwrap_or_else(|| v.to_string())
+                })
+            };
             push(record(&fields, get, dir, origin));
         }
     } else {
-        let mut reader = csv::ReaderBuilder::new().flexible(true).from_path(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
-        let headers: Vec<String> = reader.headers().with_context(|| format!("{}: no header row", path.display()))?.iter().map(String::from).collect();
+        let mut reader = csv::ReaderBuilder::new()
+            .flexible(true)
+            .from_path(path)
+            .with_context(|| format!("cannot read manifest {}", path.display()))?;
+        let headers: Vec<String> = reader
+            .headers()
+            .with_context(|| format!("{}: no header row", path.display()))?
+            .iter()
+            .map(String::from)
+            .collect();
         let fields = columns.resolve(&headers, path)?;
         for (n, row) in reader.records().enumerate() {
             let origin = format!("{}:{}", path.display(), n + 2);
             match row {
                 Ok(row) => {
-                    let get = |k: &str| headers.iter().position(|h| h == k).and_then(|i| row.get(i)).map(String::from);
+                    let get = |k: &str| {
+                        headers
+                            .iter()
+                            .position(|h| h == k)
+                            .and_then(|i| row.get(i))
+                            .map(String::from)
+                    };
                     push(record(&fields, get, dir, origin));
                 }
                 Err(e) => push(Err((origin, format!("unreadable CSV row: {e}")))),
@@ -138,12 +217,22 @@ pub fn read(path: &Path, columns: &Columns, image_root: Option<&Path>) -> Result
     if records.is_empty() && bad.is_empty() {
         bail!("manifest {} has no rows", path.display());
     }
-    if records.first().is_some_and(|r| r.label == RawLabel::default()) && columns == &Columns::default() {
-        bail!("manifest {}: no label columns recognised; name them under data.columns", path.display());
+    if records
+        .first()
+        .is_some_and(|r| r.label == RawLabel::default())
+        && columns == &Columns::default()
+    {
+        bail!(
+            "manifest {}: no label columns recognised; name them under data.columns",
+            path.display()
+        );
     }
     let root = match image_root {
         Some(root) => Some(root.to_path_buf()),
-        None => records.first().filter(|r| !r.image.exists() && dir.join("images").is_dir()).map(|_| dir.join("images")),
+        None => records
+            .first()
+            .filter(|r| !r.image.exists() && dir.join("images").is_dir())
+            .map(|_| dir.join("images")),
     };
     if let Some(root) = root {
         for r in &mut records {

@@ -55,10 +55,15 @@ impl PreprocessConfig {
         Self {
             do_convert_rgb: true,
             do_resize: true,
-            size: ShortestEdge { shortest_edge: size },
+            size: ShortestEdge {
+                shortest_edge: size,
+            },
             resample: 3,
             do_center_crop: true,
-            crop_size: CropSize { height: size, width: size },
+            crop_size: CropSize {
+                height: size,
+                width: size,
+            },
             do_rescale: true,
             rescale_factor: 1.0 / 255.0,
             do_normalize: true,
@@ -75,13 +80,18 @@ impl PreprocessConfig {
             if !path.is_file() {
                 continue;
             }
-            let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            let mut json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let mut json: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not valid JSON", path.display()))?;
             if let Some(inner) = json.get_mut("image_processor") {
                 json = inner.take();
             }
-            let cfg: Self = serde_json::from_value(json).with_context(|| format!("{}: unexpected image processor fields", path.display()))?;
-            cfg.validate().with_context(|| format!("unsupported image processor in {}", path.display()))?;
+            let cfg: Self = serde_json::from_value(json).with_context(|| {
+                format!("{}: unexpected image processor fields", path.display())
+            })?;
+            cfg.validate()
+                .with_context(|| format!("unsupported image processor in {}", path.display()))?;
             return Ok(cfg);
         }
         Ok(Self::for_size(image_size))
@@ -89,10 +99,21 @@ impl PreprocessConfig {
 
     fn validate(&self) -> Result<()> {
         if self.do_resize && self.resample != 3 {
-            bail!("resample {} (only 3, bicubic, is implemented)", self.resample);
+            bail!(
+                "resample {} (only 3, bicubic, is implemented)",
+                self.resample
+            );
         }
-        if self.do_resize && self.do_center_crop && (self.crop_size.height > self.size.shortest_edge || self.crop_size.width > self.size.shortest_edge) {
-            bail!("crop_size {:?} is larger than the resized shortest edge {}", self.crop_size, self.size.shortest_edge);
+        if self.do_resize
+            && self.do_center_crop
+            && (self.crop_size.height > self.size.shortest_edge
+                || self.crop_size.width > self.size.shortest_edge)
+        {
+            bail!(
+                "crop_size {:?} is larger than the resized shortest edge {}",
+                self.crop_size,
+                self.size.shortest_edge
+            );
         }
         Ok(())
     }
@@ -104,9 +125,16 @@ impl PreprocessConfig {
 
     /// Reads and preprocesses one image file into CHW float32.
     pub fn load(&self, path: &Path) -> Result<Vec<f32>> {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
-        let img = decode(&bytes).with_context(|| format!("cannot decode image {} (corrupt, truncated or not an image)", path.display()))?;
-        self.apply(img).with_context(|| format!("cannot preprocess image {}", path.display()))
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
+        let img = decode(&bytes).with_context(|| {
+            format!(
+                "cannot decode image {} (corrupt, truncated or not an image)",
+                path.display()
+            )
+        })?;
+        self.apply(img)
+            .with_context(|| format!("cannot preprocess image {}", path.display()))
     }
 
     /// Preprocesses a decoded image into CHW float32.
@@ -138,12 +166,19 @@ impl PreprocessConfig {
 
     /// Training augmentation: a random crop of `scale` (fraction of the area, aspect ratio
     /// 3/4..4/3 as torchvision's RandomResizedCrop) resized to the output size.
-    pub fn apply_random_crop(&self, img: &image::DynamicImage, scale: [f64; 2], rng: &mut impl rand::Rng) -> Result<Vec<f32>> {
+    pub fn apply_random_crop(
+        &self,
+        img: &image::DynamicImage,
+        scale: [f64; 2],
+        rng: &mut impl rand::Rng,
+    ) -> Result<Vec<f32>> {
         use rand::RngExt;
         let rgb = img.to_rgb8();
         let (w, h) = rgb.dimensions();
         let area = (w as f64) * (h as f64) * rng.random_range(scale[0]..=scale[1]);
-        let ratio = rng.random_range((3.0f64 / 4.0).ln()..=(4.0f64 / 3.0).ln()).exp();
+        let ratio = rng
+            .random_range((3.0f64 / 4.0).ln()..=(4.0f64 / 3.0).ln())
+            .exp();
         let cw = ((area * ratio).sqrt().round() as u32).clamp(1, w);
         let ch = ((area / ratio).sqrt().round() as u32).clamp(1, h);
         let (left, top) = (rng.random_range(0..=w - cw), rng.random_range(0..=h - ch));
@@ -168,8 +203,18 @@ impl PreprocessConfig {
         let mut out = vec![0f32; 3 * plane];
         let lut: Vec<[f32; 3]> = (0..256)
             .map(|v| {
-                let x = if self.do_rescale { (v as f64 * self.rescale_factor) as f32 } else { v as f32 };
-                std::array::from_fn(|c| if self.do_normalize { (x - self.image_mean[c]) / self.image_std[c] } else { x })
+                let x = if self.do_rescale {
+                    (v as f64 * self.rescale_factor) as f32
+                } else {
+                    v as f32
+                };
+                std::array::from_fn(|c| {
+                    if self.do_normalize {
+                        (x - self.image_mean[c]) / self.image_std[c]
+                    } else {
+                        x
+                    }
+                })
             })
             .collect();
         for y in 0..ch as usize {
@@ -200,7 +245,9 @@ pub fn decode(bytes: &[u8]) -> Result<image::DynamicImage> {
 /// start), so a whole photo is not scanned.
 fn jpeg_is_complete(bytes: &[u8]) -> bool {
     const SOS: [u8; 2] = [0xFF, 0xDA];
-    let Some(eoi) = bytes.windows(2).rposition(|w| w == [0xFF, 0xD9]) else { return false };
+    let Some(eoi) = bytes.windows(2).rposition(|w| w == [0xFF, 0xD9]) else {
+        return false;
+    };
     let sos_before = bytes[..eoi].windows(2).any(|w| w == SOS);
     let sos_after = bytes[eoi..].windows(2).any(|w| w == SOS);
     sos_before && !sos_after
@@ -222,7 +269,8 @@ fn resize_bicubic(rgb: Vec<u8>, w: u32, h: u32, nw: u32, nh: u32) -> Result<Vec<
     }
     let src = fr::images::Image::from_vec_u8(w, h, rgb, fr::PixelType::U8x3)?;
     let mut dst = fr::images::Image::new(nw, nh, fr::PixelType::U8x3);
-    let opts = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::CatmullRom));
+    let opts =
+        fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::CatmullRom));
     fr::Resizer::new().resize(&src, &mut dst, &opts)?;
     Ok(dst.into_vec())
 }

@@ -13,9 +13,18 @@ const IMAGE_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "webp", "jfif"];
 
 /// Expands `{a..b}` ranges (zero padding kept) and `{x,y,z}` lists, left to right.
 pub fn expand_braces(pattern: &str) -> Result<Vec<String>> {
-    let Some(open) = pattern.find('{') else { return Ok(vec![pattern.to_string()]) };
-    let close = pattern[open..].find('}').map(|i| open + i).with_context(|| format!("`{pattern}`: `{{` without `}}`"))?;
-    let (head, body, tail) = (&pattern[..open], &pattern[open + 1..close], &pattern[close + 1..]);
+    let Some(open) = pattern.find('{') else {
+        return Ok(vec![pattern.to_string()]);
+    };
+    let close = pattern[open..]
+        .find('}')
+        .map(|i| open + i)
+        .with_context(|| format!("`{pattern}`: `{{` without `}}`"))?;
+    let (head, body, tail) = (
+        &pattern[..open],
+        &pattern[open + 1..close],
+        &pattern[close + 1..],
+    );
     let options: Vec<String> = if let Some((a, b)) = body.split_once("..") {
         let (start, end): (u64, u64) = match (a.parse(), b.parse()) {
             (Ok(s), Ok(e)) if s <= e => (s, e),
@@ -27,18 +36,27 @@ pub fn expand_braces(pattern: &str) -> Result<Vec<String>> {
         body.split(',').map(String::from).collect()
     };
     let rest = expand_braces(tail)?;
-    Ok(options.iter().flat_map(|o| rest.iter().map(move |r| format!("{head}{o}{r}"))).collect())
+    Ok(options
+        .iter()
+        .flat_map(|o| rest.iter().map(move |r| format!("{head}{o}{r}")))
+        .collect())
 }
 
 fn safe_member(path: &Path) -> bool {
-    !path.as_os_str().is_empty() && path.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    !path.as_os_str().is_empty()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
 /// Key and extension as WebDataset splits them: at the first dot of the file name.
 fn split_key(path: &str) -> (String, String) {
     let name_start = path.rfind('/').map_or(0, |i| i + 1);
     match path[name_start..].find('.') {
-        Some(dot) => (path[..name_start + dot].to_string(), path[name_start + dot + 1..].to_lowercase()),
+        Some(dot) => (
+            path[..name_start + dot].to_string(),
+            path[name_start + dot + 1..].to_lowercase(),
+        ),
         None => (path.to_string(), String::new()),
     }
 }
@@ -68,17 +86,28 @@ pub fn index(pattern: &str, columns: &Columns) -> Result<Rows> {
     Ok((rows, bad))
 }
 
-fn index_shard(shard: &Arc<PathBuf>, columns: &Columns, rows: &mut Vec<(ImageRef, RawLabel, String)>, bad: &mut Vec<(String, String)>) -> Result<()> {
+fn index_shard(
+    shard: &Arc<PathBuf>,
+    columns: &Columns,
+    rows: &mut Vec<(ImageRef, RawLabel, String)>,
+    bad: &mut Vec<(String, String)>,
+) -> Result<()> {
     use std::io::Read;
-    let file = std::fs::File::open(shard.as_path()).with_context(|| format!("cannot open shard {}", shard.display()))?;
+    let file = std::fs::File::open(shard.as_path())
+        .with_context(|| format!("cannot open shard {}", shard.display()))?;
     let mut archive = tar::Archive::new(file);
     let mut pending = Pending::default();
-    let entries = archive.entries_with_seek().with_context(|| format!("{} is not a tar file", shard.display()))?;
+    let entries = archive
+        .entries_with_seek()
+        .with_context(|| format!("{} is not a tar file", shard.display()))?;
     for entry in entries {
         let mut entry = match entry {
             Ok(e) => e,
             Err(e) => {
-                bad.push((shard.display().to_string(), format!("corrupt or truncated tar, rest of the shard left out: {e}")));
+                bad.push((
+                    shard.display().to_string(),
+                    format!("corrupt or truncated tar, rest of the shard left out: {e}"),
+                ));
                 break;
             }
         };
@@ -118,7 +147,13 @@ fn index_shard(shard: &Arc<PathBuf>, columns: &Columns, rows: &mut Vec<(ImageRef
     Ok(())
 }
 
-fn finish(shard: &Arc<PathBuf>, p: Pending, columns: &Columns, rows: &mut Vec<(ImageRef, RawLabel, String)>, bad: &mut Vec<(String, String)>) {
+fn finish(
+    shard: &Arc<PathBuf>,
+    p: Pending,
+    columns: &Columns,
+    rows: &mut Vec<(ImageRef, RawLabel, String)>,
+    bad: &mut Vec<(String, String)>,
+) {
     if p.key.is_empty() {
         return;
     }
@@ -127,7 +162,10 @@ fn finish(shard: &Arc<PathBuf>, p: Pending, columns: &Columns, rows: &mut Vec<(I
         bad.push((origin, "no image member".into()));
         return;
     };
-    let mut label = RawLabel { caption: p.txt, ..RawLabel::default() };
+    let mut label = RawLabel {
+        caption: p.txt,
+        ..RawLabel::default()
+    };
     if let Some(obj) = &p.json {
         let keys: Vec<String> = obj.keys().cloned().collect();
         let fields = match columns.resolve(&keys, shard) {
@@ -137,19 +175,50 @@ fn finish(shard: &Arc<PathBuf>, p: Pending, columns: &Columns, rows: &mut Vec<(I
                 return;
             }
         };
-        let get = |i: usize| fields[i].as_ref().and_then(|k| obj.get(k)).filter(|v| !v.is_null());
-        let text = |i: usize| get(i).map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string()));
-        let number = |i: usize| get(i).map(|v| v.as_f64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok())));
+        let get = |i: usize| {
+            fields[i]
+                .as_ref()
+                .and_then(|k| obj.get(k))
+                .filter(|v| !v.is_null())
+        };
+        let text = |i: usize| {
+            get(i).map(|v| {
+                v.as_str()
+                    .map(String::from)
+                    .unwrap_or_else(|| v.to_string())
+            })
+        };
+        let number = |i: usize| {
+            get(i).map(|v| {
+                v.as_f64()
+                    .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+            })
+        };
         let (lat, lon) = (number(4), number(5));
         if lat == Some(None) || lon == Some(None) {
             bad.push((origin, "lat/lon is not a number".into()));
             return;
         }
-        label = RawLabel { city: text(1), region: text(2), country: text(3), lat: lat.flatten(), lon: lon.flatten(), caption: label.caption.or(text(6)) };
+        label = RawLabel {
+            city: text(1),
+            region: text(2),
+            country: text(3),
+            lat: lat.flatten(),
+            lon: lon.flatten(),
+            caption: label.caption.or(text(6)),
+        };
     }
     if label == RawLabel::default() {
         bad.push((origin, "no .json or .txt label".into()));
         return;
     }
-    rows.push((ImageRef::Tar { shard: shard.clone(), offset, len }, label, origin));
+    rows.push((
+        ImageRef::Tar {
+            shard: shard.clone(),
+            offset,
+            len,
+        },
+        label,
+        origin,
+    ));
 }

@@ -26,7 +26,17 @@ pub const DEFAULT_PORT: u16 = 29500;
 
 impl DistEnv {
     pub fn single() -> Self {
-        Self { rank: 0, local_rank: 0, world_size: 1, local_world_size: 1, master_addr: "127.0.0.1".into(), master_port: DEFAULT_PORT, use_agent_store: false, restart_count: 0, launcher: "single" }
+        Self {
+            rank: 0,
+            local_rank: 0,
+            world_size: 1,
+            local_world_size: 1,
+            master_addr: "127.0.0.1".into(),
+            master_port: DEFAULT_PORT,
+            use_agent_store: false,
+            restart_count: 0,
+            launcher: "single",
+        }
     }
 
     pub fn from_env() -> Result<Self> {
@@ -35,10 +45,21 @@ impl DistEnv {
 
     /// As `from_env`, reading variables through `var` (tests pass a map).
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let num = |k: &str| -> Result<Option<usize>> { var(k).map(|v| v.trim().parse::<usize>().with_context(|| format!("environment variable {k}=`{v}` is not a whole number"))).transpose() };
+        let num = |k: &str| -> Result<Option<usize>> {
+            var(k)
+                .map(|v| {
+                    v.trim().parse::<usize>().with_context(|| {
+                        format!("environment variable {k}=`{v}` is not a whole number")
+                    })
+                })
+                .transpose()
+        };
         let port = || -> Result<u16> {
             match var("MASTER_PORT") {
-                Some(p) => p.trim().parse().with_context(|| format!("MASTER_PORT=`{p}` is not a port number")),
+                Some(p) => p
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("MASTER_PORT=`{p}` is not a port number")),
                 None => Ok(DEFAULT_PORT),
             }
         };
@@ -51,7 +72,8 @@ impl DistEnv {
                 local_world_size: num("LOCAL_WORLD_SIZE")?.unwrap_or(world),
                 master_addr: var("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into()),
                 master_port: port()?,
-                use_agent_store: var("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1"),
+                use_agent_store: var("TORCHELASTIC_USE_AGENT_STORE")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1"),
                 restart_count: num("TORCHELASTIC_RESTART_COUNT")?.unwrap_or(0) as u32,
                 launcher: "torchrun",
             }
@@ -61,7 +83,9 @@ impl DistEnv {
                 Some(a) => a,
                 None => first_host(nodes.as_deref().context("SLURM_JOB_NODELIST is not set: cannot tell the first node's host name (or set MASTER_ADDR)")?)?,
             };
-            let local_world = num("SLURM_NTASKS_PER_NODE")?.or(num("SLURM_GPUS_ON_NODE")?).unwrap_or(world);
+            let local_world = num("SLURM_NTASKS_PER_NODE")?
+                .or(num("SLURM_GPUS_ON_NODE")?)
+                .unwrap_or(world);
             Self {
                 rank,
                 local_rank: num("SLURM_LOCALID")?.unwrap_or(0),
@@ -96,7 +120,11 @@ pub fn first_host(list: &str) -> Result<String> {
         bail!("cannot read a host from SLURM node list `{list}`");
     }
     if list[end..].starts_with('[') {
-        let inner = &list[end + 1..list[end..].find(']').map(|i| end + i).with_context(|| format!("unbalanced [ in SLURM node list `{list}`"))?];
+        let inner = &list[end + 1
+            ..list[end..]
+                .find(']')
+                .map(|i| end + i)
+                .with_context(|| format!("unbalanced [ in SLURM node list `{list}`"))?];
         let first = inner.split(',').next().unwrap_or_default();
         let first = first.split('-').next().unwrap_or_default();
         return Ok(format!("{prefix}{first}"));

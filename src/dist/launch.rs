@@ -21,7 +21,8 @@ fn signal(child: &Child, sig: i32) {
 
 /// A free TCP port on the loopback interface (for MASTER_PORT when none is given).
 pub fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).context("cannot find a free port for the rendezvous")?;
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .context("cannot find a free port for the rendezvous")?;
     Ok(listener.local_addr()?.port())
 }
 
@@ -40,7 +41,8 @@ pub fn run(nproc: usize, args: &[std::ffi::OsString], port: Option<u16>) -> Resu
     if nproc == 0 {
         bail!("--nproc-per-node must be at least 1");
     }
-    let exe = std::env::current_exe().context("cannot find this program's path to start workers")?;
+    let exe =
+        std::env::current_exe().context("cannot find this program's path to start workers")?;
     let port = match port {
         Some(p) => p,
         None => free_port()?,
@@ -48,7 +50,8 @@ pub fn run(nproc: usize, args: &[std::ffi::OsString], port: Option<u16>) -> Resu
     let interrupted = Arc::new(AtomicBool::new(false));
     {
         let flag = interrupted.clone();
-        ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).context("cannot install the signal handler")?;
+        ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+            .context("cannot install the signal handler")?;
     }
     let mut workers: Vec<Child> = Vec::new();
     for rank in 0..nproc {
@@ -92,7 +95,10 @@ pub fn run(nproc: usize, args: &[std::ffi::OsString], port: Option<u16>) -> Resu
             stopping_since = Some(Instant::now());
         }
         if failure.is_some() && stopping_since.is_none() {
-            eprintln!("launcher: {}; stopping the other workers", failure.as_deref().unwrap_or_default());
+            eprintln!(
+                "launcher: {}; stopping the other workers",
+                failure.as_deref().unwrap_or_default()
+            );
             for (rank, c) in workers.iter().enumerate() {
                 if status[rank].is_none() {
                     signal(c, libc::SIGTERM);
@@ -112,8 +118,15 @@ pub fn run(nproc: usize, args: &[std::ffi::OsString], port: Option<u16>) -> Resu
     if let Some(f) = failure {
         bail!("{f}; the other workers were stopped. Its error is printed above; rerun the same command to resume from the last checkpoint");
     }
-    if let Some((rank, s)) = status.iter().enumerate().find(|(_, s)| s.is_some_and(|s| !s.success())) {
-        bail!("worker {rank} stopped ({}) after the interrupt", describe(s.expect("set")));
+    if let Some((rank, s)) = status
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.is_some_and(|s| !s.success()))
+    {
+        bail!(
+            "worker {rank} stopped ({}) after the interrupt",
+            describe(s.expect("set"))
+        );
     }
     Ok(())
 }

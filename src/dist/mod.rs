@@ -15,11 +15,24 @@ use tch::Tensor;
 extern "C" {
     fn sc_dist_last_error() -> *const c_char;
     fn sc_dist_has_nccl() -> i32;
-    fn sc_store_new(host: *const c_char, port: i32, world_size: i32, is_server: i32, timeout_ms: i64, prefix: *const c_char) -> *mut c_void;
+    fn sc_store_new(
+        host: *const c_char,
+        port: i32,
+        world_size: i32,
+        is_server: i32,
+        timeout_ms: i64,
+        prefix: *const c_char,
+    ) -> *mut c_void;
     fn sc_store_free(store: *mut c_void);
     fn sc_store_set(store: *mut c_void, key: *const c_char, value: *const c_char) -> i32;
     fn sc_store_get(store: *mut c_void, key: *const c_char, buf: *mut c_char, cap: i64) -> i64;
-    fn sc_pg_new(store: *mut c_void, backend: i32, rank: i32, size: i32, timeout_ms: i64) -> *mut c_void;
+    fn sc_pg_new(
+        store: *mut c_void,
+        backend: i32,
+        rank: i32,
+        size: i32,
+        timeout_ms: i64,
+    ) -> *mut c_void;
     fn sc_pg_free(pg: *mut c_void);
     fn sc_all_reduce_sum(pg: *mut c_void, t: *mut c_void) -> i32;
     fn sc_all_gather(pg: *mut c_void, outs: *mut *mut c_void, n: i64, input: *mut c_void) -> i32;
@@ -29,13 +42,20 @@ extern "C" {
 
 fn last_error() -> String {
     // SAFETY: the shim returns a pointer to its thread-local NUL-terminated string.
-    unsafe { CStr::from_ptr(sc_dist_last_error()) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(sc_dist_last_error()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// One line of the C++ exception, without libtorch's multi-line stack dump.
 fn c10d_error(what: &str) -> anyhow::Error {
     let text = last_error();
-    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("unknown error").trim().to_string();
+    let first = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("unknown error")
+        .trim()
+        .to_string();
     anyhow::anyhow!("{what}: {first}")
 }
 
@@ -59,12 +79,32 @@ pub struct Store {
 impl Store {
     /// The server (rank 0 without an agent store) binds `host:port`; clients connect, retrying
     /// until `timeout`.
-    pub fn connect(host: &str, port: u16, world_size: usize, is_server: bool, timeout: Duration, prefix: &str) -> Result<Self> {
+    pub fn connect(
+        host: &str,
+        port: u16,
+        world_size: usize,
+        is_server: bool,
+        timeout: Duration,
+        prefix: &str,
+    ) -> Result<Self> {
         let (h, p) = (CString::new(host)?, CString::new(prefix)?);
         // SAFETY: NUL-terminated strings that outlive the call.
-        let ptr = unsafe { sc_store_new(h.as_ptr(), port.into(), world_size as i32, i32::from(is_server), timeout.as_millis() as i64, p.as_ptr()) };
+        let ptr = unsafe {
+            sc_store_new(
+                h.as_ptr(),
+                port.into(),
+                world_size as i32,
+                i32::from(is_server),
+                timeout.as_millis() as i64,
+                p.as_ptr(),
+            )
+        };
         if ptr.is_null() {
-            let role = if is_server { format!("cannot host the rendezvous store on {host}:{port} (is the port in use? set MASTER_PORT to a free one)") } else { format!("cannot reach the rendezvous store at {host}:{port} within {}s (is MASTER_ADDR right and rank 0 running?)", timeout.as_secs()) };
+            let role = if is_server {
+                format!("cannot host the rendezvous store on {host}:{port} (is the port in use? set MASTER_PORT to a free one)")
+            } else {
+                format!("cannot reach the rendezvous store at {host}:{port} within {}s (is MASTER_ADDR right and rank 0 running?)", timeout.as_secs())
+            };
             return Err(c10d_error(&role));
         }
         Ok(Self { ptr })
@@ -84,7 +124,14 @@ impl Store {
         let k = CString::new(key)?;
         let mut buf = vec![0u8; 4096];
         // SAFETY: live store; the shim writes at most `cap` bytes into buf.
-        let n = unsafe { sc_store_get(self.ptr, k.as_ptr(), buf.as_mut_ptr().cast(), buf.len() as i64) };
+        let n = unsafe {
+            sc_store_get(
+                self.ptr,
+                k.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len() as i64,
+            )
+        };
         if n < 0 {
             return Err(c10d_error(&format!("store get `{key}`")));
         }
@@ -123,12 +170,23 @@ pub struct Dist {
 
 impl Dist {
     pub fn single() -> Self {
-        Self { rank: 0, world_size: 1, local_rank: 0, device: tch::Device::Cpu, group: None }
+        Self {
+            rank: 0,
+            world_size: 1,
+            local_rank: 0,
+            device: tch::Device::Cpu,
+            group: None,
+        }
     }
 
     /// Joins the job `env` describes (a no-op world of one when it is not distributed); the
     /// tensors passed to collectives live on `device`.
-    pub fn init(env: &DistEnv, backend: Backend, device: tch::Device, timeout: Duration) -> Result<Self> {
+    pub fn init(
+        env: &DistEnv,
+        backend: Backend,
+        device: tch::Device,
+        timeout: Duration,
+    ) -> Result<Self> {
         if !env.is_distributed() {
             return Ok(Self::single());
         }
@@ -140,17 +198,41 @@ impl Dist {
         }
         let is_server = env.rank == 0 && !env.use_agent_store;
         let prefix = format!("/worker/attempt_{}/streetclip/", env.restart_count);
-        let store = Store::connect(&env.master_addr, env.master_port, env.world_size, is_server, timeout, &prefix)?;
+        let store = Store::connect(
+            &env.master_addr,
+            env.master_port,
+            env.world_size,
+            is_server,
+            timeout,
+            &prefix,
+        )?;
         let code = match backend {
             Backend::Gloo => 0,
             Backend::Nccl => 1,
         };
         // SAFETY: a live store; the process group keeps its own reference to it.
-        let ptr = unsafe { sc_pg_new(store.ptr, code, env.rank as i32, env.world_size as i32, timeout.as_millis() as i64) };
+        let ptr = unsafe {
+            sc_pg_new(
+                store.ptr,
+                code,
+                env.rank as i32,
+                env.world_size as i32,
+                timeout.as_millis() as i64,
+            )
+        };
         if ptr.is_null() {
-            return Err(c10d_error(&format!("cannot create the {backend:?} process group (rank {} of {})", env.rank, env.world_size)));
+            return Err(c10d_error(&format!(
+                "cannot create the {backend:?} process group (rank {} of {})",
+                env.rank, env.world_size
+            )));
         }
-        Ok(Self { rank: env.rank, world_size: env.world_size, local_rank: env.local_rank, device, group: Some((ProcessGroup { ptr }, store)) })
+        Ok(Self {
+            rank: env.rank,
+            world_size: env.world_size,
+            local_rank: env.local_rank,
+            device,
+            group: Some((ProcessGroup { ptr }, store)),
+        })
     }
 
     /// Rank 0: the one that logs, checkpoints and exports.
@@ -164,7 +246,9 @@ impl Dist {
 
     fn check(code: i32, what: &str) -> Result<()> {
         if code != 0 {
-            return Err(c10d_error(&format!("{what} failed (a peer process died or timed out?)")));
+            return Err(c10d_error(&format!(
+                "{what} failed (a peer process died or timed out?)"
+            )));
         }
         Ok(())
     }
@@ -173,17 +257,32 @@ impl Dist {
     pub fn all_reduce_sum(&self, t: &Tensor) -> Result<()> {
         let Some(pg) = self.pg() else { return Ok(()) };
         // SAFETY: a live group; `t` outlives the blocking call.
-        Self::check(unsafe { sc_all_reduce_sum(pg, t.as_ptr() as *mut c_void) }, "all_reduce")
+        Self::check(
+            unsafe { sc_all_reduce_sum(pg, t.as_ptr() as *mut c_void) },
+            "all_reduce",
+        )
     }
 
     /// Every rank's `t` (same shape on all), concatenated along dim 0 in rank order.
     pub fn all_gather(&self, t: &Tensor) -> Result<Tensor> {
-        let Some(pg) = self.pg() else { return Ok(t.shallow_clone()) };
+        let Some(pg) = self.pg() else {
+            return Ok(t.shallow_clone());
+        };
         let input = t.contiguous();
         let outs: Vec<Tensor> = (0..self.world_size).map(|_| input.empty_like()).collect();
         let mut ptrs: Vec<*mut c_void> = outs.iter().map(|o| o.as_ptr() as *mut c_void).collect();
         // SAFETY: a live group; the tensors outlive the blocking call.
-        Self::check(unsafe { sc_all_gather(pg, ptrs.as_mut_ptr(), ptrs.len() as i64, input.as_ptr() as *mut c_void) }, "all_gather")?;
+        Self::check(
+            unsafe {
+                sc_all_gather(
+                    pg,
+                    ptrs.as_mut_ptr(),
+                    ptrs.len() as i64,
+                    input.as_ptr() as *mut c_void,
+                )
+            },
+            "all_gather",
+        )?;
         Ok(Tensor::cat(&outs, 0))
     }
 
@@ -191,7 +290,10 @@ impl Dist {
     pub fn broadcast(&self, t: &Tensor, root: usize) -> Result<()> {
         let Some(pg) = self.pg() else { return Ok(()) };
         // SAFETY: a live group; `t` outlives the blocking call.
-        Self::check(unsafe { sc_broadcast(pg, t.as_ptr() as *mut c_void, root as i32) }, "broadcast")
+        Self::check(
+            unsafe { sc_broadcast(pg, t.as_ptr() as *mut c_void, root as i32) },
+            "broadcast",
+        )
     }
 
     pub fn barrier(&self) -> Result<()> {
@@ -243,18 +345,26 @@ impl Dist {
             let (kind, device) = (tensors[start].kind(), tensors[start].device());
             let mut end = start;
             let mut bytes = 0;
-            while end < tensors.len() && tensors[end].kind() == kind && tensors[end].device() == device && (end == start || bytes + tensor_bytes(&tensors[end]) <= BUCKET_BYTES) {
+            while end < tensors.len()
+                && tensors[end].kind() == kind
+                && tensors[end].device() == device
+                && (end == start || bytes + tensor_bytes(&tensors[end]) <= BUCKET_BYTES)
+            {
                 bytes += tensor_bytes(&tensors[end]);
                 end += 1;
             }
             let group = &tensors[start..end];
-            let flat = Tensor::cat(&group.iter().map(|t| t.reshape([-1])).collect::<Vec<_>>(), 0);
+            let flat = Tensor::cat(
+                &group.iter().map(|t| t.reshape([-1])).collect::<Vec<_>>(),
+                0,
+            );
             op(&flat).with_context(|| format!("bucket of {} tensors", group.len()))?;
             let mut offset = 0;
             tch::no_grad(|| {
                 for t in group {
                     let n = t.numel() as i64;
-                    t.shallow_clone().copy_(&flat.narrow(0, offset, n).view_as(t));
+                    t.shallow_clone()
+                        .copy_(&flat.narrow(0, offset, n).view_as(t));
                     offset += n;
                 }
             });
@@ -272,7 +382,12 @@ fn tensor_bytes(t: &Tensor) -> usize {
 /// `1 / world` for the mean of per-rank losses (`per_micro_batch`); 1 for gradients of one
 /// global loss that each rank back-propagated only through its own samples (`full_batch`),
 /// except for `replicated` parameters (logit_scale), whose gradient every rank computed whole.
-pub fn all_reduce_gradients(dist: &Dist, params: &[(String, Tensor)], mean_of_ranks: bool, replicated: &[&str]) -> Result<()> {
+pub fn all_reduce_gradients(
+    dist: &Dist,
+    params: &[(String, Tensor)],
+    mean_of_ranks: bool,
+    replicated: &[&str],
+) -> Result<()> {
     if dist.world_size == 1 {
         return Ok(());
     }
@@ -305,7 +420,10 @@ pub struct DistConfig {
 
 impl Default for DistConfig {
     fn default() -> Self {
-        Self { backend: "auto".into(), timeout_s: 1800 }
+        Self {
+            backend: "auto".into(),
+            timeout_s: 1800,
+        }
     }
 }
 

@@ -42,19 +42,42 @@ pub fn class_metrics(classes: &[String], truth: &[usize], predicted: &[usize]) -
     for (&t, &p) in truth.iter().zip(predicted) {
         confusion[t][p] += 1;
     }
-    let pct = |num: usize, den: usize| if den == 0 { 0.0 } else { 100.0 * num as f64 / den as f64 };
+    let pct = |num: usize, den: usize| {
+        if den == 0 {
+            0.0
+        } else {
+            100.0 * num as f64 / den as f64
+        }
+    };
     let per_class: Vec<ClassScore> = (0..k)
         .map(|c| {
             let tp = confusion[c][c];
             let support = confusion[c].iter().sum();
             let predicted = confusion.iter().map(|row| row[c]).sum();
             let (precision, recall) = (pct(tp, predicted), pct(tp, support));
-            let f1 = if precision + recall == 0.0 { 0.0 } else { 2.0 * precision * recall / (precision + recall) };
-            ClassScore { class: classes[c].clone(), support, predicted, precision, recall, f1 }
+            let f1 = if precision + recall == 0.0 {
+                0.0
+            } else {
+                2.0 * precision * recall / (precision + recall)
+            };
+            ClassScore {
+                class: classes[c].clone(),
+                support,
+                predicted,
+                precision,
+                recall,
+                f1,
+            }
         })
         .collect();
     let present: Vec<&ClassScore> = per_class.iter().filter(|s| s.support > 0).collect();
-    let mean = |xs: &mut dyn Iterator<Item = f64>, n: usize| if n == 0 { 0.0 } else { xs.sum::<f64>() / n as f64 };
+    let mean = |xs: &mut dyn Iterator<Item = f64>, n: usize| {
+        if n == 0 {
+            0.0
+        } else {
+            xs.sum::<f64>() / n as f64
+        }
+    };
     ClassMetrics {
         n: truth.len(),
         accuracy: pct((0..k).map(|c| confusion[c][c]).sum(), truth.len()),
@@ -69,9 +92,15 @@ pub fn class_metrics(classes: &[String], truth: &[usize], predicted: &[usize]) -
 pub fn comparison_table(rows: &[(String, &ClassMetrics)]) -> String {
     let mut sorted: Vec<&(String, &ClassMetrics)> = rows.iter().collect();
     sorted.sort_by(|a, b| b.1.accuracy.total_cmp(&a.1.accuracy));
-    let mut md = String::from("| method | accuracy | balanced accuracy | macro F1 | n |\n|---|---|---|---|---|\n");
+    let mut md = String::from(
+        "| method | accuracy | balanced accuracy | macro F1 | n |\n|---|---|---|---|---|\n",
+    );
     for (name, m) in sorted {
-        let _ = writeln!(md, "| {name} | {:.1}% | {:.1}% | {:.1}% | {} |", m.accuracy, m.balanced_accuracy, m.macro_f1, m.n);
+        let _ = writeln!(
+            md,
+            "| {name} | {:.1}% | {:.1}% | {:.1}% | {} |",
+            m.accuracy, m.balanced_accuracy, m.macro_f1, m.n
+        );
     }
     md
 }
@@ -83,17 +112,27 @@ pub fn write_report(dir: &Path, title: &str, about: &str, m: &ClassMetrics) -> R
     write_atomic(&dir.join("metrics.json"), &serde_json::to_vec_pretty(m)?)?;
     let classes: Vec<String> = m.per_class.iter().map(|s| s.class.clone()).collect();
     let mut csv = csv::Writer::from_writer(vec![]);
-    csv.write_record(std::iter::once("true \\ predicted").chain(classes.iter().map(String::as_str)))?;
+    csv.write_record(
+        std::iter::once("true \\ predicted").chain(classes.iter().map(String::as_str)),
+    )?;
     for (c, row) in classes.iter().zip(&m.confusion) {
         csv.write_record(std::iter::once(c.clone()).chain(row.iter().map(usize::to_string)))?;
     }
     write_atomic(&dir.join("confusion.csv"), &csv.into_inner()?)?;
     super::plots::confusion_matrix(&dir.join("confusion.png"), &classes, &m.confusion)?;
     let mut md = format!("# {title}\n\n{about}\n\n");
-    let _ = writeln!(md, "Accuracy **{:.1}%**, balanced accuracy {:.1}%, macro F1 {:.1}% on {} images.\n", m.accuracy, m.balanced_accuracy, m.macro_f1, m.n);
+    let _ = writeln!(
+        md,
+        "Accuracy **{:.1}%**, balanced accuracy {:.1}%, macro F1 {:.1}% on {} images.\n",
+        m.accuracy, m.balanced_accuracy, m.macro_f1, m.n
+    );
     md += "| class | support | precision | recall | F1 |\n|---|---|---|---|---|\n";
     for s in &m.per_class {
-        let _ = writeln!(md, "| {} | {} | {:.1}% | {:.1}% | {:.1}% |", s.class, s.support, s.precision, s.recall, s.f1);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.1}% | {:.1}% | {:.1}% |",
+            s.class, s.support, s.precision, s.recall, s.f1
+        );
     }
     md += "\n![confusion matrix](confusion.png)\n\nPrecision and recall are 0 where undefined (no prediction, no test image), as scikit-learn's `zero_division=0`.\n";
     write_atomic(&dir.join("report.md"), md.as_bytes())

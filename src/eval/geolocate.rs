@@ -84,29 +84,62 @@ pub struct Geolocator<'a, E: TextEncoder> {
 }
 
 fn fill(template: &str, city: Option<&str>, region: Option<&str>, country: &str) -> String {
-    template.replace("{city}", city.unwrap_or_default()).replace("{region}", region.unwrap_or_default()).replace("{country}", country)
+    template
+        .replace("{city}", city.unwrap_or_default())
+        .replace("{region}", region.unwrap_or_default())
+        .replace("{country}", country)
 }
 
 impl<'a, E: TextEncoder> Geolocator<'a, E> {
     pub fn new(encoder: &'a E, g: &'a Gazetteer, cfg: GeoConfig) -> Result<Self> {
-        for (key, list) in [("country_prompts", &cfg.country_prompts), ("region_prompts", &cfg.region_prompts), ("city_prompts", &cfg.city_prompts)] {
+        for (key, list) in [
+            ("country_prompts", &cfg.country_prompts),
+            ("region_prompts", &cfg.region_prompts),
+            ("city_prompts", &cfg.city_prompts),
+        ] {
             if list.is_empty() {
                 bail!("geo.{key} is empty");
             }
         }
         let items: Vec<usize> = match &cfg.countries {
-            Some(names) => names.iter().map(|n| g.country(n).ok_or_else(|| anyhow::anyhow!("geo.countries: unknown country `{n}`"))).collect::<Result<_>>()?,
-            None => (0..g.countries.len()).filter(|&c| g.countries[c].lat.is_finite() && !g.largest_cities(c, 1).is_empty()).collect(),
+            Some(names) => names
+                .iter()
+                .map(|n| {
+                    g.country(n)
+                        .ok_or_else(|| anyhow::anyhow!("geo.countries: unknown country `{n}`"))
+                })
+                .collect::<Result<_>>()?,
+            None => (0..g.countries.len())
+                .filter(|&c| g.countries[c].lat.is_finite() && !g.largest_cities(c, 1).is_empty())
+                .collect(),
         };
-        if let Some(&c) = items.iter().find(|&&c| !g.countries[c].lat.is_finite() && g.largest_cities(c, 1).is_empty()) {
-            bail!("geo.countries: {} has neither cities nor a reference point in the gazetteer", g.countries[c].name);
+        if let Some(&c) = items
+            .iter()
+            .find(|&&c| !g.countries[c].lat.is_finite() && g.largest_cities(c, 1).is_empty())
+        {
+            bail!(
+                "geo.countries: {} has neither cities nor a reference point in the gazetteer",
+                g.countries[c].name
+            );
         }
         if items.is_empty() {
             bail!("no candidate countries");
         }
-        let prompts = |t: &str| items.iter().map(|&c| fill(t, None, None, &g.countries[c].in_sentence())).collect::<Vec<_>>();
+        let prompts = |t: &str| {
+            items
+                .iter()
+                .map(|&c| fill(t, None, None, &g.countries[c].in_sentence()))
+                .collect::<Vec<_>>()
+        };
         let text = ensemble(encoder, &cfg.country_prompts, prompts)?;
-        Ok(Self { encoder, g, cfg, countries: Stage { items, text }, regions: Default::default(), cities: Default::default() })
+        Ok(Self {
+            encoder,
+            g,
+            cfg,
+            countries: Stage { items, text },
+            regions: Default::default(),
+            cities: Default::default(),
+        })
     }
 
     fn region_stage(&self, country: usize) -> Result<()> {
@@ -114,14 +147,23 @@ impl<'a, E: TextEncoder> Geolocator<'a, E> {
             return Ok(());
         }
         let g = self.g;
-        let mut items: Vec<usize> = g.largest_cities(country, usize::MAX).iter().filter_map(|&c| g.cities[c].region).collect();
+        let mut items: Vec<usize> = g
+            .largest_cities(country, usize::MAX)
+            .iter()
+            .filter_map(|&c| g.cities[c].region)
+            .collect();
         items.sort();
         items.dedup();
         let stage = if items.is_empty() {
             None
         } else {
             let name = g.countries[country].in_sentence();
-            let text = ensemble(self.encoder, &self.cfg.region_prompts, |t| items.iter().map(|&r| fill(t, None, Some(&g.regions[r].name), &name)).collect())?;
+            let text = ensemble(self.encoder, &self.cfg.region_prompts, |t| {
+                items
+                    .iter()
+                    .map(|&r| fill(t, None, Some(&g.regions[r].name), &name))
+                    .collect()
+            })?;
             Some(Stage { items, text })
         };
         self.regions.borrow_mut().insert(country, stage);
@@ -133,7 +175,11 @@ impl<'a, E: TextEncoder> Geolocator<'a, E> {
             return Ok(());
         }
         let g = self.g;
-        let mut items: Vec<usize> = g.largest_cities(country, usize::MAX).into_iter().filter(|&c| region.is_none() || g.cities[c].region == region).collect();
+        let mut items: Vec<usize> = g
+            .largest_cities(country, usize::MAX)
+            .into_iter()
+            .filter(|&c| region.is_none() || g.cities[c].region == region)
+            .collect();
         items.truncate(self.cfg.cities_per_country);
         let stage = if items.is_empty() {
             None
@@ -141,7 +187,14 @@ impl<'a, E: TextEncoder> Geolocator<'a, E> {
             let name = g.countries[country].in_sentence();
             let region_name = |c: usize| g.cities[c].region.map(|r| g.regions[r].name.clone());
             let text = ensemble(self.encoder, &self.cfg.city_prompts, |t| {
-                items.iter().map(|&c| fill(t, Some(&g.cities[c].name), region_name(c).as_deref(), &name).replace(" , ", " ").replace(", ,", ",")).collect()
+                items
+                    .iter()
+                    .map(|&c| {
+                        fill(t, Some(&g.cities[c].name), region_name(c).as_deref(), &name)
+                            .replace(" , ", " ")
+                            .replace(", ,", ",")
+                    })
+                    .collect()
             })?;
             Some(Stage { items, text })
         };
@@ -151,7 +204,8 @@ impl<'a, E: TextEncoder> Geolocator<'a, E> {
 
     /// Probabilities over a stage for one image, best first (ties keep candidate order).
     fn rank(&self, image: &Tensor, stage: &Stage) -> Vec<(usize, f64)> {
-        let probs = probabilities(&image.unsqueeze(0), &stage.text, self.encoder.scale()).squeeze_dim(0);
+        let probs =
+            probabilities(&image.unsqueeze(0), &stage.text, self.encoder.scale()).squeeze_dim(0);
         let p = Vec::<f64>::try_from(probs).expect("probabilities");
         let mut order: Vec<usize> = (0..p.len()).collect();
         order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
@@ -174,14 +228,31 @@ impl<'a, E: TextEncoder> Geolocator<'a, E> {
                 if let Some(stage) = &self.regions.borrow()[&country] {
                     let ranked = self.rank(&image, stage);
                     region = Some(ranked[0].0);
-                    top_regions = ranked.iter().take(k).map(|&(r, p)| Ranked { name: g.regions[r].name.clone(), probability: p }).collect();
+                    top_regions = ranked
+                        .iter()
+                        .take(k)
+                        .map(|&(r, p)| Ranked {
+                            name: g.regions[r].name.clone(),
+                            probability: p,
+                        })
+                        .collect();
                 }
             }
             self.city_stage(country, region)?;
             let (city, top_cities) = match &self.cities.borrow()[&(country, region)] {
                 Some(stage) => {
                     let ranked = self.rank(&image, stage);
-                    (Some(ranked[0].0), ranked.iter().take(k).map(|&(c, p)| Ranked { name: g.cities[c].name.clone(), probability: p }).collect())
+                    (
+                        Some(ranked[0].0),
+                        ranked
+                            .iter()
+                            .take(k)
+                            .map(|&(c, p)| Ranked {
+                                name: g.cities[c].name.clone(),
+                                probability: p,
+                            })
+                            .collect(),
+                    )
                 }
                 None => (None, vec![]),
             };
@@ -193,11 +264,21 @@ impl<'a, E: TextEncoder> Geolocator<'a, E> {
             out.push(Guess {
                 country: c.name.clone(),
                 country_code: c.iso2.clone(),
-                region: city.and_then(|i| g.cities[i].region).or(region).map(|r| g.regions[r].name.clone()),
+                region: city
+                    .and_then(|i| g.cities[i].region)
+                    .or(region)
+                    .map(|r| g.regions[r].name.clone()),
                 city: city.map(|i| g.cities[i].name.clone()),
                 lat,
                 lon,
-                top_countries: countries.iter().take(k).map(|&(i, p)| Ranked { name: g.countries[i].name.clone(), probability: p }).collect(),
+                top_countries: countries
+                    .iter()
+                    .take(k)
+                    .map(|&(i, p)| Ranked {
+                        name: g.countries[i].name.clone(),
+                        probability: p,
+                    })
+                    .collect(),
                 top_regions,
                 top_cities,
                 country_index: country,

@@ -27,7 +27,10 @@ pub struct GeoMetrics {
 pub fn geo_metrics(errors_km: &[f64], country_correct: &[Option<bool>]) -> GeoMetrics {
     let n = errors_km.len();
     let pct = |k: usize| 100.0 * k as f64 / n.max(1) as f64;
-    let within_km = THRESHOLDS_KM.iter().map(|&t| (t as u32, pct(errors_km.iter().filter(|&&d| d <= t).count()))).collect();
+    let within_km = THRESHOLDS_KM
+        .iter()
+        .map(|&t| (t as u32, pct(errors_km.iter().filter(|&&d| d <= t).count())))
+        .collect();
     let mut sorted = errors_km.to_vec();
     sorted.sort_by(f64::total_cmp);
     let median_km = match n {
@@ -41,7 +44,8 @@ pub fn geo_metrics(errors_km: &[f64], country_correct: &[Option<bool>]) -> GeoMe
         within_km,
         median_km,
         mean_km: errors_km.iter().sum::<f64>() / n.max(1) as f64,
-        country_accuracy: (!known.is_empty()).then(|| 100.0 * known.iter().filter(|&&c| c).count() as f64 / known.len() as f64),
+        country_accuracy: (!known.is_empty())
+            .then(|| 100.0 * known.iter().filter(|&&c| c).count() as f64 / known.len() as f64),
         geoscore: errors_km.iter().map(|&d| geoscore(d)).sum::<f64>() / n.max(1) as f64,
     }
 }

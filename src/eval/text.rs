@@ -19,7 +19,16 @@ impl TextEncoder for Pretrained {
         let mut out = Vec::new();
         for chunk in texts.chunks(256) {
             let (ids, mask) = self.tokenize(chunk)?;
-            out.push(tch::no_grad(|| crate::model::normalize(&self.model.text_features(&ids.to(device), Some(&mask.to(device))))).to(tch::Device::Cpu));
+            out.push(
+                tch::no_grad(|| {
+                    crate::model::normalize(
+                        &self
+                            .model
+                            .text_features(&ids.to(device), Some(&mask.to(device))),
+                    )
+                })
+                .to(tch::Device::Cpu),
+            );
         }
         Ok(Tensor::cat(&out, 0))
     }
@@ -30,9 +39,18 @@ impl TextEncoder for Pretrained {
 
 /// Each candidate's embedding averaged over the templates and renormalised (CLIP's prompt
 /// ensembling); `prompts(template)` lists the candidates' prompts for one template.
-pub fn ensemble(encoder: &impl TextEncoder, templates: &[String], prompts: impl Fn(&str) -> Vec<String>) -> Result<Tensor> {
-    let per_template = templates.iter().map(|t| encoder.encode(&prompts(t))).collect::<Result<Vec<_>>>()?;
-    Ok(crate::model::normalize(&Tensor::stack(&per_template, 0).mean_dim(0, false, Kind::Float)))
+pub fn ensemble(
+    encoder: &impl TextEncoder,
+    templates: &[String],
+    prompts: impl Fn(&str) -> Vec<String>,
+) -> Result<Tensor> {
+    let per_template = templates
+        .iter()
+        .map(|t| encoder.encode(&prompts(t)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(crate::model::normalize(
+        &Tensor::stack(&per_template, 0).mean_dim(0, false, Kind::Float),
+    ))
 }
 
 /// Softmax probabilities of `[B, d]` image embeddings over `[n, d]` candidate embeddings.

@@ -13,8 +13,14 @@ use tch::{Kind, Tensor};
 
 /// `$STREETCLIP_CACHE_DIR`, else `$XDG_CACHE_HOME/streetclip`, else `~/.cache/streetclip`.
 pub fn default_cache_dir() -> Option<PathBuf> {
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
-    env("STREETCLIP_CACHE_DIR").or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("streetclip"))).or_else(|| env("HOME").map(|h| h.join(".cache/streetclip")))
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    env("STREETCLIP_CACHE_DIR")
+        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("streetclip")))
+        .or_else(|| env("HOME").map(|h| h.join(".cache/streetclip")))
 }
 
 /// What makes a model's text embeddings what they are, hashed: text-tower tensors (names,
@@ -29,7 +35,11 @@ pub fn text_fingerprint(clip: &Pretrained) -> Result<String> {
         h.update(&crate::tensor_io::raw_bytes(&t));
     }
     h.update(clip.tokenizer.definition()?.as_bytes());
-    h.update(if clip.device().is_cuda() { b"cuda" } else { b"cpu" });
+    h.update(if clip.device().is_cuda() {
+        b"cuda"
+    } else {
+        b"cpu"
+    });
     Ok(h.finalize().to_hex().to_string())
 }
 
@@ -56,7 +66,14 @@ pub struct CachedText<'a, E: TextEncoder> {
 impl<'a, E: TextEncoder> CachedText<'a, E> {
     /// `fingerprint` must change whenever `inner`'s embeddings could (see `text_fingerprint`).
     pub fn new(inner: &'a E, fingerprint: String, dir: Option<&Path>) -> Self {
-        Self { inner, fingerprint, dir: dir.map(|d| d.join("text-embeddings")), hits: Cell::new(0), misses: Cell::new(0), warned: Cell::new(false) }
+        Self {
+            inner,
+            fingerprint,
+            dir: dir.map(|d| d.join("text-embeddings")),
+            hits: Cell::new(0),
+            misses: Cell::new(0),
+            warned: Cell::new(false),
+        }
     }
 
     fn entry(&self, dir: &Path, texts: &[String]) -> PathBuf {
@@ -80,7 +97,9 @@ impl<'a, E: TextEncoder> CachedText<'a, E> {
 
 impl<E: TextEncoder> TextEncoder for CachedText<'_, E> {
     fn encode(&self, texts: &[String]) -> Result<Tensor> {
-        let Some(dir) = &self.dir else { return self.inner.encode(texts) };
+        let Some(dir) = &self.dir else {
+            return self.inner.encode(texts);
+        };
         let path = self.entry(dir, texts);
         if let Some(t) = Self::lookup(&path, texts.len()) {
             self.hits.set(self.hits.get() + 1);
@@ -91,7 +110,9 @@ impl<E: TextEncoder> TextEncoder for CachedText<'_, E> {
         // A cache that cannot be written costs time, not results: warn once and go on.
         let stored = std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create {}", dir.display()))
-            .and_then(|_| crate::tensor_io::write(&path, &[("embeddings".to_string(), t.shallow_clone())]));
+            .and_then(|_| {
+                crate::tensor_io::write(&path, &[("embeddings".to_string(), t.shallow_clone())])
+            });
         if let Err(e) = stored {
             if !self.warned.replace(true) {
                 eprintln!("warning: text-embedding cache not written ({e:#}); set STREETCLIP_CACHE_DIR or geo.cache: false");

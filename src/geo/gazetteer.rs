@@ -84,16 +84,23 @@ pub fn name_key(s: &str) -> String {
 }
 
 fn rows(text: &str) -> impl Iterator<Item = Vec<&str>> {
-    text.lines().skip(1).filter(|l| !l.is_empty()).map(|l| l.split('\t').collect())
+    text.lines()
+        .skip(1)
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split('\t').collect())
 }
 
 fn field<'a>(row: &[&'a str], i: usize, file: &str) -> Result<&'a str> {
-    row.get(i).copied().with_context(|| format!("{file}: row `{}` has no column {}", row.join("\t"), i + 1))
+    row.get(i)
+        .copied()
+        .with_context(|| format!("{file}: row `{}` has no column {}", row.join("\t"), i + 1))
 }
 
 fn number<T: std::str::FromStr>(row: &[&str], i: usize, file: &str) -> Result<T> {
     let s = field(row, i, file)?;
-    s.parse().ok().with_context(|| format!("{file}: `{s}` is not a number"))
+    s.parse()
+        .ok()
+        .with_context(|| format!("{file}: `{s}` is not a number"))
 }
 
 impl Gazetteer {
@@ -104,15 +111,27 @@ impl Gazetteer {
 
     /// A gazetteer directory with the same three files (e.g. a larger GeoNames extract).
     pub fn from_dir(dir: &Path) -> Result<Self> {
-        let read = |name: &str| std::fs::read_to_string(dir.join(name)).with_context(|| format!("cannot read {}", dir.join(name).display()));
-        Self::parse(&read("countries.tsv")?, &read("admin1.tsv")?, &read("cities.tsv")?)
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name))
+                .with_context(|| format!("cannot read {}", dir.join(name).display()))
+        };
+        Self::parse(
+            &read("countries.tsv")?,
+            &read("admin1.tsv")?,
+            &read("cities.tsv")?,
+        )
     }
 
     fn parse(countries_tsv: &str, admin1_tsv: &str, cities_tsv: &str) -> Result<Self> {
         let mut countries = Vec::new();
         for r in rows(countries_tsv) {
             let f = "countries.tsv";
-            let aliases = field(&r, 8, f).unwrap_or("").split('|').filter(|a| !a.is_empty()).map(String::from).collect();
+            let aliases = field(&r, 8, f)
+                .unwrap_or("")
+                .split('|')
+                .filter(|a| !a.is_empty())
+                .map(String::from)
+                .collect();
             countries.push(Country {
                 iso2: field(&r, 0, f)?.into(),
                 iso3: field(&r, 1, f)?.into(),
@@ -125,18 +144,34 @@ impl Gazetteer {
                 aliases,
             });
         }
-        let by_iso2: HashMap<String, usize> = countries.iter().enumerate().map(|(i, c)| (c.iso2.clone(), i)).collect();
+        let by_iso2: HashMap<String, usize> = countries
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.iso2.clone(), i))
+            .collect();
         let mut regions = Vec::new();
         for r in rows(admin1_tsv) {
             let code = field(&r, 0, "admin1.tsv")?;
-            let Some(&country) = code.split('.').next().and_then(|cc| by_iso2.get(cc)) else { continue };
-            regions.push(Region { code: code.into(), name: field(&r, 1, "admin1.tsv")?.into(), country });
+            let Some(&country) = code.split('.').next().and_then(|cc| by_iso2.get(cc)) else {
+                continue;
+            };
+            regions.push(Region {
+                code: code.into(),
+                name: field(&r, 1, "admin1.tsv")?.into(),
+                country,
+            });
         }
-        let region_by_code: HashMap<&str, usize> = regions.iter().enumerate().map(|(i, r)| (r.code.as_str(), i)).collect();
+        let region_by_code: HashMap<&str, usize> = regions
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.code.as_str(), i))
+            .collect();
         let mut cities = Vec::new();
         for r in rows(cities_tsv) {
             let f = "cities.tsv";
-            let Some(&country) = by_iso2.get(field(&r, 4, f)?) else { bail!("{f}: unknown country `{}`", r[4]) };
+            let Some(&country) = by_iso2.get(field(&r, 4, f)?) else {
+                bail!("{f}: unknown country `{}`", r[4])
+            };
             cities.push(City {
                 geonameid: number(&r, 0, f)?,
                 name: field(&r, 1, f)?.into(),
@@ -161,7 +196,11 @@ impl Gazetteer {
                 country_keys.entry(name_key(key)).or_insert(i);
             }
         }
-        let region_keys = regions.iter().enumerate().map(|(i, r)| ((r.country, name_key(&r.name)), i)).collect();
+        let region_keys = regions
+            .iter()
+            .enumerate()
+            .map(|(i, r)| ((r.country, name_key(&r.name)), i))
+            .collect();
         let mut city_keys: HashMap<(usize, String), Vec<usize>> = HashMap::new();
         for (i, c) in cities.iter().enumerate() {
             for key in [name_key(&c.name), name_key(&c.ascii)] {
@@ -176,14 +215,25 @@ impl Gazetteer {
         }
         let points: Vec<[f64; 3]> = cities.iter().map(|c| unit_vector(c.lat, c.lon)).collect();
         let tree = ImmutableKdTree::new_from_slice(&points).expect("a k-d tree over the cities");
-        Self { countries, regions, cities, country_keys, region_keys, city_keys, tree }
+        Self {
+            countries,
+            regions,
+            cities,
+            country_keys,
+            region_keys,
+            city_keys,
+            tree,
+        }
     }
 
     /// By ISO 3166 alpha-2 or alpha-3 code, GeoNames name or a common alias, ignoring case,
     /// accents and punctuation ("us", "USA", "United States of America", "Côte d'Ivoire").
     pub fn country(&self, name: &str) -> Option<usize> {
         let key = name_key(name);
-        self.country_keys.get(&key).or_else(|| self.country_keys.get(key.strip_prefix("the ")?)).copied()
+        self.country_keys
+            .get(&key)
+            .or_else(|| self.country_keys.get(key.strip_prefix("the ")?))
+            .copied()
     }
 
     /// An admin-1 region of `country` by name.
@@ -194,18 +244,31 @@ impl Gazetteer {
     /// The most populous city of that name in `country` (in `region` when given and matching).
     pub fn city(&self, country: usize, region: Option<usize>, name: &str) -> Option<usize> {
         let candidates = self.city_keys.get(&(country, name_key(name)))?;
-        region.and_then(|r| candidates.iter().find(|&&c| self.cities[c].region == Some(r))).or(candidates.first()).copied()
+        region
+            .and_then(|r| {
+                candidates
+                    .iter()
+                    .find(|&&c| self.cities[c].region == Some(r))
+            })
+            .or(candidates.first())
+            .copied()
     }
 
     /// The nearest city by great-circle distance.
     pub fn nearest_city(&self, lat: f64, lon: f64) -> usize {
-        let hit = self.tree.query(&unit_vector(lat, lon)).nearest_one::<SquaredEuclidean<f64>>().execute();
+        let hit = self
+            .tree
+            .query(&unit_vector(lat, lon))
+            .nearest_one::<SquaredEuclidean<f64>>()
+            .execute();
         hit.item as usize
     }
 
     /// The `n` most populous cities of a country, most populous first.
     pub fn largest_cities(&self, country: usize, n: usize) -> Vec<usize> {
-        let mut list: Vec<usize> = (0..self.cities.len()).filter(|&i| self.cities[i].country == country).collect();
+        let mut list: Vec<usize> = (0..self.cities.len())
+            .filter(|&i| self.cities[i].country == country)
+            .collect();
         list.sort_by_key(|&i| std::cmp::Reverse(self.cities[i].population));
         list.truncate(n);
         list

@@ -39,10 +39,34 @@ impl ClipModel {
         let text_model = TextTransformer::new(&root / "text_model", t);
         let vision_model = VisionTransformer::new(&root / "vision_model", v);
         let f = config.initializer_factor;
-        let visual_projection = init::linear(&root / "visual_projection", v.hidden_size, config.projection_dim, (v.hidden_size as f64).powf(-0.5) * f, false);
-        let text_projection = init::linear(&root / "text_projection", t.hidden_size, config.projection_dim, (t.hidden_size as f64).powf(-0.5) * f, false);
-        let logit_scale = root.var("logit_scale", &[], nn::Init::Const(config.logit_scale_init_value));
-        Ok(Self { vs, config, text_model, vision_model, visual_projection, text_projection, logit_scale })
+        let visual_projection = init::linear(
+            &root / "visual_projection",
+            v.hidden_size,
+            config.projection_dim,
+            (v.hidden_size as f64).powf(-0.5) * f,
+            false,
+        );
+        let text_projection = init::linear(
+            &root / "text_projection",
+            t.hidden_size,
+            config.projection_dim,
+            (t.hidden_size as f64).powf(-0.5) * f,
+            false,
+        );
+        let logit_scale = root.var(
+            "logit_scale",
+            &[],
+            nn::Init::Const(config.logit_scale_init_value),
+        );
+        Ok(Self {
+            vs,
+            config,
+            text_model,
+            vision_model,
+            visual_projection,
+            text_projection,
+            logit_scale,
+        })
     }
 
     /// Loads a Hugging Face model directory (`config.json` + safetensors), strictly.
@@ -55,12 +79,14 @@ impl ClipModel {
 
     /// `get_image_features`: unnormalised image projections `[B, projection_dim]`.
     pub fn image_features(&self, pixel_values: &Tensor) -> Tensor {
-        self.visual_projection.forward(&self.vision_model.forward(pixel_values))
+        self.visual_projection
+            .forward(&self.vision_model.forward(pixel_values))
     }
 
     /// `get_text_features`: unnormalised text projections `[B, projection_dim]`.
     pub fn text_features(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Tensor {
-        self.text_projection.forward(&self.text_model.forward(input_ids, attention_mask))
+        self.text_projection
+            .forward(&self.text_model.forward(input_ids, attention_mask))
     }
 
     pub fn logit_scale(&self) -> &Tensor {
@@ -72,15 +98,31 @@ impl ClipModel {
         let image_embeds = normalize(image_features);
         let text_embeds = normalize(text_features);
         let logits_per_text = text_embeds.matmul(&image_embeds.tr()) * self.logit_scale.exp();
-        ClipOutput { logits_per_image: logits_per_text.tr(), logits_per_text, image_embeds, text_embeds }
+        ClipOutput {
+            logits_per_image: logits_per_text.tr(),
+            logits_per_text,
+            image_embeds,
+            text_embeds,
+        }
     }
 
-    pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>, pixel_values: &Tensor) -> ClipOutput {
-        self.logits(&self.image_features(pixel_values), &self.text_features(input_ids, attention_mask))
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        pixel_values: &Tensor,
+    ) -> ClipOutput {
+        self.logits(
+            &self.image_features(pixel_values),
+            &self.text_features(input_ids, attention_mask),
+        )
     }
 }
 
 /// `x / ||x||` along the last dimension, written as HF's `_get_vector_norm` so results agree.
 pub fn normalize(x: &Tensor) -> Tensor {
-    x / x.pow_tensor_scalar(2).sum_dim_intlist(-1, true, None).pow_tensor_scalar(0.5)
+    x / x
+        .pow_tensor_scalar(2)
+        .sum_dim_intlist(-1, true, None)
+        .pow_tensor_scalar(0.5)
 }

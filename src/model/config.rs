@@ -151,7 +151,8 @@ impl ClipConfig {
             .with_context(|| format!("cannot read model config {}", path.display()))?;
         let cfg: Self = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a CLIP config.json", path.display()))?;
-        cfg.validate().with_context(|| format!("invalid model config {}", path.display()))?;
+        cfg.validate()
+            .with_context(|| format!("invalid model config {}", path.display()))?;
         Ok(cfg)
     }
 
@@ -159,13 +160,25 @@ impl ClipConfig {
         let t = &self.text_config;
         let v = &self.vision_config;
         if t.hidden_size % t.num_attention_heads != 0 {
-            bail!("text hidden_size {} is not divisible by num_attention_heads {}", t.hidden_size, t.num_attention_heads);
+            bail!(
+                "text hidden_size {} is not divisible by num_attention_heads {}",
+                t.hidden_size,
+                t.num_attention_heads
+            );
         }
         if v.hidden_size % v.num_attention_heads != 0 {
-            bail!("vision hidden_size {} is not divisible by num_attention_heads {}", v.hidden_size, v.num_attention_heads);
+            bail!(
+                "vision hidden_size {} is not divisible by num_attention_heads {}",
+                v.hidden_size,
+                v.num_attention_heads
+            );
         }
         if v.image_size % v.patch_size != 0 {
-            bail!("vision image_size {} is not a multiple of patch_size {}", v.image_size, v.patch_size);
+            bail!(
+                "vision image_size {} is not a multiple of patch_size {}",
+                v.image_size,
+                v.patch_size
+            );
         }
         Ok(())
     }
@@ -182,8 +195,16 @@ impl ClipConfig {
 
     fn openai(vision: VisionConfig, text: TextConfig, projection_dim: i64) -> Self {
         Self {
-            text_config: TextConfig { projection_dim, eos_token_id: 2, bos_token_id: 0, ..text },
-            vision_config: VisionConfig { projection_dim, ..vision },
+            text_config: TextConfig {
+                projection_dim,
+                eos_token_id: 2,
+                bos_token_id: 0,
+                ..text
+            },
+            vision_config: VisionConfig {
+                projection_dim,
+                ..vision
+            },
             projection_dim,
             logit_scale_init_value: default_logit_scale(),
             initializer_factor: 1.0,
@@ -199,7 +220,14 @@ impl ClipConfig {
     /// `openai/clip-vit-base-patch16`
     /// (<https://huggingface.co/openai/clip-vit-base-patch16/blob/main/config.json>).
     pub fn vit_b_16() -> Self {
-        Self::openai(VisionConfig { patch_size: 16, ..VisionConfig::default() }, TextConfig::default(), 512)
+        Self::openai(
+            VisionConfig {
+                patch_size: 16,
+                ..VisionConfig::default()
+            },
+            TextConfig::default(),
+            512,
+        )
     }
 
     /// `openai/clip-vit-large-patch14`
@@ -213,7 +241,12 @@ impl ClipConfig {
             patch_size: 14,
             ..VisionConfig::default()
         };
-        let text = TextConfig { hidden_size: 768, intermediate_size: 3072, num_attention_heads: 12, ..TextConfig::default() };
+        let text = TextConfig {
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_attention_heads: 12,
+            ..TextConfig::default()
+        };
         Self::openai(vision, text, 768)
     }
 
@@ -232,7 +265,9 @@ impl ClipConfig {
             "ViT-B/16" | "openai/clip-vit-base-patch16" => Self::vit_b_16(),
             "ViT-L/14" | "openai/clip-vit-large-patch14" => Self::vit_l_14(),
             "ViT-L/14-336" | "openai/clip-vit-large-patch14-336" => Self::vit_l_14_336(),
-            other => bail!("unknown CLIP preset `{other}`; known: ViT-B/32, ViT-B/16, ViT-L/14, ViT-L/14-336"),
+            other => bail!(
+                "unknown CLIP preset `{other}`; known: ViT-B/32, ViT-B/16, ViT-L/14, ViT-L/14-336"
+            ),
         })
     }
 }

@@ -8,10 +8,22 @@ pub fn normal(stdev: f64) -> nn::Init {
 }
 
 pub fn linear(p: nn::Path, input: i64, output: i64, stdev: f64, bias: bool) -> nn::Linear {
-    let cfg = nn::LinearConfig { ws_init: normal(stdev), bs_init: Some(nn::Init::Const(0.0)), bias };
+    let cfg = nn::LinearConfig {
+        ws_init: normal(stdev),
+        bs_init: Some(nn::Init::Const(0.0)),
+        bias,
+    };
     nn::linear(p, input, output, cfg)
 }
 
 pub fn embedding(p: nn::Path, num: i64, dim: i64, stdev: f64) -> nn::Embedding {
-    nn::embedding(p, num, dim, nn::EmbeddingConfig { ws_init: normal(stdev), ..Default::default() })
+    nn::embedding(
+        p,
+        num,
+        dim,
+        nn::EmbeddingConfig {
+            ws_init: normal(stdev),
+            ..Default::default()
+        },
+    )
 }

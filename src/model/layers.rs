@@ -18,13 +18,36 @@ pub struct EncoderShape {
 }
 
 impl EncoderShape {
-    pub fn new(hidden_size: i64, intermediate_size: i64, num_heads: i64, num_layers: i64, act: Activation, layer_norm_eps: f64, initializer_factor: f64) -> Self {
-        Self { hidden_size, intermediate_size, num_heads, num_layers, act, layer_norm_eps, initializer_factor }
+    pub fn new(
+        hidden_size: i64,
+        intermediate_size: i64,
+        num_heads: i64,
+        num_layers: i64,
+        act: Activation,
+        layer_norm_eps: f64,
+        initializer_factor: f64,
+    ) -> Self {
+        Self {
+            hidden_size,
+            intermediate_size,
+            num_heads,
+            num_layers,
+            act,
+            layer_norm_eps,
+            initializer_factor,
+        }
     }
 }
 
 pub fn layer_norm(p: nn::Path, size: i64, eps: f64) -> nn::LayerNorm {
-    nn::layer_norm(p, vec![size], nn::LayerNormConfig { eps, ..Default::default() })
+    nn::layer_norm(
+        p,
+        vec![size],
+        nn::LayerNormConfig {
+            eps,
+            ..Default::default()
+        },
+    )
 }
 
 #[derive(Debug)]
@@ -40,7 +63,8 @@ impl Attention {
     fn new(p: nn::Path, s: &EncoderShape) -> Self {
         let d = s.hidden_size;
         // HF `CLIPPreTrainedModel._init_weights`: depth-scaled projections.
-        let in_std = (d as f64).powf(-0.5) * (2.0 * s.num_layers as f64).powf(-0.5) * s.initializer_factor;
+        let in_std =
+            (d as f64).powf(-0.5) * (2.0 * s.num_layers as f64).powf(-0.5) * s.initializer_factor;
         let out_std = (d as f64).powf(-0.5) * s.initializer_factor;
         Self {
             q_proj: init::linear(&p / "q_proj", d, d, in_std, true),
@@ -53,9 +77,19 @@ impl Attention {
 
     /// `mask`: boolean, broadcastable to `[B, heads, T, T]`, true where attention is allowed.
     fn forward(&self, x: &Tensor, mask: Option<&Tensor>, causal: bool) -> Tensor {
-        let (b, t, d) = x.size3().expect("attention input is [batch, tokens, hidden]");
-        let heads = |proj: &nn::Linear| proj.forward(x).view([b, t, self.num_heads, d / self.num_heads]).transpose(1, 2);
-        let (q, k, v) = (heads(&self.q_proj), heads(&self.k_proj), heads(&self.v_proj));
+        let (b, t, d) = x
+            .size3()
+            .expect("attention input is [batch, tokens, hidden]");
+        let heads = |proj: &nn::Linear| {
+            proj.forward(x)
+                .view([b, t, self.num_heads, d / self.num_heads])
+                .transpose(1, 2)
+        };
+        let (q, k, v) = (
+            heads(&self.q_proj),
+            heads(&self.k_proj),
+            heads(&self.v_proj),
+        );
         // A causal mask passed explicitly already encodes causality.
         let is_causal = causal && mask.is_none();
         let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, is_causal, None, false);
@@ -112,7 +146,9 @@ impl EncoderLayer {
     }
 
     fn forward(&self, x: &Tensor, mask: Option<&Tensor>, causal: bool) -> Tensor {
-        let x = x + self.self_attn.forward(&self.layer_norm1.forward(x), mask, causal);
+        let x = x + self
+            .self_attn
+            .forward(&self.layer_norm1.forward(x), mask, causal);
         &x + self.mlp.forward(&self.layer_norm2.forward(&x))
     }
 }
@@ -125,11 +161,15 @@ pub struct Encoder {
 
 impl Encoder {
     pub fn new(p: nn::Path, s: &EncoderShape) -> Self {
-        let layers = (0..s.num_layers).map(|i| EncoderLayer::new(&p / "layers" / i, s)).collect();
+        let layers = (0..s.num_layers)
+            .map(|i| EncoderLayer::new(&p / "layers" / i, s))
+            .collect();
         Self { layers }
     }
 
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, causal: bool) -> Tensor {
-        self.layers.iter().fold(x.shallow_clone(), |h, layer| layer.forward(&h, mask, causal))
+        self.layers.iter().fold(x.shallow_clone(), |h, layer| {
+            layer.forward(&h, mask, causal)
+        })
     }
 }

@@ -23,10 +23,28 @@ impl TextTransformer {
     pub fn new(p: nn::Path, c: &TextConfig) -> Self {
         let std = c.initializer_range * c.initializer_factor;
         let embeddings = TextEmbeddings {
-            token_embedding: init::embedding(&p / "embeddings" / "token_embedding", c.vocab_size, c.hidden_size, std),
-            position_embedding: init::embedding(&p / "embeddings" / "position_embedding", c.max_position_embeddings, c.hidden_size, std),
+            token_embedding: init::embedding(
+                &p / "embeddings" / "token_embedding",
+                c.vocab_size,
+                c.hidden_size,
+                std,
+            ),
+            position_embedding: init::embedding(
+                &p / "embeddings" / "position_embedding",
+                c.max_position_embeddings,
+                c.hidden_size,
+                std,
+            ),
         };
-        let shape = EncoderShape::new(c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_hidden_layers, c.hidden_act, c.layer_norm_eps, c.initializer_factor);
+        let shape = EncoderShape::new(
+            c.hidden_size,
+            c.intermediate_size,
+            c.num_attention_heads,
+            c.num_hidden_layers,
+            c.hidden_act,
+            c.layer_norm_eps,
+            c.initializer_factor,
+        );
         Self {
             embeddings,
             encoder: Encoder::new(&p / "encoder", &shape),
@@ -40,14 +58,22 @@ impl TextTransformer {
     pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Tensor {
         let (b, t) = input_ids.size2().expect("input_ids is [batch, tokens]");
         let positions = Tensor::arange(t, (Kind::Int64, input_ids.device()));
-        let x = self.embeddings.token_embedding.forward(input_ids) + self.embeddings.position_embedding.forward(&positions);
+        let x = self.embeddings.token_embedding.forward(input_ids)
+            + self.embeddings.position_embedding.forward(&positions);
         // Causal and padding masks combined, so padded keys are never attended to. Without
         // padding (as HF's SDPA path also decides) the causal kernel alone does, faster.
-        let mask = attention_mask.filter(|m| m.min().int64_value(&[]) == 0).map(|m| {
-            let causal = Tensor::ones([t, t], (Kind::Bool, input_ids.device())).tril(0);
-            causal.unsqueeze(0).logical_and(&m.to_kind(Kind::Bool).view([b, 1, t])).unsqueeze(1)
-        });
-        let h = self.final_layer_norm.forward(&self.encoder.forward(&x, mask.as_ref(), true));
+        let mask = attention_mask
+            .filter(|m| m.min().int64_value(&[]) == 0)
+            .map(|m| {
+                let causal = Tensor::ones([t, t], (Kind::Bool, input_ids.device())).tril(0);
+                causal
+                    .unsqueeze(0)
+                    .logical_and(&m.to_kind(Kind::Bool).view([b, 1, t]))
+                    .unsqueeze(1)
+            });
+        let h = self
+            .final_layer_norm
+            .forward(&self.encoder.forward(&x, mask.as_ref(), true));
         let rows = Tensor::arange(b, (Kind::Int64, input_ids.device()));
         h.index(&[Some(rows), Some(self.eos_positions(input_ids))])
     }
@@ -59,7 +85,10 @@ impl TextTransformer {
         if self.eos_token_id == 2 {
             input_ids.to_kind(Kind::Int).argmax(-1, false)
         } else {
-            input_ids.eq(self.eos_token_id).to_kind(Kind::Int).argmax(-1, false)
+            input_ids
+                .eq(self.eos_token_id)
+                .to_kind(Kind::Int)
+                .argmax(-1, false)
         }
     }
 }

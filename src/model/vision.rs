@@ -25,13 +25,41 @@ impl VisionTransformer {
     pub fn new(p: nn::Path, c: &VisionConfig) -> Self {
         let e = &p / "embeddings";
         let std = c.initializer_range * c.initializer_factor;
-        let conv = nn::ConvConfig { stride: c.patch_size, bias: false, ws_init: init::normal(std), ..Default::default() };
-        let embeddings = VisionEmbeddings {
-            class_embedding: e.var("class_embedding", &[c.hidden_size], init::normal((c.hidden_size as f64).powf(-0.5) * c.initializer_factor)),
-            patch_embedding: nn::conv2d(&e / "patch_embedding", c.num_channels, c.hidden_size, c.patch_size, conv),
-            position_embedding: init::embedding(&e / "position_embedding", c.num_positions(), c.hidden_size, std),
+        let conv = nn::ConvConfig {
+            stride: c.patch_size,
+            bias: false,
+            ws_init: init::normal(std),
+            ..Default::default()
         };
-        let shape = EncoderShape::new(c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_hidden_layers, c.hidden_act, c.layer_norm_eps, c.initializer_factor);
+        let embeddings = VisionEmbeddings {
+            class_embedding: e.var(
+                "class_embedding",
+                &[c.hidden_size],
+                init::normal((c.hidden_size as f64).powf(-0.5) * c.initializer_factor),
+            ),
+            patch_embedding: nn::conv2d(
+                &e / "patch_embedding",
+                c.num_channels,
+                c.hidden_size,
+                c.patch_size,
+                conv,
+            ),
+            position_embedding: init::embedding(
+                &e / "position_embedding",
+                c.num_positions(),
+                c.hidden_size,
+                std,
+            ),
+        };
+        let shape = EncoderShape::new(
+            c.hidden_size,
+            c.intermediate_size,
+            c.num_attention_heads,
+            c.num_hidden_layers,
+            c.hidden_act,
+            c.layer_norm_eps,
+            c.initializer_factor,
+        );
         Self {
             embeddings,
             pre_layrnorm: layer_norm(&p / "pre_layrnorm", c.hidden_size, c.layer_norm_eps),
@@ -42,13 +70,26 @@ impl VisionTransformer {
 
     /// Pooled output `[B, hidden]`: the class token after `post_layernorm`, as HF's `pooler_output`.
     pub fn forward(&self, pixel_values: &Tensor) -> Tensor {
-        let patches = self.embeddings.patch_embedding.forward(pixel_values).flatten(2, -1).transpose(1, 2);
-        let (b, _, d) = patches.size3().expect("patch embeddings are [batch, patches, hidden]");
-        let class = self.embeddings.class_embedding.view([1, 1, d]).expand([b, 1, d], false);
+        let patches = self
+            .embeddings
+            .patch_embedding
+            .forward(pixel_values)
+            .flatten(2, -1)
+            .transpose(1, 2);
+        let (b, _, d) = patches
+            .size3()
+            .expect("patch embeddings are [batch, patches, hidden]");
+        let class = self
+            .embeddings
+            .class_embedding
+            .view([1, 1, d])
+            .expand([b, 1, d], false);
         let x = Tensor::cat(&[class, patches], 1);
         let positions = Tensor::arange(x.size()[1], (Kind::Int64, x.device()));
         let x = x + self.embeddings.position_embedding.forward(&positions);
-        let h = self.encoder.forward(&self.pre_layrnorm.forward(&x), None, false);
+        let h = self
+            .encoder
+            .forward(&self.pre_layrnorm.forward(&x), None, false);
         self.post_layernorm.forward(&h.select(1, 0))
     }
 }

@@ -27,9 +27,13 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     let index = dir.join(INDEX_FILE);
     if index.is_file() {
-        let text = std::fs::read_to_string(&index).with_context(|| format!("cannot read {}", index.display()))?;
-        let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index.display()))?;
-        let map = json["weight_map"].as_object().with_context(|| format!("{} has no `weight_map` object", index.display()))?;
+        let text = std::fs::read_to_string(&index)
+            .with_context(|| format!("cannot read {}", index.display()))?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", index.display()))?;
+        let map = json["weight_map"]
+            .as_object()
+            .with_context(|| format!("{} has no `weight_map` object", index.display()))?;
         let shards: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
         return Ok(shards.into_iter().map(|s| dir.join(s)).collect());
     }
@@ -65,9 +69,11 @@ pub fn load_into(vs: &mut nn::VarStore, dir: &Path) -> Result<()> {
     for (name, var) in vars.iter().collect::<BTreeMap<_, _>>() {
         match found.get(name) {
             None => problems.push(format!("missing `{name}`")),
-            Some(t) if t.size() != var.size() => {
-                problems.push(format!("shape of `{name}`: checkpoint {:?}, model {:?}", t.size(), var.size()))
-            }
+            Some(t) if t.size() != var.size() => problems.push(format!(
+                "shape of `{name}`: checkpoint {:?}, model {:?}",
+                t.size(),
+                var.size()
+            )),
             Some(_) => {}
         }
     }
@@ -75,7 +81,11 @@ pub fn load_into(vs: &mut nn::VarStore, dir: &Path) -> Result<()> {
         problems.push(format!("unexpected `{name}`"));
     }
     if !problems.is_empty() {
-        bail!("checkpoint {} does not match its config.json: {}", dir.display(), problems.join("; "));
+        bail!(
+            "checkpoint {} does not match its config.json: {}",
+            dir.display(),
+            problems.join("; ")
+        );
     }
     tch::no_grad(|| {
         for (name, mut var) in vars {

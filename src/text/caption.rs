@@ -5,14 +5,15 @@
 //! placeholder inside it has no value — missing from the label, or dropped at random
 //! (`drop_city`, `drop_region`), as StreetCLIP/PIGEON did to vary the captions.
 
+use crate::seed::sample_seed;
 use anyhow::{bail, Result};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use crate::seed::sample_seed;
 use serde::{Deserialize, Serialize};
 
 /// StreetCLIP's wording (PIGEON code), with the town and region parts optional.
-pub const DEFAULT_TEMPLATE: &str = "A Street View photo[ close to the town of {city}][ in the region of {region}] in {country}.";
+pub const DEFAULT_TEMPLATE: &str =
+    "A Street View photo[ close to the town of {city}][ in the region of {region}] in {country}.";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -28,7 +29,12 @@ pub struct CaptionConfig {
 
 impl Default for CaptionConfig {
     fn default() -> Self {
-        Self { templates: vec![DEFAULT_TEMPLATE.into()], drop_city: 0.0, drop_region: 0.0, seed: 0 }
+        Self {
+            templates: vec![DEFAULT_TEMPLATE.into()],
+            drop_city: 0.0,
+            drop_region: 0.0,
+            seed: 0,
+        }
     }
 }
 
@@ -71,12 +77,19 @@ impl Template {
                 }
                 ']' => {
                     let inner = stack.pop().filter(|_| !stack.is_empty());
-                    let Some(inner) = inner else { bail!("template `{text}`: `]` without `[`") };
-                    stack.last_mut().expect("outer level").push(Piece::Optional(inner));
+                    let Some(inner) = inner else {
+                        bail!("template `{text}`: `]` without `[`")
+                    };
+                    stack
+                        .last_mut()
+                        .expect("outer level")
+                        .push(Piece::Optional(inner));
                     rest = &rest[1..];
                 }
                 '{' => {
-                    let Some(end) = rest.find('}') else { bail!("template `{text}`: `{{` without `}}`") };
+                    let Some(end) = rest.find('}') else {
+                        bail!("template `{text}`: `{{` without `}}`")
+                    };
                     let slot = match &rest[1..end] {
                         "city" => Slot::City,
                         "region" => Slot::Region,
@@ -88,7 +101,10 @@ impl Template {
                 }
                 _ => {
                     let end = rest.find(['[', ']', '{']).unwrap_or(rest.len());
-                    stack.last_mut().expect("a level").push(Piece::Text(rest[..end].to_string()));
+                    stack
+                        .last_mut()
+                        .expect("a level")
+                        .push(Piece::Text(rest[..end].to_string()));
                     rest = &rest[end..];
                 }
             }
@@ -96,7 +112,9 @@ impl Template {
         if stack.len() != 1 {
             bail!("template `{text}`: `[` without `]`");
         }
-        Ok(Self { pieces: stack.pop().expect("top level") })
+        Ok(Self {
+            pieces: stack.pop().expect("top level"),
+        })
     }
 
     /// The caption, or None when a placeholder outside `[...]` has no value.
@@ -143,13 +161,23 @@ impl Captioner {
         if config.templates.is_empty() {
             bail!("captions.templates is empty");
         }
-        for (key, p) in [("captions.drop_city", config.drop_city), ("captions.drop_region", config.drop_region)] {
+        for (key, p) in [
+            ("captions.drop_city", config.drop_city),
+            ("captions.drop_region", config.drop_region),
+        ] {
             if !(0.0..=1.0).contains(&p) {
                 bail!("{key} = {p} is not a probability in [0, 1]");
             }
         }
-        let templates = config.templates.iter().map(|t| Template::parse(t)).collect::<Result<_>>()?;
-        Ok(Self { templates, config: config.clone() })
+        let templates = config
+            .templates
+            .iter()
+            .map(|t| Template::parse(t))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            templates,
+            config: config.clone(),
+        })
     }
 
     pub fn caption(&self, names: &PlaceNames, epoch: u64, index: u64) -> Option<String> {

@@ -41,20 +41,31 @@ fn sync_dir(dir: &Path) {
 }
 
 /// Saves a checkpoint under `root` and keeps only the newest `keep`.
-pub fn save(root: &Path, model: &ClipModel, opt: &AdamW, state: &TrainState, config_yaml: &str, keep: usize) -> Result<PathBuf> {
+pub fn save(
+    root: &Path,
+    model: &ClipModel,
+    opt: &AdamW,
+    state: &TrainState,
+    config_yaml: &str,
+    keep: usize,
+) -> Result<PathBuf> {
     std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
     let final_dir = root.join(dir_name(state.step));
     let tmp = root.join(format!(".{}.tmp", dir_name(state.step)));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     weights::save(&model.vs, &tmp)?;
-    write_atomic(&tmp.join("config.json"), &serde_json::to_vec_pretty(&model.config.to_hf_json())?)?;
+    write_atomic(
+        &tmp.join("config.json"),
+        &serde_json::to_vec_pretty(&model.config.to_hf_json())?,
+    )?;
     tensor_io::write(&tmp.join("optimizer.safetensors"), &opt.state())?;
     write_atomic(&tmp.join("config.yaml"), config_yaml.as_bytes())?;
     write_atomic(&tmp.join("state.json"), &serde_json::to_vec_pretty(state)?)?;
     sync_dir(&tmp);
     let _ = std::fs::remove_dir_all(&final_dir);
-    std::fs::rename(&tmp, &final_dir).with_context(|| format!("cannot move checkpoint into {}", final_dir.display()))?;
+    std::fs::rename(&tmp, &final_dir)
+        .with_context(|| format!("cannot move checkpoint into {}", final_dir.display()))?;
     sync_dir(root);
     let all = list(root);
     for old in all.iter().take(all.len().saturating_sub(keep.max(1))) {
@@ -65,10 +76,16 @@ pub fn save(root: &Path, model: &ClipModel, opt: &AdamW, state: &TrainState, con
 
 /// Complete checkpoint directories, oldest first.
 pub fn list(root: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(root) else { return vec![] };
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return vec![];
+    };
     let mut dirs: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(PREFIX)))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(PREFIX))
+        })
         .filter(|p| p.join("state.json").is_file() && p.join(weights::WEIGHTS_FILE).is_file())
         .collect();
     dirs.sort();
@@ -77,15 +94,21 @@ pub fn list(root: &Path) -> Vec<PathBuf> {
 
 pub fn read_state(dir: &Path) -> Result<TrainState> {
     let path = dir.join("state.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not a checkpoint state", path.display()))
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a checkpoint state", path.display()))
 }
 
 /// Restores model and optimizer from `dir`; returns its training state.
 pub fn load(dir: &Path, model: &mut ClipModel, opt: &mut AdamW) -> Result<TrainState> {
     let state = read_state(dir)?;
     weights::load_into(&mut model.vs, dir)?;
-    let moments: std::collections::HashMap<_, _> = tensor_io::read(&dir.join("optimizer.safetensors"))?.into_iter().collect();
-    opt.load_state(&moments, state.step).with_context(|| format!("checkpoint {}", dir.display()))?;
+    let moments: std::collections::HashMap<_, _> =
+        tensor_io::read(&dir.join("optimizer.safetensors"))?
+            .into_iter()
+            .collect();
+    opt.load_state(&moments, state.step)
+        .with_context(|| format!("checkpoint {}", dir.display()))?;
     Ok(state)
 }

@@ -19,7 +19,9 @@ pub struct TensorBoard {
 impl TensorBoard {
     pub fn new(dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        Ok(Self { writer: tensorboard_rs::summary_writer::SummaryWriter::new(dir) })
+        Ok(Self {
+            writer: tensorboard_rs::summary_writer::SummaryWriter::new(dir),
+        })
     }
 }
 
@@ -40,13 +42,21 @@ pub struct Progress {
 impl Progress {
     /// Prints nothing: the other ranks of a data-parallel run.
     pub fn quiet() -> Self {
-        Self { bar: None, quiet: true }
+        Self {
+            bar: None,
+            quiet: true,
+        }
     }
 
     pub fn new(total: u64, done: u64) -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let b = indicatif::ProgressBar::new(total);
-            b.set_style(indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} [{elapsed}<{eta}] {msg}").expect("template"));
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} step {pos}/{len} [{elapsed}<{eta}] {msg}",
+                )
+                .expect("template"),
+            );
             b.set_position(done);
             b
         });

@@ -22,7 +22,15 @@ pub struct OptimConfig {
 impl Default for OptimConfig {
     /// StreetCLIP's: lr 1e-6; betas, eps and weight decay of the authors' PIGEON pretraining.
     fn default() -> Self {
-        Self { lr: 1e-6, betas: [0.9, 0.98], eps: 1e-6, weight_decay: 0.001, schedule: Schedule::Linear, warmup_steps: 0, max_grad_norm: Some(1.0) }
+        Self {
+            lr: 1e-6,
+            betas: [0.9, 0.98],
+            eps: 1e-6,
+            weight_decay: 0.001,
+            schedule: Schedule::Linear,
+            warmup_steps: 0,
+            max_grad_norm: Some(1.0),
+        }
     }
 }
 
@@ -86,7 +94,11 @@ pub struct AdamW {
 impl AdamW {
     /// Over the trainable variables of `vs` (frozen ones are left out), sorted by name.
     pub fn new(vs: &nn::VarStore, cfg: &OptimConfig) -> Self {
-        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let mut vars: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let slots = vars
             .into_iter()
@@ -99,7 +111,13 @@ impl AdamW {
                 param,
             })
             .collect();
-        Self { slots, step: 0, betas: cfg.betas, eps: cfg.eps, weight_decay: cfg.weight_decay }
+        Self {
+            slots,
+            step: 0,
+            betas: cfg.betas,
+            eps: cfg.eps,
+            weight_decay: cfg.weight_decay,
+        }
     }
 
     /// One update with learning rate `lr` from the gradients in the parameters (those without
@@ -107,18 +125,33 @@ impl AdamW {
     pub fn step(&mut self, lr: f64) -> anyhow::Result<()> {
         self.step += 1;
         for decay in [true, false] {
-            let slots: Vec<&mut Slot> = self.slots.iter_mut().filter(|s| s.decay == decay && s.param.grad().defined()).collect();
+            let slots: Vec<&mut Slot> = self
+                .slots
+                .iter_mut()
+                .filter(|s| s.decay == decay && s.param.grad().defined())
+                .collect();
             if slots.is_empty() {
                 continue;
             }
             let mut lists: [Vec<Tensor>; 5] = Default::default();
             for s in slots {
                 let _ = s.step.fill_(self.step as f64);
-                for (list, t) in lists.iter_mut().zip([&s.param, &s.param.grad(), &s.exp_avg, &s.exp_avg_sq, &s.step]) {
+                for (list, t) in lists.iter_mut().zip([
+                    &s.param,
+                    &s.param.grad(),
+                    &s.exp_avg,
+                    &s.exp_avg_sq,
+                    &s.step,
+                ]) {
                     list.push(t.shallow_clone());
                 }
             }
-            let h = AdamWStep { lr, betas: self.betas, weight_decay: if decay { self.weight_decay } else { 0.0 }, eps: self.eps };
+            let h = AdamWStep {
+                lr,
+                betas: self.betas,
+                weight_decay: if decay { self.weight_decay } else { 0.0 },
+                eps: self.eps,
+            };
             tch::no_grad(|| fused_adamw(&lists[0], &lists[1], &lists[2], &lists[3], &lists[4], h))?;
         }
         Ok(())
@@ -134,17 +167,34 @@ impl AdamW {
     pub fn state(&self) -> Vec<(String, Tensor)> {
         self.slots
             .iter()
-            .flat_map(|s| [(format!("exp_avg.{}", s.name), s.exp_avg.shallow_clone()), (format!("exp_avg_sq.{}", s.name), s.exp_avg_sq.shallow_clone())])
+            .flat_map(|s| {
+                [
+                    (format!("exp_avg.{}", s.name), s.exp_avg.shallow_clone()),
+                    (
+                        format!("exp_avg_sq.{}", s.name),
+                        s.exp_avg_sq.shallow_clone(),
+                    ),
+                ]
+            })
             .collect()
     }
 
     /// Restores moments saved by `state` (and the step count).
-    pub fn load_state(&mut self, state: &std::collections::HashMap<String, Tensor>, step: u64) -> anyhow::Result<()> {
+    pub fn load_state(
+        &mut self,
+        state: &std::collections::HashMap<String, Tensor>,
+        step: u64,
+    ) -> anyhow::Result<()> {
         tch::no_grad(|| {
             for s in &mut self.slots {
-                for (prefix, t) in [("exp_avg", &mut s.exp_avg), ("exp_avg_sq", &mut s.exp_avg_sq)] {
+                for (prefix, t) in [
+                    ("exp_avg", &mut s.exp_avg),
+                    ("exp_avg_sq", &mut s.exp_avg_sq),
+                ] {
                     let key = format!("{prefix}.{}", s.name);
-                    let saved = state.get(&key).ok_or_else(|| anyhow::anyhow!("optimizer state has no `{key}`"))?;
+                    let saved = state
+                        .get(&key)
+                        .ok_or_else(|| anyhow::anyhow!("optimizer state has no `{key}`"))?;
                     t.copy_(&saved.to_device(t.device()));
                 }
             }

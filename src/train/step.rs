@@ -5,8 +5,8 @@ use super::loss::clip_loss;
 use super::optim::{clip_grad_norm, AdamW};
 use crate::dist::Dist;
 use crate::model::ClipModel;
-use anyhow::Result;
 use crate::shim::{autocast, AutocastDtype};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -37,14 +37,23 @@ pub struct StepStats {
 
 fn accuracy(logits_per_image: &Tensor) -> f64 {
     let n = logits_per_image.size()[0];
-    let hits = logits_per_image.argmax(-1, false).eq_tensor(&Tensor::arange(n, (Kind::Int64, logits_per_image.device())));
-    hits.to_kind(Kind::Double).mean(Kind::Double).double_value(&[])
+    let hits = logits_per_image
+        .argmax(-1, false)
+        .eq_tensor(&Tensor::arange(n, (Kind::Int64, logits_per_image.device())));
+    hits.to_kind(Kind::Double)
+        .mean(Kind::Double)
+        .double_value(&[])
 }
 
 /// The towers' features, under autocast in `amp` when given (fp32 master weights; features
 /// and everything after them — normalisation, logits, loss — in fp32).
 fn features(model: &ClipModel, m: &MicroBatch, amp: Option<AutocastDtype>) -> (Tensor, Tensor) {
-    let run = || (model.image_features(&m.pixel_values), model.text_features(&m.input_ids, Some(&m.attention_mask)));
+    let run = || {
+        (
+            model.image_features(&m.pixel_values),
+            model.text_features(&m.input_ids, Some(&m.attention_mask)),
+        )
+    };
     match amp {
         None => run(),
         Some(dtype) => {
@@ -58,7 +67,13 @@ fn features(model: &ClipModel, m: &MicroBatch, amp: Option<AutocastDtype>) -> (T
 /// several ranks, `full_batch` makes one loss over every rank's pairs: features are
 /// all-gathered (without a graph) and this rank's own are spliced in with one, so its gradient
 /// is its share of the global loss's (the caller sums shares over the ranks).
-pub fn accumulate_gradients(model: &ClipModel, micro: &[MicroBatch], mode: Accumulation, amp: Option<AutocastDtype>, dist: &Dist) -> Result<StepStats> {
+pub fn accumulate_gradients(
+    model: &ClipModel,
+    micro: &[MicroBatch],
+    mode: Accumulation,
+    amp: Option<AutocastDtype>,
+    dist: &Dist,
+) -> Result<StepStats> {
     match mode {
         Accumulation::PerMicroBatch => {
             let mut stats = StepStats::default();
@@ -75,18 +90,23 @@ pub fn accumulate_gradients(model: &ClipModel, micro: &[MicroBatch], mode: Accum
         }
         Accumulation::FullBatch => {
             // 1. Features of every micro-batch without a graph.
-            let (images, texts): (Vec<Tensor>, Vec<Tensor>) = tch::no_grad(|| {
-                micro.iter().map(|m| features(model, m, amp)).unzip()
-            });
+            let (images, texts): (Vec<Tensor>, Vec<Tensor>) =
+                tch::no_grad(|| micro.iter().map(|m| features(model, m, amp)).unzip());
             // 2. The loss over all pairs, differentiated with respect to the cached features
             //    (and logit_scale, whose gradient is complete after this backward).
             let image_own = Tensor::cat(&images, 0).set_requires_grad(true);
             let text_own = Tensor::cat(&texts, 0).set_requires_grad(true);
-            let (image_all, text_all) = (splice_global(dist, &image_own)?, splice_global(dist, &text_own)?);
+            let (image_all, text_all) = (
+                splice_global(dist, &image_own)?,
+                splice_global(dist, &text_own)?,
+            );
             let out = model.logits(&image_all, &text_all);
             let loss = clip_loss(&out.logits_per_text);
             loss.backward();
-            let stats = StepStats { loss: loss.double_value(&[]), accuracy: accuracy(&out.logits_per_image.detach()) };
+            let stats = StepStats {
+                loss: loss.double_value(&[]),
+                accuracy: accuracy(&out.logits_per_image.detach()),
+            };
             // 3. Each micro-batch again with a graph, back-propagating its share of those
             //    feature gradients: the chain rule gives exactly the full-batch gradient.
             let (image_grad, text_grad) = (image_own.grad(), text_own.grad());
@@ -94,7 +114,8 @@ pub fn accumulate_gradients(model: &ClipModel, micro: &[MicroBatch], mode: Accum
             for m in micro {
                 let b = m.pixel_values.size()[0];
                 let (image, text) = features(model, m, amp);
-                let surrogate = (image * image_grad.narrow(0, offset, b)).sum(Kind::Float) + (text * text_grad.narrow(0, offset, b)).sum(Kind::Float);
+                let surrogate = (image * image_grad.narrow(0, offset, b)).sum(Kind::Float)
+                    + (text * text_grad.narrow(0, offset, b)).sum(Kind::Float);
                 surrogate.backward();
                 offset += b;
             }
@@ -112,13 +133,22 @@ fn splice_global(dist: &Dist, own: &Tensor) -> Result<Tensor> {
     let all = dist.all_gather(&own.detach())?;
     let n = own.size()[0];
     let before = all.narrow(0, 0, n * dist.rank as i64);
-    let after = all.narrow(0, n * (dist.rank as i64 + 1), n * (dist.world_size - dist.rank - 1) as i64);
+    let after = all.narrow(
+        0,
+        n * (dist.rank as i64 + 1),
+        n * (dist.world_size - dist.rank - 1) as i64,
+    );
     Ok(Tensor::cat(&[before, own.shallow_clone(), after], 0))
 }
 
 /// Clips, updates, clamps the temperature (≤ 100, as CLIP), clears the gradients.
 /// Returns the gradient norm before clipping.
-pub fn optimizer_step(model: &ClipModel, opt: &mut AdamW, lr: f64, max_grad_norm: Option<f64>) -> anyhow::Result<f64> {
+pub fn optimizer_step(
+    model: &ClipModel,
+    opt: &mut AdamW,
+    lr: f64,
+    max_grad_norm: Option<f64>,
+) -> anyhow::Result<f64> {
     let norm = clip_grad_norm(opt.parameters(), max_grad_norm);
     opt.step(lr)?;
     tch::no_grad(|| {

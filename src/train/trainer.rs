@@ -7,16 +7,16 @@ use super::optim::AdamW;
 use super::step::{accumulate_gradients, optimizer_step, Accumulation, MicroBatch};
 use super::validate::{validate, ValMetrics};
 use crate::commands::parse_device;
-use crate::dist::{all_reduce_gradients, Dist, DistEnv};
-use crate::model::weights;
 use crate::config::{Config, FreezeConfig, OnNonFinite, Precision};
-use crate::shim::AutocastDtype;
 use crate::data::loader::{Loader, LoaderConfig, Position};
 use crate::data::{Dataset, Sample};
+use crate::dist::{all_reduce_gradients, Dist, DistEnv};
 use crate::geo::Gazetteer;
+use crate::model::weights;
 use crate::model::ClipConfig;
 use crate::pretrained::Pretrained;
 use crate::seed::sample_seed;
+use crate::shim::AutocastDtype;
 use crate::text::Captioner;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -54,7 +54,8 @@ fn stop_flag() -> &'static AtomicBool {
 /// The configured device; in a multi-process run `cuda` means this worker's GPU, cuda:LOCAL_RANK.
 fn device_for(cfg: &Config, env: &DistEnv) -> Result<tch::Device> {
     if env.is_distributed() && cfg.model.device == "cuda" {
-        return parse_device(&format!("cuda:{}", env.local_rank)).context("model.device (cuda:LOCAL_RANK)");
+        return parse_device(&format!("cuda:{}", env.local_rank))
+            .context("model.device (cuda:LOCAL_RANK)");
     }
     parse_device(&cfg.model.device).context("model.device")
 }
@@ -72,7 +73,10 @@ fn build_model(cfg: &Config, device: tch::Device) -> Result<Pretrained> {
 
 /// Locks parameters as `freeze` says; returns how many remain trainable.
 fn apply_freeze(clip: &mut Pretrained, freeze: &FreezeConfig) -> usize {
-    let (vision_layers, text_layers) = (clip.model.config.vision_config.num_hidden_layers as usize, clip.model.config.text_config.num_hidden_layers as usize);
+    let (vision_layers, text_layers) = (
+        clip.model.config.vision_config.num_hidden_layers as usize,
+        clip.model.config.text_config.num_hidden_layers as usize,
+    );
     let mut trainable = 0;
     for (name, var) in clip.model.vs.variables() {
         let vision = name.starts_with("vision_model") || name.starts_with("visual_projection");
@@ -80,7 +84,11 @@ fn apply_freeze(clip: &mut Pretrained, freeze: &FreezeConfig) -> usize {
         let mut train = !(vision && freeze.vision || text && freeze.text);
         if let (true, Some(n)) = (train, freeze.last_n_blocks) {
             let layers = if vision { vision_layers } else { text_layers };
-            let block = name.split(".layers.").nth(1).and_then(|r| r.split('.').next()).and_then(|i| i.parse::<usize>().ok());
+            let block = name
+                .split(".layers.")
+                .nth(1)
+                .and_then(|r| r.split('.').next())
+                .and_then(|i| i.parse::<usize>().ok());
             // Embeddings and early blocks lock; the last n blocks, final norms, projections and
             // the temperature train.
             let late = match block {
@@ -98,11 +106,26 @@ fn apply_freeze(clip: &mut Pretrained, freeze: &FreezeConfig) -> usize {
 /// Every rank's loader position gathered to rank 0, which writes the checkpoint. All ranks call
 /// this at the same steps.
 #[allow(clippy::too_many_arguments)]
-fn save_checkpoint(dist: &Dist, root: &Path, clip: &Pretrained, opt: &AdamW, state: &mut TrainState, config_yaml: &str, keep: usize) -> Result<()> {
+fn save_checkpoint(
+    dist: &Dist,
+    root: &Path,
+    clip: &Pretrained,
+    opt: &AdamW,
+    state: &mut TrainState,
+    config_yaml: &str,
+    keep: usize,
+) -> Result<()> {
     if dist.world_size > 1 {
-        let mine = Tensor::from_slice(&[state.position.epoch as i64, state.position.index as i64]).view([1, 2]);
+        let mine = Tensor::from_slice(&[state.position.epoch as i64, state.position.index as i64])
+            .view([1, 2]);
         let all = Vec::<i64>::try_from(dist.all_gather(&mine.to(clip.device()))?.view([-1]))?;
-        state.rank_positions = all.chunks(2).map(|p| Position { epoch: p[0] as u64, index: p[1] as usize }).collect();
+        state.rank_positions = all
+            .chunks(2)
+            .map(|p| Position {
+                epoch: p[0] as u64,
+                index: p[1] as usize,
+            })
+            .collect();
     }
     if dist.is_main() {
         checkpoint::save(root, &clip.model, opt, state, config_yaml, keep)?;
@@ -116,13 +139,20 @@ fn save_checkpoint(dist: &Dist, root: &Path, clip: &Pretrained, opt: &AdamW, sta
 fn resume_position(state: &TrainState, dist: &Dist) -> Position {
     let saved_world = state.rank_positions.len().max(1);
     if saved_world == dist.world_size {
-        return state.rank_positions.get(dist.rank).copied().unwrap_or(state.position);
+        return state
+            .rank_positions
+            .get(dist.rank)
+            .copied()
+            .unwrap_or(state.position);
     }
     let global = state.position.index * saved_world;
     if dist.is_main() {
         eprintln!("resuming a {saved_world}-rank run on {} ranks: each continues at sample {} of its share", dist.world_size, global / dist.world_size);
     }
-    Position { epoch: state.position.epoch, index: global / dist.world_size }
+    Position {
+        epoch: state.position.epoch,
+        index: global / dist.world_size,
+    }
 }
 
 /// Train / validation split by a seeded per-sample draw (stable when the data grows).
@@ -130,7 +160,11 @@ fn split(samples: &[Sample], fraction: f64, seed: u64) -> (Vec<Sample>, Vec<Samp
     let (mut train, mut val) = (vec![], vec![]);
     for (i, s) in samples.iter().enumerate() {
         let u = sample_seed(seed, u64::MAX - 1, i as u64) as f64 / u64::MAX as f64;
-        if u < fraction { val.push(s.clone()) } else { train.push(s.clone()) }
+        if u < fraction {
+            val.push(s.clone())
+        } else {
+            train.push(s.clone())
+        }
     }
     (train, val)
 }
@@ -140,7 +174,12 @@ fn split(samples: &[Sample], fraction: f64, seed: u64) -> (Vec<Sample>, Vec<Samp
 /// Under torchrun, SLURM or `--nproc-per-node`, this process is one rank of a data-parallel job:
 /// the global batch is world × grad_accum_steps × micro_batch_size; rank 0 alone logs,
 /// validates, checkpoints and exports.
-pub fn train(cfg: &Config, config_yaml: &str, out: &Path, max_steps: Option<u64>) -> Result<Summary> {
+pub fn train(
+    cfg: &Config,
+    config_yaml: &str,
+    out: &Path,
+    max_steps: Option<u64>,
+) -> Result<Summary> {
     let t = &cfg.train;
     if t.micro_batch_size == 0 || t.grad_accum_steps == 0 || t.epochs == 0 {
         bail!("train.micro_batch_size, train.grad_accum_steps and train.epochs must be at least 1");
@@ -150,10 +189,16 @@ pub fn train(cfg: &Config, config_yaml: &str, out: &Path, max_steps: Option<u64>
     }
     let env = DistEnv::from_env()?;
     let device = device_for(cfg, &env)?;
-    let dist = Dist::init(&env, cfg.dist.backend_for(device)?, device, cfg.dist.timeout())?;
+    let dist = Dist::init(
+        &env,
+        cfg.dist.backend_for(device)?,
+        device,
+        cfg.dist.timeout(),
+    )?;
     let main = dist.is_main();
     if main {
-        std::fs::create_dir_all(out).with_context(|| format!("cannot create run directory {}", out.display()))?;
+        std::fs::create_dir_all(out)
+            .with_context(|| format!("cannot create run directory {}", out.display()))?;
         crate::tensor_io::write_atomic(&out.join("config.yaml"), config_yaml.as_bytes())?;
     }
     let stop = stop_flag();
@@ -168,7 +213,8 @@ pub fn train(cfg: &Config, config_yaml: &str, out: &Path, max_steps: Option<u64>
     let g = Gazetteer::bundled()?;
     // Rank 0 first: it draws synthetic data when the config asks for it.
     if !main {
-        dist.barrier().context("waiting for rank 0 to prepare the data")?;
+        dist.barrier()
+            .context("waiting for rank 0 to prepare the data")?;
     }
     let (data, report) = Dataset::load(&cfg.data, &g)?;
     if main {
@@ -180,10 +226,19 @@ pub fn train(cfg: &Config, config_yaml: &str, out: &Path, max_steps: Option<u64>
     let step_size = t.micro_batch_size * t.grad_accum_steps;
     let steps_per_epoch = (train_samples.len() / dist.world_size / step_size) as u64;
     if steps_per_epoch == 0 {
-        bail!("{} training samples are fewer than one step's batch ({} ranks x {} x {})", train_samples.len(), dist.world_size, t.micro_batch_size, t.grad_accum_steps);
+        bail!(
+            "{} training samples are fewer than one step's batch ({} ranks x {} x {})",
+            train_samples.len(),
+            dist.world_size,
+            t.micro_batch_size,
+            t.grad_accum_steps
+        );
     }
     let total_steps = steps_per_epoch * t.epochs;
-    let stop_at = max_steps.or(t.max_steps).unwrap_or(total_steps).min(total_steps);
+    let stop_at = max_steps
+        .or(t.max_steps)
+        .unwrap_or(total_steps)
+        .min(total_steps);
     let captioner = Arc::new(Captioner::new(&cfg.captions)?);
     let mut opt = AdamW::new(&clip.model.vs, &cfg.optim);
 
@@ -198,17 +253,37 @@ pub fn train(cfg: &Config, config_yaml: &str, out: &Path, max_steps: Option<u64>
     }
     if dist.world_size > 1 {
         // Identical starting weights everywhere, fresh or resumed.
-        dist.broadcast_tensors(&weights::named_tensors(&clip.model.vs).into_iter().map(|(_, t)| t).collect::<Vec<_>>()).context("broadcasting rank 0's parameters")?;
+        dist.broadcast_tensors(
+            &weights::named_tensors(&clip.model.vs)
+                .into_iter()
+                .map(|(_, t)| t)
+                .collect::<Vec<_>>(),
+        )
+        .context("broadcasting rank 0's parameters")?;
         if main {
-            eprintln!("data parallel: {} ranks ({}), global batch {} = {} x {} x {}", dist.world_size, env.launcher, dist.world_size * step_size, dist.world_size, t.grad_accum_steps, t.micro_batch_size);
+            eprintln!(
+                "data parallel: {} ranks ({}), global batch {} = {} x {} x {}",
+                dist.world_size,
+                env.launcher,
+                dist.world_size * step_size,
+                dist.world_size,
+                t.grad_accum_steps,
+                t.micro_batch_size
+            );
         }
     }
-    let mut tb = if main { Some(TensorBoard::new(&out.join("tensorboard"))?) } else { None };
+    let mut tb = if main {
+        Some(TensorBoard::new(&out.join("tensorboard"))?)
+    } else {
+        None
+    };
     let amp = match (t.precision, device.is_cuda()) {
         (Precision::Bf16, _) | (Precision::Auto, true) => Some(AutocastDtype::BFloat16),
         _ => None,
     };
-    let train_set = Arc::new(Dataset { samples: train_samples });
+    let train_set = Arc::new(Dataset {
+        samples: train_samples,
+    });
     let loader_cfg = LoaderConfig {
         batch_size: step_size,
         workers: cfg.data.workers,
@@ -223,8 +298,18 @@ pub fn train(cfg: &Config, config_yaml: &str, out: &Path, max_steps: Option<u64>
         epochs: Some(t.epochs),
     };
     let (h, w) = clip.preprocess.output_size();
-    let mut loader = Loader::start(train_set.clone(), captioner.clone(), clip.preprocess.clone(), loader_cfg, state.position)?;
-    let progress = if main { Progress::new(total_steps, state.step) } else { Progress::quiet() };
+    let mut loader = Loader::start(
+        train_set.clone(),
+        captioner.clone(),
+        clip.preprocess.clone(),
+        loader_cfg,
+        state.position,
+    )?;
+    let progress = if main {
+        Progress::new(total_steps, state.step)
+    } else {
+        Progress::quiet()
+    };
     let params = weights::named_tensors(&clip.model.vs);
     let (start, start_samples) = (Instant::now(), state.samples_seen);
     let mut last_loss = f64::NAN;
@@ -255,12 +340,21 @@ pub fn train(cfg: &Config, config_yaml: &str, out: &Path, max_steps: Option<u64>
             .step_by(t.micro_batch_size)
             .map(|s| {
                 let b = (t.micro_batch_size as i64).min(n - s);
-                MicroBatch { pixel_values: pixels.narrow(0, s, b).to(device), input_ids: ids.narrow(0, s, b).to(device), attention_mask: mask.narrow(0, s, b).to(device) }
+                MicroBatch {
+                    pixel_values: pixels.narrow(0, s, b).to(device),
+                    input_ids: ids.narrow(0, s, b).to(device),
+                    attention_mask: mask.narrow(0, s, b).to(device),
+                }
             })
             .collect();
         let mut stats = accumulate_gradients(&clip.model, &micro, t.accumulation, amp, &dist)?;
         if dist.world_size > 1 {
-            all_reduce_gradients(&dist, &params, t.accumulation == Accumulation::PerMicroBatch, &["logit_scale"])?;
+            all_reduce_gradients(
+                &dist,
+                &params,
+                t.accumulation == Accumulation::PerMicroBatch,
+                &["logit_scale"],
+            )?;
             // The same loss on every rank, so they agree on skipping a non-finite step.
             (stats.loss, stats.accuracy) = dist.mean2(stats.loss, stats.accuracy)?;
         }
@@ -270,12 +364,25 @@ pub fn train(cfg: &Config, config_yaml: &str, out: &Path, max_steps: Option<u64>
                     opt.zero_grad();
                     state.skipped_steps += 1;
                     state.position = batch.next;
-                    progress.println(&format!("step {}: loss is {}; step skipped ({} so far)", state.step + 1, stats.loss, state.skipped_steps));
+                    progress.println(&format!(
+                        "step {}: loss is {}; step skipped ({} so far)",
+                        state.step + 1,
+                        stats.loss,
+                        state.skipped_steps
+                    ));
                     continue;
                 }
                 OnNonFinite::Stop => {
                     opt.zero_grad();
-                    save_checkpoint(&dist, &ckpt_root, &clip, &opt, &mut state, config_yaml, t.keep_checkpoints)?;
+                    save_checkpoint(
+                        &dist,
+                        &ckpt_root,
+                        &clip,
+                        &opt,
+                        &mut state,
+                        config_yaml,
+                        t.keep_checkpoints,
+                    )?;
                     bail!("loss became {} at step {}; state before it saved in {} (lower optim.lr, or set train.on_nonfinite: skip)", stats.loss, state.step + 1, ckpt_root.display());
                 }
             }
@@ -290,22 +397,48 @@ pub fn train(cfg: &Config, config_yaml: &str, out: &Path, max_steps: Option<u64>
         let rate = (state.samples_seen - start_samples) as f64 / start.elapsed().as_secs_f64();
         let scale = clip.model.logit_scale().exp().double_value(&[]);
         if let Some(tb) = tb.as_mut() {
-            for (tag, v) in [("train/loss", stats.loss), ("train/lr", lr), ("train/logit_scale", scale), ("train/grad_norm", grad_norm), ("train/samples_per_s", rate), ("train/batch_accuracy", stats.accuracy)] {
+            for (tag, v) in [
+                ("train/loss", stats.loss),
+                ("train/lr", lr),
+                ("train/logit_scale", scale),
+                ("train/grad_norm", grad_norm),
+                ("train/samples_per_s", rate),
+                ("train/batch_accuracy", stats.accuracy),
+            ] {
                 tb.scalar(tag, v, state.step);
             }
         }
         let log_now = state.step % t.log_every.max(1) == 0 || state.step == stop_at;
-        progress.update(state.step, total_steps, &format!("loss {:.4} acc {:.3} lr {lr:.2e} {rate:.1} samples/s", stats.loss, stats.accuracy), log_now);
+        progress.update(
+            state.step,
+            total_steps,
+            &format!(
+                "loss {:.4} acc {:.3} lr {lr:.2e} {rate:.1} samples/s",
+                stats.loss, stats.accuracy
+            ),
+            log_now,
+        );
 
         let epoch_end = state.step % steps_per_epoch == 0;
-        if let (true, Some(tb)) = (t.eval_every > 0 && state.step % t.eval_every == 0 && !val_samples.is_empty(), tb.as_mut()) {
+        if let (true, Some(tb)) = (
+            t.eval_every > 0 && state.step % t.eval_every == 0 && !val_samples.is_empty(),
+            tb.as_mut(),
+        ) {
             let m = validate(&clip, &val_samples, &captioner, &g, t.micro_batch_size)?;
             m.log(tb, state.step);
             progress.println(&format!("step {}: {}", state.step, m.line()));
             validation = Some(m);
         }
         if epoch_end || state.step % t.checkpoint_every.max(1) == 0 {
-            save_checkpoint(&dist, &ckpt_root, &clip, &opt, &mut state, config_yaml, t.keep_checkpoints)?;
+            save_checkpoint(
+                &dist,
+                &ckpt_root,
+                &clip,
+                &opt,
+                &mut state,
+                config_yaml,
+                t.keep_checkpoints,
+            )?;
         }
         if let Some(tb) = tb.as_mut() {
             tb.flush();
@@ -318,7 +451,15 @@ pub fn train(cfg: &Config, config_yaml: &str, out: &Path, max_steps: Option<u64>
         stopped_by = format!("max steps ({stop_at})");
     }
     let mut export = None;
-    save_checkpoint(&dist, &ckpt_root, &clip, &opt, &mut state, config_yaml, t.keep_checkpoints)?;
+    save_checkpoint(
+        &dist,
+        &ckpt_root,
+        &clip,
+        &opt,
+        &mut state,
+        config_yaml,
+        t.keep_checkpoints,
+    )?;
     if let Some(tb) = tb.as_mut() {
         if stopped_by != "signal" {
             if !val_samples.is_empty() {
@@ -350,7 +491,10 @@ pub fn train(cfg: &Config, config_yaml: &str, out: &Path, max_steps: Option<u64>
         export,
     };
     if main {
-        crate::tensor_io::write_atomic(&out.join("summary.json"), &serde_json::to_vec_pretty(&summary)?)?;
+        crate::tensor_io::write_atomic(
+            &out.join("summary.json"),
+            &serde_json::to_vec_pretty(&summary)?,
+        )?;
     }
     // Nobody leaves while rank 0 still writes: a launcher would read an early exit as the end.
     dist.barrier()?;

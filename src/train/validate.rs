@@ -38,17 +38,29 @@ impl ValMetrics {
     }
 }
 
-pub fn validate(clip: &Pretrained, samples: &[Sample], captioner: &Captioner, g: &Gazetteer, batch: usize) -> Result<ValMetrics> {
+pub fn validate(
+    clip: &Pretrained,
+    samples: &[Sample],
+    captioner: &Captioner,
+    g: &Gazetteer,
+    batch: usize,
+) -> Result<ValMetrics> {
     let device = clip.device();
     let mut countries: Vec<usize> = samples.iter().filter_map(|s| s.place.country).collect();
     countries.sort();
     countries.dedup();
-    let prompts: Vec<String> = countries.iter().map(|&c| COUNTRY_PROMPT.replace("{}", &g.countries[c].in_sentence())).collect();
+    let prompts: Vec<String> = countries
+        .iter()
+        .map(|&c| COUNTRY_PROMPT.replace("{}", &g.countries[c].in_sentence()))
+        .collect();
     let country_text = if prompts.is_empty() {
         None
     } else {
         let (ids, mask) = clip.tokenize(&prompts)?;
-        Some(tch::no_grad(|| clip.model.text_features(&ids.to(device), Some(&mask.to(device)))))
+        Some(tch::no_grad(|| {
+            clip.model
+                .text_features(&ids.to(device), Some(&mask.to(device)))
+        }))
     };
     let (h, w) = clip.preprocess.output_size();
     let (mut hits, mut country_hits, mut country_n, mut n) = (0.0, 0usize, 0usize, 0usize);
@@ -56,26 +68,49 @@ pub fn validate(clip: &Pretrained, samples: &[Sample], captioner: &Captioner, g:
         let mut pixels = Vec::with_capacity(chunk.len() * 3 * (h * w) as usize);
         let mut captions = Vec::with_capacity(chunk.len());
         for (i, s) in chunk.iter().enumerate() {
-            let Ok(img) = s.image.read().and_then(|b| decode(&b)) else { continue };
+            let Ok(img) = s.image.read().and_then(|b| decode(&b)) else {
+                continue;
+            };
             pixels.extend(clip.preprocess.apply(img)?);
             let index = (chunk_index * batch + i) as u64;
-            captions.push(s.place.caption.clone().or_else(|| captioner.caption(&s.place.names, 0, index)).unwrap_or_default());
+            captions.push(
+                s.place
+                    .caption
+                    .clone()
+                    .or_else(|| captioner.caption(&s.place.names, 0, index))
+                    .unwrap_or_default(),
+            );
         }
         let b = captions.len() as i64;
         if b == 0 {
             continue;
         }
-        let pixels = Tensor::from_slice(&pixels).view([b, 3, h as i64, w as i64]).to(device);
+        let pixels = Tensor::from_slice(&pixels)
+            .view([b, 3, h as i64, w as i64])
+            .to(device);
         let (ids, mask) = clip.tokenize(&captions)?;
         tch::no_grad(|| -> Result<()> {
             let image = clip.model.image_features(&pixels);
-            let text = clip.model.text_features(&ids.to(device), Some(&mask.to(device)));
+            let text = clip
+                .model
+                .text_features(&ids.to(device), Some(&mask.to(device)));
             let logits = clip.model.logits(&image, &text).logits_per_image;
-            let correct = logits.argmax(-1, false).eq_tensor(&Tensor::arange(b, (Kind::Int64, device)));
-            hits += correct.to_kind(Kind::Double).sum(Kind::Double).double_value(&[]);
+            let correct = logits
+                .argmax(-1, false)
+                .eq_tensor(&Tensor::arange(b, (Kind::Int64, device)));
+            hits += correct
+                .to_kind(Kind::Double)
+                .sum(Kind::Double)
+                .double_value(&[]);
             n += b as usize;
             if let Some(ct) = &country_text {
-                let guesses = Vec::<i64>::try_from(clip.model.logits(&image, ct).logits_per_image.argmax(-1, false).to(tch::Device::Cpu))?;
+                let guesses = Vec::<i64>::try_from(
+                    clip.model
+                        .logits(&image, ct)
+                        .logits_per_image
+                        .argmax(-1, false)
+                        .to(tch::Device::Cpu),
+                )?;
                 for (s, guess) in chunk.iter().zip(guesses) {
                     if let Some(truth) = s.place.country {
                         country_n += 1;

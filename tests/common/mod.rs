@@ -25,9 +25,18 @@ pub fn reference_dir() -> PathBuf {
         // a half-written reference.
         let tmp = root().join(format!("target/.reference-fixtures.{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
-        run_python([root().join("scripts/make_fixtures.py").into_os_string(), "--out".into(), tmp.clone().into_os_string(), "models".into(), "training".into(), "bf16".into()]);
+        run_python([
+            root().join("scripts/make_fixtures.py").into_os_string(),
+            "--out".into(),
+            tmp.clone().into_os_string(),
+            "models".into(),
+            "training".into(),
+            "bf16".into(),
+        ]);
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(&tmp, &dir).or_else(|_| std::fs::remove_dir_all(&tmp)).unwrap();
+        std::fs::rename(&tmp, &dir)
+            .or_else(|_| std::fs::remove_dir_all(&tmp))
+            .unwrap();
         dir
     })
     .clone()
@@ -36,12 +45,18 @@ pub fn reference_dir() -> PathBuf {
 /// The reference tensors of `name` (see `reference_dir`), by name, on the CPU.
 pub fn expected(name: &str) -> HashMap<String, Tensor> {
     let path = reference_dir().join(format!("{name}.expected.safetensors"));
-    streetclip::tensor_io::read(&path).unwrap().into_iter().collect()
+    streetclip::tensor_io::read(&path)
+        .unwrap()
+        .into_iter()
+        .collect()
 }
 
 /// Largest absolute difference.
 pub fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double)).abs().max().double_value(&[])
+    (a.to_kind(tch::Kind::Double) - b.to_kind(tch::Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
 }
 
 /// `max |actual - expected| <= tol` (fp32 outputs).
@@ -56,23 +71,38 @@ pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, tol: f64) {
 /// gradients are held to the same standard as large ones).
 pub fn assert_rel_close(what: &str, actual: &Tensor, expected: &Tensor, tol: f64) {
     assert_eq!(actual.size(), expected.size(), "{what}: shape");
-    let scale = expected.abs().max().double_value(&[]).max(f64::MIN_POSITIVE);
+    let scale = expected
+        .abs()
+        .max()
+        .double_value(&[])
+        .max(f64::MIN_POSITIVE);
     let d = max_diff(actual, expected);
     eprintln!("{what}: max abs diff {:.1e} of max {scale:.1e}", d);
-    assert!(d <= tol * scale, "{what}: max abs diff {d:e} > {tol:e} x {scale:e}");
+    assert!(
+        d <= tol * scale,
+        "{what}: max abs diff {d:e} > {tol:e} x {scale:e}"
+    );
 }
 
 /// The project's Python (made by `make setup`); a test that needs it fails loudly without it.
 pub fn python() -> PathBuf {
     let py = root().join(".venv/bin/python");
-    assert!(py.is_file(), "{} is missing: run `make setup` first", py.display());
+    assert!(
+        py.is_file(),
+        "{} is missing: run `make setup` first",
+        py.display()
+    );
     py
 }
 
 /// The shared IM2GPS3K sample; tests that need real photos fail loudly when it is absent.
 pub fn im2gps3k_sample() -> PathBuf {
     let dir = root().join("../shared/data/im2gps3k-sample");
-    assert!(dir.join("meta.csv").is_file(), "{} is missing: these tests need the shared real photographs", dir.display());
+    assert!(
+        dir.join("meta.csv").is_file(),
+        "{} is missing: these tests need the shared real photographs",
+        dir.display()
+    );
     dir
 }
 
@@ -88,9 +118,16 @@ pub fn im2gps3k_images(n: usize) -> Vec<PathBuf> {
 }
 
 pub fn run_python<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(args: I) -> String {
-    let out = std::process::Command::new(python()).args(args).output().unwrap();
+    let out = std::process::Command::new(python())
+        .args(args)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "python failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout
 }
 

@@ -10,6 +10,7 @@ build: setup
 	$(CARGO) build --release
 
 test: setup
+	$(CARGO) fmt --check
 	$(CARGO) test -- --test-threads 2
 	$(CARGO) check --benches
 

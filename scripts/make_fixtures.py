@@ -266,6 +266,30 @@ def make_classification_metrics_cases():
     print(f"classification_metrics.json: {len(truth)} predictions, accuracy {expected['accuracy']:.1f}%")
 
 
+def make_logistic_cases():
+    """scikit-learn's LogisticRegression on seeded features: the linear probe's reference, for
+    three classes (multinomial) and two (binary). newton-cg: its lbfgs stops on a relative
+    objective change with gradients still ~1e-5; newton-cg reaches ~1e-13."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(17)
+    cases = []
+    for k in (3, 2):
+        n, d = 90, 8
+        centers = rng.normal(0, 1.0, (k, d))
+        y = rng.integers(0, k, n)
+        x = centers[y] + rng.normal(0, 1.2, (n, d))
+        x /= np.linalg.norm(x, axis=1, keepdims=True)  # like CLIP's normalised embeddings
+        for c in (0.01, 1.0, 100.0):
+            m = LogisticRegression(C=c, solver="newton-cg", tol=1e-14, max_iter=10000).fit(x, y)
+            cases.append({"classes": k, "c": c, "x": x.tolist(), "y": y.tolist(), "coef": m.coef_.tolist(),
+                          "intercept": m.intercept_.tolist(), "proba": m.predict_proba(x).tolist()})
+    with open(os.path.join(FIX, "logistic_cases.json"), "w") as fh:
+        json.dump(cases, fh)
+    print(f"logistic_cases.json: {len(cases)} fits")
+
+
 STEPS = {
     "models": lambda: [make_model(name, cfg) for name, cfg in MODELS.items()],
     "tokenizer": make_tokenizer_cases,
@@ -273,6 +297,7 @@ STEPS = {
     "bf16": make_bf16_gradients,
     "geo_metrics": make_geo_metrics_cases,
     "classification_metrics": make_classification_metrics_cases,
+    "logistic": make_logistic_cases,
 }
 
 if __name__ == "__main__":

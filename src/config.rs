@@ -5,6 +5,7 @@
 use crate::data::dataset::DataConfig;
 use crate::dist::DistConfig;
 use crate::eval::geolocate::GeoConfig;
+use crate::finetune::FinetuneConfig;
 use crate::model::ClipConfig;
 use crate::text::CaptionConfig;
 use crate::train::optim::OptimConfig;
@@ -24,6 +25,7 @@ pub struct Config {
     pub optim: OptimConfig,
     pub geo: GeoConfig,
     pub dist: DistConfig,
+    pub finetune: FinetuneConfig,
 }
 
 /// Where the model comes from: a Hugging Face directory, or a fresh one from a config/preset.

@@ -5,6 +5,7 @@ pub mod config;
 pub mod data;
 pub mod dist;
 pub mod eval;
+pub mod finetune;
 pub mod geo;
 pub mod model;
 pub mod pretrained;

@@ -89,6 +89,21 @@ enum Command {
         #[arg(long, requires = "nproc_per_node")]
         master_port: Option<u16>,
     },
+    /// Fine-tune for a classification task (zero_shot, linear_probe, contrastive, classifier)
+    /// and compare the methods on the same test split.
+    Finetune {
+        #[arg(long)]
+        config: PathBuf,
+        /// Run directory (default: runs/<config name>); each method in its own folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Stop training methods after N optimizer steps.
+        #[arg(long)]
+        max_steps: Option<u64>,
+        /// Override a config key: --set finetune.method=classifier (repeatable).
+        #[arg(long = "set")]
+        sets: Vec<String>,
+    },
     /// Write a checkpoint as a Hugging Face CLIP directory.
     Export {
         /// A checkpoint directory (RUN_DIR/checkpoints/step-...).
@@ -267,6 +282,19 @@ fn run(cli: Cli) -> Result<()> {
             if streetclip::dist::DistEnv::from_env()?.rank == 0 {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             }
+        }
+        Command::Finetune {
+            config,
+            out,
+            max_steps,
+            sets,
+        } => {
+            let cfg = Config::from_file_with(&config, &sets)?;
+            let out = out.unwrap_or_else(|| {
+                PathBuf::from("runs").join(config.file_stem().unwrap_or_default())
+            });
+            streetclip::finetune::methods::run(&cfg, &cfg.to_yaml(), &out, max_steps)?;
+            print!("{}", std::fs::read_to_string(out.join("comparison.md"))?);
         }
         Command::Export { checkpoint, out } => {
             streetclip::commands::export::run(&checkpoint, &out)?;

@@ -40,6 +40,19 @@ impl Pretrained {
         })
     }
 
+    /// A directory's model architecture (config.json), tokenizer and preprocessing, with
+    /// HF-initialised weights for the caller to load (after adding variables, e.g. a head).
+    pub fn skeleton(dir: &Path) -> Result<Self> {
+        let model = ClipModel::new(weights::read_config(dir)?, Device::Cpu)?;
+        let (tokenizer, preprocess, tokenizer_dir) = Self::load_processing(dir, &model.config)?;
+        Ok(Self {
+            model,
+            tokenizer,
+            preprocess,
+            tokenizer_dir,
+        })
+    }
+
     /// A directory's tokenizer and preprocessing (bundled/OpenAI defaults where it has none),
     /// and where its tokenizer files are.
     pub fn load_processing(
@@ -76,12 +89,19 @@ impl Pretrained {
     }
 
     /// Writes `config.json`, `model.safetensors`, the tokenizer files and
-    /// `preprocessor_config.json` into `out` (created if needed). Each file is written atomically.
+    /// `preprocessor_config.json` into `out` (created if needed), and `head.safetensors` when the
+    /// model carries a classification head. Each file is written atomically.
     pub fn save(&self, out: &Path) -> Result<()> {
         std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
         let config = serde_json::to_vec_pretty(&self.model.config.to_hf_json())?;
         write_atomic(&out.join("config.json"), &config)?;
-        weights::save(&self.model.vs, out)?;
+        // A classification head, when there is one, goes beside the model, not into it.
+        let (clip_tensors, head) =
+            crate::finetune::head::split_head(weights::named_tensors(&self.model.vs));
+        crate::tensor_io::write(&out.join(weights::WEIGHTS_FILE), &clip_tensors)?;
+        if !head.is_empty() {
+            crate::tensor_io::write(&out.join(crate::finetune::head::HEAD_FILE), &head)?;
+        }
         self.save_tokenizer(out)?;
         let mut pre = serde_json::to_value(&self.preprocess)?;
         pre["image_processor_type"] = "CLIPImageProcessor".into();

@@ -1,15 +1,25 @@
 //! `streetclip export`: a training checkpoint as a Hugging Face CLIP directory.
 
 use crate::config::Config;
+use crate::finetune::head::{split_head, ClassHead};
+use crate::model::weights;
 use crate::pretrained::Pretrained;
 use anyhow::{Context, Result};
 use std::path::Path;
 
-/// Loads the checkpoint's model (its `config.json` and weights) with the tokenizer and
-/// preprocessing of the run's initial model, and writes them to `out`.
+/// Loads the checkpoint's model (its `config.json` and weights, and a `finetune` classifier
+/// head when it has one) with the tokenizer and preprocessing of the run's initial model, and
+/// writes them to `out`.
 pub fn run(checkpoint: &Path, out: &Path) -> Result<()> {
-    let mut clip = Pretrained::load(checkpoint, tch::Device::Cpu)
-        .with_context(|| format!("checkpoint {}", checkpoint.display()))?;
+    let context = || format!("checkpoint {}", checkpoint.display());
+    let mut clip = Pretrained::skeleton(checkpoint).with_context(context)?;
+    let names =
+        crate::tensor_io::read(&checkpoint.join(weights::WEIGHTS_FILE)).with_context(context)?;
+    let (_, head) = split_head(names);
+    if let [(_, bias), (_, weight)] = head.as_slice() {
+        ClassHead::attach_with(&mut clip, weight, bias);
+    }
+    weights::load_into(&mut clip.model.vs, checkpoint).with_context(context)?;
     let cfg = Config::from_file(&checkpoint.join("config.yaml"))?;
     if let Some(init) = &cfg.model.init {
         let original = Pretrained::load_processing(init, &clip.model.config)?;

@@ -3,11 +3,11 @@
 //! `metrics.json`, `confusion.csv`, `confusion.png`, `report.md`.
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::Path;
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassScore {
     pub class: String,
     /// Test images of this class.
@@ -21,7 +21,7 @@ pub struct ClassScore {
     pub f1: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassMetrics {
     pub n: usize,
     /// Percent of images whose predicted class is the true one.

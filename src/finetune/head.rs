@@ -1,0 +1,124 @@
+//! A linear classification head on CLIP's normalised image embeddings, kept in the model's
+//! VarStore (`classifier_head.weight`, `classifier_head.bias`) so the optimizer, checkpoints,
+//! resume, data parallelism and WiSE-FT treat it like every other weight. Exports write it
+//! beside the Hugging Face model as `head.safetensors` + `head.json`, never into
+//! `model.safetensors` (which `CLIPModel.from_pretrained` must read without unexpected keys).
+
+use crate::commands::classify::class_text_embeddings;
+use crate::model::ClipModel;
+use crate::pretrained::Pretrained;
+use crate::shim::AutocastDtype;
+use crate::train::step::{MicroBatch, StepStats};
+use anyhow::Result;
+use tch::{nn, Kind, Tensor};
+
+pub const PREFIX: &str = "classifier_head";
+pub const HEAD_FILE: &str = "head.safetensors";
+pub const HEAD_INFO: &str = "head.json";
+
+pub struct ClassHead {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl ClassHead {
+    /// The zero-shot classifier as a linear layer on normalised image embeddings: the
+    /// class-caption embeddings times CLIP's temperature, no bias.
+    pub fn zero_shot(
+        clip: &Pretrained,
+        names: &[String],
+        templates: &[String],
+    ) -> Result<(Tensor, Tensor)> {
+        let text = class_text_embeddings(clip, names, templates)?;
+        let scale = clip.model.logit_scale().exp().double_value(&[]);
+        let k = text.size()[0];
+        Ok((
+            text * scale,
+            Tensor::zeros([k], (Kind::Float, tch::Device::Cpu)),
+        ))
+    }
+
+    /// Adds the head to `clip`'s variables with the given values (`[K, d]`, `[K]`).
+    pub fn attach_with(clip: &mut Pretrained, weight: &Tensor, bias: &Tensor) -> Self {
+        let (k, d) = (weight.size()[0], weight.size()[1]);
+        let root = clip.model.vs.root() / PREFIX;
+        let w = root.var("weight", &[k, d], nn::Init::Const(0.0));
+        let b = root.var("bias", &[k], nn::Init::Const(0.0));
+        tch::no_grad(|| {
+            w.shallow_clone().copy_(&weight.to_kind(Kind::Float));
+            b.shallow_clone().copy_(&bias.to_kind(Kind::Float));
+        });
+        Self { weight: w, bias: b }
+    }
+
+    /// Adds the head initialised as the zero-shot classifier, so before training it predicts
+    /// exactly what zero-shot classification does.
+    pub fn attach(clip: &mut Pretrained, names: &[String], templates: &[String]) -> Result<Self> {
+        let (w, b) = Self::zero_shot(clip, names, templates)?;
+        Ok(Self::attach_with(clip, &w, &b))
+    }
+
+    /// The head `clip` carries, if any.
+    pub fn of(clip: &Pretrained) -> Option<Self> {
+        let vars = clip.model.vs.variables();
+        Some(Self {
+            weight: vars.get(&format!("{PREFIX}.weight"))?.shallow_clone(),
+            bias: vars.get(&format!("{PREFIX}.bias"))?.shallow_clone(),
+        })
+    }
+
+    /// Copies of `(weight, bias)`.
+    pub fn parameters(&self) -> (Tensor, Tensor) {
+        (self.weight.detach().copy(), self.bias.detach().copy())
+    }
+
+    /// Class logits `[B, K]` for normalised image embeddings `[B, d]`.
+    pub fn logits(&self, image_embeds: &Tensor) -> Tensor {
+        image_embeds.linear(&self.weight, Some(&self.bias))
+    }
+
+    /// Cross-entropy over the step's micro-batches (each micro-batch's mean, averaged), its
+    /// gradients left in the parameters.
+    pub fn accumulate_gradients(
+        &self,
+        model: &ClipModel,
+        micro: &[MicroBatch],
+        labels: &Tensor,
+        amp: Option<AutocastDtype>,
+    ) -> StepStats {
+        let n = micro.len() as f64;
+        let mut stats = StepStats::default();
+        let mut offset = 0;
+        for m in micro {
+            let b = m.pixel_values.size()[0];
+            let run = || model.image_features(&m.pixel_values);
+            let features = match amp {
+                None => run(),
+                Some(dtype) => crate::shim::autocast(m.pixel_values.device(), dtype, run)
+                    .expect("autocast")
+                    .to_kind(Kind::Float),
+            };
+            let logits = self.logits(&crate::model::normalize(&features));
+            let y = labels.narrow(0, offset, b);
+            let loss = logits.cross_entropy_for_logits(&y);
+            (&loss / n).backward();
+            stats.loss += loss.double_value(&[]) / n;
+            stats.accuracy += logits
+                .argmax(-1, false)
+                .eq_tensor(&y)
+                .to_kind(Kind::Double)
+                .mean(Kind::Double)
+                .double_value(&[])
+                / n;
+            offset += b;
+        }
+        stats
+    }
+}
+
+/// Splits a VarStore's named tensors into the CLIP model's and the head's.
+pub fn split_head(named: Vec<(String, Tensor)>) -> (Vec<(String, Tensor)>, Vec<(String, Tensor)>) {
+    named
+        .into_iter()
+        .partition(|(name, _)| !name.starts_with(PREFIX))
+}

@@ -1,0 +1,146 @@
+//! The train / validation / test split of a classification task: given folders or manifests,
+//! or per-class seeded fractions of the training data (the same split on every run, so
+//! methods are compared on the same images).
+
+use super::FinetuneConfig;
+use crate::data::labelled::{Labelled, LabelledImage};
+use crate::seed::sample_seed;
+use anyhow::{bail, Context, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+#[derive(Debug, Clone)]
+pub struct Splits {
+    /// Sorted class names, as in the data.
+    pub classes: Vec<String>,
+    /// How each class reads in a caption.
+    pub caption_names: Vec<String>,
+    pub train: Vec<LabelledImage>,
+    pub val: Vec<LabelledImage>,
+    pub test: Vec<LabelledImage>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SplitSizes {
+    pub classes: usize,
+    pub train: usize,
+    pub val: usize,
+    pub test: usize,
+}
+
+impl Splits {
+    pub fn sizes(&self) -> SplitSizes {
+        SplitSizes {
+            classes: self.classes.len(),
+            train: self.train.len(),
+            val: self.val.len(),
+            test: self.test.len(),
+        }
+    }
+}
+
+/// Moves `fraction` of each class (rounded, at least one when the class has two or more images
+/// and the fraction is positive) out of `items`.
+fn take_fraction(
+    items: &mut Vec<LabelledImage>,
+    classes: usize,
+    fraction: f64,
+    seed: u64,
+    salt: u64,
+) -> Vec<LabelledImage> {
+    let mut taken = Vec::new();
+    let mut kept = Vec::new();
+    for class in 0..classes {
+        let mut of_class: Vec<LabelledImage> =
+            items.iter().filter(|i| i.class == class).cloned().collect();
+        of_class.shuffle(&mut ChaCha8Rng::seed_from_u64(sample_seed(
+            seed,
+            salt,
+            class as u64,
+        )));
+        let n = of_class.len();
+        let k = if fraction > 0.0 && n >= 2 {
+            ((n as f64 * fraction).round() as usize).clamp(1, n - 1)
+        } else {
+            0
+        };
+        taken.extend(of_class.drain(..k));
+        kept.extend(of_class);
+    }
+    *items = kept;
+    taken
+}
+
+pub fn load(cfg: &FinetuneConfig, seed: u64) -> Result<Splits> {
+    let Some(train_path) = &cfg.train else {
+        bail!("finetune.train is not set: give an ImageFolder directory or a manifest with a `{}` column", cfg.label_column)
+    };
+    for (key, f) in [
+        ("finetune.val_fraction", cfg.val_fraction),
+        ("finetune.test_fraction", cfg.test_fraction),
+    ] {
+        if !(0.0..1.0).contains(&f) {
+            bail!("{key} = {f} must be in [0, 1)");
+        }
+    }
+    let train_data =
+        Labelled::load(train_path, Some(&cfg.label_column)).context("finetune.train")?;
+    if train_data.classes.len() < 2 {
+        bail!(
+            "{}: classification needs at least two classes, found {:?}",
+            train_path.display(),
+            train_data.classes
+        );
+    }
+    let classes = train_data.classes.clone();
+    let mut train = train_data.items;
+    let other = |path: &Option<std::path::PathBuf>,
+                 key: &str,
+                 fraction: f64,
+                 salt: u64,
+                 train: &mut Vec<LabelledImage>|
+     -> Result<Vec<LabelledImage>> {
+        match path {
+            Some(p) => Ok(Labelled::load(p, Some(&cfg.label_column))
+                .and_then(|d| d.aligned_to(&classes))
+                .with_context(|| format!("finetune.{key}"))?
+                .items),
+            None => Ok(take_fraction(train, classes.len(), fraction, seed, salt)),
+        }
+    };
+    let test = other(
+        &cfg.test,
+        "test",
+        cfg.test_fraction,
+        u64::MAX - 2,
+        &mut train,
+    )?;
+    let val = other(&cfg.val, "val", cfg.val_fraction, u64::MAX - 3, &mut train)?;
+    if let Some(unknown) = cfg.class_names.keys().find(|k| !classes.contains(k)) {
+        bail!(
+            "finetune.class_names: `{unknown}` is not a class (classes: {})",
+            classes.join(", ")
+        );
+    }
+    let caption_names = classes
+        .iter()
+        .map(|c| {
+            cfg.class_names
+                .get(c)
+                .cloned()
+                .unwrap_or_else(|| c.replace(['_', '-'], " "))
+        })
+        .collect();
+    if test.is_empty() {
+        bail!("the test split is empty: set finetune.test or a positive finetune.test_fraction");
+    }
+    Ok(Splits {
+        classes,
+        caption_names,
+        train,
+        val,
+        test,
+    })
+}

@@ -1,0 +1,362 @@
+//! Downstream fine-tuning: the linear probe against scikit-learn, every method end to end on
+//! synthetic scenes with a tiny model (learns, checkpoints, resumes, exports the head), WiSE-FT
+//! endpoints, and bad configs.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use streetclip::finetune::logistic;
+use tch::{Kind, Tensor};
+
+#[test]
+fn the_linear_probe_matches_scikit_learn() {
+    let cases: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(fixture("logistic_cases.json")).unwrap())
+            .unwrap();
+    let matrix = |v: &serde_json::Value| -> Tensor {
+        let rows: Vec<Vec<f64>> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect()
+            })
+            .collect();
+        let (n, d) = (rows.len() as i64, rows[0].len() as i64);
+        Tensor::from_slice(&rows.concat()).view([n, d])
+    };
+    for case in &cases {
+        let (k, c) = (
+            case["classes"].as_u64().unwrap() as usize,
+            case["c"].as_f64().unwrap(),
+        );
+        let x = matrix(&case["x"]);
+        let y: Vec<usize> = case["y"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        let model = logistic::fit(&x, &y, k, c).unwrap();
+        let proba_diff = max_diff(&model.probabilities(&x), &matrix(&case["proba"]));
+        // scikit-learn's binary model has one weight vector: ours is row 1 (row 0 is zero).
+        let (coef, intercept) = if k == 2 {
+            (model.weight.narrow(0, 1, 1), model.bias.narrow(0, 1, 1))
+        } else {
+            (model.weight.shallow_clone(), model.bias.shallow_clone())
+        };
+        let coef_diff = max_diff(&coef, &matrix(&case["coef"]));
+        let theirs_b: Vec<f64> = case["intercept"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let intercept_diff = max_diff(&intercept, &Tensor::from_slice(&theirs_b));
+        eprintln!("K={k} C={c}: probabilities {proba_diff:.1e}, coefficients {coef_diff:.1e}, intercepts {intercept_diff:.1e} ({} iterations)", model.iterations);
+        // Both solvers reach gradients of ~1e-13; measured agreement is ~1e-11.
+        assert!(
+            proba_diff < 1e-9 && coef_diff < 1e-9 && intercept_diff < 1e-9,
+            "K={k} C={c}"
+        );
+    }
+}
+
+/// Synthetic scenes of three countries, classified by their `country` column.
+fn config(dir: &Path, method: &str, extra: &str) -> PathBuf {
+    let data = dir.join("scenes");
+    if !data.join("manifest.csv").is_file() {
+        let o = Command::new(env!("CARGO_BIN_EXE_streetclip"))
+            .args([
+                "synth-data",
+                "--countries",
+                "3",
+                "--cities-per-country",
+                "2",
+                "--per-city",
+                "14",
+                "--out",
+            ])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let text = format!(
+        r#"model:
+  config:
+    projection_dim: 32
+    text_config: {{vocab_size: 49408, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 2, max_position_embeddings: 77, eos_token_id: 2, bos_token_id: 0, pad_token_id: 1}}
+    vision_config: {{hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 2, image_size: 32, patch_size: 8}}
+train:
+  micro_batch_size: 8
+  grad_accum_steps: 1
+  epochs: 8
+  seed: 2
+  checkpoint_every: 5
+optim: {{lr: 3.0e-3, weight_decay: 0.01, schedule: cosine, warmup_steps: 2}}
+finetune:
+  method: {method}
+  train: {data}/manifest.csv
+  label_column: country
+  class_names: {{AU: Australia, KE: Kenya}}
+  templates: ["A Street View photo in {{}}.", "A photo taken in {{}}."]
+  c_grid: [0.1, 1.0, 10.0, 100.0]
+{extra}"#,
+        data = data.display()
+    );
+    let path = dir.join(format!("{}.yaml", method.replace(['[', ']', ',', ' '], "")));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn finetune(cfg: &Path, out: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_streetclip"))
+        .arg("finetune")
+        .arg("--config")
+        .arg(cfg)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn metrics(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap()
+}
+
+fn weights(dir: &Path) -> Vec<(String, Tensor)> {
+    let mut all = streetclip::tensor_io::read(&dir.join("model.safetensors")).unwrap();
+    all.extend(streetclip::tensor_io::read(&dir.join("head.safetensors")).unwrap());
+    all
+}
+
+fn same_weights(a: &Path, b: &Path) {
+    let (x, y) = (weights(a), weights(b));
+    assert_eq!(x.len(), y.len());
+    for ((n, s), (m, t)) in x.iter().zip(&y) {
+        assert_eq!(n, m);
+        assert_eq!(
+            max_diff(s, t),
+            0.0,
+            "{n}: {} vs {}",
+            a.display(),
+            b.display()
+        );
+    }
+}
+
+#[test]
+fn every_method_runs_learns_exports_and_is_compared() {
+    let tmp = tmpdir();
+    let cfg = config(
+        tmp.path(),
+        "[zero_shot, linear_probe, contrastive, classifier]",
+        "  wise_ft: [0.0, 0.5, 1.0]",
+    );
+    let out = tmp.path().join("run");
+    let o = finetune(&cfg, &out, &[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    // The printed comparison is the file's, one row per method and WiSE-FT mix.
+    let comparison = std::fs::read_to_string(out.join("comparison.md")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), comparison);
+    for row in [
+        "| zero_shot |",
+        "| linear_probe |",
+        "| contrastive |",
+        "| classifier |",
+        "| classifier + WiSE-FT α=0.5 |",
+        "| contrastive + WiSE-FT α=1 |",
+    ] {
+        assert!(comparison.contains(row), "{row}\n{comparison}");
+    }
+    let split: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("split.json")).unwrap()).unwrap();
+    assert_eq!(split["classes"], 3);
+    let chance = 100.0 / 3.0;
+    for method in ["zero_shot", "linear_probe", "contrastive", "classifier"] {
+        let dir = out.join(method);
+        let m = metrics(&dir);
+        assert_eq!(m["test"]["n"], split["test"], "{method}");
+        assert_eq!(m["classes"].as_array().unwrap().len(), 3);
+        for f in [
+            "report.md",
+            "confusion.png",
+            "confusion.csv",
+            "export/config.json",
+            "export/model.safetensors",
+            "export/head.safetensors",
+            "export/head.json",
+            "export/tokenizer.json",
+        ] {
+            assert!(dir.join(f).is_file(), "{method}: {f}");
+        }
+        // The export is a plain CLIP directory; the head sits beside it.
+        streetclip::pretrained::Pretrained::load(&dir.join("export"), tch::Device::Cpu).unwrap();
+        let accuracy = m["test"]["accuracy"].as_f64().unwrap();
+        eprintln!("{method}: test accuracy {accuracy:.1}% (chance {chance:.1}%)");
+        if method != "zero_shot" {
+            assert!(accuracy > chance + 15.0, "{method} learned: {accuracy}");
+        }
+    }
+    assert!(metrics(&out.join("linear_probe"))["chosen_c"]
+        .as_f64()
+        .is_some());
+    for method in ["contrastive", "classifier"] {
+        let dir = out.join(method);
+        assert!(
+            !streetclip::train::checkpoint::list(&dir.join("checkpoints")).is_empty(),
+            "{method} checkpoints"
+        );
+        // WiSE-FT: alpha 1 is the fine-tuned model, alpha 0 the initial one (which is what the
+        // zero-shot method exports), bit for bit.
+        same_weights(&dir.join("export-wise-1"), &dir.join("export"));
+        same_weights(&dir.join("export-wise-0"), &out.join("zero_shot/export"));
+        let head: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("export-wise-0.5/head.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(head["wise_ft_alpha"], 0.5);
+        assert_eq!(head["caption_names"][0], "Australia");
+    }
+    // The classifier's head starts as the zero-shot classifier: after zero steps it predicts the same.
+    let cfg0 = config(tmp.path(), "classifier", "");
+    let o = finetune(&cfg0, &tmp.path().join("zero-steps"), &["--max-steps", "0"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        metrics(&tmp.path().join("zero-steps/classifier"))["test"]["confusion"],
+        metrics(&out.join("zero_shot"))["test"]["confusion"]
+    );
+}
+
+#[test]
+fn a_stopped_classifier_resumes() {
+    let tmp = tmpdir();
+    let cfg = config(tmp.path(), "classifier", "");
+    let out = tmp.path().join("run");
+    let first = finetune(&cfg, &out, &["--max-steps", "6"]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(metrics(&out.join("classifier"))["training"]["steps"], 6);
+    // `export` writes a classifier checkpoint's head beside the model.
+    let last = streetclip::train::checkpoint::list(&out.join("classifier/checkpoints"))
+        .pop()
+        .unwrap();
+    let exported = tmp.path().join("exported");
+    let o = Command::new(env!("CARGO_BIN_EXE_streetclip"))
+        .args(["export", "--checkpoint"])
+        .arg(&last)
+        .arg("--out")
+        .arg(&exported)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    streetclip::pretrained::Pretrained::load(&exported, tch::Device::Cpu).unwrap();
+    let saved: Vec<(String, Tensor)> = streetclip::tensor_io::read(&last.join("model.safetensors"))
+        .unwrap()
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("classifier_head"))
+        .collect();
+    let head = streetclip::tensor_io::read(&exported.join("head.safetensors")).unwrap();
+    assert_eq!(head.len(), 2);
+    for ((a, x), (b, y)) in saved.iter().zip(&head) {
+        assert_eq!((a, max_diff(x, y)), (b, 0.0));
+    }
+    let second = finetune(&cfg, &out, &[]);
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        second.status.success() && stderr.contains("resuming from") && stderr.contains("(step 6)"),
+        "{stderr}"
+    );
+    let m = metrics(&out.join("classifier"));
+    assert_eq!(m["training"]["steps"], m["training"]["total_steps"]);
+    // The linear probe resumes from its saved features.
+    let lp = config(tmp.path(), "linear_probe", "");
+    assert!(finetune(&lp, &out, &[]).status.success());
+    let again = finetune(&lp, &out, &[]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("linear_probe: features from"));
+}
+
+#[test]
+fn bad_configs_are_clear_errors() {
+    let tmp = tmpdir();
+    let check = |cfg: &Path, extra: &[&str], wants: &[&str]| {
+        let o = finetune(cfg, &tmp.path().join("bad"), extra);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        for w in wants {
+            assert!(stderr.contains(w), "wanted `{w}` in: {stderr}");
+        }
+    };
+    let cfg = config(tmp.path(), "nearest_neighbour", "");
+    check(
+        &cfg,
+        &[],
+        &["finetune", "unknown method `nearest_neighbour`", "line 14"],
+    );
+    // ImageFolder splits: an empty class folder, and class folders that differ between splits.
+    let photos = im2gps3k_images(4);
+    for (split, classes) in [("train", ["urban", "rural"]), ("test", ["urban", "forest"])] {
+        for (i, c) in classes.iter().enumerate() {
+            std::fs::create_dir_all(tmp.path().join(split).join(c)).unwrap();
+            std::fs::copy(
+                &photos[i],
+                tmp.path().join(split).join(c).join(format!("{i}.jpg")),
+            )
+            .unwrap();
+        }
+    }
+    let folders = config(tmp.path(), "zero_shot", "");
+    let train = format!("finetune.train={}", tmp.path().join("train").display());
+    let test = format!("finetune.test={}", tmp.path().join("test").display());
+    check(
+        &folders,
+        &["--set", &train, "--set", &test],
+        &["finetune.test", "forest"],
+    );
+    std::fs::create_dir_all(tmp.path().join("train/empty")).unwrap();
+    check(&folders, &["--set", &train], &["empty", "holds no images"]);
+    check(
+        &folders,
+        &["--set", "finetune.label_column=continent"],
+        &["continent"],
+    );
+}
+
+#[test]
+fn wise_ft_mixes_linearly_and_keeps_the_endpoints() {
+    let a = vec![("w".to_string(), Tensor::from_slice(&[1.0f32, -2.0, 0.3]))];
+    let b = vec![("w".to_string(), Tensor::from_slice(&[3.0f32, 2.0, -0.7]))];
+    use streetclip::finetune::wise::interpolate;
+    assert_eq!(
+        max_diff(&interpolate(&a, &b, 0.0).unwrap()[0].1, &a[0].1),
+        0.0
+    );
+    assert_eq!(
+        max_diff(&interpolate(&a, &b, 1.0).unwrap()[0].1, &b[0].1),
+        0.0
+    );
+    assert!(
+        max_diff(
+            &interpolate(&a, &b, 0.5).unwrap()[0].1,
+            &Tensor::from_slice(&[2.0f32, 0.0, -0.2])
+        ) < 1e-7
+    );
+    assert!(interpolate(&a, &b, 1.5).is_err());
+    let other = vec![(
+        "v".to_string(),
+        Tensor::zeros([3], (Kind::Float, tch::Device::Cpu)),
+    )];
+    assert!(interpolate(&a, &other, 0.5).is_err());
+}

@@ -1,5 +1,5 @@
 # streetclip: `make demo` runs the main job on shipped data; `make test` is what CI runs.
-.PHONY: setup build test demo fixtures bench clean
+.PHONY: setup build test demo finetune-demo fixtures bench clean
 
 CARGO ?= cargo
 
@@ -26,6 +26,12 @@ demo: build
 	./target/release/streetclip predict --model runs/demo/export --top-k 3 \
 		--labels "$$(./target/release/streetclip captions --manifest .cache/synth-demo/manifest.csv --json 2>/dev/null | .venv/bin/python -c 'import json,sys; print(",".join(sorted({r["country"] for r in json.load(sys.stdin)})))')" \
 		.cache/synth-demo/images/GB_2643743_019.jpg .cache/synth-demo/images/JP_1850147_019.jpg
+
+# Downstream fine-tuning on the demo's scenes from the demo's model (run `make demo` first):
+# zero-shot, linear probe, contrastive and classifier-head methods compared on one test split.
+finetune-demo: build
+	@test -d runs/demo/export || { echo "run 'make demo' first: it trains runs/demo/export"; exit 1; }
+	./target/release/streetclip finetune --config configs/finetune/demo-country.yaml --out runs/finetune-demo
 
 # Regenerates the committed parity fixtures and the tokenizer files from the reference stack.
 fixtures: setup

@@ -291,6 +291,17 @@ fn rendezvous_errors_are_clear() {
         other.get("k").is_err(),
         "another prefix does not see the key"
     );
+    // The NCCL process group is compiled in exactly when the wheel's CUDA/NCCL headers are
+    // there (make setup installs them).
+    let nvidia = root().join(".venv/libtorch/../nvidia");
+    let headers = [
+        "cu13/include/cuda_runtime_api.h",
+        "cu13/include/crt/host_defines.h",
+        "nccl/include/nccl.h",
+    ]
+    .iter()
+    .all(|h| nvidia.join(h).exists());
+    assert_eq!(streetclip::dist::has_nccl(), headers);
     // No NCCL on a CPU device.
     let env = DistEnv {
         world_size: 2,
@@ -385,7 +396,7 @@ fn ranks_train_like_one_process_with_their_accumulation() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             stderr.contains(&format!(
-                "data parallel: {ranks} ranks (torchrun), global batch 24 = {ranks} x {accum} x 4"
+                "data parallel: {ranks} ranks (streetclip --nproc-per-node), global batch 24 = {ranks} x {accum} x 4"
             )),
             "{stderr}"
         );

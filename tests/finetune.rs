@@ -360,3 +360,22 @@ fn wise_ft_mixes_linearly_and_keeps_the_endpoints() {
     )];
     assert!(interpolate(&a, &other, 0.5).is_err());
 }
+
+#[test]
+fn the_shipped_task_configs_are_valid() {
+    let dir = root().join("configs/finetune");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let cfg = streetclip::config::Config::from_file(&path)
+            .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        assert!(cfg.finetune.train.is_some(), "{}", path.display());
+        assert!(
+            cfg.finetune.templates.iter().all(|t| t.contains("{}")),
+            "{}",
+            path.display()
+        );
+        n += 1;
+    }
+    assert!(n >= 8, "{n} configs");
+}

@@ -294,14 +294,21 @@ fn slug(name: &str) -> String {
         .collect()
 }
 
-/// Display names for model directories: their last path component, made unique with `-2`, `-3`.
+/// Display names for model directories: their last path component (with the run's folder
+/// before the generic `export*` / `step-*` names a run writes), made unique with `-2`, `-3`.
 pub fn model_names(dirs: &[PathBuf]) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     for d in dirs {
-        let base = d
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| d.display().to_string());
+        let component = |p: Option<&Path>| {
+            p.and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+        };
+        let last = component(Some(d)).unwrap_or_else(|| d.display().to_string());
+        let generic = last.starts_with("export") || last.starts_with("step-");
+        let base = match component(d.parent()) {
+            Some(parent) if generic => format!("{parent}-{last}"),
+            _ => last,
+        };
         let mut name = base.clone();
         let mut i = 2;
         while names.contains(&name) {

@@ -17,7 +17,7 @@ pub struct DistEnv {
     pub use_agent_store: bool,
     /// torchrun's restart count: keys of each attempt are kept apart in the agent's store.
     pub restart_count: u32,
-    /// "torchrun", "slurm" or "single".
+    /// "torchrun", "streetclip --nproc-per-node", "slurm" or "single".
     pub launcher: &'static str,
 }
 
@@ -75,7 +75,12 @@ impl DistEnv {
                 use_agent_store: var("TORCHELASTIC_USE_AGENT_STORE")
                     .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1"),
                 restart_count: num("TORCHELASTIC_RESTART_COUNT")?.unwrap_or(0) as u32,
-                launcher: "torchrun",
+                // The built-in launcher sets torchrun's variables and says so.
+                launcher: if var("STREETCLIP_LAUNCHER").is_some() {
+                    "streetclip --nproc-per-node"
+                } else {
+                    "torchrun"
+                },
             }
         } else if let (Some(rank), Some(world)) = (num("SLURM_PROCID")?, num("SLURM_NTASKS")?) {
             let nodes = var("SLURM_JOB_NODELIST").or_else(|| var("SLURM_NODELIST"));

@@ -64,6 +64,7 @@ pub fn run(nproc: usize, args: &[std::ffi::OsString], port: Option<u16>) -> Resu
             .env("GROUP_RANK", "0")
             .env("MASTER_ADDR", "127.0.0.1")
             .env("MASTER_PORT", port.to_string())
+            .env("STREETCLIP_LAUNCHER", "1")
             .env_remove("TORCHELASTIC_USE_AGENT_STORE")
             .spawn()
             .with_context(|| format!("cannot start worker {rank}"))?;

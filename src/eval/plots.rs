@@ -86,7 +86,7 @@ pub fn error_curve(path: &Path, series: &[(String, Vec<f64>)]) -> Result<()> {
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
+            .position(SeriesLabelPosition::MiddleLeft)
             .background_style(WHITE.mix(0.9))
             .border_style(BLACK.mix(0.3))
             .label_font((FAMILY, 13))

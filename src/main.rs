@@ -18,6 +18,33 @@ struct Cli {
     command: Command,
 }
 
+/// A training run: its config, run directory and overrides (`train`, `finetune`).
+#[derive(clap::Args)]
+struct RunArgs {
+    #[arg(long)]
+    config: PathBuf,
+    /// Run directory (default: runs/<config name>; finetune: a folder per method inside).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Stop after N optimizer steps (the schedule still spans the configured run).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Override a config key: --set train.micro_batch_size=8 (repeatable).
+    #[arg(long = "set")]
+    sets: Vec<String>,
+}
+
+impl RunArgs {
+    /// The config with the overrides applied, and the run directory.
+    fn resolve(&self) -> Result<(Config, PathBuf)> {
+        let cfg = Config::from_file_with(&self.config, &self.sets)?;
+        let out = self.out.clone().unwrap_or_else(|| {
+            PathBuf::from("runs").join(self.config.file_stem().unwrap_or_default())
+        });
+        Ok((cfg, out))
+    }
+}
+
 /// Where and how many at a time the model runs.
 #[derive(clap::Args)]
 struct Runtime {
@@ -71,17 +98,8 @@ enum Command {
     },
     /// Fine-tune CLIP on captioned images (resumes from RUN_DIR's newest checkpoint).
     Train {
-        #[arg(long)]
-        config: PathBuf,
-        /// Run directory (default: runs/<config name>).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Stop after N optimizer steps (the schedule still spans the configured run).
-        #[arg(long)]
-        max_steps: Option<u64>,
-        /// Override a config key: --set train.micro_batch_size=8 (repeatable).
-        #[arg(long = "set")]
-        sets: Vec<String>,
+        #[command(flatten)]
+        run: RunArgs,
         /// Start N data-parallel workers on this machine (as torchrun --nproc-per-node N).
         #[arg(long)]
         nproc_per_node: Option<usize>,
@@ -92,17 +110,8 @@ enum Command {
     /// Fine-tune for a classification task (zero_shot, linear_probe, contrastive, classifier)
     /// and compare the methods on the same test split.
     Finetune {
-        #[arg(long)]
-        config: PathBuf,
-        /// Run directory (default: runs/<config name>); each method in its own folder.
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Stop training methods after N optimizer steps.
-        #[arg(long)]
-        max_steps: Option<u64>,
-        /// Override a config key: --set finetune.method=classifier (repeatable).
-        #[arg(long = "set")]
-        sets: Vec<String>,
+        #[command(flatten)]
+        run: RunArgs,
     },
     /// Write a checkpoint as a Hugging Face CLIP directory.
     Export {
@@ -263,37 +272,25 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("{}", report.summary());
         }
         Command::Train {
-            config,
-            out,
-            max_steps,
-            sets,
+            run,
             nproc_per_node,
             master_port,
         } => {
-            let cfg = Config::from_file_with(&config, &sets)?;
+            // The config is checked before any worker starts.
+            let (cfg, out) = run.resolve()?;
             if let Some(n) = nproc_per_node {
                 // Each worker reruns this command line without the launcher's own options.
                 return streetclip::dist::launch::run(n, &worker_args(), master_port);
             }
-            let out = out.unwrap_or_else(|| {
-                PathBuf::from("runs").join(config.file_stem().unwrap_or_default())
-            });
-            let summary = streetclip::train::trainer::train(&cfg, &cfg.to_yaml(), &out, max_steps)?;
+            let summary =
+                streetclip::train::trainer::train(&cfg, &cfg.to_yaml(), &out, run.max_steps)?;
             if streetclip::dist::DistEnv::from_env()?.rank == 0 {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             }
         }
-        Command::Finetune {
-            config,
-            out,
-            max_steps,
-            sets,
-        } => {
-            let cfg = Config::from_file_with(&config, &sets)?;
-            let out = out.unwrap_or_else(|| {
-                PathBuf::from("runs").join(config.file_stem().unwrap_or_default())
-            });
-            streetclip::finetune::methods::run(&cfg, &cfg.to_yaml(), &out, max_steps)?;
+        Command::Finetune { run } => {
+            let (cfg, out) = run.resolve()?;
+            streetclip::finetune::methods::run(&cfg, &cfg.to_yaml(), &out, run.max_steps)?;
             print!("{}", std::fs::read_to_string(out.join("comparison.md"))?);
         }
         Command::Export { checkpoint, out } => {

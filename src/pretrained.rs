@@ -30,20 +30,15 @@ pub struct Pretrained {
 
 impl Pretrained {
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
-        let model = ClipModel::load(dir, device)?;
-        let (tokenizer, preprocess, tokenizer_dir) = Self::load_processing(dir, &model.config)?;
-        Ok(Self {
-            model,
-            tokenizer,
-            preprocess,
-            tokenizer_dir,
-        })
+        let mut clip = Self::skeleton(dir, device)?;
+        weights::load_into(&mut clip.model.vs, dir)?;
+        Ok(clip)
     }
 
     /// A directory's model architecture (config.json), tokenizer and preprocessing, with
     /// HF-initialised weights for the caller to load (after adding variables, e.g. a head).
-    pub fn skeleton(dir: &Path) -> Result<Self> {
-        let model = ClipModel::new(weights::read_config(dir)?, Device::Cpu)?;
+    pub fn skeleton(dir: &Path, device: Device) -> Result<Self> {
+        let model = ClipModel::new(weights::read_config(dir)?, device)?;
         let (tokenizer, preprocess, tokenizer_dir) = Self::load_processing(dir, &model.config)?;
         Ok(Self {
             model,

@@ -322,12 +322,7 @@ fn rendezvous_errors_are_clear() {
 /// A tiny model on synthetic scenes; `accum` accumulation steps of micro-batches of 4.
 fn config(dir: &Path, data: &Path, accum: usize, mode: &str) -> PathBuf {
     let text = format!(
-        r#"model:
-  config:
-    projection_dim: 32
-    text_config: {{vocab_size: 49408, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 2, max_position_embeddings: 77, eos_token_id: 2, bos_token_id: 0, pad_token_id: 1}}
-    vision_config: {{hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 2, image_size: 32, patch_size: 8}}
-data:
+        r#"{TINY_MODEL_YAML}data:
   manifest: {data}/manifest.csv
   synth: {{countries: 4, cities_per_country: 2, per_city: 8, seed: 3}}
   workers: 1
@@ -351,15 +346,7 @@ dist: {{timeout_s: 30}}
 }
 
 fn train(cfg: &Path, out: &Path, extra: &[&str]) -> Output {
-    let o = Command::new(env!("CARGO_BIN_EXE_streetclip"))
-        .arg("train")
-        .arg("--config")
-        .arg(cfg)
-        .arg("--out")
-        .arg(out)
-        .args(extra)
-        .output()
-        .unwrap();
+    let o = run_command("train", cfg, out, extra);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     o
 }

@@ -88,12 +88,7 @@ fn config(dir: &Path, method: &str, extra: &str) -> PathBuf {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     let text = format!(
-        r#"model:
-  config:
-    projection_dim: 32
-    text_config: {{vocab_size: 49408, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 2, max_position_embeddings: 77, eos_token_id: 2, bos_token_id: 0, pad_token_id: 1}}
-    vision_config: {{hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 2, image_size: 32, patch_size: 8}}
-train:
+        r#"{TINY_MODEL_YAML}train:
   micro_batch_size: 8
   grad_accum_steps: 1
   epochs: 8
@@ -116,15 +111,7 @@ finetune:
 }
 
 fn finetune(cfg: &Path, out: &Path, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_streetclip"))
-        .arg("finetune")
-        .arg("--config")
-        .arg(cfg)
-        .arg("--out")
-        .arg(out)
-        .args(extra)
-        .output()
-        .unwrap()
+    run_command("finetune", cfg, out, extra)
 }
 
 fn metrics(dir: &Path) -> serde_json::Value {

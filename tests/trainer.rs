@@ -10,12 +10,7 @@ use std::process::Command;
 /// A tiny model on 4 countries of scenes; `extra` is appended YAML.
 fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let text = format!(
-        r#"model:
-  config:
-    projection_dim: 32
-    text_config: {{vocab_size: 49408, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 2, max_position_embeddings: 77, eos_token_id: 2, bos_token_id: 0, pad_token_id: 1}}
-    vision_config: {{hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 2, image_size: 32, patch_size: 8}}
-data:
+        r#"{TINY_MODEL_YAML}data:
   manifest: {dir}/scenes/manifest.csv
   synth: {{countries: 4, cities_per_country: 2, per_city: 12, seed: 3}}
 captions: {{drop_city: 0.5, drop_region: 0.5}}

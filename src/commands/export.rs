@@ -12,7 +12,7 @@ use std::path::Path;
 /// writes them to `out`.
 pub fn run(checkpoint: &Path, out: &Path) -> Result<()> {
     let context = || format!("checkpoint {}", checkpoint.display());
-    let mut clip = Pretrained::skeleton(checkpoint).with_context(context)?;
+    let mut clip = Pretrained::skeleton(checkpoint, tch::Device::Cpu).with_context(context)?;
     let names =
         crate::tensor_io::read(&checkpoint.join(weights::WEIGHTS_FILE)).with_context(context)?;
     let (_, head) = split_head(names);

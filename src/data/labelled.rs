@@ -202,11 +202,13 @@ impl Labelled {
         Ok(self)
     }
 
-    /// Class names as they read in a caption: `urban_area` → `urban area`.
+    /// Class names as they read in a caption (see `caption_name`).
     pub fn caption_names(&self) -> Vec<String> {
-        self.classes
-            .iter()
-            .map(|c| c.replace(['_', '-'], " "))
-            .collect()
+        self.classes.iter().map(|c| caption_name(c)).collect()
     }
+}
+
+/// A class name as it reads in a caption: `urban_area` → `urban area`.
+pub fn caption_name(class: &str) -> String {
+    class.replace(['_', '-'], " ")
 }

@@ -3,7 +3,7 @@
 //! methods are compared on the same images).
 
 use super::FinetuneConfig;
-use crate::data::labelled::{Labelled, LabelledImage};
+use crate::data::labelled::{caption_name, Labelled, LabelledImage};
 use crate::seed::sample_seed;
 use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
@@ -130,7 +130,7 @@ pub fn load(cfg: &FinetuneConfig, seed: u64) -> Result<Splits> {
             cfg.class_names
                 .get(c)
                 .cloned()
-                .unwrap_or_else(|| c.replace(['_', '-'], " "))
+                .unwrap_or_else(|| caption_name(c))
         })
         .collect();
     if test.is_empty() {

@@ -104,34 +104,48 @@ fn apply_freeze(clip: &mut Pretrained, freeze: &FreezeConfig) -> usize {
     trainable
 }
 
-/// Every rank's loader position gathered to rank 0, which writes the checkpoint. All ranks call
-/// this at the same steps.
-#[allow(clippy::too_many_arguments)]
-fn save_checkpoint(
-    dist: &Dist,
-    root: &Path,
-    clip: &Pretrained,
-    opt: &AdamW,
-    state: &mut TrainState,
-    config_yaml: &str,
+/// Where and how checkpoints are written.
+struct Checkpoints<'a> {
+    root: PathBuf,
+    config_yaml: &'a str,
     keep: usize,
-) -> Result<()> {
-    if dist.world_size > 1 {
-        let mine = Tensor::from_slice(&[state.position.epoch as i64, state.position.index as i64])
-            .view([1, 2]);
-        let all = Vec::<i64>::try_from(dist.all_gather(&mine.to(clip.device()))?.view([-1]))?;
-        state.rank_positions = all
-            .chunks(2)
-            .map(|p| Position {
-                epoch: p[0] as u64,
-                index: p[1] as usize,
-            })
-            .collect();
+}
+
+impl Checkpoints<'_> {
+    /// Every rank's loader position gathered to rank 0, which writes the checkpoint. All ranks
+    /// call this at the same steps.
+    fn save(
+        &self,
+        dist: &Dist,
+        clip: &Pretrained,
+        opt: &AdamW,
+        state: &mut TrainState,
+    ) -> Result<()> {
+        if dist.world_size > 1 {
+            let mine =
+                Tensor::from_slice(&[state.position.epoch as i64, state.position.index as i64])
+                    .view([1, 2]);
+            let all = Vec::<i64>::try_from(dist.all_gather(&mine.to(clip.device()))?.view([-1]))?;
+            state.rank_positions = all
+                .chunks(2)
+                .map(|p| Position {
+                    epoch: p[0] as u64,
+                    index: p[1] as usize,
+                })
+                .collect();
+        }
+        if dist.is_main() {
+            checkpoint::save(
+                &self.root,
+                &clip.model,
+                opt,
+                state,
+                self.config_yaml,
+                self.keep,
+            )?;
+        }
+        Ok(())
     }
-    if dist.is_main() {
-        checkpoint::save(root, &clip.model, opt, state, config_yaml, keep)?;
-    }
-    Ok(())
 }
 
 /// This rank's loader position in a resumed run. With the world size it was saved with, its own;
@@ -323,6 +337,11 @@ impl Run<'_> {
         let mut opt = AdamW::new(&clip.model.vs, &cfg.optim);
 
         let ckpt_root = out.join("checkpoints");
+        let checkpoints = Checkpoints {
+            root: ckpt_root.clone(),
+            config_yaml,
+            keep: t.keep_checkpoints,
+        };
         let mut state = TrainState::default();
         if let Some(last) = checkpoint::list(&ckpt_root).pop() {
             state = checkpoint::load(&last, &mut clip.model, &mut opt)?;
@@ -465,15 +484,7 @@ impl Run<'_> {
                     }
                     OnNonFinite::Stop => {
                         opt.zero_grad();
-                        save_checkpoint(
-                            dist,
-                            &ckpt_root,
-                            &clip,
-                            &opt,
-                            &mut state,
-                            config_yaml,
-                            t.keep_checkpoints,
-                        )?;
+                        checkpoints.save(dist, &clip, &opt, &mut state)?;
                         bail!("loss became {} at step {}; state before it saved in {} (lower optim.lr, or set train.on_nonfinite: skip)", stats.loss, state.step + 1, ckpt_root.display());
                     }
                 }
@@ -521,15 +532,7 @@ impl Run<'_> {
                 validation = Some(m);
             }
             if epoch_end || state.step % t.checkpoint_every.max(1) == 0 {
-                save_checkpoint(
-                    dist,
-                    &ckpt_root,
-                    &clip,
-                    &opt,
-                    &mut state,
-                    config_yaml,
-                    t.keep_checkpoints,
-                )?;
+                checkpoints.save(dist, &clip, &opt, &mut state)?;
             }
             if let Some(tb) = tb.as_mut() {
                 tb.flush();
@@ -542,15 +545,7 @@ impl Run<'_> {
             stopped_by = format!("max steps ({stop_at})");
         }
         let mut export = None;
-        save_checkpoint(
-            dist,
-            &ckpt_root,
-            &clip,
-            &opt,
-            &mut state,
-            config_yaml,
-            t.keep_checkpoints,
-        )?;
+        checkpoints.save(dist, &clip, &opt, &mut state)?;
         if let Some(tb) = tb.as_mut() {
             if stopped_by != "signal" {
                 if !val_samples.is_empty() {

@@ -134,3 +134,30 @@ pub fn run_python<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(args: I)
 pub fn tmpdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
+
+/// The `model:` section of a tiny random CLIP (real tokenizer, 32 px images) for end-to-end
+/// runs of the trainer and fine-tuning.
+pub const TINY_MODEL_YAML: &str = r#"model:
+  config:
+    projection_dim: 32
+    text_config: {vocab_size: 49408, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 2, max_position_embeddings: 77, eos_token_id: 2, bos_token_id: 0, pad_token_id: 1}
+    vision_config: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 2, image_size: 32, patch_size: 8}
+"#;
+
+/// `streetclip COMMAND --config CONFIG --out OUT EXTRA...`, waited for.
+pub fn run_command(
+    command: &str,
+    config: &std::path::Path,
+    out: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_streetclip"))
+        .arg(command)
+        .arg("--config")
+        .arg(config)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}

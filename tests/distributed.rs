@@ -521,7 +521,8 @@ fn torchrun_and_slurm_environments_train_like_the_builtin_launcher() {
     let ours = tmp.path().join("ours");
     train(&cfg, &ours, &["--max-steps", "3", "--nproc-per-node", "2"]);
     let reference = final_weights(&ours);
-    // torchrun runs its workers with OMP_NUM_THREADS=1: other summation orders, same numbers.
+    // SLURM tasks here run a thread per core, launcher workers one (OMP_NUM_THREADS=1, as
+    // torchrun): other summation orders, the same numbers.
     let same = |run: &Path| {
         for ((name, a), (_, b)) in reference.iter().zip(final_weights(run)) {
             let d = max_diff(a, &b);

@@ -54,8 +54,18 @@ pub fn run(nproc: usize, args: &[std::ffi::OsString], port: Option<u16>) -> Resu
             .context("cannot install the signal handler")?;
     }
     let mut workers: Vec<Child> = Vec::new();
+    // As torchrun: one intra-op thread per worker unless OMP_NUM_THREADS says otherwise, so
+    // N workers do not each start a thread per core.
+    let omp_threads = std::env::var("OMP_NUM_THREADS")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| if nproc > 1 { "1".into() } else { String::new() });
     for rank in 0..nproc {
-        let child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        if !omp_threads.is_empty() {
+            command.env("OMP_NUM_THREADS", &omp_threads);
+        }
+        let child = command
             .args(args)
             .env("RANK", rank.to_string())
             .env("LOCAL_RANK", rank.to_string())

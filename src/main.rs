@@ -362,7 +362,9 @@ fn run(cli: Cli) -> Result<()> {
                 )?);
             }
             match (&out, evals.as_slice()) {
-                (Some(out), [one]) => commands::geo::write_outputs(out, one)?,
+                (Some(out), [one]) => {
+                    commands::geo::write_outputs(out, one, &streetclip::geo::Gazetteer::bundled()?)?
+                }
                 (Some(out), _) => commands::geo::write_comparison(out, &evals)?,
                 (None, _) => {}
             }

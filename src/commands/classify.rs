@@ -47,19 +47,15 @@ pub fn zero_shot(
     paths: &[PathBuf],
     batch: usize,
 ) -> Result<Vec<(usize, f64)>> {
-    let scale = clip.scale();
-    let bar = super::progress(paths.len(), "images");
-    let mut out = Vec::with_capacity(paths.len());
-    for chunk in paths.chunks(batch.max(1)) {
-        let probs = probabilities(&clip.embed_files(chunk)?, classes, scale);
-        let (best, index) = probs.max_dim(-1, false);
-        let best = Vec::<f64>::try_from(best)?;
-        let index = Vec::<i64>::try_from(index)?;
-        out.extend(index.into_iter().map(|i| i as usize).zip(best));
-        bar.inc(chunk.len() as u64);
-    }
-    bar.finish_and_clear();
-    Ok(out)
+    let probs = probabilities(
+        &super::embed_paths(clip, paths, batch)?,
+        classes,
+        clip.scale(),
+    );
+    let (best, index) = probs.max_dim(-1, false);
+    let best = Vec::<f64>::try_from(best)?;
+    let index = Vec::<i64>::try_from(index)?;
+    Ok(index.into_iter().map(|i| i as usize).zip(best).collect())
 }
 
 /// Classifies `data` zero-shot; with `out`, writes the report files and `predictions.csv` there.

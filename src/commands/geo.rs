@@ -199,7 +199,7 @@ fn metric_rows(evals: &[&GeoEval]) -> String {
 }
 
 /// `metrics.json`, `predictions.csv`, `report.md`, `error_curve.png` and `map.png` in `dir`.
-pub fn write_outputs(dir: &Path, e: &GeoEval) -> Result<()> {
+pub fn write_outputs(dir: &Path, e: &GeoEval, g: &Gazetteer) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     write_atomic(
         &dir.join("metrics.json"),
@@ -211,7 +211,6 @@ pub fn write_outputs(dir: &Path, e: &GeoEval) -> Result<()> {
     }
     write_atomic(&dir.join("predictions.csv"), &csv.into_inner()?)?;
     plots::error_curve(&dir.join("error_curve.png"), &[(e.name.clone(), errors(e))])?;
-    let g = Gazetteer::bundled()?;
     let land: Vec<(f64, f64)> = g.cities.iter().map(|c| (c.lat, c.lon)).collect();
     let pairs: Vec<_> = e
         .predictions
@@ -239,6 +238,7 @@ pub fn write_outputs(dir: &Path, e: &GeoEval) -> Result<()> {
 /// Each evaluation's outputs in `dir/<name>/`, and at the top a side-by-side `report.md`,
 /// `comparison.json` and one `error_curve.png` with every model's curve.
 pub fn write_comparison(dir: &Path, evals: &[GeoEval]) -> Result<()> {
+    let g = Gazetteer::bundled()?;
     let mut md = format!(
         "# Geolocation evaluation: {} models compared\n\n{} images each.\n\n",
         evals.len(),
@@ -260,7 +260,7 @@ pub fn write_comparison(dir: &Path, evals: &[GeoEval]) -> Result<()> {
     let mut json = serde_json::Map::new();
     for e in evals {
         let sub = slug(&e.name);
-        write_outputs(&dir.join(&sub), e)?;
+        write_outputs(&dir.join(&sub), e, &g)?;
         json.insert(
             e.name.clone(),
             serde_json::json!({"dir": sub, "metrics": e.metrics}),

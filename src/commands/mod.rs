@@ -48,6 +48,29 @@ pub fn progress(total: usize, what: &str) -> ProgressBar {
     bar
 }
 
+/// L2-normalised image embeddings `[n, projection_dim]` (on the CPU) of image files, `batch`
+/// at a time, with a progress bar.
+pub fn embed_paths(
+    clip: &crate::pretrained::Pretrained,
+    paths: &[std::path::PathBuf],
+    batch: usize,
+) -> Result<tch::Tensor> {
+    let bar = progress(paths.len(), "images");
+    let mut out = Vec::new();
+    for chunk in paths.chunks(batch.max(1)) {
+        out.push(clip.embed_files(chunk)?);
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(match out.is_empty() {
+        true => tch::Tensor::zeros(
+            [0, clip.model.config.projection_dim],
+            (tch::Kind::Float, Device::Cpu),
+        ),
+        false => tch::Tensor::cat(&out, 0),
+    })
+}
+
 /// Files that must exist, checked before any work starts so a typo fails fast.
 pub fn check_files(paths: &[std::path::PathBuf]) -> Result<()> {
     for p in paths {

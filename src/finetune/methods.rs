@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::data::labelled::LabelledImage;
 use crate::data::labels::Place;
 use crate::data::{dataset::ImageRef, Sample};
+use crate::dist::{Dist, DistEnv};
 use crate::eval::classification::{class_metrics, comparison_table, write_report, ClassMetrics};
 use crate::model::weights::named_tensors;
 use crate::pretrained::Pretrained;
@@ -53,6 +54,8 @@ struct Task<'a> {
     max_steps: Option<u64>,
     splits: Splits,
     device: tch::Device,
+    env: DistEnv,
+    dist: Dist,
 }
 
 /// Runs the configured methods; returns their results in order.
@@ -88,6 +91,8 @@ pub fn run(
         max_steps,
         splits,
         device,
+        env,
+        dist,
     };
     let mut results = Vec::new();
     for method in methods {
@@ -138,22 +143,7 @@ impl Task<'_> {
     /// L2-normalised image embeddings `[n, d]` of `items`.
     fn embed(&self, clip: &Pretrained, items: &[LabelledImage]) -> Result<Tensor> {
         let paths: Vec<PathBuf> = items.iter().map(|i| i.path.clone()).collect();
-        let batch = self.cfg.train.micro_batch_size.max(1);
-        let bar = crate::commands::progress(paths.len(), "images");
-        let mut out = Vec::new();
-        for chunk in paths.chunks(batch) {
-            out.push(clip.embed_files(chunk)?);
-            bar.inc(chunk.len() as u64);
-        }
-        bar.finish_and_clear();
-        Ok(if out.is_empty() {
-            Tensor::zeros(
-                [0, clip.model.config.projection_dim],
-                (Kind::Float, tch::Device::Cpu),
-            )
-        } else {
-            Tensor::cat(&out, 0)
-        })
+        crate::commands::embed_paths(clip, &paths, self.cfg.train.micro_batch_size)
     }
 
     /// Predicted classes of `items` under the linear classifier `(weight, bias)`.
@@ -382,15 +372,14 @@ impl Task<'_> {
             },
             _ => Objective::Contrastive,
         };
-        let (env, dist, device) = join(self.cfg)?;
         let run = Run {
             cfg: self.cfg,
             config_yaml: self.config_yaml,
             out: dir,
             max_steps: self.max_steps,
-            env: &env,
-            dist: &dist,
-            device,
+            env: &self.env,
+            dist: &self.dist,
+            device: self.device,
         };
         let (summary, mut tuned) = run.train(self.samples(), vec![], &objective)?;
         if method == Method::Contrastive {

@@ -133,6 +133,36 @@ impl Default for TrainConfig {
     }
 }
 
+impl TrainConfig {
+    fn validate(&self) -> Result<()> {
+        for (key, v) in [
+            ("micro_batch_size", self.micro_batch_size as u64),
+            ("grad_accum_steps", self.grad_accum_steps as u64),
+            ("epochs", self.epochs),
+            ("log_every", self.log_every),
+            ("checkpoint_every", self.checkpoint_every),
+            ("keep_checkpoints", self.keep_checkpoints as u64),
+        ] {
+            if v == 0 {
+                bail!("train.{key} = 0: it must be at least 1");
+            }
+        }
+        if !(0.0..1.0).contains(&self.val_fraction) {
+            bail!(
+                "train.val_fraction = {}: it must be in [0, 1)",
+                self.val_fraction
+            );
+        }
+        if self.freeze.vision && self.freeze.text {
+            bail!("train.freeze.vision and train.freeze.text are both true: nothing but the temperature would train; unfreeze one tower");
+        }
+        if self.freeze.last_n_blocks == Some(0) {
+            bail!("train.freeze.last_n_blocks = 0 freezes every block; use freeze.vision/freeze.text to lock a tower");
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     pub fn from_file(path: &Path) -> Result<Self> {
         Self::from_file_with(path, &[])
@@ -148,6 +178,19 @@ impl Config {
     }
 
     pub fn from_yaml_with(text: &str, sets: &[String]) -> Result<Self> {
+        let cfg = Self::parse_with(text, sets)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Values that parse but cannot be right: each refused with its key and the allowed range.
+    pub fn validate(&self) -> Result<()> {
+        self.optim.validate()?;
+        self.data.validate()?;
+        self.train.validate()
+    }
+
+    fn parse_with(text: &str, sets: &[String]) -> Result<Self> {
         if sets.is_empty() {
             return Ok(serde_yaml::from_str(text)?);
         }

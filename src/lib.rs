@@ -7,6 +7,7 @@ pub mod dist;
 pub mod eval;
 pub mod finetune;
 pub mod geo;
+pub mod interrupt;
 pub mod model;
 pub mod pretrained;
 pub mod seed;

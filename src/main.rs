@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use streetclip::commands::{self, captions, embed, predict};
 use streetclip::config::Config;
 use streetclip::pretrained::Pretrained;
+use streetclip::train::trainer::RunOptions;
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +33,10 @@ struct RunArgs {
     /// Override a config key: --set train.micro_batch_size=8 (repeatable).
     #[arg(long = "set")]
     sets: Vec<String>,
+    /// Resume even if the config now differs from the run's in settings that change the result
+    /// (the changes are logged and recorded in the run's config.yaml).
+    #[arg(long)]
+    allow_config_change: bool,
 }
 
 impl RunArgs {
@@ -42,6 +47,13 @@ impl RunArgs {
             PathBuf::from("runs").join(self.config.file_stem().unwrap_or_default())
         });
         Ok((cfg, out))
+    }
+
+    fn options(&self) -> RunOptions {
+        RunOptions {
+            max_steps: self.max_steps,
+            allow_config_change: self.allow_config_change,
+        }
     }
 }
 
@@ -283,14 +295,14 @@ fn run(cli: Cli) -> Result<()> {
                 return streetclip::dist::launch::run(n, &worker_args(), master_port);
             }
             let summary =
-                streetclip::train::trainer::train(&cfg, &cfg.to_yaml(), &out, run.max_steps)?;
+                streetclip::train::trainer::train(&cfg, &cfg.to_yaml(), &out, &run.options())?;
             if streetclip::dist::DistEnv::from_env()?.rank == 0 {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             }
         }
         Command::Finetune { run } => {
             let (cfg, out) = run.resolve()?;
-            streetclip::finetune::methods::run(&cfg, &cfg.to_yaml(), &out, run.max_steps)?;
+            streetclip::finetune::methods::run(&cfg, &cfg.to_yaml(), &out, &run.options())?;
             print!("{}", std::fs::read_to_string(out.join("comparison.md"))?);
         }
         Command::Export { checkpoint, out } => {
@@ -363,7 +375,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             match (&out, evals.as_slice()) {
                 (Some(out), [one]) => {
-                    commands::geo::write_outputs(out, one, &streetclip::geo::Gazetteer::bundled()?)?
+                    commands::geo::write_outputs(out, one, streetclip::geo::Gazetteer::bundled()?)?
                 }
                 (Some(out), _) => commands::geo::write_comparison(out, &evals)?,
                 (None, _) => {}
@@ -480,6 +492,10 @@ fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {}", one_line(&e));
-        std::process::exit(1);
+        // An interrupted run exits as the signal would have made it (130 for Ctrl-C).
+        let code = e
+            .downcast_ref::<streetclip::interrupt::Interrupted>()
+            .map_or(1, |i| i.exit_code());
+        std::process::exit(code);
     }
 }

@@ -144,22 +144,25 @@ impl Pretrained {
 
     /// L2-normalised image embeddings `[B, projection_dim]` (on the CPU) of decoded images,
     /// preprocessed in parallel.
-    pub fn image_embeddings(&self, images: Vec<image::DynamicImage>) -> Result<Tensor> {
+    pub fn image_embeddings(&self, images: Vec<image::RgbImage>) -> Result<Tensor> {
         use rayon::prelude::*;
         let (h, w) = self.preprocess.output_size();
         let pre = &self.preprocess;
         let planes = images
             .into_par_iter()
-            .map(|i| pre.apply(i))
+            .map(|i| pre.apply(&i))
             .collect::<Result<Vec<_>>>()?;
         let n = planes.len() as i64;
         let pixels = Tensor::from_slice(&planes.concat())
             .view([n, 3, h as i64, w as i64])
             .to(self.device());
-        Ok(
-            tch::no_grad(|| crate::model::normalize(&self.model.image_features(&pixels)))
-                .to(Device::Cpu),
-        )
+        let embeds = tch::no_grad(|| crate::model::normalize(&self.model.image_features(&pixels)))
+            .to(Device::Cpu);
+        // Damaged (NaN/inf) weights must not become silent NaN scores downstream.
+        if !bool::try_from(embeds.isfinite().all())? {
+            anyhow::bail!("the model gives non-finite image embeddings (NaN or infinity): its weights are damaged; re-export or re-download it");
+        }
+        Ok(embeds)
     }
 
     /// `image_embeddings` of image files, decoded in parallel; the first unreadable one is an
@@ -171,7 +174,7 @@ impl Pretrained {
             .map(|p| {
                 std::fs::read(p)
                     .map_err(anyhow::Error::from)
-                    .and_then(|b| crate::data::preprocess::decode(&b))
+                    .and_then(|b| crate::data::decode::decode(&b))
                     .with_context(|| format!("cannot decode image {}", p.display()))
             })
             .collect::<Result<Vec<_>>>()?;

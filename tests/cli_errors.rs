@@ -240,3 +240,28 @@ fn tokenizer_that_does_not_fit_the_model() {
     assert_eq!(code, 1);
     assert!(stderr.contains("vocabulary has 1000 entries"), "{stderr}");
 }
+
+#[test]
+fn a_directory_given_as_an_image() {
+    let tmp = tmpdir();
+    assert_clean_failure(
+        &fixture("tiny-p14-336"),
+        "a,b",
+        tmp.path(),
+        &["is a directory", "not an image file"],
+    );
+}
+
+#[test]
+fn a_model_with_nan_weights_is_an_error_not_nan_percent() {
+    let tmp = model_copy();
+    let file = tmp.path().join("model.safetensors");
+    let mut tensors = streetclip::tensor_io::read(&file).unwrap();
+    let (_, t) = tensors
+        .iter_mut()
+        .find(|(n, _)| n == "visual_projection.weight")
+        .unwrap();
+    *t = t.full_like(f64::NAN);
+    streetclip::tensor_io::write(&file, &tensors).unwrap();
+    assert_clean_failure(tmp.path(), "a,b", &demo_image(), &["non-finite", "damaged"]);
+}

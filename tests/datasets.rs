@@ -262,3 +262,53 @@ fn truncated_shard_keeps_what_precedes_the_damage() {
         report.summary()
     );
 }
+
+#[test]
+fn one_missing_file_does_not_move_the_other_rows() {
+    // Files beside the manifest, one only in images/, and the first row's file missing: each
+    // row is resolved on its own (before, the first row moved every row into images/).
+    let tmp = tmpdir();
+    std::fs::create_dir(tmp.path().join("images")).unwrap();
+    let mut text = String::from("image, country\n"); // a space after the comma, as people type
+    for i in 0..6 {
+        text += &format!("p{i}.jpg, FR\n");
+        let place = match i {
+            0 => continue,
+            5 => format!("images/p{i}.jpg"),
+            _ => format!("p{i}.jpg"),
+        };
+        std::fs::copy(
+            root().join("assets/demo/coffee.jpg"),
+            tmp.path().join(place),
+        )
+        .unwrap();
+    }
+    let manifest = write(tmp.path(), "m.csv", &text);
+    let g = Gazetteer::bundled().unwrap();
+    let (data, report) = Dataset::load(&cfg_manifest(&manifest, OnError::Skip), g).unwrap();
+    assert_eq!((report.rows, report.kept), (6, 5), "{}", report.summary());
+    for s in &data.samples {
+        assert!(
+            matches!(&s.image, ImageRef::File(p) if p.is_file()),
+            "{:?}",
+            s.image
+        );
+    }
+    assert!(
+        data.samples.iter().all(|s| s.place.country.is_some()),
+        "the country column is read"
+    );
+}
+
+#[test]
+fn absurd_shard_ranges_are_refused_without_allocating() {
+    let err = expand_braces("shards/train-{0000..99999999999}.tar")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("more than 1000000"), "{err}");
+    let err = expand_braces("a-{0000..0999}-{0000..9999}.tar")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("10000000 shards"), "{err}");
+    assert_eq!(expand_braces("a-{00..02}.tar").unwrap().len(), 3);
+}

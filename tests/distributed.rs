@@ -578,3 +578,54 @@ fn torchrun_and_slurm_environments_train_like_the_builtin_launcher() {
     }
     same(&run);
 }
+
+#[test]
+fn a_stopped_worker_is_named_within_the_heartbeat_timeout() {
+    let tmp = tmpdir();
+    let data = tmp.path().join("scenes");
+    let cfg = config(tmp.path(), &data, 2, "full_batch");
+    let run = tmp.path().join("run");
+    let launcher = Command::new(env!("CARGO_BIN_EXE_streetclip"))
+        .args(["train", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&run)
+        .args([
+            "--nproc-per-node",
+            "2",
+            "--set",
+            "train.epochs=500",
+            "--set",
+            "dist.heartbeat_timeout_s=5",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while streetclip::train::checkpoint::list(&run.join("checkpoints")).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let workers = children(launcher.id());
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    let stopped_at = Instant::now();
+    // SAFETY: signalling our own grandchild.
+    unsafe { libc::kill(workers[1], libc::SIGSTOP) };
+    let o = launcher.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("rank 1 has sent no heartbeat for 5 s"),
+        "{stderr}"
+    );
+    // 5 s of silence, then the launcher's grace period for the stopped worker (SIGKILL).
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(45),
+        "took {:?}",
+        stopped_at.elapsed()
+    );
+}

@@ -83,3 +83,69 @@ fn newer_style_model_round_trips_through_transformers() {
     // Small vocabulary, no tokenizer of its own: images only.
     save_and_check("tiny-p32-224", &[]);
 }
+
+#[test]
+fn model_card_snippet_and_predict_give_the_same_probabilities() {
+    // The StreetCLIP card's Python snippet (CLIPProcessor + CLIPModel on PIL.Image.open) against
+    // `streetclip predict --template "{}"` on real photos: preprocessing is PIL's to the bit, so
+    // the probabilities agree to float32 rounding.
+    let tmp = tmpdir();
+    let export = tmp.path().join("export");
+    Pretrained::load(&fixture("tiny-p14-336"), Device::Cpu)
+        .unwrap()
+        .save(&export)
+        .unwrap();
+    let labels = "San Jose,San Diego,Los Angeles,Las Vegas,San Francisco";
+    let images = im2gps3k_images(24);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_streetclip"));
+    cmd.args([
+        "predict",
+        "--template",
+        "{}",
+        "--json",
+        "--top-k",
+        "5",
+        "--labels",
+        labels,
+        "--model",
+    ])
+    .arg(&export)
+    .args(&images);
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ours: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut args = vec![
+        root()
+            .join("scripts/model_card_snippet.py")
+            .into_os_string(),
+        export.into(),
+        labels.into(),
+    ];
+    args.extend(images.iter().map(|p| p.clone().into_os_string()));
+    let theirs: serde_json::Value = serde_json::from_str(&run_python(&args)).unwrap();
+    let mut worst: f64 = 0.0;
+    for (o, t) in ours
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(theirs.as_array().unwrap())
+    {
+        assert_eq!(o["image"], t["image"]);
+        for r in o["ranking"].as_array().unwrap() {
+            let p = r["probability"].as_f64().unwrap();
+            let q = t["probabilities"][r["label"].as_str().unwrap()]
+                .as_f64()
+                .unwrap();
+            worst = worst.max((p - q).abs());
+        }
+    }
+    eprintln!(
+        "{} photos: max probability difference {worst:e}",
+        images.len()
+    );
+    assert!(worst <= 1e-5, "max probability difference {worst:e}");
+}

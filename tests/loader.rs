@@ -321,3 +321,70 @@ fn augmentation_is_seeded_and_flip_mirrors() {
     mirrored.reverse();
     assert_eq!(row(&flipped[0].pixels), mirrored);
 }
+
+#[test]
+fn a_crash_while_decoding_is_an_error_not_the_end_of_the_data() {
+    // An augmentation the config check would refuse ([1.0, 0.5] is an empty range) makes the
+    // random crop panic inside a decode worker.
+    let f = synth(2);
+    let cfg = LoaderConfig {
+        augment: AugmentConfig {
+            random_resized_crop: Some([1.0, 0.5]),
+            hflip: 0.0,
+        },
+        ..config(4)
+    };
+    let mut loader = Loader::start(
+        f.data.clone(),
+        captioner(),
+        PreprocessConfig::for_size(32),
+        cfg,
+        Position::default(),
+    )
+    .unwrap();
+    let first = loader.next().expect("an error, not the end of the data");
+    let err = format!("{:#}", first.err().expect("an error"));
+    assert!(err.contains("data loader crashed"), "{err}");
+}
+
+#[test]
+fn skips_in_the_dropped_last_batch_are_counted() {
+    // 20 samples in batches of 8: each epoch drops its last 4. Make every sample unreadable
+    // but 17, so every epoch's dropped partial batch also holds unreadable ones.
+    let f = synth(2);
+    for s in f.data.samples.iter().skip(17) {
+        let streetclip::data::dataset::ImageRef::File(p) = &s.image else {
+            unreachable!()
+        };
+        std::fs::write(p, b"").unwrap();
+    }
+    let cfg = LoaderConfig {
+        shuffle: false,
+        epochs: Some(1),
+        ..config(8)
+    };
+    let mut loader = Loader::start(
+        f.data.clone(),
+        captioner(),
+        PreprocessConfig::for_size(32),
+        cfg,
+        Position::default(),
+    )
+    .unwrap();
+    let mut reported: usize = 0;
+    let mut batches = 0;
+    for b in loader.by_ref() {
+        let b = b.unwrap();
+        reported += b.skipped.len();
+        batches += 1;
+    }
+    // 17 readable: two full batches of 8; the 3 unreadable are all in the dropped tail.
+    assert_eq!(batches, 2);
+    assert_eq!(reported, 0);
+    assert_eq!(
+        loader.take_dropped_skips(1).len(),
+        3,
+        "the dropped tail's skips are reported once"
+    );
+    assert!(loader.take_dropped_skips(1).is_empty());
+}

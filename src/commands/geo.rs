@@ -1,7 +1,7 @@
 //! `streetclip geolocate` and `streetclip eval geo`.
 
 use crate::config::Config;
-use crate::data::preprocess::decode;
+use crate::data::decode::decode;
 use crate::data::{Dataset, Sample};
 use crate::eval::geolocate::{Geolocator, Guess};
 use crate::eval::metrics::{geo_metrics, GeoMetrics, THRESHOLDS_KM};

@@ -74,6 +74,13 @@ pub fn embed_paths(
 /// Files that must exist, checked before any work starts so a typo fails fast.
 pub fn check_files(paths: &[std::path::PathBuf]) -> Result<()> {
     for p in paths {
+        if p.is_dir() {
+            bail!(
+                "{} is a directory, not an image file: give the image files (e.g. {}/*.jpg)",
+                p.display(),
+                p.display()
+            );
+        }
         if !p.is_file() {
             bail!("image {} does not exist", p.display());
         }

@@ -79,6 +79,9 @@ pub fn run(clip: &Pretrained, args: &PredictArgs) -> Result<Vec<Prediction>> {
                 .softmax(-1, Kind::Float)
         });
         let probs = probs.to(tch::Device::Cpu);
+        if !bool::try_from(probs.isfinite().all())? {
+            bail!("the model gives non-finite scores (NaN or infinity) for {}: its weights are damaged; re-export or re-download it", chunk[0].display());
+        }
         for (row, image) in chunk.iter().enumerate() {
             let p: Vec<f64> = Vec::<f32>::try_from(probs.get(row as i64))?
                 .into_iter()

@@ -41,6 +41,41 @@ pub struct DataConfig {
     pub synth: Option<SynthSpec>,
 }
 
+/// More decode threads than this only add memory: every worker holds a batch in flight.
+pub const MAX_WORKERS: usize = 256;
+
+impl DataConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.workers > MAX_WORKERS {
+            bail!(
+                "data.workers = {}: at most {MAX_WORKERS} (0 means one per core)",
+                self.workers
+            );
+        }
+        if self.prefetch > 64 {
+            bail!("data.prefetch = {}: at most 64 batches", self.prefetch);
+        }
+        self.augment.validate()
+    }
+}
+
+impl AugmentConfig {
+    fn validate(&self) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.hflip) {
+            bail!(
+                "data.augment.hflip = {}: a probability, in [0, 1]",
+                self.hflip
+            );
+        }
+        if let Some([lo, hi]) = self.random_resized_crop {
+            if !(lo > 0.0 && lo <= hi && hi <= 1.0) {
+                bail!("data.augment.random_resized_crop = [{lo}, {hi}]: fractions of the area with 0 < min <= max <= 1");
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for DataConfig {
     fn default() -> Self {
         Self {
@@ -167,7 +202,7 @@ impl DataReport {
             );
         }
         for line in &self.first_skipped {
-            s += &format!("\n  skipped {line}");
+            s += &format!("\n  {line}");
         }
         if self.skipped > self.first_skipped.len() {
             s += &format!(

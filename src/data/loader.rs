@@ -10,7 +10,8 @@
 //! resumes exactly where the run stopped.
 
 use super::dataset::{AugmentConfig, Dataset, OnError};
-use super::preprocess::{decode, PreprocessConfig};
+use super::decode::decode;
+use super::preprocess::PreprocessConfig;
 use crate::seed::sample_seed;
 use crate::text::Captioner;
 use anyhow::{bail, Context, Result};
@@ -20,7 +21,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone)]
 pub struct LoaderConfig {
@@ -95,6 +96,8 @@ pub fn epoch_order(
 
 pub struct Loader {
     rx: Receiver<Result<Batch>>,
+    /// Samples skipped while making a partial batch that `drop_last` dropped.
+    dropped_skips: Arc<Mutex<Vec<(u64, String)>>>,
     stop: Arc<AtomicBool>,
     worker: Option<std::thread::JoinHandle<()>>,
 }
@@ -105,6 +108,7 @@ struct Producer {
     pre: PreprocessConfig,
     cfg: LoaderConfig,
     pool: rayon::ThreadPool,
+    dropped_skips: Arc<Mutex<Vec<(u64, String)>>>,
 }
 
 impl Loader {
@@ -145,16 +149,33 @@ impl Loader {
             pre,
             cfg,
             pool,
+            dropped_skips: Default::default(),
         };
+        let dropped_skips = producer.dropped_skips.clone();
         let flag = stop.clone();
         let worker = std::thread::Builder::new()
             .name("loader".into())
             .spawn(move || producer.run(from, &tx, &flag))?;
         Ok(Self {
             rx,
+            dropped_skips,
             stop,
             worker: Some(worker),
         })
+    }
+}
+
+impl Loader {
+    /// Skipped samples that no batch reported (they fell in the partial batch `drop_last`
+    /// dropped at the end of an epoch before `epoch`), taken once each. The producer runs ahead
+    /// of the consumer, so later epochs' are kept until the consumer gets there.
+    pub fn take_dropped_skips(&self, before_epoch: u64) -> Vec<String> {
+        let mut dropped = self.dropped_skips.lock().expect("not poisoned");
+        let (now, later) = std::mem::take(&mut *dropped)
+            .into_iter()
+            .partition(|(e, _)| *e < before_epoch);
+        *dropped = later;
+        now.into_iter().map(|(_, s)| s).collect()
     }
 }
 
@@ -177,6 +198,15 @@ impl Drop for Loader {
     }
 }
 
+/// The text of a caught panic.
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
 impl Producer {
     fn run(&self, from: Position, tx: &SyncSender<Result<Batch>>, stop: &AtomicBool) {
         let mut pos = from;
@@ -195,7 +225,18 @@ impl Producer {
                 if stop.load(Ordering::Relaxed) {
                     return;
                 }
-                match self.batch(&order, pos) {
+                // A panic while decoding (a bug, or a decoder's) is an error the trainer reports,
+                // not a silent end of the data.
+                let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.batch(&order, pos)
+                }))
+                .unwrap_or_else(|panic| {
+                    Err(anyhow::anyhow!(
+                        "the data loader crashed: {}",
+                        panic_message(&panic)
+                    ))
+                });
+                match made {
                     Ok(Some(batch)) => {
                         pos = batch.next;
                         if tx.send(Ok(batch)).is_err() {
@@ -253,6 +294,9 @@ impl Producer {
             next += take;
         }
         if samples.is_empty() || (samples.len() < want && self.cfg.drop_last) {
+            // No batch carries these skips: the consumer still has to count them.
+            let mut dropped = self.dropped_skips.lock().expect("not poisoned");
+            dropped.extend(skipped.into_iter().map(|s| (pos.epoch, s)));
             return Ok(None);
         }
         Ok(Some(Batch {
@@ -283,7 +327,7 @@ impl Producer {
         let mut rng = ChaCha8Rng::seed_from_u64(sample_seed(self.cfg.seed, epoch, i as u64));
         let mut pixels = match aug.random_resized_crop {
             Some(scale) => self.pre.apply_random_crop(&img, scale, &mut rng)?,
-            None => self.pre.apply(img)?,
+            None => self.pre.apply(&img)?,
         };
         if aug.hflip > 0.0 && rand::RngExt::random_bool(&mut rng, aug.hflip) {
             self.pre.hflip(&mut pixels);

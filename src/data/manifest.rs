@@ -186,8 +186,10 @@ pub fn read(path: &Path, columns: &Columns, image_root: Option<&Path>) -> Result
             push(record(&fields, get, dir, origin));
         }
     } else {
+        // Trimmed: `image, country` (a space after each comma) is a common hand-written header.
         let mut reader = csv::ReaderBuilder::new()
             .flexible(true)
+            .trim(csv::Trim::All)
             .from_path(path)
             .with_context(|| format!("cannot read manifest {}", path.display()))?;
         let headers: Vec<String> = reader
@@ -227,18 +229,20 @@ pub fn read(path: &Path, columns: &Columns, image_root: Option<&Path>) -> Result
             path.display()
         );
     }
-    let root = match image_root {
-        Some(root) => Some(root.to_path_buf()),
-        None => records
-            .first()
-            .filter(|r| !r.image.exists() && dir.join("images").is_dir())
-            .map(|_| dir.join("images")),
-    };
-    if let Some(root) = root {
-        for r in &mut records {
-            if let Ok(rel) = r.image.strip_prefix(dir) {
-                r.image = root.join(rel);
+    // Relative paths start at `image_root` when given; otherwise at the manifest's folder, or at
+    // its `images/` subfolder for a row whose file is there and not beside the manifest (decided
+    // per row: one missing file must not move every other row).
+    let images_dir = dir.join("images");
+    for r in &mut records {
+        let Ok(rel) = r.image.strip_prefix(dir).map(Path::to_path_buf) else {
+            continue;
+        };
+        match image_root {
+            Some(root) => r.image = root.join(rel),
+            None if !r.image.exists() && images_dir.join(&rel).exists() => {
+                r.image = images_dir.join(rel)
             }
+            None => {}
         }
     }
     Ok((records, bad))

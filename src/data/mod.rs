@@ -1,11 +1,13 @@
 //! Data: manifests and WebDataset shards, labels, image preprocessing, the loader.
 
 pub mod dataset;
+pub mod decode;
 pub mod labelled;
 pub mod labels;
 pub mod loader;
 pub mod manifest;
 pub mod preprocess;
+pub mod resample;
 pub mod webdataset;
 pub use dataset::{DataConfig, Dataset, OnError, Sample};
 pub use preprocess::PreprocessConfig;

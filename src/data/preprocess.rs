@@ -1,18 +1,23 @@
 //! Image preprocessing defined as transformers' `CLIPImageProcessor` (the PIL backend): RGB,
 //! resize the shortest edge (bicubic), center crop, rescale, normalize, CHW float32.
 //!
-//! Decoding is the `image` crate's and resizing is `fast_image_resize`'s Catmull-Rom
-//! convolution (PIL's bicubic kernel). Both differ from PIL by rounding only; the measured
-//! difference on real photographs is documented in the README and held by a test.
+//! Decoding ([`super::decode`]) and resizing ([`super::resample`]) are Pillow's, bit for bit,
+//! and the crop, rescale and normalisation are transformers' arithmetic, so pixel values equal
+//! `CLIPImageProcessorPil` on `PIL.Image.open(f)` to float32 rounding (tests/preprocess_parity.rs).
 
+use super::decode::decode;
+use super::resample::{resize_bicubic, Window};
 use anyhow::{bail, Context, Result};
-use fast_image_resize as fr;
+use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// `size` in `preprocessor_config.json`: the shortest edge (CLIP's) or an exact size.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct ShortestEdge {
-    pub shortest_edge: u32,
+#[serde(untagged, deny_unknown_fields)]
+pub enum ResizeTo {
+    ShortestEdge { shortest_edge: u32 },
+    Exact { height: u32, width: u32 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -27,7 +32,7 @@ pub struct CropSize {
 pub struct PreprocessConfig {
     pub do_convert_rgb: bool,
     pub do_resize: bool,
-    pub size: ShortestEdge,
+    pub size: ResizeTo,
     /// PIL resample code; only 3 (bicubic) is supported, as every CLIP checkpoint uses.
     pub resample: u32,
     pub do_center_crop: bool,
@@ -55,7 +60,7 @@ impl PreprocessConfig {
         Self {
             do_convert_rgb: true,
             do_resize: true,
-            size: ShortestEdge {
+            size: ResizeTo::ShortestEdge {
                 shortest_edge: size,
             },
             resample: 3,
@@ -98,22 +103,31 @@ impl PreprocessConfig {
     }
 
     fn validate(&self) -> Result<()> {
+        let sides = match self.size {
+            ResizeTo::ShortestEdge { shortest_edge } => [shortest_edge; 2],
+            ResizeTo::Exact { height, width } => [height, width],
+        };
+        if sides.iter().any(|s| !(1..=MAX_CROP).contains(s)) {
+            bail!(
+                "size {:?} is outside 1..={MAX_CROP} pixels per side",
+                self.size
+            );
+        }
         if self.do_resize && self.resample != 3 {
             bail!(
                 "resample {} (only 3, bicubic, is implemented)",
                 self.resample
             );
         }
-        if self.do_resize
-            && self.do_center_crop
-            && (self.crop_size.height > self.size.shortest_edge
-                || self.crop_size.width > self.size.shortest_edge)
-        {
+        // Batches need one size per model: the centre crop gives it.
+        if !self.do_center_crop {
             bail!(
-                "crop_size {:?} is larger than the resized shortest edge {}",
-                self.crop_size,
-                self.size.shortest_edge
+                "do_center_crop is false: streetclip batches images and needs the fixed crop size"
             );
+        }
+        let CropSize { height, width } = self.crop_size;
+        if !(1..=MAX_CROP).contains(&height) || !(1..=MAX_CROP).contains(&width) {
+            bail!("crop_size {height}x{width} is outside 1..={MAX_CROP} pixels per side");
         }
         Ok(())
     }
@@ -127,53 +141,65 @@ impl PreprocessConfig {
     pub fn load(&self, path: &Path) -> Result<Vec<f32>> {
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
-        let img = decode(&bytes).with_context(|| {
-            format!(
-                "cannot decode image {} (corrupt, truncated or not an image)",
-                path.display()
-            )
-        })?;
-        self.apply(img)
+        let img =
+            decode(&bytes).with_context(|| format!("cannot decode image {}", path.display()))?;
+        self.apply(&img)
             .with_context(|| format!("cannot preprocess image {}", path.display()))
     }
 
-    /// Preprocesses a decoded image into CHW float32.
-    pub fn apply(&self, img: image::DynamicImage) -> Result<Vec<f32>> {
-        // PIL's convert("RGB") drops alpha without compositing; so does into_rgb8 (which does
-        // not copy an image that is RGB already, as JPEGs are).
-        let rgb = img.into_rgb8();
+    /// Preprocesses a decoded image into CHW float32: resize the shortest edge, centre crop
+    /// (zero-padded where the image is smaller, as transformers pads), rescale, normalise.
+    /// Only the pixels the crop keeps are resized, so the cost is bounded by the crop.
+    pub fn apply(&self, rgb: &RgbImage) -> Result<Vec<f32>> {
         let (w, h) = rgb.dimensions();
-        if w == 0 || h == 0 {
-            bail!("empty image ({w}x{h})");
-        }
-        let (rw, rh, resized) = if self.do_resize {
-            let (rw, rh) = shortest_edge_size(w, h, self.size.shortest_edge);
-            (rw, rh, resize_bicubic(rgb.into_raw(), w, h, rw, rh)?)
-        } else {
-            (w, h, rgb.into_raw())
-        };
-        let (ch, cw, top, left) = if self.do_center_crop {
-            let (ch, cw) = (self.crop_size.height, self.crop_size.width);
-            if ch > rh || cw > rw {
-                bail!("image of {rw}x{rh} after resizing is smaller than the {cw}x{ch} crop");
+        let (rw, rh) = if self.do_resize {
+            match self.size {
+                ResizeTo::ShortestEdge { shortest_edge } => {
+                    shortest_edge_size(w, h, shortest_edge)?
+                }
+                ResizeTo::Exact { height, width } => (width, height),
             }
-            (ch, cw, (rh - ch) / 2, (rw - cw) / 2)
         } else {
-            (rh, rw, 0, 0)
+            (w, h)
         };
-        Ok(self.to_chw(&resized, rw, ch, cw, top, left))
+        let CropSize {
+            height: ch,
+            width: cw,
+        } = self.crop_size;
+        // transformers' offsets: floor((resized - crop) / 2), negative when padding.
+        let top = (rh as i64 - ch as i64).div_euclid(2);
+        let left = (rw as i64 - cw as i64).div_euclid(2);
+        let clamp = |v: i64, hi: u32| v.clamp(0, hi as i64) as u32;
+        let window = Window {
+            rows: clamp(top, rh)..clamp(top + ch as i64, rh),
+            cols: clamp(left, rw)..clamp(left + cw as i64, rw),
+        };
+        let kept = if (rw, rh) == (w, h) {
+            crop(rgb, &window)
+        } else {
+            resize_bicubic(rgb.as_raw(), w, h, rw, rh, &window)
+        };
+        // Where the crop is larger than the image, the kept block sits at transformers' padding
+        // offset ceil((crop - resized) / 2) inside a zero canvas.
+        let pad = |offset: i64| (-offset).max(0) as u32;
+        let block = Block {
+            w: window.cols.len() as u32,
+            h: window.rows.len() as u32,
+            top: pad(top),
+            left: pad(left),
+        };
+        Ok(self.to_chw(&kept, &block, ch, cw))
     }
 
     /// Training augmentation: a random crop of `scale` (fraction of the area, aspect ratio
     /// 3/4..4/3 as torchvision's RandomResizedCrop) resized to the output size.
     pub fn apply_random_crop(
         &self,
-        img: &image::DynamicImage,
+        rgb: &RgbImage,
         scale: [f64; 2],
         rng: &mut impl rand::Rng,
     ) -> Result<Vec<f32>> {
         use rand::RngExt;
-        let rgb = img.to_rgb8();
         let (w, h) = rgb.dimensions();
         let area = (w as f64) * (h as f64) * rng.random_range(scale[0]..=scale[1]);
         let ratio = rng
@@ -182,10 +208,26 @@ impl PreprocessConfig {
         let cw = ((area * ratio).sqrt().round() as u32).clamp(1, w);
         let ch = ((area / ratio).sqrt().round() as u32).clamp(1, h);
         let (left, top) = (rng.random_range(0..=w - cw), rng.random_range(0..=h - ch));
-        let crop = image::imageops::crop_imm(&rgb, left, top, cw, ch).to_image();
+        let region = crop(
+            rgb,
+            &Window {
+                rows: top..top + ch,
+                cols: left..left + cw,
+            },
+        );
         let (oh, ow) = self.output_size();
-        let resized = resize_bicubic(crop.into_raw(), cw, ch, ow, oh)?;
-        Ok(self.to_chw(&resized, ow, oh, ow, 0, 0))
+        let resized = resize_bicubic(&region, cw, ch, ow, oh, &Window::all(ow, oh));
+        Ok(self.to_chw(
+            &resized,
+            &Block {
+                w: ow,
+                h: oh,
+                top: 0,
+                left: 0,
+            },
+            oh,
+            ow,
+        ))
     }
 
     /// Mirrors preprocessed CHW pixels left to right.
@@ -196,81 +238,81 @@ impl PreprocessConfig {
         }
     }
 
-    /// Crop, rescale and normalize in one pass, with transformers' arithmetic: rescale in f64
-    /// then cast to f32, normalize in f32.
-    fn to_chw(&self, rgb: &[u8], stride_w: u32, ch: u32, cw: u32, top: u32, left: u32) -> Vec<f32> {
+    /// Rescale and normalize into a `ch x cw` CHW canvas, with transformers' arithmetic:
+    /// rescale in f64 then cast to f32, normalize in f32. Pixels outside `block` are padding
+    /// (value 0 before rescaling, as transformers' zero padding).
+    fn to_chw(&self, rgb: &[u8], block: &Block, ch: u32, cw: u32) -> Vec<f32> {
+        let lut: Vec<[f32; 3]> = (0..=255).map(|v| self.normalized(v)).collect();
         let plane = (ch * cw) as usize;
-        let mut out = vec![0f32; 3 * plane];
-        let lut: Vec<[f32; 3]> = (0..256)
-            .map(|v| {
-                let x = if self.do_rescale {
-                    (v as f64 * self.rescale_factor) as f32
-                } else {
-                    v as f32
-                };
-                std::array::from_fn(|c| {
-                    if self.do_normalize {
-                        (x - self.image_mean[c]) / self.image_std[c]
-                    } else {
-                        x
-                    }
-                })
-            })
+        let mut out: Vec<f32> = (0..3)
+            .flat_map(|c| std::iter::repeat_n(lut[0][c], plane))
             .collect();
-        for y in 0..ch as usize {
-            let row = ((top as usize + y) * stride_w as usize + left as usize) * 3;
-            for x in 0..cw as usize {
-                let px = &rgb[row + 3 * x..row + 3 * x + 3];
+        for y in 0..block.h as usize {
+            let src = &rgb[y * block.w as usize * 3..][..block.w as usize * 3];
+            let row = (block.top as usize + y) * cw as usize + block.left as usize;
+            for (x, px) in src.chunks_exact(3).enumerate() {
                 for c in 0..3 {
-                    out[c * plane + y * cw as usize + x] = lut[px[c] as usize][c];
+                    out[c * plane + row + x] = lut[px[c] as usize][c];
                 }
             }
         }
         out
     }
-}
 
-/// Decodes an image file's bytes. A JPEG cut short is an error, as in PIL: the `image` crate
-/// would otherwise fill the missing part with grey.
-pub fn decode(bytes: &[u8]) -> Result<image::DynamicImage> {
-    if bytes.starts_with(&[0xFF, 0xD8]) && !jpeg_is_complete(bytes) {
-        bail!("JPEG data ends before its end-of-image marker (truncated file)");
+    /// One 8-bit level after rescaling and normalisation, per channel.
+    fn normalized(&self, v: u8) -> [f32; 3] {
+        let x = if self.do_rescale {
+            (v as f64 * self.rescale_factor) as f32
+        } else {
+            v as f32
+        };
+        std::array::from_fn(|c| {
+            if self.do_normalize {
+                (x - self.image_mean[c]) / self.image_std[c]
+            } else {
+                x
+            }
+        })
     }
-    Ok(image::load_from_memory(bytes)?)
 }
 
-/// An end-of-image marker after the last start-of-scan marker. Entropy-coded data stuffs every
-/// 0xFF byte, so neither marker can occur inside it; an EXIF thumbnail's markers come earlier.
-/// Searched from the ends (the last EOI is near the end of the file, the first SOS near its
-/// start), so a whole photo is not scanned.
-fn jpeg_is_complete(bytes: &[u8]) -> bool {
-    const SOS: [u8; 2] = [0xFF, 0xDA];
-    let Some(eoi) = bytes.windows(2).rposition(|w| w == [0xFF, 0xD9]) else {
-        return false;
-    };
-    let sos_before = bytes[..eoi].windows(2).any(|w| w == SOS);
-    let sos_after = bytes[eoi..].windows(2).any(|w| w == SOS);
-    sos_before && !sos_after
+/// Where the kept pixels (`w x h`, packed RGB) sit in the output canvas.
+struct Block {
+    w: u32,
+    h: u32,
+    top: u32,
+    left: u32,
+}
+
+/// Largest crop side accepted from a `preprocessor_config.json` (CLIP models use 224-448).
+const MAX_CROP: u32 = 4096;
+
+/// The `window` of an image as packed RGB.
+fn crop(rgb: &RgbImage, window: &Window) -> Vec<u8> {
+    let w = rgb.width() as usize;
+    window
+        .rows
+        .clone()
+        .flat_map(|y| {
+            &rgb.as_raw()[(y as usize * w + window.cols.start as usize) * 3
+                ..(y as usize * w + window.cols.end as usize) * 3]
+        })
+        .copied()
+        .collect()
 }
 
 /// transformers' `get_resize_output_image_size(default_to_square=False)`: the short side
-/// becomes `target`, the long side is scaled and truncated toward zero.
-pub fn shortest_edge_size(w: u32, h: u32, target: u32) -> (u32, u32) {
-    if w <= h {
-        (target, (target as u64 * h as u64 / w as u64) as u32)
+/// becomes `target`, the long side `int(target * long / short)` (integer division gives the
+/// same truncation exactly). Sizes PIL cannot represent are refused.
+pub fn shortest_edge_size(w: u32, h: u32, target: u32) -> Result<(u32, u32)> {
+    let (short, long) = (w.min(h) as u64, w.max(h) as u64);
+    let new_long = target as u64 * long / short;
+    if new_long > i32::MAX as u64 {
+        bail!("an image of {w}x{h} resized to a shortest edge of {target} would be {new_long} pixels long: its aspect ratio is too extreme");
+    }
+    Ok(if w <= h {
+        (target, new_long as u32)
     } else {
-        ((target as u64 * w as u64 / h as u64) as u32, target)
-    }
-}
-
-fn resize_bicubic(rgb: Vec<u8>, w: u32, h: u32, nw: u32, nh: u32) -> Result<Vec<u8>> {
-    if (w, h) == (nw, nh) {
-        return Ok(rgb);
-    }
-    let src = fr::images::Image::from_vec_u8(w, h, rgb, fr::PixelType::U8x3)?;
-    let mut dst = fr::images::Image::new(nw, nh, fr::PixelType::U8x3);
-    let opts =
-        fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::CatmullRom));
-    fr::Resizer::new().resize(&src, &mut dst, &opts)?;
-    Ok(dst.into_vec())
+        (new_long as u32, target)
+    })
 }

@@ -11,7 +11,11 @@ use std::sync::Arc;
 
 const IMAGE_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "webp", "jfif"];
 
-/// Expands `{a..b}` ranges (zero padding kept) and `{x,y,z}` lists, left to right.
+/// More shards than any data set has: a pattern beyond this is a typo, not a data set.
+const MAX_SHARDS: u64 = 1_000_000;
+
+/// Expands `{a..b}` ranges (zero padding kept) and `{x,y,z}` lists, left to right; at most
+/// [`MAX_SHARDS`] names.
 pub fn expand_braces(pattern: &str) -> Result<Vec<String>> {
     let Some(open) = pattern.find('{') else {
         return Ok(vec![pattern.to_string()]);
@@ -30,12 +34,21 @@ pub fn expand_braces(pattern: &str) -> Result<Vec<String>> {
             (Ok(s), Ok(e)) if s <= e => (s, e),
             _ => bail!("`{pattern}`: `{{{body}}}` is not a range like {{0000..0099}}"),
         };
+        if end - start >= MAX_SHARDS {
+            bail!("`{pattern}`: `{{{body}}}` names {} shards, more than {MAX_SHARDS}: check the range", end as u128 - start as u128 + 1);
+        }
         let width = if a.starts_with('0') { a.len() } else { 0 };
         (start..=end).map(|i| format!("{i:0width$}")).collect()
     } else {
         body.split(',').map(String::from).collect()
     };
     let rest = expand_braces(tail)?;
+    if options.len() as u64 * rest.len() as u64 > MAX_SHARDS {
+        bail!(
+            "`{pattern}` names {} shards, more than {MAX_SHARDS}: check the ranges",
+            options.len() as u64 * rest.len() as u64
+        );
+    }
     Ok(options
         .iter()
         .flat_map(|o| rest.iter().map(move |r| format!("{head}{o}{r}")))

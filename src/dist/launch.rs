@@ -1,12 +1,12 @@
 //! `streetclip train --nproc-per-node N`: a single-node launcher in the manner of torchrun. It
 //! starts N copies of this program with torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE,
-//! LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT), forwards SIGINT/SIGTERM to them, and when one
-//! fails stops the others and says which one failed.
+//! LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT), forwards SIGINT/SIGTERM to them (and exits with
+//! the signal's code once they saved their state), and when one fails stops the others and says
+//! which one failed. Workers die with the launcher, however it ends.
 
 use anyhow::{bail, Context, Result};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long workers get to stop after SIGTERM before SIGKILL.
@@ -47,12 +47,8 @@ pub fn run(nproc: usize, args: &[std::ffi::OsString], port: Option<u16>) -> Resu
         Some(p) => p,
         None => free_port()?,
     };
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let flag = interrupted.clone();
-        ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
-            .context("cannot install the signal handler")?;
-    }
+    crate::interrupt::install();
+    let interrupted = || crate::interrupt::received().is_some();
     let mut workers: Vec<Child> = Vec::new();
     // As torchrun: one intra-op thread per worker unless OMP_NUM_THREADS says otherwise, so
     // N workers do not each start a thread per core.
@@ -64,6 +60,19 @@ pub fn run(nproc: usize, args: &[std::ffi::OsString], port: Option<u16>) -> Resu
         let mut command = Command::new(&exe);
         if !omp_threads.is_empty() {
             command.env("OMP_NUM_THREADS", &omp_threads);
+        }
+        // Workers die with the launcher, even when it is killed with SIGKILL: orphans would go
+        // on training and race a rerun for the run directory.
+        let launcher = std::process::id();
+        // SAFETY: prctl and getppid are async-signal-safe, as pre_exec requires.
+        unsafe {
+            command.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                if libc::getppid() as u32 != launcher {
+                    libc::raise(libc::SIGTERM); // the launcher died before prctl took effect
+                }
+                Ok(())
+            });
         }
         let child = command
             .args(args)
@@ -90,7 +99,7 @@ pub fn run(nproc: usize, args: &[std::ffi::OsString], port: Option<u16>) -> Resu
             if status[rank].is_none() {
                 if let Some(s) = child.try_wait()? {
                     status[rank] = Some(s);
-                    if !s.success() && failure.is_none() && !interrupted.load(Ordering::SeqCst) {
+                    if !s.success() && failure.is_none() && !interrupted() {
                         failure = Some(format!("worker {rank} failed ({})", describe(s)));
                     }
                 }
@@ -99,7 +108,7 @@ pub fn run(nproc: usize, args: &[std::ffi::OsString], port: Option<u16>) -> Resu
         if status.iter().all(Option::is_some) {
             break;
         }
-        if interrupted.load(Ordering::SeqCst) && !forwarded {
+        if interrupted() && !forwarded {
             // Workers save a checkpoint and stop at their next step.
             workers.iter().for_each(|c| signal(c, libc::SIGTERM));
             forwarded = true;
@@ -129,15 +138,16 @@ pub fn run(nproc: usize, args: &[std::ffi::OsString], port: Option<u16>) -> Resu
     if let Some(f) = failure {
         bail!("{f}; the other workers were stopped. Its error is printed above; rerun the same command to resume from the last checkpoint");
     }
+    if let Some(signal) = crate::interrupt::received() {
+        // The workers saved their state; exit as the signal would have made us.
+        return Err(crate::interrupt::Interrupted { signal }.into());
+    }
     if let Some((rank, s)) = status
         .iter()
         .enumerate()
         .find(|(_, s)| s.is_some_and(|s| !s.success()))
     {
-        bail!(
-            "worker {rank} stopped ({}) after the interrupt",
-            describe(s.expect("set"))
-        );
+        bail!("worker {rank} stopped ({})", describe(s.expect("set")));
     }
     Ok(())
 }

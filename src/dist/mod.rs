@@ -3,6 +3,7 @@
 //! needs none of it: every collective is then a no-op.
 
 pub mod env;
+mod heartbeat;
 pub mod launch;
 
 pub use env::DistEnv;
@@ -197,7 +198,7 @@ impl Dist {
             bail!("NCCL was requested but this streetclip was built without it; rebuild where the torch wheel's CUDA and NCCL headers are installed (make setup), or use dist.backend: gloo");
         }
         let is_server = env.rank == 0 && !env.use_agent_store;
-        let prefix = format!("/worker/attempt_{}/streetclip/", env.restart_count);
+        let prefix = store_prefix(env);
         let store = Store::connect(
             &env.master_addr,
             env.master_port,
@@ -408,6 +409,27 @@ pub fn all_reduce_gradients(
     dist.all_reduce_tensors(&grads)
 }
 
+/// This job's keys in the rendezvous store (torchrun's restarts get fresh ones).
+fn store_prefix(env: &DistEnv) -> String {
+    format!("/worker/attempt_{}/streetclip/", env.restart_count)
+}
+
+/// Starts silent-peer detection for this rank of a multi-process job (`heartbeat.rs`).
+pub fn start_heartbeat(env: &DistEnv, timeout: Duration) {
+    if !env.is_distributed() || timeout.is_zero() {
+        return;
+    }
+    heartbeat::Heartbeat {
+        host: env.master_addr.clone(),
+        port: env.master_port,
+        prefix: store_prefix(env),
+        rank: env.rank,
+        world_size: env.world_size,
+        timeout,
+    }
+    .start();
+}
+
 /// How the processes of a data-parallel run talk.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -416,6 +438,9 @@ pub struct DistConfig {
     pub backend: String,
     /// How long a collective or the rendezvous waits for the other processes before failing.
     pub timeout_s: u64,
+    /// A peer that sends no heartbeat for this long (stopped or hung) stops the job with its
+    /// rank named (0: off).
+    pub heartbeat_timeout_s: u64,
 }
 
 impl Default for DistConfig {
@@ -423,6 +448,7 @@ impl Default for DistConfig {
         Self {
             backend: "auto".into(),
             timeout_s: 1800,
+            heartbeat_timeout_s: 60,
         }
     }
 }
@@ -435,6 +461,10 @@ impl DistConfig {
             "nccl" => Ok(Backend::Nccl),
             other => bail!("dist.backend = `{other}`: use auto, gloo or nccl"),
         }
+    }
+
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_timeout_s)
     }
 
     pub fn timeout(&self) -> Duration {

@@ -5,11 +5,13 @@
 //! `model.safetensors` (which `CLIPModel.from_pretrained` must read without unexpected keys).
 
 use crate::commands::classify::class_text_embeddings;
+use crate::dist::Dist;
 use crate::model::ClipModel;
 use crate::pretrained::Pretrained;
 use crate::shim::AutocastDtype;
+use crate::train::objective::Objective;
 use crate::train::step::{MicroBatch, StepStats};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tch::{nn, Kind, Tensor};
 
 pub const PREFIX: &str = "classifier_head";
@@ -113,6 +115,64 @@ impl ClassHead {
             offset += b;
         }
         stats
+    }
+}
+
+/// Cross-entropy of a [`ClassHead`] on the image embeddings, the head initialised as the
+/// zero-shot classifier of `names` through `templates`; `labels[i]` is training sample `i`'s
+/// class. The text tower and the temperature take no part.
+pub struct Classifier {
+    names: Vec<String>,
+    templates: Vec<String>,
+    labels: Vec<i64>,
+    head: Option<ClassHead>,
+}
+
+impl Classifier {
+    pub fn new(names: Vec<String>, templates: Vec<String>, labels: Vec<i64>) -> Self {
+        Self {
+            names,
+            templates,
+            labels,
+            head: None,
+        }
+    }
+}
+
+impl Objective for Classifier {
+    fn prepare(&mut self, clip: &mut Pretrained) -> Result<()> {
+        self.head = Some(ClassHead::attach(clip, &self.names, &self.templates)?);
+        Ok(())
+    }
+
+    fn unused(&self, name: &str) -> bool {
+        name.starts_with("text_") || name == "logit_scale"
+    }
+
+    fn accumulate(
+        &self,
+        model: &ClipModel,
+        micro: &[MicroBatch],
+        samples: &[usize],
+        amp: Option<AutocastDtype>,
+        _dist: &Dist,
+    ) -> Result<StepStats> {
+        let head = self
+            .head
+            .as_ref()
+            .context("Classifier::prepare was not called")?;
+        let labels =
+            Tensor::from_slice(&samples.iter().map(|&i| self.labels[i]).collect::<Vec<_>>());
+        Ok(head.accumulate_gradients(
+            model,
+            micro,
+            &labels.to(micro[0].pixel_values.device()),
+            amp,
+        ))
+    }
+
+    fn averages_ranks(&self) -> bool {
+        true
     }
 }
 

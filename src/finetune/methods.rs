@@ -2,6 +2,7 @@
 //! (checkpoints, TensorBoard, `export/` with the head beside the HF model, `metrics.json`, the
 //! test report) and keeps `RUN_DIR/comparison.md` / `.json` comparing every method run there.
 
+use super::head::Classifier;
 use super::head::{ClassHead, HEAD_INFO};
 use super::split::{self, Splits};
 use super::{logistic, wise, Method};
@@ -14,7 +15,8 @@ use crate::eval::classification::{class_metrics, comparison_table, write_report,
 use crate::model::weights::named_tensors;
 use crate::pretrained::Pretrained;
 use crate::tensor_io::write_atomic;
-use crate::train::trainer::{build_model, join, Objective, Run, Summary};
+use crate::train::objective::{Contrastive, Objective};
+use crate::train::trainer::{build_model, join, Run, RunOptions, Summary};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -51,7 +53,7 @@ pub struct MethodResult {
 struct Task<'a> {
     cfg: &'a Config,
     config_yaml: &'a str,
-    max_steps: Option<u64>,
+    options: &'a RunOptions,
     splits: Splits,
     device: tch::Device,
     env: DistEnv,
@@ -63,7 +65,7 @@ pub fn run(
     cfg: &Config,
     config_yaml: &str,
     out: &Path,
-    max_steps: Option<u64>,
+    options: &RunOptions,
 ) -> Result<Vec<MethodResult>> {
     let methods = cfg.finetune.method.clone();
     if methods.is_empty() {
@@ -88,7 +90,7 @@ pub fn run(
     let task = Task {
         cfg,
         config_yaml,
-        max_steps,
+        options,
         splits,
         device,
         env,
@@ -364,24 +366,26 @@ impl Task<'_> {
     }
 
     fn fine_tune(&self, method: Method, dir: &Path) -> Result<MethodResult> {
-        let objective = match method {
-            Method::Classifier => Objective::Classify {
-                names: self.names().to_vec(),
-                templates: self.templates().to_vec(),
-                labels: self.splits.train.iter().map(|i| i.class as i64).collect(),
-            },
-            _ => Objective::Contrastive,
+        let mut objective: Box<dyn Objective> = match method {
+            Method::Classifier => Box::new(Classifier::new(
+                self.names().to_vec(),
+                self.templates().to_vec(),
+                self.splits.train.iter().map(|i| i.class as i64).collect(),
+            )),
+            _ => Box::new(Contrastive {
+                accumulation: self.cfg.train.accumulation,
+            }),
         };
         let run = Run {
             cfg: self.cfg,
             config_yaml: self.config_yaml,
             out: dir,
-            max_steps: self.max_steps,
+            options: self.options,
             env: &self.env,
             dist: &self.dist,
             device: self.device,
         };
-        let (summary, mut tuned) = run.train(self.samples(), vec![], &objective)?;
+        let (summary, mut tuned) = run.train(self.samples(), vec![], objective.as_mut())?;
         if method == Method::Contrastive {
             let (w, b) = ClassHead::zero_shot(&tuned, self.names(), self.templates())?;
             ClassHead::attach_with(&mut tuned, &w, &b);

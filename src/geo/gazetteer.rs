@@ -104,9 +104,14 @@ fn number<T: std::str::FromStr>(row: &[&str], i: usize, file: &str) -> Result<T>
 }
 
 impl Gazetteer {
-    /// The gazetteer compiled into the binary.
-    pub fn bundled() -> Result<Self> {
-        Self::parse(COUNTRIES, ADMIN1, CITIES)
+    /// The gazetteer compiled into the binary, parsed (and its k-d tree built) once per process.
+    pub fn bundled() -> Result<&'static Self> {
+        static BUNDLED: std::sync::OnceLock<Gazetteer> = std::sync::OnceLock::new();
+        if let Some(g) = BUNDLED.get() {
+            return Ok(g);
+        }
+        let parsed = Self::parse(COUNTRIES, ADMIN1, CITIES)?;
+        Ok(BUNDLED.get_or_init(|| parsed))
     }
 
     /// A gazetteer directory with the same three files (e.g. a larger GeoNames extract).

@@ -1,13 +1,16 @@
 //! Checkpoints: `checkpoints/step-00000123/` holding the model (`model.safetensors`, HF keys),
 //! the optimizer moments (`optimizer.safetensors`), `state.json` (step, data position,
-//! counters) and the resolved `config.yaml`. Written into a temporary directory, synced, then
-//! renamed, so a checkpoint directory is complete or absent; the newest valid one is resumed.
+//! counters), the resolved `config.yaml` and `checksums.json` (each file's size and BLAKE3 hash,
+//! written last). Written into a temporary directory private to the writing process, synced,
+//! then renamed, so a checkpoint directory is complete or absent. Resuming verifies the newest
+//! checkpoint against its checksums and falls back to the previous one, with a warning, when a
+//! file was damaged after it was written.
 
 use super::optim::AdamW;
 use crate::data::loader::Position;
 use crate::model::{weights, ClipModel};
 use crate::tensor_io::{self, write_atomic};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -51,7 +54,13 @@ pub fn save(
 ) -> Result<PathBuf> {
     std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
     let final_dir = root.join(dir_name(state.step));
-    let tmp = root.join(format!(".{}.tmp", dir_name(state.step)));
+    // Private to this process: a second writer (which the run lock should prevent) could not
+    // mix its files into this checkpoint.
+    let tmp = root.join(format!(
+        ".{}.tmp.{}",
+        dir_name(state.step),
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     weights::save(&model.vs, &tmp)?;
@@ -62,6 +71,10 @@ pub fn save(
     tensor_io::write(&tmp.join("optimizer.safetensors"), &opt.state())?;
     write_atomic(&tmp.join("config.yaml"), config_yaml.as_bytes())?;
     write_atomic(&tmp.join("state.json"), &serde_json::to_vec_pretty(state)?)?;
+    write_atomic(
+        &tmp.join(CHECKSUMS),
+        &serde_json::to_vec_pretty(&checksums(&tmp)?)?,
+    )?;
     sync_dir(&tmp);
     let _ = std::fs::remove_dir_all(&final_dir);
     std::fs::rename(&tmp, &final_dir)
@@ -90,6 +103,97 @@ pub fn list(root: &Path) -> Vec<PathBuf> {
         .collect();
     dirs.sort();
     dirs
+}
+
+const CHECKSUMS: &str = "checksums.json";
+
+/// Size and BLAKE3 hash of a checkpoint file.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct FileSum {
+    bytes: u64,
+    blake3: String,
+}
+
+/// Every file of checkpoint directory `dir` but the checksums themselves.
+fn checksums(dir: &Path) -> Result<std::collections::BTreeMap<String, FileSum>> {
+    let mut sums = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        if name == CHECKSUMS || !path.is_file() {
+            continue;
+        }
+        let mut hasher = blake3::Hasher::new();
+        let file = std::fs::File::open(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        hasher
+            .update_reader(file)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = std::fs::metadata(&path)?.len();
+        sums.insert(
+            name,
+            FileSum {
+                bytes,
+                blake3: hasher.finalize().to_hex().to_string(),
+            },
+        );
+    }
+    Ok(sums)
+}
+
+/// Checks `dir`'s files against the checksums recorded when it was written. Checkpoints from
+/// before checksums were recorded pass (their loading still checks every tensor).
+pub fn verify(dir: &Path) -> Result<()> {
+    let path = dir.join(CHECKSUMS);
+    if !path.exists() {
+        return Ok(());
+    }
+    let recorded: std::collections::BTreeMap<String, FileSum> =
+        serde_json::from_slice(&std::fs::read(&path)?)
+            .with_context(|| format!("{} is damaged", path.display()))?;
+    let actual = checksums(dir)?;
+    for (name, sum) in &recorded {
+        match actual.get(name) {
+            None => bail!("{name} is missing"),
+            Some(a) if a.bytes != sum.bytes => bail!(
+                "{name} has {} bytes, {} when written (truncated?)",
+                a.bytes,
+                sum.bytes
+            ),
+            Some(a) if a != sum => {
+                bail!("{name} does not match the hash recorded when it was written (damaged)")
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Restores the newest checkpoint under `root` that verifies and loads, warning about each newer
+/// one that does not; `None` when there is no checkpoint, an error when none is usable.
+pub fn resume(
+    root: &Path,
+    model: &mut ClipModel,
+    opt: &mut AdamW,
+) -> Result<Option<(PathBuf, TrainState)>> {
+    let all = list(root);
+    for dir in all.iter().rev() {
+        match verify(dir).and_then(|()| load(dir, model, opt)) {
+            Ok(state) => return Ok(Some((dir.clone(), state))),
+            Err(e) => eprintln!(
+                "warning: checkpoint {} is unusable ({e:#}); trying the previous one",
+                dir.display()
+            ),
+        }
+    }
+    if all.is_empty() {
+        return Ok(None);
+    }
+    bail!("none of the {} checkpoints under {} can be resumed (see the warnings above); move the directory away to start afresh", all.len(), root.display())
 }
 
 pub fn read_state(dir: &Path) -> Result<TrainState> {

@@ -2,8 +2,10 @@
 //! checkpoints, logging, validation and the loop.
 
 pub mod checkpoint;
+pub mod config_change;
 pub mod logger;
 pub mod loss;
+pub mod objective;
 pub mod optim;
 pub mod step;
 pub mod trainer;

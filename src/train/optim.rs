@@ -2,6 +2,7 @@
 //! libtorch's fused AdamW kernel (`torch.optim.AdamW(fused=True)`) through the C++ shim.
 
 use crate::shim::{fused_adamw, AdamWStep};
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
@@ -43,6 +44,32 @@ pub enum Schedule {
 }
 
 impl OptimConfig {
+    /// Ranges in which AdamW is defined (a NaN or negative rate would poison the weights).
+    pub fn validate(&self) -> Result<()> {
+        let finite_nonneg = |key: &str, v: f64| {
+            if !(v.is_finite() && v >= 0.0) {
+                bail!("optim.{key} = {v}: it must be a finite number >= 0");
+            }
+            Ok(())
+        };
+        finite_nonneg("lr", self.lr)?;
+        finite_nonneg("weight_decay", self.weight_decay)?;
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            bail!("optim.eps = {}: it must be a finite number > 0", self.eps);
+        }
+        for (i, b) in self.betas.iter().enumerate() {
+            if !(0.0..1.0).contains(b) {
+                bail!("optim.betas[{i}] = {b}: each beta must be in [0, 1)");
+            }
+        }
+        if let Some(n) = self.max_grad_norm {
+            if !(n.is_finite() && n > 0.0) {
+                bail!("optim.max_grad_norm = {n}: it must be a finite number > 0 (or absent for no clipping)");
+            }
+        }
+        Ok(())
+    }
+
     /// The learning rate for `step` (0-based) of `total`: linear warmup, then the schedule.
     /// Defined by the configured total, so a run stopped early follows the same curve.
     pub fn lr_at(&self, step: u64, total: u64) -> f64 {
@@ -195,6 +222,13 @@ impl AdamW {
                     let saved = state
                         .get(&key)
                         .ok_or_else(|| anyhow::anyhow!("optimizer state has no `{key}`"))?;
+                    if saved.size() != t.size() {
+                        bail!(
+                            "optimizer state `{key}` has shape {:?}, the parameter {:?}",
+                            saved.size(),
+                            t.size()
+                        );
+                    }
                     t.copy_(&saved.to_device(t.device()));
                 }
             }

@@ -33,6 +33,10 @@ pub struct StepStats {
     pub loss: f64,
     /// In-batch image→text retrieval accuracy over the pairs the loss saw.
     pub accuracy: f64,
+    /// The learning rate the update used (set by the trainer).
+    pub lr: f64,
+    /// The global gradient norm before clipping (set by the trainer).
+    pub grad_norm: f64,
 }
 
 fn accuracy(logits_per_image: &Tensor) -> f64 {
@@ -106,6 +110,7 @@ pub fn accumulate_gradients(
             let stats = StepStats {
                 loss: loss.double_value(&[]),
                 accuracy: accuracy(&out.logits_per_image.detach()),
+                ..StepStats::default()
             };
             // 3. Each micro-batch again with a graph, back-propagating its share of those
             //    feature gradients: the chain rule gives exactly the full-batch gradient.

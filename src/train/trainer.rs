@@ -1,18 +1,23 @@
-//! The training loop: data → micro-batches → gradients (either accumulation mode) → AdamW,
-//! with logging, validation, checkpoints, exact resume and the final HF export.
+//! The training loop, read top to bottom: [`Trainer::new`] builds the model, optimizer, data
+//! and sinks and resumes; [`Trainer::run`] repeats [`Trainer::step`] (micro-batches →
+//! gradients in either accumulation mode → all-reduce → AdamW) and [`Trainer::after_step`]
+//! (logging, validation, checkpoints) until a [`StopReason`]; [`Trainer::finish`] saves,
+//! validates, exports and writes the summary. Rank 0 alone (`is_main`) writes anything.
 
 use super::checkpoint::{self, TrainState};
+use super::config_change;
 use super::logger::{MetricSink, Progress, TensorBoard};
+use super::objective::{Contrastive, Objective};
 use super::optim::AdamW;
-use super::step::{accumulate_gradients, optimizer_step, Accumulation, MicroBatch};
+use super::step::{optimizer_step, MicroBatch, StepStats};
 use super::validate::{validate, ValMetrics};
 use crate::commands::parse_device;
 use crate::config::{Config, FreezeConfig, OnNonFinite, Precision};
-use crate::data::loader::{Loader, LoaderConfig, Position};
+use crate::data::loader::{Batch, Loader, LoaderConfig, Position};
 use crate::data::{Dataset, Sample};
 use crate::dist::{all_reduce_gradients, Dist, DistEnv};
-use crate::finetune::head::ClassHead;
 use crate::geo::Gazetteer;
+use crate::interrupt::{self, Interrupted};
 use crate::model::weights;
 use crate::model::ClipConfig;
 use crate::pretrained::Pretrained;
@@ -20,36 +25,49 @@ use crate::seed::sample_seed;
 use crate::shim::AutocastDtype;
 use crate::text::Captioner;
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 use tch::Tensor;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     pub steps: u64,
     pub total_steps: u64,
     pub samples_seen: u64,
     pub samples_per_s: f64,
-    pub final_loss: f64,
+    pub final_loss: Option<f64>,
     pub skipped_steps: u64,
     pub skipped_samples: u64,
     pub train_samples: usize,
     pub val_samples: usize,
     pub validation: Option<ValMetrics>,
-    pub stopped_by: String,
+    pub stopped_by: StopReason,
     pub export: Option<PathBuf>,
 }
 
-/// Set by SIGINT/SIGTERM: the loop saves a checkpoint and stops at the next step.
-fn stop_flag() -> &'static AtomicBool {
-    static FLAG: OnceLock<AtomicBool> = OnceLock::new();
-    FLAG.get_or_init(|| {
-        let _ = ctrlc::set_handler(|| stop_flag().store(true, Ordering::SeqCst));
-        AtomicBool::new(false)
-    })
+/// Why a run stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "reason")]
+pub enum StopReason {
+    /// Every configured step is done (the model is exported).
+    EndOfTraining,
+    /// `--max-steps` / `train.max_steps` reached before the end.
+    MaxSteps { at: u64 },
+    /// SIGINT/SIGTERM: state saved, the process exits with 128 + signal.
+    Signal { signal: i32 },
+    /// The loader ran dry before the last step (unreadable samples left batches short).
+    DataExhausted,
+}
+
+/// Run options from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Stop after this many optimizer steps (the schedule still spans the whole run).
+    pub max_steps: Option<u64>,
+    /// Resume even when the config differs in settings that change the result.
+    pub allow_config_change: bool,
 }
 
 /// The configured device; in a multi-process run `cuda` means this worker's GPU, cuda:LOCAL_RANK.
@@ -72,8 +90,9 @@ pub fn build_model(cfg: &Config, device: tch::Device) -> Result<Pretrained> {
     }
 }
 
-/// Locks parameters as `freeze` says; returns how many remain trainable.
-fn apply_freeze(clip: &mut Pretrained, freeze: &FreezeConfig) -> usize {
+/// Locks parameters as `freeze` says and those the objective never uses; returns how many
+/// remain trainable.
+fn apply_freeze(clip: &mut Pretrained, freeze: &FreezeConfig, objective: &dyn Objective) -> usize {
     let (vision_layers, text_layers) = (
         clip.model.config.vision_config.num_hidden_layers as usize,
         clip.model.config.text_config.num_hidden_layers as usize,
@@ -82,7 +101,8 @@ fn apply_freeze(clip: &mut Pretrained, freeze: &FreezeConfig) -> usize {
     for (name, var) in clip.model.vs.variables() {
         let vision = name.starts_with("vision_model") || name.starts_with("visual_projection");
         let text = name.starts_with("text_model") || name.starts_with("text_projection");
-        let mut train = !(vision && freeze.vision || text && freeze.text);
+        let mut train =
+            !(vision && freeze.vision || text && freeze.text || objective.unused(&name));
         if let (true, Some(n)) = (train, freeze.last_n_blocks) {
             let layers = if vision { vision_layers } else { text_layers };
             let block = name
@@ -92,11 +112,10 @@ fn apply_freeze(clip: &mut Pretrained, freeze: &FreezeConfig) -> usize {
                 .and_then(|i| i.parse::<usize>().ok());
             // Embeddings and early blocks lock; the last n blocks, final norms, projections and
             // the temperature train.
-            let late = match block {
+            train = match block {
                 Some(i) => i + n >= layers,
                 None => !name.contains("embeddings") && !name.contains("pre_layrnorm"),
             };
-            train = late;
         }
         let _ = var.set_requires_grad(train);
         trainable += usize::from(train);
@@ -184,20 +203,6 @@ fn split(samples: &[Sample], fraction: f64, seed: u64) -> (Vec<Sample>, Vec<Samp
     (train, val)
 }
 
-/// What the towers are trained for.
-pub enum Objective {
-    /// CLIP's contrastive loss between images and their captions.
-    Contrastive,
-    /// Cross-entropy of a linear head on the normalised image embeddings, the head initialised
-    /// as the zero-shot classifier of `names` through `templates`; `labels[i]` is the class of
-    /// training sample `i`.
-    Classify {
-        names: Vec<String>,
-        templates: Vec<String>,
-        labels: Vec<i64>,
-    },
-}
-
 /// This process's place in the job and its device (torchrun, SLURM, or a single process).
 pub fn join(cfg: &Config) -> Result<(DistEnv, Dist, tch::Device)> {
     let env = DistEnv::from_env()?;
@@ -208,114 +213,123 @@ pub fn join(cfg: &Config) -> Result<(DistEnv, Dist, tch::Device)> {
         device,
         cfg.dist.timeout(),
     )?;
+    crate::dist::start_heartbeat(&env, cfg.dist.heartbeat_timeout());
     Ok((env, dist, device))
 }
 
-/// Trains as `cfg` says into `out` (resuming from its newest checkpoint), stopping after
-/// `max_steps` optimizer steps when given. `config_yaml` is the resolved config, saved as is.
+/// Trains CLIP contrastively as `cfg` says into `out` (resuming from its newest checkpoint).
 /// Under torchrun, SLURM or `--nproc-per-node`, this process is one rank of a data-parallel job:
-/// the global batch is world × grad_accum_steps × micro_batch_size; rank 0 alone logs,
-/// validates, checkpoints and exports.
-pub fn train(
-    cfg: &Config,
-    config_yaml: &str,
-    out: &Path,
-    max_steps: Option<u64>,
-) -> Result<Summary> {
-    let t = &cfg.train;
-    if !(0.0..1.0).contains(&t.val_fraction) {
-        bail!("train.val_fraction = {} must be in [0, 1)", t.val_fraction);
-    }
+/// the global batch is world × grad_accum_steps × micro_batch_size.
+pub fn train(cfg: &Config, config_yaml: &str, out: &Path, options: &RunOptions) -> Result<Summary> {
     let (env, dist, device) = join(cfg)?;
-    let g = Gazetteer::bundled()?;
     // Rank 0 first: it draws synthetic data when the config asks for it.
     if !dist.is_main() {
         dist.barrier()
             .context("waiting for rank 0 to prepare the data")?;
     }
-    let (data, report) = Dataset::load(&cfg.data, &g)?;
+    let (data, report) = Dataset::load(&cfg.data, Gazetteer::bundled()?)?;
     if dist.is_main() {
         eprintln!("data: {}", report.summary());
         dist.barrier()?;
     }
-    let (train_samples, val_samples) = split(&data.samples, t.val_fraction, t.seed);
+    let (train_samples, val_samples) = split(&data.samples, cfg.train.val_fraction, cfg.train.seed);
     let run = Run {
         cfg,
         config_yaml,
         out,
-        max_steps,
+        options,
         env: &env,
         dist: &dist,
         device,
     };
-    Ok(run
-        .train(train_samples, val_samples, &Objective::Contrastive)?
-        .0)
+    let mut objective = Contrastive {
+        accumulation: cfg.train.accumulation,
+    };
+    Ok(run.train(train_samples, val_samples, &mut objective)?.0)
 }
 
 /// One training run's fixed inputs.
 pub struct Run<'a> {
     pub cfg: &'a Config,
+    /// The resolved config, saved as is beside the run and in every checkpoint.
     pub config_yaml: &'a str,
     pub out: &'a Path,
-    pub max_steps: Option<u64>,
+    pub options: &'a RunOptions,
     pub env: &'a DistEnv,
     pub dist: &'a Dist,
     pub device: tch::Device,
 }
 
 impl Run<'_> {
-    /// Trains on `train_samples` for `objective` (validating on `val_samples`, geolocation-style,
-    /// when there are any). Returns the summary and the trained model.
+    /// Trains on `train_samples` for `objective` (validating on `val_samples`,
+    /// geolocation-style, when there are any). Returns the summary and the trained model.
     pub fn train(
         &self,
         train_samples: Vec<Sample>,
         val_samples: Vec<Sample>,
-        objective: &Objective,
+        objective: &mut dyn Objective,
     ) -> Result<(Summary, Pretrained)> {
-        let Run {
-            cfg,
-            config_yaml,
-            out,
-            max_steps,
-            env,
-            dist,
-            device,
-        } = *self;
-        let t = &cfg.train;
-        if t.micro_batch_size == 0 || t.grad_accum_steps == 0 || t.epochs == 0 {
-            bail!("train.micro_batch_size, train.grad_accum_steps and train.epochs must be at least 1");
+        let mut trainer = Trainer::new(self, train_samples, val_samples, objective)?;
+        if trainer.state.step >= trainer.stop_at {
+            return trainer.nothing_to_do();
         }
-        let main = dist.is_main();
-        if main {
-            std::fs::create_dir_all(out)
-                .with_context(|| format!("cannot create run directory {}", out.display()))?;
-            crate::tensor_io::write_atomic(&out.join("config.yaml"), config_yaml.as_bytes())?;
-        }
-        let stop = stop_flag();
+        let reason = trainer.run()?;
+        trainer.finish(reason)
+    }
+}
 
+/// The held-out samples and what scoring them needs.
+struct Validation {
+    samples: Vec<Sample>,
+    captioner: Arc<Captioner>,
+}
+
+/// A run in progress.
+struct Trainer<'a> {
+    run: &'a Run<'a>,
+    objective: &'a dyn Objective,
+    clip: Pretrained,
+    opt: AdamW,
+    params: Vec<(String, Tensor)>,
+    state: TrainState,
+    checkpoints: Checkpoints<'a>,
+    loader: Option<Loader>,
+    validation: Validation,
+    /// Only on the main rank.
+    tensorboard: Option<TensorBoard>,
+    progress: Progress,
+    amp: Option<AutocastDtype>,
+    steps_per_epoch: u64,
+    total_steps: u64,
+    stop_at: u64,
+    train_samples: usize,
+    last: Option<StepStats>,
+    last_validation: Option<ValMetrics>,
+    started: (Instant, u64),
+    /// Held for the whole run by the main rank: one writer per run directory.
+    _lock: Option<std::fs::File>,
+}
+
+impl<'a> Trainer<'a> {
+    fn new(
+        run: &'a Run<'a>,
+        train_samples: Vec<Sample>,
+        val_samples: Vec<Sample>,
+        objective: &'a mut dyn Objective,
+    ) -> Result<Self> {
+        let (cfg, t, dist) = (run.cfg, &run.cfg.train, run.dist);
+        let lock = if dist.is_main() {
+            Some(lock_run_dir(run.out)?)
+        } else {
+            None
+        };
         // A fresh model's initial weights come from libtorch's generator.
         tch::manual_seed(t.seed as i64);
-        let mut clip = build_model(cfg, device)?;
-        let head = match objective {
-            Objective::Contrastive => None,
-            Objective::Classify {
-                names, templates, ..
-            } => Some(ClassHead::attach(&mut clip, names, templates)?),
-        };
-        let trainable = apply_freeze(&mut clip, &t.freeze);
-        if head.is_some() {
-            // The text tower and the temperature take no part in the classifier's loss.
-            for (name, var) in clip.model.vs.variables() {
-                if name.starts_with("text_") || name == "logit_scale" {
-                    let _ = var.set_requires_grad(false);
-                }
-            }
-        }
-        if trainable == 0 {
+        let mut clip = build_model(cfg, run.device)?;
+        objective.prepare(&mut clip)?;
+        if apply_freeze(&mut clip, &t.freeze, objective) == 0 {
             bail!("train.freeze leaves no parameter to train");
         }
-        let g = Gazetteer::bundled()?;
         // Per rank; the step's global batch is world_size times this.
         let step_size = t.micro_batch_size * t.grad_accum_steps;
         let steps_per_epoch = (train_samples.len() / dist.world_size / step_size) as u64;
@@ -329,41 +343,32 @@ impl Run<'_> {
             );
         }
         let total_steps = steps_per_epoch * t.epochs;
-        let stop_at = max_steps
+        let stop_at = run
+            .options
+            .max_steps
             .or(t.max_steps)
             .unwrap_or(total_steps)
             .min(total_steps);
-        let captioner = Arc::new(Captioner::new(&cfg.captions)?);
         let mut opt = AdamW::new(&clip.model.vs, &cfg.optim);
-
-        let ckpt_root = out.join("checkpoints");
         let checkpoints = Checkpoints {
-            root: ckpt_root.clone(),
-            config_yaml,
+            root: run.out.join("checkpoints"),
+            config_yaml: run.config_yaml,
             keep: t.keep_checkpoints,
         };
-        let mut state = TrainState::default();
-        if let Some(last) = checkpoint::list(&ckpt_root).pop() {
-            state = checkpoint::load(&last, &mut clip.model, &mut opt)?;
-            if main {
-                eprintln!("resuming from {} (step {})", last.display(), state.step);
-            }
-            state.position = resume_position(&state, dist);
-        }
+        let state = resume(run, &checkpoints.root, &mut clip, &mut opt)?;
         if dist.world_size > 1 {
             // Identical starting weights everywhere, fresh or resumed.
-            dist.broadcast_tensors(
-                &weights::named_tensors(&clip.model.vs)
-                    .into_iter()
-                    .map(|(_, t)| t)
-                    .collect::<Vec<_>>(),
-            )
-            .context("broadcasting rank 0's parameters")?;
-            if main {
+            let tensors: Vec<Tensor> = weights::named_tensors(&clip.model.vs)
+                .into_iter()
+                .map(|(_, t)| t)
+                .collect();
+            dist.broadcast_tensors(&tensors)
+                .context("broadcasting rank 0's parameters")?;
+            if dist.is_main() {
                 eprintln!(
                     "data parallel: {} ranks ({}), global batch {} = {} x {} x {}",
                     dist.world_size,
-                    env.launcher,
+                    run.env.launcher,
                     dist.world_size * step_size,
                     dist.world_size,
                     t.grad_accum_steps,
@@ -371,219 +376,395 @@ impl Run<'_> {
                 );
             }
         }
-        let mut tb = if main {
-            Some(TensorBoard::new(&out.join("tensorboard"))?)
+        let captioner = Arc::new(Captioner::new(&cfg.captions)?);
+        let train_count = train_samples.len();
+        let loader = (state.step < stop_at)
+            .then(|| start_loader(run, train_samples, &captioner, &clip, state.position))
+            .transpose()?;
+        let tensorboard = if dist.is_main() {
+            Some(TensorBoard::new(&run.out.join("tensorboard"))?)
         } else {
             None
         };
-        let amp = match (t.precision, device.is_cuda()) {
-            (Precision::Bf16, _) | (Precision::Auto, true) => Some(AutocastDtype::BFloat16),
-            _ => None,
-        };
-        let train_set = Arc::new(Dataset {
-            samples: train_samples,
-        });
-        let loader_cfg = LoaderConfig {
-            batch_size: step_size,
-            workers: cfg.data.workers,
-            prefetch: cfg.data.prefetch,
-            seed: t.seed,
-            shuffle: true,
-            rank: dist.rank,
-            world_size: dist.world_size,
-            on_error: cfg.data.on_error,
-            drop_last: true,
-            augment: cfg.data.augment.clone(),
-            epochs: Some(t.epochs),
-        };
-        let (h, w) = clip.preprocess.output_size();
-        let mut loader = Loader::start(
-            train_set.clone(),
-            captioner.clone(),
-            clip.preprocess.clone(),
-            loader_cfg,
-            state.position,
-        )?;
-        let progress = if main {
+        let progress = if dist.is_main() {
             Progress::new(total_steps, state.step)
         } else {
             Progress::quiet()
         };
-        let params = weights::named_tensors(&clip.model.vs);
-        let (start, start_samples) = (Instant::now(), state.samples_seen);
-        let mut last_loss = f64::NAN;
-        let mut validation = None;
-        let mut stopped_by = "end of training".to_string();
+        let amp = match (t.precision, run.device.is_cuda()) {
+            (Precision::Bf16, _) | (Precision::Auto, true) => Some(AutocastDtype::BFloat16),
+            _ => None,
+        };
+        interrupt::install();
+        Ok(Self {
+            run,
+            objective,
+            params: weights::named_tensors(&clip.model.vs),
+            clip,
+            opt,
+            started: (Instant::now(), state.samples_seen),
+            state,
+            checkpoints,
+            loader,
+            validation: Validation {
+                samples: val_samples,
+                captioner,
+            },
+            tensorboard,
+            progress,
+            amp,
+            steps_per_epoch,
+            total_steps,
+            stop_at,
+            train_samples: train_count,
+            last: None,
+            last_validation: None,
+            _lock: lock,
+        })
+    }
 
-        while state.step < stop_at {
-            // Every rank stops at the same step, whichever got the signal.
-            if dist.any(stop.load(Ordering::SeqCst))? {
-                stopped_by = "signal".into();
-                break;
+    /// Steps until something stops the run. Every rank takes the same decisions.
+    fn run(&mut self) -> Result<StopReason> {
+        loop {
+            if self.state.step >= self.stop_at {
+                return Ok(if self.stop_at < self.total_steps {
+                    StopReason::MaxSteps { at: self.stop_at }
+                } else {
+                    StopReason::EndOfTraining
+                });
             }
-            let batch = loader.next();
-            // Ranks run out of data together (their shares are equally long), but agree anyway: a
-            // rank that stopped alone would leave the others waiting in a collective.
-            if dist.any(batch.is_none())? {
-                break;
+            // Whichever rank got the signal, all stop at the same step.
+            if self.run.dist.any(interrupt::received().is_some())? {
+                return Ok(StopReason::Signal {
+                    signal: interrupt::received().unwrap_or(libc::SIGTERM),
+                });
+            }
+            let batch = self.loader.as_mut().expect("started").next();
+            // Ranks run out of data together (their shares are equally long), but agree anyway:
+            // a rank that stopped alone would leave the others waiting in a collective.
+            if self.run.dist.any(batch.is_none())? {
+                return Ok(StopReason::DataExhausted);
             }
             let batch = batch.expect("checked above")?;
-            state.skipped_samples += batch.skipped.len() as u64;
-            for s in &batch.skipped {
-                eprintln!("rank {}: skipped {s}", dist.rank);
+            let dropped = self
+                .loader
+                .as_ref()
+                .expect("started")
+                .take_dropped_skips(batch.epoch);
+            self.count_skips(&dropped);
+            self.count_skips(&batch.skipped);
+            if let Some(stats) = self.step(&batch)? {
+                self.after_step(stats)?;
             }
-            let n = batch.samples.len() as i64;
-            let pixels = Tensor::from_slice(&batch.pixels).view([n, 3, h as i64, w as i64]);
-            let (ids, mask) = clip.tokenize(&batch.captions)?;
-            let micro: Vec<MicroBatch> = (0..n)
-                .step_by(t.micro_batch_size)
-                .map(|s| {
-                    let b = (t.micro_batch_size as i64).min(n - s);
-                    MicroBatch {
-                        pixel_values: pixels.narrow(0, s, b).to(device),
-                        input_ids: ids.narrow(0, s, b).to(device),
-                        attention_mask: mask.narrow(0, s, b).to(device),
-                    }
-                })
-                .collect();
-            let (mut stats, mean_of_ranks) = match &objective {
-                Objective::Contrastive => (
-                    accumulate_gradients(&clip.model, &micro, t.accumulation, amp, dist)?,
-                    t.accumulation == Accumulation::PerMicroBatch,
-                ),
-                Objective::Classify { labels, .. } => {
-                    let batch_labels = Tensor::from_slice(
-                        &batch.samples.iter().map(|&i| labels[i]).collect::<Vec<_>>(),
-                    )
-                    .to(device);
-                    let head = head.as_ref().expect("attached for Classify");
-                    (
-                        head.accumulate_gradients(&clip.model, &micro, &batch_labels, amp),
-                        true,
-                    )
-                }
-            };
-            if dist.world_size > 1 {
-                all_reduce_gradients(dist, &params, mean_of_ranks, &["logit_scale"])?;
-                // The same loss on every rank, so they agree on skipping a non-finite step.
-                (stats.loss, stats.accuracy) = dist.mean2(stats.loss, stats.accuracy)?;
-            }
-            if !stats.loss.is_finite() {
-                match t.on_nonfinite {
-                    OnNonFinite::Skip => {
-                        opt.zero_grad();
-                        state.skipped_steps += 1;
-                        state.position = batch.next;
-                        progress.println(&format!(
-                            "step {}: loss is {}; step skipped ({} so far)",
-                            state.step + 1,
-                            stats.loss,
-                            state.skipped_steps
-                        ));
-                        continue;
-                    }
-                    OnNonFinite::Stop => {
-                        opt.zero_grad();
-                        checkpoints.save(dist, &clip, &opt, &mut state)?;
-                        bail!("loss became {} at step {}; state before it saved in {} (lower optim.lr, or set train.on_nonfinite: skip)", stats.loss, state.step + 1, ckpt_root.display());
-                    }
-                }
-            }
-            let lr = cfg.optim.lr_at(state.step, total_steps);
-            let grad_norm = optimizer_step(&clip.model, &mut opt, lr, cfg.optim.max_grad_norm)?;
-            state.step += 1;
-            state.samples_seen += (n as u64) * dist.world_size as u64;
-            state.position = batch.next;
-            last_loss = stats.loss;
+        }
+    }
 
-            let rate = (state.samples_seen - start_samples) as f64 / start.elapsed().as_secs_f64();
-            let scale = clip.model.logit_scale().exp().double_value(&[]);
-            if let Some(tb) = tb.as_mut() {
-                for (tag, v) in [
-                    ("train/loss", stats.loss),
-                    ("train/lr", lr),
-                    ("train/logit_scale", scale),
-                    ("train/grad_norm", grad_norm),
-                    ("train/samples_per_s", rate),
-                    ("train/batch_accuracy", stats.accuracy),
-                ] {
-                    tb.scalar(tag, v, state.step);
-                }
+    /// One optimizer step on `batch`; `None` when a non-finite loss skipped it.
+    fn step(&mut self, batch: &Batch) -> Result<Option<StepStats>> {
+        let (dist, t) = (self.run.dist, &self.run.cfg.train);
+        let micro = self.micro_batches(batch)?;
+        let mut stats =
+            self.objective
+                .accumulate(&self.clip.model, &micro, &batch.samples, self.amp, dist)?;
+        if dist.world_size > 1 {
+            all_reduce_gradients(
+                dist,
+                &self.params,
+                self.objective.averages_ranks(),
+                &["logit_scale"],
+            )?;
+            // The same loss on every rank, so they agree on skipping a non-finite step.
+            (stats.loss, stats.accuracy) = dist.mean2(stats.loss, stats.accuracy)?;
+        }
+        if !stats.loss.is_finite() {
+            self.opt.zero_grad();
+            if t.on_nonfinite == OnNonFinite::Stop {
+                self.save_checkpoint()?;
+                bail!("loss became {} at step {}; state before it saved in {} (lower optim.lr, or set train.on_nonfinite: skip)", stats.loss, self.state.step + 1, self.checkpoints.root.display());
             }
-            let log_now = state.step % t.log_every.max(1) == 0 || state.step == stop_at;
-            progress.update(
-                state.step,
-                total_steps,
-                &format!(
-                    "loss {:.4} acc {:.3} lr {lr:.2e} {rate:.1} samples/s",
-                    stats.loss, stats.accuracy
-                ),
-                log_now,
+            self.state.skipped_steps += 1;
+            self.state.position = batch.next;
+            let line = format!(
+                "step {}: loss is {}; step skipped ({} so far)",
+                self.state.step + 1,
+                stats.loss,
+                self.state.skipped_steps
             );
+            self.progress.println(&line);
+            return Ok(None);
+        }
+        stats.lr = self.run.cfg.optim.lr_at(self.state.step, self.total_steps);
+        stats.grad_norm = optimizer_step(
+            &self.clip.model,
+            &mut self.opt,
+            stats.lr,
+            self.run.cfg.optim.max_grad_norm,
+        )?;
+        self.state.step += 1;
+        self.state.samples_seen += (batch.samples.len() * dist.world_size) as u64;
+        self.state.position = batch.next;
+        Ok(Some(stats))
+    }
 
-            let epoch_end = state.step % steps_per_epoch == 0;
-            if let (true, Some(tb)) = (
-                t.eval_every > 0 && state.step % t.eval_every == 0 && !val_samples.is_empty(),
-                tb.as_mut(),
-            ) {
-                let m = validate(&clip, &val_samples, &captioner, &g, t.micro_batch_size)?;
-                m.log(tb, state.step);
-                progress.println(&format!("step {}: {}", state.step, m.line()));
-                validation = Some(m);
-            }
-            if epoch_end || state.step % t.checkpoint_every.max(1) == 0 {
-                checkpoints.save(dist, &clip, &opt, &mut state)?;
-            }
-            if let Some(tb) = tb.as_mut() {
-                tb.flush();
+    /// The batch as micro-batches on the device.
+    fn micro_batches(&self, batch: &Batch) -> Result<Vec<MicroBatch>> {
+        let (h, w) = self.clip.preprocess.output_size();
+        let n = batch.samples.len() as i64;
+        let pixels = Tensor::from_slice(&batch.pixels).view([n, 3, h as i64, w as i64]);
+        let (ids, mask) = self.clip.tokenize(&batch.captions)?;
+        let size = self.run.cfg.train.micro_batch_size as i64;
+        let device = self.run.device;
+        Ok((0..n)
+            .step_by(size as usize)
+            .map(|s| {
+                let b = size.min(n - s);
+                MicroBatch {
+                    pixel_values: pixels.narrow(0, s, b).to(device),
+                    input_ids: ids.narrow(0, s, b).to(device),
+                    attention_mask: mask.narrow(0, s, b).to(device),
+                }
+            })
+            .collect())
+    }
+
+    /// Logging, periodic validation and checkpoints after a completed step.
+    fn after_step(&mut self, stats: StepStats) -> Result<()> {
+        let t = &self.run.cfg.train;
+        let step = self.state.step;
+        let rate = (self.state.samples_seen - self.started.1) as f64
+            / self.started.0.elapsed().as_secs_f64();
+        let scale = self.clip.model.logit_scale().exp().double_value(&[]);
+        if let Some(tb) = self.tensorboard.as_mut() {
+            for (tag, v) in [
+                ("train/loss", stats.loss),
+                ("train/lr", stats.lr),
+                ("train/logit_scale", scale),
+                ("train/grad_norm", stats.grad_norm),
+                ("train/samples_per_s", rate),
+                ("train/batch_accuracy", stats.accuracy),
+            ] {
+                tb.scalar(tag, v, step);
             }
         }
-        drop(loader);
-        if state.step < stop_at && stopped_by == "end of training" {
-            stopped_by = "data exhausted".into();
-        } else if state.step == stop_at && stop_at < total_steps {
-            stopped_by = format!("max steps ({stop_at})");
+        let line = format!(
+            "loss {:.4} acc {:.3} lr {:.2e} {rate:.1} samples/s",
+            stats.loss, stats.accuracy, stats.lr
+        );
+        self.progress.update(
+            step,
+            self.total_steps,
+            &line,
+            step % t.log_every == 0 || step == self.stop_at,
+        );
+        self.last = Some(stats);
+        if t.eval_every > 0 && step % t.eval_every == 0 {
+            self.validate()?;
         }
-        let mut export = None;
-        checkpoints.save(dist, &clip, &opt, &mut state)?;
-        if let Some(tb) = tb.as_mut() {
-            if stopped_by != "signal" {
-                if !val_samples.is_empty() {
-                    let m = validate(&clip, &val_samples, &captioner, &g, t.micro_batch_size)?;
-                    m.log(tb, state.step);
-                    eprintln!("validation: {}", m.line());
-                    validation = Some(m);
-                }
-                if state.step == total_steps {
-                    clip.save(&out.join("export"))?;
-                    export = Some(out.join("export"));
-                }
-            }
+        if step % self.steps_per_epoch == 0 || step % t.checkpoint_every == 0 {
+            self.save_checkpoint()?;
+        }
+        if let Some(tb) = self.tensorboard.as_mut() {
             tb.flush();
         }
-        let elapsed = start.elapsed().as_secs_f64();
-        let summary = Summary {
-            steps: state.step,
-            total_steps,
-            samples_seen: state.samples_seen,
-            samples_per_s: (state.samples_seen - start_samples) as f64 / elapsed.max(1e-9),
-            final_loss: last_loss,
-            skipped_steps: state.skipped_steps,
-            skipped_samples: state.skipped_samples,
-            train_samples: train_set.samples.len(),
-            val_samples: val_samples.len(),
-            validation,
-            stopped_by,
-            export,
+        Ok(())
+    }
+
+    /// Scores the held-out samples (main rank; no-op without any).
+    fn validate(&mut self) -> Result<()> {
+        let Some(tb) = self
+            .tensorboard
+            .as_mut()
+            .filter(|_| !self.validation.samples.is_empty())
+        else {
+            return Ok(());
         };
+        let v = &self.validation;
+        let cfg = self.run.cfg;
+        let m = validate(
+            &self.clip,
+            &v.samples,
+            &v.captioner,
+            Gazetteer::bundled()?,
+            cfg.train.micro_batch_size,
+            cfg.data.on_error,
+        )?;
+        m.log(tb, self.state.step);
+        self.progress
+            .println(&format!("step {}: {}", self.state.step, m.line()));
+        self.last_validation = Some(m);
+        Ok(())
+    }
+
+    fn save_checkpoint(&mut self) -> Result<()> {
+        self.checkpoints
+            .save(self.run.dist, &self.clip, &self.opt, &mut self.state)
+    }
+
+    /// Counts and reports samples the loader left out.
+    fn count_skips(&mut self, skipped: &[String]) {
+        self.state.skipped_samples += skipped.len() as u64;
+        for s in skipped {
+            self.progress
+                .println(&format!("rank {}: skipped {s}", self.run.dist.rank));
+        }
+    }
+
+    /// Saves, validates and exports as `reason` allows, writes the summary; a signal or a
+    /// short data set is an error after that (non-zero exit).
+    fn finish(mut self, reason: StopReason) -> Result<(Summary, Pretrained)> {
+        let loader = self.loader.take().expect("started");
+        let dropped = loader.take_dropped_skips(u64::MAX);
+        drop(loader);
+        self.count_skips(&dropped);
+        self.save_checkpoint()?;
+        let main = self.run.dist.is_main();
+        let mut export = None;
+        if matches!(
+            reason,
+            StopReason::EndOfTraining | StopReason::MaxSteps { .. }
+        ) {
+            self.validate()?;
+            if let Some(m) = &self.last_validation {
+                eprintln!("validation: {}", m.line());
+            }
+            if reason == StopReason::EndOfTraining && main {
+                self.clip.save(&self.run.out.join("export"))?;
+                export = Some(self.run.out.join("export"));
+            }
+        }
+        let summary = self.summary(reason, export);
         if main {
             crate::tensor_io::write_atomic(
-                &out.join("summary.json"),
+                &self.run.out.join("summary.json"),
                 &serde_json::to_vec_pretty(&summary)?,
             )?;
         }
         // Nobody leaves while rank 0 still writes: a launcher would read an early exit as the end.
-        dist.barrier()?;
-        Ok((summary, clip))
+        self.run.dist.barrier()?;
+        match reason {
+            StopReason::Signal { signal } => Err(Interrupted { signal }.into()),
+            StopReason::DataExhausted => bail!(
+                "the data ran out at step {} of {}: {} unreadable samples (listed above) left too few for full batches; fix or remove them and rerun to resume (state saved in {})",
+                self.state.step, self.total_steps, self.state.skipped_samples, self.checkpoints.root.display()
+            ),
+            _ => Ok((summary, self.clip)),
+        }
     }
+
+    fn summary(&self, stopped_by: StopReason, export: Option<PathBuf>) -> Summary {
+        let elapsed = self.started.0.elapsed().as_secs_f64();
+        Summary {
+            steps: self.state.step,
+            total_steps: self.total_steps,
+            samples_seen: self.state.samples_seen,
+            samples_per_s: (self.state.samples_seen - self.started.1) as f64 / elapsed.max(1e-9),
+            final_loss: self.last.map(|s| s.loss),
+            skipped_steps: self.state.skipped_steps,
+            skipped_samples: self.state.skipped_samples,
+            train_samples: self.train_samples,
+            val_samples: self.validation.samples.len(),
+            validation: self.last_validation.clone(),
+            stopped_by,
+            export,
+        }
+    }
+
+    /// A rerun of a run already at its stopping step: nothing is trained or rewritten.
+    fn nothing_to_do(self) -> Result<(Summary, Pretrained)> {
+        let out = self.run.out;
+        if self.run.dist.is_main() {
+            eprintln!("{} is already at step {} of {} (stopping at {}): nothing to train; its summary.json and export are left as they are", out.display(), self.state.step, self.total_steps, self.stop_at);
+        }
+        let previous = std::fs::read(out.join("summary.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let reason = if self.state.step >= self.total_steps {
+            StopReason::EndOfTraining
+        } else {
+            StopReason::MaxSteps {
+                at: self.state.step,
+            }
+        };
+        let summary = previous.unwrap_or_else(|| self.summary(reason, None));
+        Ok((summary, self.clip))
+    }
+}
+
+/// Locks `out` for this process (created if needed) until the returned file is dropped or the
+/// process dies: two runs writing one directory would mix their checkpoints.
+fn lock_run_dir(out: &Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create run directory {}", out.display()))?;
+    let path = out.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    if file.try_lock().is_err() {
+        bail!("run directory {} is in use by another streetclip process: wait for it to end (or stop it), or choose another --out", out.display());
+    }
+    Ok(file)
+}
+
+/// Restores the newest usable checkpoint under `root`; refuses a config that changed the
+/// result since, unless allowed; writes the run's config.yaml (with any accepted changes).
+fn resume(run: &Run, root: &Path, clip: &mut Pretrained, opt: &mut AdamW) -> Result<TrainState> {
+    let mut note = None;
+    let state = match checkpoint::resume(root, &mut clip.model, opt)? {
+        None => TrainState::default(),
+        Some((dir, mut state)) => {
+            let saved = std::fs::read_to_string(dir.join("config.yaml"))
+                .with_context(|| format!("checkpoint {} has no config.yaml", dir.display()))?;
+            let changes = config_change::result_changes(&saved, run.config_yaml)?;
+            note = config_change::check(&changes, run.options.allow_config_change, state.step)?;
+            if run.dist.is_main() {
+                eprintln!("resuming from {} (step {})", dir.display(), state.step);
+                if let Some(n) = &note {
+                    eprintln!("{n}");
+                }
+            }
+            state.position = resume_position(&state, run.dist);
+            state
+        }
+    };
+    if run.dist.is_main() {
+        let mut text = run.config_yaml.to_string();
+        if let Some(n) = note {
+            text.push_str(&format!("# {n}\n"));
+        }
+        crate::tensor_io::write_atomic(&run.out.join("config.yaml"), text.as_bytes())?;
+    }
+    Ok(state)
+}
+
+fn start_loader(
+    run: &Run,
+    samples: Vec<Sample>,
+    captioner: &Arc<Captioner>,
+    clip: &Pretrained,
+    from: Position,
+) -> Result<Loader> {
+    let (cfg, t, dist) = (run.cfg, &run.cfg.train, run.dist);
+    let loader_cfg = LoaderConfig {
+        batch_size: t.micro_batch_size * t.grad_accum_steps,
+        workers: cfg.data.workers,
+        prefetch: cfg.data.prefetch,
+        seed: t.seed,
+        shuffle: true,
+        rank: dist.rank,
+        world_size: dist.world_size,
+        on_error: cfg.data.on_error,
+        drop_last: true,
+        augment: cfg.data.augment.clone(),
+        epochs: Some(t.epochs),
+    };
+    Loader::start(
+        Arc::new(Dataset { samples }),
+        captioner.clone(),
+        clip.preprocess.clone(),
+        loader_cfg,
+        from,
+    )
 }

@@ -2,20 +2,24 @@
 //! country accuracy among the countries of the data ("A Street View photo in {country}.").
 
 use super::logger::MetricSink;
-use crate::data::preprocess::decode;
-use crate::data::Sample;
+use crate::data::decode::decode;
+use crate::data::{OnError, Sample};
 use crate::geo::Gazetteer;
 use crate::pretrained::Pretrained;
 use crate::text::Captioner;
-use anyhow::Result;
-use serde::Serialize;
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 pub const COUNTRY_PROMPT: &str = "A Street View photo in {}.";
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ValMetrics {
+    /// Samples scored.
     pub samples: usize,
+    /// Samples left out because their image could not be read.
+    #[serde(default)]
+    pub skipped: usize,
     /// In-batch image→text accuracy, batches of the micro-batch size.
     pub batch_accuracy: f64,
     pub country_accuracy: f64,
@@ -27,8 +31,9 @@ pub struct ValMetrics {
 impl ValMetrics {
     pub fn line(&self) -> String {
         format!(
-            "val in-batch accuracy {:.3}, zero-shot country accuracy {:.3} (chance {:.3}, {} countries, {} images)",
-            self.batch_accuracy, self.country_accuracy, self.country_chance, self.countries, self.samples
+            "val in-batch accuracy {:.3}, zero-shot country accuracy {:.3} (chance {:.3}, {} countries, {} images{})",
+            self.batch_accuracy, self.country_accuracy, self.country_chance, self.countries, self.samples,
+            if self.skipped > 0 { format!(", {} unreadable skipped", self.skipped) } else { String::new() }
         )
     }
 
@@ -38,12 +43,15 @@ impl ValMetrics {
     }
 }
 
+/// Scores `samples`; an image that cannot be read is skipped and counted, or an error when
+/// `on_error` says fail (as in the training loader).
 pub fn validate(
     clip: &Pretrained,
     samples: &[Sample],
     captioner: &Captioner,
     g: &Gazetteer,
     batch: usize,
+    on_error: OnError,
 ) -> Result<ValMetrics> {
     let device = clip.device();
     let mut countries: Vec<usize> = samples.iter().filter_map(|s| s.place.country).collect();
@@ -62,32 +70,103 @@ pub fn validate(
                 .text_features(&ids.to(device), Some(&mask.to(device)))
         }))
     };
-    let (h, w) = clip.preprocess.output_size();
-    let (mut hits, mut country_hits, mut country_n, mut n) = (0.0, 0usize, 0usize, 0usize);
-    for (chunk_index, chunk) in samples.chunks(batch.max(2)).enumerate() {
-        let mut pixels = Vec::with_capacity(chunk.len() * 3 * (h * w) as usize);
-        let mut captions = Vec::with_capacity(chunk.len());
-        for (i, s) in chunk.iter().enumerate() {
-            let Ok(img) = s.image.read().and_then(|b| decode(&b)) else {
-                continue;
-            };
-            pixels.extend(clip.preprocess.apply(img)?);
-            let index = (chunk_index * batch + i) as u64;
-            captions.push(
-                s.place
-                    .caption
-                    .clone()
-                    .or_else(|| captioner.caption(&s.place.names, 0, index))
-                    .unwrap_or_default(),
-            );
+    let scorer = Scorer {
+        clip,
+        countries: &countries,
+        country_text: country_text.as_ref(),
+    };
+    let mut totals = Totals::default();
+    let mut pending: Vec<Prepared> = Vec::with_capacity(batch);
+    for (i, s) in samples.iter().enumerate() {
+        match prepare(clip, captioner, s) {
+            Ok(p) => pending.push(p),
+            Err(e) if on_error == OnError::Skip => {
+                eprintln!("validation: skipped {}: {e:#}", s.origin);
+                totals.skipped += 1;
+            }
+            Err(e) => bail!(
+                "validation sample {}: {e:#} (set data.on_error: skip to leave such samples out)",
+                s.origin
+            ),
         }
-        let b = captions.len() as i64;
-        if b == 0 {
-            continue;
+        // Batches of readable samples only: a skipped image changes neither which sample a
+        // guess is scored against nor the other samples' batches.
+        if pending.len() == batch.max(2) || (i + 1 == samples.len() && !pending.is_empty()) {
+            scorer.score(&pending, &mut totals)?;
+            pending.clear();
         }
+    }
+    let (n, countries_n) = (totals.samples, countries.len());
+    Ok(ValMetrics {
+        samples: n,
+        skipped: totals.skipped,
+        batch_accuracy: totals.hits / n.max(1) as f64,
+        country_accuracy: totals.country_hits as f64 / totals.country_n.max(1) as f64,
+        country_chance: 1.0 / countries_n.max(1) as f64,
+        countries: countries_n,
+    })
+}
+
+/// A validation sample ready for the model.
+struct Prepared<'a> {
+    sample: &'a Sample,
+    pixels: Vec<f32>,
+    caption: String,
+}
+
+/// Decodes and captions `s`. Its caption's random choices are keyed by the sample itself (its
+/// origin), not its position, so they do not depend on which other samples could be read.
+fn prepare<'a>(clip: &Pretrained, captioner: &Captioner, s: &'a Sample) -> Result<Prepared<'a>> {
+    let pixels = clip.preprocess.apply(&decode(&s.image.read()?)?)?;
+    let key = u64::from_le_bytes(
+        blake3::hash(s.origin.as_bytes()).as_bytes()[..8]
+            .try_into()
+            .expect("8 bytes"),
+    );
+    let Some(caption) = s
+        .place
+        .caption
+        .clone()
+        .or_else(|| captioner.caption(&s.place.names, 0, key))
+    else {
+        bail!("the caption template needs a name this sample does not have");
+    };
+    Ok(Prepared {
+        sample: s,
+        pixels,
+        caption,
+    })
+}
+
+#[derive(Default)]
+struct Totals {
+    samples: usize,
+    skipped: usize,
+    hits: f64,
+    country_hits: usize,
+    country_n: usize,
+}
+
+/// Scores batches against their captions and the candidate countries.
+struct Scorer<'a> {
+    clip: &'a Pretrained,
+    countries: &'a [usize],
+    country_text: Option<&'a Tensor>,
+}
+
+impl Scorer<'_> {
+    fn score(&self, batch: &[Prepared], totals: &mut Totals) -> Result<()> {
+        let (clip, device) = (self.clip, self.clip.device());
+        let (h, w) = clip.preprocess.output_size();
+        let b = batch.len() as i64;
+        let pixels: Vec<f32> = batch
+            .iter()
+            .flat_map(|p| p.pixels.iter().copied())
+            .collect();
         let pixels = Tensor::from_slice(&pixels)
             .view([b, 3, h as i64, w as i64])
             .to(device);
+        let captions: Vec<String> = batch.iter().map(|p| p.caption.clone()).collect();
         let (ids, mask) = clip.tokenize(&captions)?;
         tch::no_grad(|| -> Result<()> {
             let image = clip.model.image_features(&pixels);
@@ -98,12 +177,12 @@ pub fn validate(
             let correct = logits
                 .argmax(-1, false)
                 .eq_tensor(&Tensor::arange(b, (Kind::Int64, device)));
-            hits += correct
+            totals.hits += correct
                 .to_kind(Kind::Double)
                 .sum(Kind::Double)
                 .double_value(&[]);
-            n += b as usize;
-            if let Some(ct) = &country_text {
+            totals.samples += batch.len();
+            if let Some(ct) = self.country_text {
                 let guesses = Vec::<i64>::try_from(
                     clip.model
                         .logits(&image, ct)
@@ -111,21 +190,14 @@ pub fn validate(
                         .argmax(-1, false)
                         .to(tch::Device::Cpu),
                 )?;
-                for (s, guess) in chunk.iter().zip(guesses) {
-                    if let Some(truth) = s.place.country {
-                        country_n += 1;
-                        country_hits += usize::from(countries[guess as usize] == truth);
+                for (p, guess) in batch.iter().zip(guesses) {
+                    if let Some(truth) = p.sample.place.country {
+                        totals.country_n += 1;
+                        totals.country_hits += usize::from(self.countries[guess as usize] == truth);
                     }
                 }
             }
             Ok(())
-        })?;
+        })
     }
-    Ok(ValMetrics {
-        samples: n,
-        batch_accuracy: hits / n.max(1) as f64,
-        country_accuracy: country_hits as f64 / country_n.max(1) as f64,
-        country_chance: 1.0 / countries.len().max(1) as f64,
-        countries: countries.len(),
-    })
 }

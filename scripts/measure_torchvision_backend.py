@@ -17,7 +17,7 @@ from transformers import CLIPModel, CLIPProcessor
 model_dir, labels, images = sys.argv[1], sys.argv[2].split(","), sys.argv[3:]
 model = CLIPModel.from_pretrained(model_dir).eval()
 default = CLIPProcessor.from_pretrained(model_dir)
-pil = CLIPProcessor.from_pretrained(model_dir, use_fast=False)
+pil = CLIPProcessor.from_pretrained(model_dir, backend="pil")
 assert default.image_processor.backend == "torchvision", default.image_processor.backend
 assert pil.image_processor.backend == "pil", pil.image_processor.backend
 std = torch.tensor(pil.image_processor.image_std).view(3, 1, 1)

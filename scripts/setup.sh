@@ -10,12 +10,18 @@ REQ=scripts/requirements.txt
 STAMP="$VENV/.streetclip-setup"
 want="$(sha256sum "$REQ" | cut -d' ' -f1)"
 
-# Gloo's headers for the c10d shim (csrc/dist.cpp); the library itself is inside libtorch.
-if [[ ! -f /usr/include/gloo/algorithm.h ]]; then
-    echo "setup: installing Debian's libgloo-dev (Gloo headers for the c10d shim)"
+# Debian packages the build needs: Gloo's headers for the c10d shim (csrc/dist.cpp; the library
+# itself is inside libtorch), and cmake + nasm, with which turbojpeg-sys builds libjpeg-turbo 3.1
+# (the JPEG decoder Pillow's wheels use) from the crate's bundled source.
+missing=()
+[[ -f /usr/include/gloo/algorithm.h ]] || missing+=(libgloo-dev)
+command -v cmake >/dev/null || missing+=(cmake)
+command -v nasm >/dev/null || missing+=(nasm)
+if (( ${#missing[@]} )); then
+    echo "setup: installing Debian's ${missing[*]}"
     SUDO=""; [[ "$(id -u)" != 0 ]] && SUDO="sudo"
-    $SUDO apt-get install -y -qq libgloo-dev >/dev/null || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq libgloo-dev >/dev/null; } \
-        || { echo "setup: cannot install libgloo-dev; install it with your package manager (Debian/Ubuntu: apt-get install libgloo-dev)" >&2; exit 1; }
+    $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null; } \
+        || { echo "setup: cannot install ${missing[*]}; install them with your package manager (Debian/Ubuntu: apt-get install ${missing[*]})" >&2; exit 1; }
 fi
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" && -e "$VENV/libtorch/lib" ]]; then

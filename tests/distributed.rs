@@ -442,23 +442,24 @@ fn step_of(checkpoint: &Path) -> u64 {
         .unwrap()
 }
 
-#[test]
-fn a_killed_worker_stops_the_run_with_a_clear_error_and_it_resumes() {
-    let tmp = tmpdir();
-    let data = tmp.path().join("scenes");
-    let cfg = config(tmp.path(), &data, 2, "full_batch");
-    let run = tmp.path().join("run");
+/// A long two-worker run under the built-in launcher, once it has written a checkpoint: the
+/// launcher and its workers' pids.
+fn two_workers_past_a_checkpoint(
+    cfg: &Path,
+    run: &Path,
+    extra: &[&str],
+) -> (std::process::Child, Vec<i32>) {
     let launcher = Command::new(env!("CARGO_BIN_EXE_streetclip"))
         .args(["train", "--config"])
-        .arg(&cfg)
+        .arg(cfg)
         .arg("--out")
-        .arg(&run)
+        .arg(run)
         .args(["--nproc-per-node", "2", "--set", "train.epochs=500"])
+        .args(extra)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Once a checkpoint exists, kill rank 1 outright.
     let start = Instant::now();
     while streetclip::train::checkpoint::list(&run.join("checkpoints")).is_empty() {
         assert!(
@@ -469,6 +470,17 @@ fn a_killed_worker_stops_the_run_with_a_clear_error_and_it_resumes() {
     }
     let workers = children(launcher.id());
     assert_eq!(workers.len(), 2, "{workers:?}");
+    (launcher, workers)
+}
+
+#[test]
+fn a_killed_worker_stops_the_run_with_a_clear_error_and_it_resumes() {
+    let tmp = tmpdir();
+    let data = tmp.path().join("scenes");
+    let cfg = config(tmp.path(), &data, 2, "full_batch");
+    let run = tmp.path().join("run");
+    // Once a checkpoint exists, kill rank 1 outright.
+    let (launcher, workers) = two_workers_past_a_checkpoint(&cfg, &run, &[]);
     let killed_at = Instant::now();
     unsafe { libc::kill(workers[1], libc::SIGKILL) };
     let o = launcher.wait_with_output().unwrap();
@@ -585,33 +597,8 @@ fn a_stopped_worker_is_named_within_the_heartbeat_timeout() {
     let data = tmp.path().join("scenes");
     let cfg = config(tmp.path(), &data, 2, "full_batch");
     let run = tmp.path().join("run");
-    let launcher = Command::new(env!("CARGO_BIN_EXE_streetclip"))
-        .args(["train", "--config"])
-        .arg(&cfg)
-        .arg("--out")
-        .arg(&run)
-        .args([
-            "--nproc-per-node",
-            "2",
-            "--set",
-            "train.epochs=500",
-            "--set",
-            "dist.heartbeat_timeout_s=5",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while streetclip::train::checkpoint::list(&run.join("checkpoints")).is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no checkpoint appeared"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let workers = children(launcher.id());
-    assert_eq!(workers.len(), 2, "{workers:?}");
+    let (launcher, workers) =
+        two_workers_past_a_checkpoint(&cfg, &run, &["--set", "dist.heartbeat_timeout_s=5"]);
     let stopped_at = Instant::now();
     // SAFETY: signalling our own grandchild.
     unsafe { libc::kill(workers[1], libc::SIGSTOP) };

@@ -322,6 +322,18 @@ fn augmentation_is_seeded_and_flip_mirrors() {
     assert_eq!(row(&flipped[0].pixels), mirrored);
 }
 
+/// A loader over the fixture from the start.
+fn start(f: &Fixture, cfg: LoaderConfig) -> Loader {
+    Loader::start(
+        f.data.clone(),
+        captioner(),
+        PreprocessConfig::for_size(32),
+        cfg,
+        Position::default(),
+    )
+    .unwrap()
+}
+
 #[test]
 fn a_crash_while_decoding_is_an_error_not_the_end_of_the_data() {
     // An augmentation the config check would refuse ([1.0, 0.5] is an empty range) makes the
@@ -334,14 +346,7 @@ fn a_crash_while_decoding_is_an_error_not_the_end_of_the_data() {
         },
         ..config(4)
     };
-    let mut loader = Loader::start(
-        f.data.clone(),
-        captioner(),
-        PreprocessConfig::for_size(32),
-        cfg,
-        Position::default(),
-    )
-    .unwrap();
+    let mut loader = start(&f, cfg);
     let first = loader.next().expect("an error, not the end of the data");
     let err = format!("{:#}", first.err().expect("an error"));
     assert!(err.contains("data loader crashed"), "{err}");
@@ -363,14 +368,7 @@ fn skips_in_the_dropped_last_batch_are_counted() {
         epochs: Some(1),
         ..config(8)
     };
-    let mut loader = Loader::start(
-        f.data.clone(),
-        captioner(),
-        PreprocessConfig::for_size(32),
-        cfg,
-        Position::default(),
-    )
-    .unwrap();
+    let mut loader = start(&f, cfg);
     let mut reported: usize = 0;
     let mut batches = 0;
     for b in loader.by_ref() {

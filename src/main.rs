@@ -238,7 +238,7 @@ fn run(cli: Cli) -> Result<()> {
             images,
         } => {
             let labels = predict::parse_labels(&labels)?;
-            let clip = Pretrained::load(&model, commands::parse_device(&rt.device)?)?;
+            let clip = Pretrained::load(&model, streetclip::model::parse_device(&rt.device)?)?;
             let args = predict::PredictArgs {
                 labels,
                 template,
@@ -317,7 +317,7 @@ fn run(cli: Cli) -> Result<()> {
             images,
         } => {
             let cfg = load_config(config.as_ref())?;
-            let clip = Pretrained::load(&model, commands::parse_device(&rt.device)?)?;
+            let clip = Pretrained::load(&model, streetclip::model::parse_device(&rt.device)?)?;
             let guesses = commands::geo::geolocate(&clip, &cfg, &images, rt.batch_size)?;
             if json {
                 let rows: Vec<_> = guesses
@@ -360,7 +360,7 @@ fn run(cli: Cli) -> Result<()> {
                 cfg.data.manifest = manifest;
                 cfg.data.shards = None;
             }
-            let device = commands::parse_device(&rt.device)?;
+            let device = streetclip::model::parse_device(&rt.device)?;
             let names = commands::geo::model_names(&model);
             let mut evals = Vec::new();
             for (dir, name) in model.iter().zip(names) {
@@ -403,7 +403,7 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 templates
             };
-            let clip = Pretrained::load(&model, commands::parse_device(&rt.device)?)?;
+            let clip = Pretrained::load(&model, streetclip::model::parse_device(&rt.device)?)?;
             let (metrics, _) =
                 commands::classify::run(&clip, &data, &templates, rt.batch_size, out.as_deref())?;
             println!("{}", serde_json::to_string_pretty(&metrics)?);
@@ -436,7 +436,7 @@ fn run(cli: Cli) -> Result<()> {
             out,
             rt,
         } => {
-            let clip = Pretrained::load(&model, commands::parse_device(&rt.device)?)?;
+            let clip = Pretrained::load(&model, streetclip::model::parse_device(&rt.device)?)?;
             let tensors = embed::run(
                 &clip,
                 &embed::EmbedArgs {

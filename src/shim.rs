@@ -39,6 +39,18 @@ pub enum AutocastDtype {
 
 /// Runs `f` under autocast on `device`'s kind (CPU or CUDA) in `dtype`: matmuls and
 /// convolutions compute in reduced precision, parameters stay fp32 (master weights).
+/// `f` under autocast in `amp` when given, else as it is.
+pub fn maybe_autocast<T>(
+    device: Device,
+    amp: Option<AutocastDtype>,
+    f: impl FnOnce() -> T,
+) -> Result<T> {
+    match amp {
+        None => Ok(f()),
+        Some(dtype) => autocast(device, dtype, f),
+    }
+}
+
 pub fn autocast<T>(device: Device, dtype: AutocastDtype, f: impl FnOnce() -> T) -> Result<T> {
     let dev = i32::from(device.is_cuda());
     let dt = i32::from(dtype == AutocastDtype::Float16);

@@ -12,28 +12,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use tch::Device;
 
-/// `cpu`, `cuda` or `cuda:N`.
-pub fn parse_device(s: &str) -> Result<Device> {
-    let device = match s {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
-        other => match other
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse::<usize>().ok())
-        {
-            Some(n) => Device::Cuda(n),
-            None => bail!("unknown device `{s}`: use cpu, cuda or cuda:N"),
-        },
-    };
-    if let Device::Cuda(n) = device {
-        let available = tch::Cuda::device_count() as usize;
-        if n >= available {
-            bail!("device `{s}` requested but {available} CUDA device(s) are visible to libtorch");
-        }
-    }
-    Ok(device)
-}
-
 /// A progress bar on a terminal for long inputs; hidden otherwise.
 pub fn progress(total: usize, what: &str) -> ProgressBar {
     if total <= 1 || !std::io::stderr().is_terminal() {

@@ -244,9 +244,11 @@ impl PreprocessConfig {
     fn to_chw(&self, rgb: &[u8], block: &Block, ch: u32, cw: u32) -> Vec<f32> {
         let lut: Vec<[f32; 3]> = (0..=255).map(|v| self.normalized(v)).collect();
         let plane = (ch * cw) as usize;
-        let mut out: Vec<f32> = (0..3)
-            .flat_map(|c| std::iter::repeat_n(lut[0][c], plane))
-            .collect();
+        // Sized once (a flat_map would grow it by doubling); level 0 is transformers' padding.
+        let mut out = Vec::with_capacity(3 * plane);
+        for c in 0..3 {
+            out.extend(std::iter::repeat_n(lut[0][c], plane));
+        }
         for y in 0..block.h as usize {
             let src = &rgb[y * block.w as usize * 3..][..block.w as usize * 3];
             let row = (block.top as usize + y) * cw as usize + block.left as usize;

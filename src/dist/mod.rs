@@ -430,12 +430,22 @@ pub fn start_heartbeat(env: &DistEnv, timeout: Duration) {
     .start();
 }
 
+/// `dist.backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendChoice {
+    /// NCCL on CUDA devices, Gloo on the CPU.
+    #[default]
+    Auto,
+    Gloo,
+    Nccl,
+}
+
 /// How the processes of a data-parallel run talk.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DistConfig {
-    /// `auto` (NCCL on CUDA devices, Gloo on CPU), `gloo` or `nccl`.
-    pub backend: String,
+    pub backend: BackendChoice,
     /// How long a collective or the rendezvous waits for the other processes before failing.
     pub timeout_s: u64,
     /// A peer that sends no heartbeat for this long (stopped or hung) stops the job with its
@@ -446,7 +456,7 @@ pub struct DistConfig {
 impl Default for DistConfig {
     fn default() -> Self {
         Self {
-            backend: "auto".into(),
+            backend: BackendChoice::Auto,
             timeout_s: 1800,
             heartbeat_timeout_s: 60,
         }
@@ -454,12 +464,11 @@ impl Default for DistConfig {
 }
 
 impl DistConfig {
-    pub fn backend_for(&self, device: tch::Device) -> Result<Backend> {
-        match self.backend.as_str() {
-            "auto" if device.is_cuda() => Ok(Backend::Nccl),
-            "auto" | "gloo" => Ok(Backend::Gloo),
-            "nccl" => Ok(Backend::Nccl),
-            other => bail!("dist.backend = `{other}`: use auto, gloo or nccl"),
+    pub fn backend_for(&self, device: tch::Device) -> Backend {
+        match self.backend {
+            BackendChoice::Auto if device.is_cuda() => Backend::Nccl,
+            BackendChoice::Auto | BackendChoice::Gloo => Backend::Gloo,
+            BackendChoice::Nccl => Backend::Nccl,
         }
     }
 

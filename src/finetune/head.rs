@@ -87,19 +87,16 @@ impl ClassHead {
         micro: &[MicroBatch],
         labels: &Tensor,
         amp: Option<AutocastDtype>,
-    ) -> StepStats {
+    ) -> Result<StepStats> {
         let n = micro.len() as f64;
         let mut stats = StepStats::default();
         let mut offset = 0;
         for m in micro {
             let b = m.pixel_values.size()[0];
-            let run = || model.image_features(&m.pixel_values);
-            let features = match amp {
-                None => run(),
-                Some(dtype) => crate::shim::autocast(m.pixel_values.device(), dtype, run)
-                    .expect("autocast")
-                    .to_kind(Kind::Float),
-            };
+            let features = crate::shim::maybe_autocast(m.pixel_values.device(), amp, || {
+                model.image_features(&m.pixel_values)
+            })?
+            .to_kind(Kind::Float);
             let logits = self.logits(&crate::model::normalize(&features));
             let y = labels.narrow(0, offset, b);
             let loss = logits.cross_entropy_for_logits(&y);
@@ -114,7 +111,7 @@ impl ClassHead {
                 / n;
             offset += b;
         }
-        stats
+        Ok(stats)
     }
 }
 
@@ -163,12 +160,12 @@ impl Objective for Classifier {
             .context("Classifier::prepare was not called")?;
         let labels =
             Tensor::from_slice(&samples.iter().map(|&i| self.labels[i]).collect::<Vec<_>>());
-        Ok(head.accumulate_gradients(
+        head.accumulate_gradients(
             model,
             micro,
             &labels.to(micro[0].pixel_values.device()),
             amp,
-        ))
+        )
     }
 
     fn averages_ranks(&self) -> bool {

@@ -5,7 +5,7 @@ use super::loss::clip_loss;
 use super::optim::{clip_grad_norm, AdamW};
 use crate::dist::Dist;
 use crate::model::ClipModel;
-use crate::shim::{autocast, AutocastDtype};
+use crate::shim::{maybe_autocast, AutocastDtype};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -51,20 +51,19 @@ fn accuracy(logits_per_image: &Tensor) -> f64 {
 
 /// The towers' features, under autocast in `amp` when given (fp32 master weights; features
 /// and everything after them — normalisation, logits, loss — in fp32).
-fn features(model: &ClipModel, m: &MicroBatch, amp: Option<AutocastDtype>) -> (Tensor, Tensor) {
-    let run = || {
+fn features(
+    model: &ClipModel,
+    m: &MicroBatch,
+    amp: Option<AutocastDtype>,
+) -> Result<(Tensor, Tensor)> {
+    let (i, t) = maybe_autocast(m.pixel_values.device(), amp, || {
         (
             model.image_features(&m.pixel_values),
             model.text_features(&m.input_ids, Some(&m.attention_mask)),
         )
-    };
-    match amp {
-        None => run(),
-        Some(dtype) => {
-            let (i, t) = autocast(m.pixel_values.device(), dtype, run).expect("autocast");
-            (i.to_kind(Kind::Float), t.to_kind(Kind::Float))
-        }
-    }
+    })?;
+    // A no-op without autocast (the features are fp32 already).
+    Ok((i.to_kind(Kind::Float), t.to_kind(Kind::Float)))
 }
 
 /// Leaves the step's gradients in the model's parameters (added to what is there). With
@@ -83,7 +82,7 @@ pub fn accumulate_gradients(
             let mut stats = StepStats::default();
             let n = micro.len() as f64;
             for m in micro {
-                let (image, text) = features(model, m, amp);
+                let (image, text) = features(model, m, amp)?;
                 let out = model.logits(&image, &text);
                 let loss = clip_loss(&out.logits_per_text);
                 (&loss / n).backward();
@@ -94,8 +93,14 @@ pub fn accumulate_gradients(
         }
         Accumulation::FullBatch => {
             // 1. Features of every micro-batch without a graph.
-            let (images, texts): (Vec<Tensor>, Vec<Tensor>) =
-                tch::no_grad(|| micro.iter().map(|m| features(model, m, amp)).unzip());
+            let (images, texts): (Vec<Tensor>, Vec<Tensor>) = tch::no_grad(|| {
+                micro
+                    .iter()
+                    .map(|m| features(model, m, amp))
+                    .collect::<Result<Vec<_>>>()
+            })?
+            .into_iter()
+            .unzip();
             // 2. The loss over all pairs, differentiated with respect to the cached features
             //    (and logit_scale, whose gradient is complete after this backward).
             let image_own = Tensor::cat(&images, 0).set_requires_grad(true);
@@ -118,7 +123,7 @@ pub fn accumulate_gradients(
             let mut offset = 0;
             for m in micro {
                 let b = m.pixel_values.size()[0];
-                let (image, text) = features(model, m, amp);
+                let (image, text) = features(model, m, amp)?;
                 let surrogate = (image * image_grad.narrow(0, offset, b)).sum(Kind::Float)
                     + (text * text_grad.narrow(0, offset, b)).sum(Kind::Float);
                 surrogate.backward();

@@ -11,7 +11,6 @@ use super::objective::{Contrastive, Objective};
 use super::optim::AdamW;
 use super::step::{optimizer_step, MicroBatch, StepStats};
 use super::validate::{validate, ValMetrics};
-use crate::commands::parse_device;
 use crate::config::{Config, FreezeConfig, OnNonFinite, Precision};
 use crate::data::loader::{Batch, Loader, LoaderConfig, Position};
 use crate::data::{Dataset, Sample};
@@ -19,7 +18,7 @@ use crate::dist::{all_reduce_gradients, Dist, DistEnv};
 use crate::geo::Gazetteer;
 use crate::interrupt::{self, Interrupted};
 use crate::model::weights;
-use crate::model::ClipConfig;
+use crate::model::{parse_device, ClipConfig};
 use crate::pretrained::Pretrained;
 use crate::seed::sample_seed;
 use crate::shim::AutocastDtype;
@@ -209,7 +208,7 @@ pub fn join(cfg: &Config) -> Result<(DistEnv, Dist, tch::Device)> {
     let device = device_for(cfg, &env)?;
     let dist = Dist::init(
         &env,
-        cfg.dist.backend_for(device)?,
+        cfg.dist.backend_for(device),
         device,
         cfg.dist.timeout(),
     )?;

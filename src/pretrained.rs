@@ -91,11 +91,10 @@ impl Pretrained {
         let config = serde_json::to_vec_pretty(&self.model.config.to_hf_json())?;
         write_atomic(&out.join("config.json"), &config)?;
         // A classification head, when there is one, goes beside the model, not into it.
-        let (clip_tensors, head) =
-            crate::finetune::head::split_head(weights::named_tensors(&self.model.vs));
+        let (clip_tensors, head) = split_head(weights::named_tensors(&self.model.vs));
         crate::tensor_io::write(&out.join(weights::WEIGHTS_FILE), &clip_tensors)?;
         if !head.is_empty() {
-            crate::tensor_io::write(&out.join(crate::finetune::head::HEAD_FILE), &head)?;
+            crate::tensor_io::write(&out.join(HEAD_FILE), &head)?;
         }
         self.save_tokenizer(out)?;
         let mut pre = serde_json::to_value(&self.preprocess)?;
@@ -191,4 +190,17 @@ impl Pretrained {
         }
         Ok((ids, mask))
     }
+}
+
+/// VarStore prefix of a classification head a fine-tuned model may carry (trained by
+/// `finetune/head.rs`); saved beside the Hugging Face files, never in `model.safetensors`.
+pub const HEAD_PREFIX: &str = "classifier_head";
+pub const HEAD_FILE: &str = "head.safetensors";
+pub const HEAD_INFO: &str = "head.json";
+
+/// Splits a VarStore's named tensors into the CLIP model's and the head's.
+pub fn split_head(named: Vec<(String, Tensor)>) -> (Vec<(String, Tensor)>, Vec<(String, Tensor)>) {
+    named
+        .into_iter()
+        .partition(|(name, _)| !name.starts_with(HEAD_PREFIX))
 }

@@ -5,9 +5,10 @@
 mod common;
 use common::*;
 use std::path::{Path, PathBuf};
-use streetclip::commands::classify::{class_text_embeddings, zero_shot};
+use streetclip::commands::classify::zero_shot;
 use streetclip::data::labelled::Labelled;
 use streetclip::eval::classification::class_metrics;
+use streetclip::eval::text::class_text_embeddings;
 use streetclip::pretrained::Pretrained;
 
 #[test]

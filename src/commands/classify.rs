@@ -3,10 +3,10 @@
 
 use crate::data::labelled::Labelled;
 use crate::eval::classification::{class_metrics, write_report, ClassMetrics};
-use crate::eval::text::{ensemble, probabilities, TextEncoder};
+use crate::eval::text::{class_text_embeddings, probabilities, TextEncoder};
 use crate::pretrained::Pretrained;
 use crate::tensor_io::write_atomic;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
@@ -20,24 +20,6 @@ pub struct ClassPrediction {
     pub label: String,
     pub predicted: String,
     pub probability: f64,
-}
-
-/// The class-caption embeddings `[classes, d]`: each template filled with each name (`{}`),
-/// ensembled over the templates.
-pub fn class_text_embeddings(
-    encoder: &impl TextEncoder,
-    names: &[String],
-    templates: &[String],
-) -> Result<Tensor> {
-    if templates.is_empty() {
-        bail!("no caption template given");
-    }
-    if let Some(t) = templates.iter().find(|t| !t.contains("{}")) {
-        bail!("caption template `{t}` has no `{{}}` for the class name");
-    }
-    ensemble(encoder, templates, |t| {
-        names.iter().map(|n| t.replace("{}", n)).collect()
-    })
 }
 
 /// Zero-shot predictions (class index, probability) for `paths`, `batch` images at a time.

@@ -2,7 +2,7 @@
 //! or a stand-in in tests) and prompt ensembling.
 
 use crate::pretrained::Pretrained;
-use anyhow::Result;
+use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
 
 /// Normalised text embeddings for prompts.
@@ -56,4 +56,22 @@ pub fn ensemble(
 /// Softmax probabilities of `[B, d]` image embeddings over `[n, d]` candidate embeddings.
 pub fn probabilities(images: &Tensor, candidates: &Tensor, scale: f64) -> Tensor {
     (images.to_kind(Kind::Float).matmul(&candidates.tr()) * scale).softmax(-1, Kind::Double)
+}
+
+/// The class-caption embeddings `[classes, d]`: each template filled with each name (`{}`),
+/// ensembled over the templates.
+pub fn class_text_embeddings(
+    encoder: &impl TextEncoder,
+    names: &[String],
+    templates: &[String],
+) -> Result<Tensor> {
+    if templates.is_empty() {
+        bail!("no caption template given");
+    }
+    if let Some(t) = templates.iter().find(|t| !t.contains("{}")) {
+        bail!("caption template `{t}` has no `{{}}` for the class name");
+    }
+    ensemble(encoder, templates, |t| {
+        names.iter().map(|n| t.replace("{}", n)).collect()
+    })
 }

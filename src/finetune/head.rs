@@ -4,8 +4,8 @@
 //! beside the Hugging Face model as `head.safetensors` + `head.json`, never into
 //! `model.safetensors` (which `CLIPModel.from_pretrained` must read without unexpected keys).
 
-use crate::commands::classify::class_text_embeddings;
 use crate::dist::Dist;
+use crate::eval::text::class_text_embeddings;
 use crate::model::ClipModel;
 use crate::pretrained::Pretrained;
 use crate::shim::AutocastDtype;
@@ -14,9 +14,7 @@ use crate::train::step::{MicroBatch, StepStats};
 use anyhow::{Context, Result};
 use tch::{nn, Kind, Tensor};
 
-pub const PREFIX: &str = "classifier_head";
-pub const HEAD_FILE: &str = "head.safetensors";
-pub const HEAD_INFO: &str = "head.json";
+pub use crate::pretrained::{split_head, HEAD_FILE, HEAD_INFO, HEAD_PREFIX as PREFIX};
 
 pub struct ClassHead {
     weight: Tensor,
@@ -171,11 +169,4 @@ impl Objective for Classifier {
     fn averages_ranks(&self) -> bool {
         true
     }
-}
-
-/// Splits a VarStore's named tensors into the CLIP model's and the head's.
-pub fn split_head(named: Vec<(String, Tensor)>) -> (Vec<(String, Tensor)>, Vec<(String, Tensor)>) {
-    named
-        .into_iter()
-        .partition(|(name, _)| !name.starts_with(PREFIX))
 }

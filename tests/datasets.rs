@@ -3,9 +3,10 @@
 mod common;
 use common::*;
 use std::path::Path;
-use streetclip::data::dataset::{DataConfig, Dataset, ImageRef, OnError};
+use streetclip::data::dataset::{DataConfig, Dataset, OnError};
 use streetclip::data::manifest::Columns;
 use streetclip::data::webdataset::expand_braces;
+use streetclip::data::ImageRef;
 use streetclip::geo::Gazetteer;
 
 fn cfg_manifest(path: &Path, on_error: OnError) -> DataConfig {

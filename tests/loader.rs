@@ -216,8 +216,7 @@ fn pixels_are_the_preprocessed_images() {
         Position::default(),
     );
     let first = &batches[0];
-    let streetclip::data::dataset::ImageRef::File(path) = &f.data.samples[first.samples[0]].image
-    else {
+    let streetclip::data::ImageRef::File(path) = &f.data.samples[first.samples[0]].image else {
         panic!()
     };
     assert_eq!(&first.pixels[..3 * 32 * 32], &pre.load(path).unwrap()[..]);
@@ -229,7 +228,7 @@ fn bad_images_are_skipped_and_counted_or_fail() {
     // Corrupt two images after indexing: the loader finds them.
     let mut broken = vec![];
     for s in f.data.samples.iter().take(2) {
-        let streetclip::data::dataset::ImageRef::File(p) = &s.image else {
+        let streetclip::data::ImageRef::File(p) = &s.image else {
             panic!()
         };
         std::fs::write(p, b"\xff\xd8broken").unwrap();
@@ -358,7 +357,7 @@ fn skips_in_the_dropped_last_batch_are_counted() {
     // but 17, so every epoch's dropped partial batch also holds unreadable ones.
     let f = synth(2);
     for s in f.data.samples.iter().skip(17) {
-        let streetclip::data::dataset::ImageRef::File(p) = &s.image else {
+        let streetclip::data::ImageRef::File(p) = &s.image else {
             unreachable!()
         };
         std::fs::write(p, b"").unwrap();

@@ -6,7 +6,8 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-use streetclip::data::dataset::{DataConfig, Dataset, ImageRef, OnError};
+use streetclip::data::dataset::{DataConfig, Dataset, OnError};
+use streetclip::data::ImageRef;
 use streetclip::geo::Gazetteer;
 use streetclip::train::checkpoint;
 

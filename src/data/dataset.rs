@@ -1,6 +1,7 @@
 //! A training or evaluation set: images with resolved places, from a manifest or WebDataset
 //! shards, with bad rows handled as configured (`skip`: counted and reported; `fail`: an error).
 
+use super::image_ref::ImageRef;
 use super::labels::{resolve, Place, UnknownNames};
 use super::manifest::{self, Columns};
 use super::webdataset;
@@ -8,7 +9,6 @@ use crate::geo::Gazetteer;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -109,52 +109,6 @@ pub struct AugmentConfig {
     pub random_resized_crop: Option<[f64; 2]>,
     /// Probability of a horizontal flip. Off by default: a flip swaps the driving side.
     pub hflip: f64,
-}
-
-/// Where an image's bytes are.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ImageRef {
-    File(PathBuf),
-    /// A member of a tar shard: its data's offset and length.
-    Tar {
-        shard: Arc<PathBuf>,
-        offset: u64,
-        len: u64,
-    },
-}
-
-impl ImageRef {
-    pub fn read(&self) -> Result<Vec<u8>> {
-        use anyhow::Context;
-        use std::io::{Read, Seek, SeekFrom};
-        match self {
-            ImageRef::File(p) => {
-                std::fs::read(p).with_context(|| format!("cannot read image {}", p.display()))
-            }
-            ImageRef::Tar { shard, offset, len } => {
-                let mut f = std::fs::File::open(shard.as_path())
-                    .with_context(|| format!("cannot open shard {}", shard.display()))?;
-                f.seek(SeekFrom::Start(*offset))?;
-                let mut buf = vec![0; *len as usize];
-                f.read_exact(&mut buf).with_context(|| {
-                    format!(
-                        "shard {} ends inside a member (truncated?)",
-                        shard.display()
-                    )
-                })?;
-                Ok(buf)
-            }
-        }
-    }
-}
-
-impl std::fmt::Display for ImageRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ImageRef::File(p) => write!(f, "{}", p.display()),
-            ImageRef::Tar { shard, offset, .. } => write!(f, "{}@{offset}", shard.display()),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

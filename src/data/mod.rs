@@ -2,6 +2,7 @@
 
 pub mod dataset;
 pub mod decode;
+pub mod image_ref;
 pub mod labelled;
 pub mod labels;
 pub mod loader;
@@ -10,4 +11,5 @@ pub mod preprocess;
 pub mod resample;
 pub mod webdataset;
 pub use dataset::{DataConfig, Dataset, OnError, Sample};
+pub use image_ref::ImageRef;
 pub use preprocess::PreprocessConfig;

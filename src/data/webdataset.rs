@@ -2,7 +2,7 @@
 //! (`000123.jpg` + `000123.json` / `000123.txt`), indexed by offset so images are read in
 //! place, never unpacked. Brace patterns (`shard-{0000..0099}.tar`) name shard lists.
 
-use super::dataset::ImageRef;
+use super::image_ref::ImageRef;
 use super::labels::RawLabel;
 use super::manifest::Columns;
 use anyhow::{bail, Context, Result};

@@ -9,7 +9,7 @@ use super::{logistic, wise, Method};
 use crate::config::Config;
 use crate::data::labelled::LabelledImage;
 use crate::data::labels::Place;
-use crate::data::{dataset::ImageRef, Sample};
+use crate::data::{ImageRef, Sample};
 use crate::dist::{Dist, DistEnv};
 use crate::eval::classification::{class_metrics, comparison_table, write_report, ClassMetrics};
 use crate::model::weights::named_tensors;

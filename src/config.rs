@@ -112,7 +112,8 @@ pub enum Precision {
 }
 
 impl Default for TrainConfig {
-    /// StreetCLIP's setup: micro-batch 32 x 12 accumulation steps, 3 epochs.
+    /// StreetCLIP's batch shape (micro-batch 32 x 12 accumulation steps, 3 epochs), with the loss
+    /// over the whole step (`full_batch`); StreetCLIP itself used `per_micro_batch`.
     fn default() -> Self {
         Self {
             micro_batch_size: 32,

@@ -1,4 +1,5 @@
-//! What the CLI subcommands do, as library functions; `main.rs` only parses arguments.
+//! What the CLI subcommands do, as library functions; `main.rs` parses arguments and prints
+//! the results.
 
 pub mod captions;
 pub mod classify;

@@ -1,8 +1,7 @@
 //! Hierarchical zero-shot geolocation, StreetCLIP's way: choose the country among candidate
 //! countries, optionally the region within it, then the city among its most populous ones; the
-//! guess is that city's coordinates (or the region's / country's centre when a stage has no
-//! candidates). Prompts come from the config; several templates per stage are averaged
-//! (prompt ensembling).
+//! guess is that city's coordinates (the country's reference point when it has no city).
+//! Prompts come from the config; several templates per stage are averaged (prompt ensembling).
 
 use super::text::{ensemble, probabilities, TextEncoder};
 use crate::geo::Gazetteer;

@@ -616,3 +616,21 @@ fn a_stopped_worker_is_named_within_the_heartbeat_timeout() {
         stopped_at.elapsed()
     );
 }
+
+#[test]
+fn an_interrupted_launcher_exits_with_the_signal_code_after_its_workers_saved() {
+    let tmp = tmpdir();
+    let data = tmp.path().join("scenes");
+    let cfg = config(tmp.path(), &data, 2, "full_batch");
+    let run = tmp.path().join("run");
+    let (launcher, _) = two_workers_past_a_checkpoint(&cfg, &run, &[]);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(launcher.id() as i32, libc::SIGINT) };
+    let o = launcher.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("stopped by signal 2 (SIGINT)"), "{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["stopped_by"]["reason"], "signal");
+}

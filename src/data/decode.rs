@@ -42,11 +42,12 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage> {
     if !matches!(format, image::ImageFormat::Png | image::ImageFormat::WebP) {
         bail!("{format:?} images are not supported (JPEG, PNG and WebP are)");
     }
-    let (w, h) = image::ImageReader::with_format(Cursor::new(bytes), format).into_dimensions()?;
-    check_size(w as u64, h as u64)?;
     let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
-    reader.no_limits(); // the size was checked above; the crate's default would refuse > 512 MiB
-    Ok(to_rgb(reader.decode()?))
+    reader.no_limits(); // the size is checked below; the crate's default would refuse > 512 MiB
+    let decoder = reader.into_decoder()?;
+    let (w, h) = image::ImageDecoder::dimensions(&decoder);
+    check_size(w as u64, h as u64)?;
+    Ok(to_rgb(DynamicImage::from_decoder(decoder)?))
 }
 
 fn check_size(w: u64, h: u64) -> Result<()> {

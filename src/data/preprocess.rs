@@ -174,11 +174,7 @@ impl PreprocessConfig {
             rows: clamp(top, rh)..clamp(top + ch as i64, rh),
             cols: clamp(left, rw)..clamp(left + cw as i64, rw),
         };
-        let kept = if (rw, rh) == (w, h) {
-            crop(rgb, &window)
-        } else {
-            resize_bicubic(rgb.as_raw(), w, h, rw, rh, &window)
-        };
+        let kept = resize_bicubic(rgb.as_raw(), w, h, rw, rh, &window);
         // Where the crop is larger than the image, the kept block sits at transformers' padding
         // offset ceil((crop - resized) / 2) inside a zero canvas.
         let pad = |offset: i64| (-offset).max(0) as u32;
@@ -208,15 +204,9 @@ impl PreprocessConfig {
         let cw = ((area * ratio).sqrt().round() as u32).clamp(1, w);
         let ch = ((area / ratio).sqrt().round() as u32).clamp(1, h);
         let (left, top) = (rng.random_range(0..=w - cw), rng.random_range(0..=h - ch));
-        let region = crop(
-            rgb,
-            &Window {
-                rows: top..top + ch,
-                cols: left..left + cw,
-            },
-        );
+        let region = image::imageops::crop_imm(rgb, left, top, cw, ch).to_image();
         let (oh, ow) = self.output_size();
-        let resized = resize_bicubic(&region, cw, ch, ow, oh, &Window::all(ow, oh));
+        let resized = resize_bicubic(region.as_raw(), cw, ch, ow, oh, &Window::all(ow, oh));
         Ok(self.to_chw(
             &resized,
             &Block {
@@ -288,20 +278,6 @@ struct Block {
 
 /// Largest crop side accepted from a `preprocessor_config.json` (CLIP models use 224-448).
 const MAX_CROP: u32 = 4096;
-
-/// The `window` of an image as packed RGB.
-fn crop(rgb: &RgbImage, window: &Window) -> Vec<u8> {
-    let w = rgb.width() as usize;
-    window
-        .rows
-        .clone()
-        .flat_map(|y| {
-            &rgb.as_raw()[(y as usize * w + window.cols.start as usize) * 3
-                ..(y as usize * w + window.cols.end as usize) * 3]
-        })
-        .copied()
-        .collect()
-}
 
 /// transformers' `get_resize_output_image_size(default_to_square=False)`: the short side
 /// becomes `target`, the long side `int(target * long / short)` (integer division gives the

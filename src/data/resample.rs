@@ -129,6 +129,9 @@ pub fn resize_bicubic(
     let vertical_first = h > out_h && (h as i64 - out_h as i64) > (w as i64 - out_w as i64) * 2;
     let keep_rows = window.rows.start as usize..window.rows.end as usize;
     let keep_cols = window.cols.start as usize..window.cols.end as usize;
+    if horizontal.is_none() && vertical.is_none() {
+        return copy_window(&source, keep_rows, keep_cols);
+    }
     if vertical_first {
         // The kept output rows over the source columns the kept output columns read.
         let cols = span(&horizontal, &keep_cols);
@@ -176,6 +179,15 @@ pub fn resize_bicubic(
     }
 }
 
+/// Rows `rows`, columns `cols` of `src` as packed RGB (an axis that is not resized).
+fn copy_window(src: &Plane, rows: Range<usize>, cols: Range<usize>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rows.len() * cols.len() * 3);
+    for y in rows {
+        out.extend_from_slice(&src.row(y)[cols.start * 3..cols.end * 3]);
+    }
+    out
+}
+
 /// Packed RGB rows of `w` pixels.
 struct Plane<'a> {
     px: &'a [u8],
@@ -208,9 +220,7 @@ fn pass_horizontal(
     col0: usize,
 ) -> Vec<u8> {
     let Some(taps) = taps else {
-        return rows
-            .flat_map(|y| src.row(y)[cols.start * 3..cols.end * 3].to_vec())
-            .collect();
+        return copy_window(src, rows, cols);
     };
     let span = taps.span();
     let n = rows.len();
@@ -260,51 +270,42 @@ fn pass_vertical(
     cols: Range<usize>,
 ) -> Vec<u8> {
     let Some(taps) = taps else {
-        return rows
-            .flat_map(|y| src.row(y)[cols.start * 3..cols.end * 3].to_vec())
-            .collect();
+        return copy_window(src, rows, cols);
     };
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2.
+        return unsafe { convolve_rows_avx2(src, taps, row0, cols) };
+    }
+    convolve_rows(src, taps, row0, cols)
+}
+
+/// Each kept output row as the weighted sum of its source rows, a whole row at a time (it
+/// vectorises); integer sums, so the order of the terms does not matter.
+#[inline(always)]
+fn convolve_rows(src: &Plane, taps: &Taps, row0: usize, cols: Range<usize>) -> Vec<u8> {
     let stride = cols.len() * 3;
     let mut out = Vec::with_capacity(taps.first.len() * stride);
     let mut sums = vec![0i32; stride];
     for (first, k) in taps.first.iter().zip(&taps.weights) {
-        // Row-at-a-time (vectorises); integer sums, so the order of terms does not matter.
         sums.fill(1 << (PRECISION_BITS - 1));
         for (j, &weight) in k.iter().enumerate() {
-            accumulate(
-                &mut sums,
-                &src.row(first - row0 + j)[cols.start * 3..cols.end * 3],
-                weight,
-            );
+            let row = &src.row(first - row0 + j)[cols.start * 3..cols.end * 3];
+            for (s, &p) in sums.iter_mut().zip(row) {
+                *s += p as i32 * weight;
+            }
         }
         out.extend(sums.iter().map(|&s| clip8(s)));
     }
     out
 }
 
-/// `sums[i] += row[i] * weight`: the resampler's one hot loop, compiled for AVX2 too (8 lanes
-/// of 32-bit multiplies; the x86-64 baseline has no 32-bit vector multiply) and chosen at run
-/// time. Integer arithmetic: the same sums either way.
-fn accumulate(sums: &mut [i32], row: &[u8], weight: i32) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2.
-        return unsafe { accumulate_avx2(sums, row, weight) };
-    }
-    accumulate_portable(sums, row, weight)
-}
-
-#[inline(always)]
-fn accumulate_portable(sums: &mut [i32], row: &[u8], weight: i32) {
-    for (s, &p) in sums.iter_mut().zip(row) {
-        *s += p as i32 * weight;
-    }
-}
-
+/// [`convolve_rows`] compiled for AVX2 (8 lanes of 32-bit multiplies; the x86-64 baseline has
+/// no 32-bit vector multiply), chosen at run time. The same sums either way.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn accumulate_avx2(sums: &mut [i32], row: &[u8], weight: i32) {
-    accumulate_portable(sums, row, weight)
+unsafe fn convolve_rows_avx2(src: &Plane, taps: &Taps, row0: usize, cols: Range<usize>) -> Vec<u8> {
+    convolve_rows(src, taps, row0, cols)
 }
 
 #[cfg(test)]

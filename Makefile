@@ -1,5 +1,5 @@
 # streetclip: `make demo` runs the main job on shipped data; `make test` is what CI runs.
-.PHONY: setup build test demo finetune-demo fixtures bench clean
+.PHONY: setup build install test demo finetune-demo fixtures bench clean
 
 CARGO ?= cargo
 
@@ -8,6 +8,15 @@ setup:
 
 build: setup
 	$(CARGO) build --release
+
+# Puts `streetclip` on PATH. The binary loads libtorch from this clone's .venv (its rpath), so
+# keep the clone; `make install PREFIX=/usr/local` for a system-wide copy.
+PREFIX ?= $(HOME)/.local
+install: build
+	install -d $(PREFIX)/bin
+	install -m 755 target/release/streetclip $(PREFIX)/bin/streetclip
+	@echo "installed $(PREFIX)/bin/streetclip (libtorch: $(CURDIR)/.venv/libtorch/lib)"
+	@case ":$$PATH:" in *":$(PREFIX)/bin:"*) ;; *) echo "note: $(PREFIX)/bin is not on your PATH; add it, e.g. export PATH=\"$(PREFIX)/bin:\$$PATH\"";; esac
 
 test: setup
 	$(CARGO) fmt --check

@@ -224,10 +224,10 @@ def make_geo_metrics_cases():
     known = [c for c in correct if c is not None]
     expected = {
         "n": len(d),
-        "within_km": {str(t): 100.0 * sum(x <= t for x in d) / len(d) for t in (1, 25, 200, 750, 2500)},
+        "within_km": {str(t): sum(x <= t for x in d) / len(d) for t in (1, 25, 200, 750, 2500)},
         "median_km": statistics.median(d),
         "mean_km": sum(d) / len(d),
-        "country_accuracy": 100.0 * sum(known) / len(known),
+        "country_accuracy": sum(known) / len(known),
         "geoscore": sum(5000 * math.exp(-x / 1492.7) for x in d) / len(d),
     }
     with open(os.path.join(FIX, "geo_metrics.json"), "w") as f:
@@ -237,7 +237,7 @@ def make_geo_metrics_cases():
 
 def make_classification_metrics_cases():
     """Random true/predicted classes (one class never predicted, one never true) and
-    scikit-learn's metrics of them, zero_division=0, as percentages."""
+    scikit-learn's metrics of them, zero_division=0, as fractions."""
     import random
     from sklearn import metrics as skm
 
@@ -252,18 +252,18 @@ def make_classification_metrics_cases():
         warnings.simplefilter("ignore")  # class 5 has no support: sklearn warns and leaves it out
         balanced = skm.balanced_accuracy_score(truth, pred)
     expected = {
-        "accuracy": 100 * skm.accuracy_score(truth, pred),
-        "balanced_accuracy": 100 * balanced,
-        "macro_f1": 100 * skm.f1_score(truth, pred, labels=labels, average="macro", zero_division=0),
-        "precision": [100 * x for x in p],
-        "recall": [100 * x for x in r],
-        "f1": [100 * x for x in f],
+        "accuracy": skm.accuracy_score(truth, pred),
+        "balanced_accuracy": balanced,
+        "macro_f1": skm.f1_score(truth, pred, labels=labels, average="macro", zero_division=0),
+        "precision": [float(x) for x in p],
+        "recall": [float(x) for x in r],
+        "f1": [float(x) for x in f],
         "support": [int(x) for x in s],
         "confusion": skm.confusion_matrix(truth, pred, labels=labels).tolist(),
     }
     with open(os.path.join(FIX, "classification_metrics.json"), "w") as fh:
         json.dump({"classes": [f"class_{i}" for i in labels], "truth": truth, "predicted": pred, "expected": expected}, fh, indent=1)
-    print(f"classification_metrics.json: {len(truth)} predictions, accuracy {expected['accuracy']:.1f}%")
+    print(f"classification_metrics.json: {len(truth)} predictions, accuracy {expected['accuracy']:.3f}")
 
 
 def make_logistic_cases():

@@ -2,13 +2,20 @@
 # Installs libtorch (the PyPI torch wheel tch expects) and the Python packages the parity and
 # interop scripts need into the git-ignored project-local environment `.venv/`.
 # Idempotent: a stamp file records what was installed; a second run returns at once.
+#
+# TORCH_INDEX_URL picks another build of the same torch version, e.g. for a GPU whose driver is
+# older than CUDA 13 needs (the default wheel is +cu130, driver >= 580):
+#   TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 make setup
+#   TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu make setup    # CPU only, much smaller
+# Switching builds afterwards: rm -rf .venv target, then make setup again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=.venv
 REQ=scripts/requirements.txt
 STAMP="$VENV/.streetclip-setup"
-want="$(sha256sum "$REQ" | cut -d' ' -f1)"
+TORCH_INDEX="${TORCH_INDEX_URL:-}"
+want="$( (cat "$REQ"; echo "torch index: $TORCH_INDEX") | sha256sum | cut -d' ' -f1)"
 
 # Debian packages the build needs: Gloo's headers for the c10d shim (csrc/dist.cpp; the library
 # itself is inside libtorch), and cmake + nasm, with which turbojpeg-sys builds libjpeg-turbo 3.1
@@ -32,6 +39,12 @@ PY="${PYTHON:-python3}"
 if [[ ! -x "$VENV/bin/python" ]]; then
     echo "setup: creating $VENV with $($PY --version)"
     "$PY" -m venv "$VENV"
+fi
+if [[ -n "$TORCH_INDEX" ]]; then
+    # The same version from the other index; `-r` below then finds torch already satisfied
+    # (`==2.13.0` matches a `2.13.0+cu128` local version).
+    echo "setup: installing $(grep '^torch==' "$REQ") from $TORCH_INDEX"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check --index-url "$TORCH_INDEX" "$(grep '^torch==' "$REQ")"
 fi
 echo "setup: installing $(grep -cv '^#' "$REQ") packages from $REQ into $VENV (torch is large: a minute or two)"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQ"

@@ -22,12 +22,14 @@ struct Cli {
 /// A training run: its config, run directory and overrides (`train`, `finetune`).
 #[derive(clap::Args)]
 struct RunArgs {
+    /// The run's YAML config (`streetclip config defaults` lists every key and its default).
     #[arg(long)]
     config: PathBuf,
     /// Run directory (default: runs/<config name>; finetune: a folder per method inside).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Stop after N optimizer steps (the schedule still spans the configured run).
+    /// Stop after N optimizer steps (the schedule still spans the configured run; 0
+    /// only evaluates the starting weights).
     #[arg(long)]
     max_steps: Option<u64>,
     /// Override a config key: --set train.micro_batch_size=8 (repeatable).
@@ -61,19 +63,34 @@ impl RunArgs {
 #[derive(clap::Args)]
 struct Runtime {
     /// Images per forward pass.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = at_least_one::<usize>)]
     batch_size: usize,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
 }
 
+/// A count that must be at least 1 (`--top-k 0` would print nothing).
+fn at_least_one<T: std::str::FromStr + PartialOrd + From<u8>>(s: &str) -> Result<T, String> {
+    match s.parse::<T>() {
+        Ok(n) if n >= T::from(1) => Ok(n),
+        Ok(_) => Err("must be at least 1".into()),
+        Err(_) => Err(format!("`{s}` is not a whole number")),
+    }
+}
+
+const MODEL_HELP: &str = "A Hugging Face CLIP directory (config.json + model.safetensors), e.g. \
+    runs/demo/export or a `streetclip export` output";
+const JSON_HELP: &str = "Print one JSON document (fractions, not percentages) instead of text";
+
 #[derive(Subcommand)]
 enum Command {
     /// Rank labels for each image by zero-shot probability.
+    #[command(
+        after_help = "Example:\n  streetclip predict --model runs/demo/export --labels \"Japan,Germany,Brazil\" --top-k 2 photo.jpg"
+    )]
     Predict {
-        /// Hugging Face CLIP directory (config.json + model.safetensors).
-        #[arg(long)]
+        #[arg(long, help = MODEL_HELP)]
         model: PathBuf,
         /// Comma-separated labels, e.g. "San Jose,San Diego,Los Angeles".
         #[arg(long)]
@@ -82,17 +99,21 @@ enum Command {
         #[arg(long, default_value = "A Street View photo in {}.")]
         template: String,
         /// How many labels to show per image.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = at_least_one::<usize>)]
         top_k: usize,
         #[command(flatten)]
         rt: Runtime,
-        /// One JSON document instead of text.
-        #[arg(long)]
+        #[arg(long, help = JSON_HELP)]
         json: bool,
+        /// JPEG, PNG or WebP photos.
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
-    /// Print the caption each sample would train on (tab-separated: image, caption).
+    /// Print the caption each sample would train on (tab-separated: image, caption). Images are
+    /// not read.
+    #[command(
+        after_help = "Example:\n  streetclip captions --manifest ../shared/data/im2gps3k-sample/meta.csv --limit 3"
+    )]
     Captions {
         /// CSV or JSONL manifest (overrides data.manifest of the config).
         #[arg(long)]
@@ -100,20 +121,24 @@ enum Command {
         /// WebDataset shards, brace patterns allowed (overrides data.shards).
         #[arg(long)]
         shards: Option<String>,
-        /// YAML config (data and captions sections).
+        /// YAML config (its data and captions sections).
         #[arg(long)]
         config: Option<PathBuf>,
-        #[arg(long)]
+        /// Caption only the first N samples.
+        #[arg(long, value_parser = at_least_one::<usize>)]
         limit: Option<usize>,
-        #[arg(long)]
+        #[arg(long, help = JSON_HELP)]
         json: bool,
     },
     /// Fine-tune CLIP on captioned images (resumes from RUN_DIR's newest checkpoint).
+    #[command(
+        after_help = "Examples:\n  streetclip train --config configs/demo.yaml --out runs/demo\n  streetclip train --config configs/streetclip.yaml --nproc-per-node 8 --set train.micro_batch_size=16"
+    )]
     Train {
         #[command(flatten)]
         run: RunArgs,
         /// Start N data-parallel workers on this machine (as torchrun --nproc-per-node N).
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one::<usize>)]
         nproc_per_node: Option<usize>,
         /// The launcher's rendezvous port (default: a free one).
         #[arg(long, requires = "nproc_per_node")]
@@ -121,29 +146,39 @@ enum Command {
     },
     /// Fine-tune for a classification task (zero_shot, linear_probe, contrastive, classifier)
     /// and compare the methods on the same test split.
+    #[command(
+        after_help = "Example:\n  streetclip finetune --config configs/finetune/demo-country.yaml --out runs/finetune-demo"
+    )]
     Finetune {
         #[command(flatten)]
         run: RunArgs,
     },
     /// Write a checkpoint as a Hugging Face CLIP directory.
+    #[command(
+        after_help = "Example:\n  streetclip export --checkpoint runs/demo/checkpoints/step-000046 --out runs/demo/export-46"
+    )]
     Export {
         /// A checkpoint directory (RUN_DIR/checkpoints/step-...).
         #[arg(long)]
         checkpoint: PathBuf,
+        /// The directory to write (config.json, model.safetensors, tokenizer and preprocessor
+        /// files).
         #[arg(long)]
         out: PathBuf,
     },
     /// Guess where photos were taken: country, (region,) city and coordinates, zero-shot.
+    #[command(after_help = "Example:\n  streetclip geolocate --model runs/demo/export photo.jpg")]
     Geolocate {
-        #[arg(long)]
+        #[arg(long, help = MODEL_HELP)]
         model: PathBuf,
         /// YAML config (its `geo` section: prompts, candidates, regions, top-k).
         #[arg(long)]
         config: Option<PathBuf>,
         #[command(flatten)]
         rt: Runtime,
-        #[arg(long)]
+        #[arg(long, help = JSON_HELP)]
         json: bool,
+        /// JPEG, PNG or WebP photos.
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
@@ -151,37 +186,64 @@ enum Command {
     #[command(subcommand)]
     Eval(EvalCommand),
     /// Draw a small dataset of procedural street scenes for real cities (demo and tests).
+    #[command(
+        after_help = "Example:\n  streetclip synth-data --out /tmp/scenes --countries 4 --per-city 5"
+    )]
     SynthData {
+        /// The folder to write (images/ and manifest.csv).
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value_t = 8)]
+        /// Countries drawn (the most populous ones with enough cities).
+        #[arg(long, default_value_t = 8, value_parser = at_least_one::<usize>)]
         countries: usize,
-        #[arg(long, default_value_t = 3)]
+        /// Cities per country (its most populous).
+        #[arg(long, default_value_t = 3, value_parser = at_least_one::<usize>)]
         cities_per_country: usize,
-        #[arg(long, default_value_t = 12)]
+        /// Scenes per city.
+        #[arg(long, default_value_t = 12, value_parser = at_least_one::<usize>)]
         per_city: usize,
+        /// Seed of the scenes' randomness (same seed, same images).
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
     /// Write image and text features (HF tensor names) to a safetensors file.
+    #[command(
+        after_help = "Example:\n  streetclip embed --model runs/demo/export --image photo.jpg --text \"A Street View photo in Japan.\" --out features.safetensors"
+    )]
     Embed {
-        #[arg(long)]
+        #[arg(long, help = MODEL_HELP)]
         model: PathBuf,
+        /// An image to embed (repeatable).
         #[arg(long = "image")]
         images: Vec<PathBuf>,
+        /// A text to embed (repeatable).
         #[arg(long = "text")]
         texts: Vec<String>,
+        /// The safetensors file to write.
         #[arg(long)]
         out: PathBuf,
         #[command(flatten)]
         rt: Runtime,
     },
+    /// The configuration reference.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the complete default config, a comment above every key.
+    #[command(after_help = "Example:\n  streetclip config defaults > my-run.yaml")]
+    Defaults,
 }
 
 #[derive(Subcommand)]
 enum EvalCommand {
     /// Zero-shot geolocation: % within 1/25/200/750/2500 km, median/mean error, country
     /// accuracy, GeoScore.
+    #[command(
+        after_help = "Example:\n  streetclip eval geo --model runs/demo/export --manifest .cache/synth-demo/manifest.csv --out runs/demo/eval"
+    )]
     Geo {
         /// A Hugging Face CLIP directory; repeat to compare models in one report.
         #[arg(long, required = true)]
@@ -189,21 +251,26 @@ enum EvalCommand {
         /// A manifest with coordinates (IM2GPS3K's IMG_ID,LAT,LON works as it is).
         #[arg(long)]
         manifest: Option<PathBuf>,
+        /// YAML config (its `geo` section, and `data` when --manifest is not given).
         #[arg(long)]
         config: Option<PathBuf>,
         /// Writes metrics.json, predictions.csv, report.md, error_curve.png and map.png here
         /// (one folder per model and a side-by-side report when comparing).
         #[arg(long)]
         out: Option<PathBuf>,
-        #[arg(long)]
+        /// Evaluate only the first N samples.
+        #[arg(long, value_parser = at_least_one::<usize>)]
         limit: Option<usize>,
         #[command(flatten)]
         rt: Runtime,
     },
     /// Zero-shot classification accuracy for any label set: per-class precision/recall,
     /// confusion matrix.
+    #[command(
+        after_help = "Example:\n  streetclip eval classify --model runs/demo/export --data photos/ --template \"A Street View photo in {}.\""
+    )]
     Classify {
-        #[arg(long)]
+        #[arg(long, help = MODEL_HELP)]
         model: PathBuf,
         /// An ImageFolder directory (root/<class>/*.jpg) or a CSV/JSONL manifest.
         #[arg(long)]
@@ -228,6 +295,9 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Config(ConfigCommand::Defaults) => {
+            print!("{}", streetclip::config::commented_defaults());
+        }
         Command::Predict {
             model,
             labels,
@@ -281,7 +351,12 @@ fn run(cli: Cli) -> Result<()> {
                     println!("{}\t{}", r.image, r.caption);
                 }
             }
-            eprintln!("{}", report.summary());
+            eprintln!(
+                "{} of {} samples captioned; {}",
+                rows.len(),
+                report.kept,
+                report.summary()
+            );
         }
         Command::Train {
             run,
@@ -359,6 +434,9 @@ fn run(cli: Cli) -> Result<()> {
             if manifest.is_some() {
                 cfg.data.manifest = manifest;
                 cfg.data.shards = None;
+            }
+            if cfg.data.manifest.is_none() && cfg.data.shards.is_none() {
+                anyhow::bail!("eval geo needs photos with coordinates: pass --manifest CSV/JSONL (IM2GPS3K's IMG_ID,LAT,LON works as it is), or a --config whose data.manifest or data.shards is set");
             }
             let device = streetclip::model::parse_device(&rt.device)?;
             let names = commands::geo::model_names(&model);
@@ -486,6 +564,43 @@ fn one_line(e: &anyhow::Error) -> String {
         }
     }
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every flag and argument has a sentence of help, and every command an example.
+    #[test]
+    fn every_flag_is_described_and_every_command_has_an_example() {
+        fn check(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" && arg.get_help().is_none() {
+                    missing.push(format!("{path} {id}: no help"));
+                }
+            }
+            let subcommands: Vec<_> = cmd.get_subcommands().collect();
+            if subcommands.is_empty() {
+                let example = cmd.get_after_help().map(|h| h.to_string());
+                if !example.is_some_and(|h| h.contains(&format!("{path} "))) {
+                    missing.push(format!("{path}: no example"));
+                }
+            }
+            for sub in subcommands {
+                check(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        check(&Cli::command(), "streetclip", &mut missing);
+        assert!(missing.is_empty(), "{missing:#?}");
+    }
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
 }
 
 fn main() {

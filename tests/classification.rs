@@ -89,6 +89,15 @@ fn labelled_data_from_folders_and_manifests_with_clear_errors() {
     assert_eq!(data.classes, ["rural", "urban_area"]);
     assert_eq!(data.caption_names(), ["rural", "urban area"]);
     assert_eq!(data.items.iter().filter(|i| i.class == 1).count(), 3);
+    // A symlinked class folder is a class like any other.
+    std::fs::create_dir(tmp.path().join("linked")).unwrap();
+    std::os::unix::fs::symlink(
+        tmp.path().join("train/rural"),
+        tmp.path().join("linked/rural"),
+    )
+    .unwrap();
+    let linked = Labelled::load(&tmp.path().join("linked"), None).unwrap();
+    assert_eq!((linked.classes.len(), linked.items.len()), (1, 3));
 
     let csv = tmp.path().join("labels.csv");
     let rows: String = photos
@@ -206,6 +215,7 @@ fn eval_classify_end_to_end() {
         serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(printed, written);
     assert_eq!(written["n"], 9);
+    assert!(assert_rates_are_fractions("eval classify", &written) > 3);
     let confusion: Vec<u64> = written["confusion"]
         .as_array()
         .unwrap()

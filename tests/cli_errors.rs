@@ -265,3 +265,126 @@ fn a_model_with_nan_weights_is_an_error_not_nan_percent() {
     streetclip::tensor_io::write(&file, &tensors).unwrap();
     assert_clean_failure(tmp.path(), "a,b", &demo_image(), &["non-finite", "damaged"]);
 }
+
+/// `streetclip ARGS` fails with `code` and one message holding every `must_mention`.
+fn assert_message(args: &[&dyn AsRef<std::ffi::OsStr>], code: i32, must_mention: &[&str]) {
+    let (got, stderr) = streetclip(args);
+    assert_eq!(got, code, "exit status; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "no panic: {stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    for m in must_mention {
+        assert!(stderr.contains(m), "`{m}` in: {stderr}");
+    }
+}
+
+#[test]
+fn counts_of_zero_are_refused_by_the_parser() {
+    let model = fixture("tiny-p14-336");
+    let image = demo_image();
+    for flag in ["--top-k", "--batch-size"] {
+        assert_message(
+            &[
+                &"predict",
+                &"--model",
+                &model,
+                &"--labels",
+                &"a,b",
+                &flag,
+                &"0",
+                &image,
+            ],
+            2,
+            &[flag, "must be at least 1"],
+        );
+    }
+    assert_message(
+        &[&"eval", &"geo", &"--model", &model, &"--limit", &"0"],
+        2,
+        &["--limit", "must be at least 1"],
+    );
+}
+
+#[test]
+fn eval_geo_without_data_names_the_manifest_option() {
+    assert_message(
+        &[&"eval", &"geo", &"--model", &fixture("tiny-p14-336")],
+        1,
+        &["--manifest", "IMG_ID,LAT,LON"],
+    );
+}
+
+#[test]
+fn an_unsupported_format_says_what_to_convert_to() {
+    let tmp = tmpdir();
+    let gif = tmp.path().join("still.gif");
+    std::fs::write(&gif, b"GIF89a\x01\x00\x01\x00\x00\x00\x00;").unwrap();
+    assert_clean_failure(
+        &fixture("tiny-p14-336"),
+        "a,b",
+        &gif,
+        &["still.gif", "Gif", "convert it to JPEG, PNG or WebP"],
+    );
+}
+
+#[test]
+fn export_of_the_checkpoints_folder_suggests_its_newest_step() {
+    let tmp = tmpdir();
+    for step in ["step-00000004", "step-00000008"] {
+        let dir = tmp.path().join("checkpoints").join(step);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("state.json"), "{}").unwrap();
+        std::fs::write(dir.join("model.safetensors"), "").unwrap();
+    }
+    let checkpoints = tmp.path().join("checkpoints");
+    assert_message(
+        &[
+            &"export",
+            &"--checkpoint",
+            &checkpoints,
+            &"--out",
+            &tmp.path().join("e"),
+        ],
+        1,
+        &["holds checkpoints", "--checkpoint", "step-00000008"],
+    );
+}
+
+#[test]
+fn a_bad_override_is_named_not_a_line_of_merged_text() {
+    let config = root().join("configs/demo.yaml");
+    let out = tmpdir();
+    for (set, mention) in [
+        ("optim.learning_rate=1e-4", "unknown field `learning_rate`"),
+        ("train.micro_batch_size=many", "invalid type"),
+    ] {
+        let (code, stderr) = streetclip(&[
+            &"train",
+            &"--config",
+            &config,
+            &"--out",
+            &out.path(),
+            &"--set",
+            &set,
+        ]);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains(&format!("--set {set}: ")), "{stderr}");
+        assert!(
+            stderr.contains(mention) && stderr.contains("config defaults"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("line"), "no line of merged text: {stderr}");
+    }
+}
+
+#[test]
+fn captions_with_a_limit_count_what_they_show() {
+    let out = Command::new(env!("CARGO_BIN_EXE_streetclip"))
+        .args(["captions", "--limit", "3", "--manifest"])
+        .arg(im2gps3k_sample().join("meta.csv"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    assert!(stderr.starts_with("3 of 300 samples captioned"), "{stderr}");
+}

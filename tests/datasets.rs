@@ -228,8 +228,10 @@ fn webdataset_shards_are_indexed_in_place() {
         data.samples[1].place.caption.as_deref(),
         Some("a photo of coffee")
     );
-    // The indexed bytes are the member's bytes.
+    // The indexed bytes are the member's bytes; a sample is named by its shard and key.
     assert_eq!(data.samples[2].image.read().unwrap(), jpeg);
+    let name = data.samples[2].image.to_string();
+    assert!(name.ends_with("train-0001.tar:100"), "{name}");
     let fail = DataConfig {
         shards: Some(pattern),
         on_error: OnError::Fail,

@@ -254,6 +254,7 @@ fn evaluation_end_to_end_on_im2gps3k_sample() {
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics["n"], 300);
+    assert!(assert_rates_are_fractions("metrics.json", &metrics) >= 6);
     let within: Vec<f64> = ["1", "25", "200", "750", "2500"]
         .iter()
         .map(|t| metrics["within_km"][t].as_f64().unwrap())
@@ -329,6 +330,17 @@ fn two_models_are_compared_in_one_report() {
     let cmp: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("comparison.json")).unwrap())
             .unwrap();
+    assert!(assert_rates_are_fractions("comparison.json", &cmp) >= 12);
+    // Thresholds in numeric order, with several models too.
+    let text = std::fs::read_to_string(out.join("comparison.json")).unwrap();
+    let at = |t: &str| text.find(&format!("\"{t}\":")).unwrap();
+    assert!(
+        at("1") < at("25")
+            && at("25") < at("200")
+            && at("200") < at("750")
+            && at("750") < at("2500"),
+        "{text}"
+    );
     for name in ["tiny-p14-336", "tuned"] {
         let own: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(out.join(name).join("metrics.json")).unwrap(),

@@ -118,6 +118,7 @@ fn model_card_snippet_and_predict_give_the_same_probabilities() {
         String::from_utf8_lossy(&out.stderr)
     );
     let ours: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(assert_rates_are_fractions("predict --json", &ours), 24 * 5);
     let mut args = vec![
         root()
             .join("scripts/model_card_snippet.py")

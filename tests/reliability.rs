@@ -245,7 +245,21 @@ fn resuming_with_a_result_changing_config_needs_consent() {
     let tmp = tmpdir();
     let cfg = write_config(tmp.path());
     let run = tmp.path().join("run");
-    assert!(train(&cfg, &run, &["--max-steps", "2"]).status.success());
+    let first = train(&cfg, &run, &["--max-steps", "2"]);
+    assert!(first.status.success());
+    // Stopped early: not exported, and told how to export.
+    let hint = stderr(&first);
+    assert!(
+        hint.contains("streetclip export --checkpoint") && hint.contains("step-00000002"),
+        "{hint}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+    assert!(summary["export"].is_null());
+    assert!(summary["checkpoint"]
+        .as_str()
+        .unwrap()
+        .ends_with("step-00000002"));
     let changed = train(
         &cfg,
         &run,

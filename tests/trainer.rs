@@ -41,7 +41,10 @@ fn train(args: &[&dyn AsRef<std::ffi::OsStr>]) -> std::process::Output {
 }
 
 fn summary(run: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap()
+    let s =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_rates_are_fractions("summary.json", &s);
+    s
 }
 
 fn final_weights(run: &Path) -> Vec<(String, tch::Tensor)> {

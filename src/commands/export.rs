@@ -11,6 +11,13 @@ use std::path::Path;
 /// head when it has one) with the tokenizer and preprocessing of the run's initial model, and
 /// writes them to `out`.
 pub fn run(checkpoint: &Path, out: &Path) -> Result<()> {
+    if let Some(newest) = crate::train::checkpoint::list(checkpoint).pop() {
+        anyhow::bail!(
+            "{} holds checkpoints, it is not one: pass a step folder, e.g. --checkpoint {}",
+            checkpoint.display(),
+            newest.display()
+        );
+    }
     let context = || format!("checkpoint {}", checkpoint.display());
     let mut clip = Pretrained::skeleton(checkpoint, tch::Device::Cpu).with_context(context)?;
     let names =

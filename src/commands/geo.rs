@@ -161,7 +161,7 @@ fn metric_rows(evals: &[&GeoEval]) -> String {
             &format!("within {t} km"),
             evals
                 .iter()
-                .map(|e| e.metrics.within_km.get(&t).copied())
+                .map(|e| e.metrics.within_km.get(&t).map(|f| 100.0 * f))
                 .collect(),
             "%",
             1,
@@ -184,7 +184,10 @@ fn metric_rows(evals: &[&GeoEval]) -> String {
     row(
         &mut md,
         "country accuracy",
-        evals.iter().map(|e| e.metrics.country_accuracy).collect(),
+        evals
+            .iter()
+            .map(|e| e.metrics.country_accuracy.map(|f| 100.0 * f))
+            .collect(),
         "%",
         1,
     );

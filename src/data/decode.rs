@@ -40,7 +40,7 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage> {
         bail!("not a JPEG, PNG or WebP file (unrecognised signature)");
     };
     if !matches!(format, image::ImageFormat::Png | image::ImageFormat::WebP) {
-        bail!("{format:?} images are not supported (JPEG, PNG and WebP are)");
+        bail!("{format:?} images are not supported: convert it to JPEG, PNG or WebP first (streetclip decodes those exactly as PIL does)");
     }
     let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
     reader.no_limits(); // the size is checked below; the crate's default would refuse > 512 MiB

@@ -8,9 +8,11 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq)]
 pub enum ImageRef {
     File(PathBuf),
-    /// A member of a tar shard: its data's offset and length.
+    /// A member of a tar shard: the sample's key (named as `shard:key`), its data's offset and
+    /// length.
     Tar {
         shard: Arc<PathBuf>,
+        key: Arc<str>,
         offset: u64,
         len: u64,
     },
@@ -24,7 +26,9 @@ impl ImageRef {
             ImageRef::File(p) => {
                 std::fs::read(p).with_context(|| format!("cannot read image {}", p.display()))
             }
-            ImageRef::Tar { shard, offset, len } => {
+            ImageRef::Tar {
+                shard, offset, len, ..
+            } => {
                 let mut f = std::fs::File::open(shard.as_path())
                     .with_context(|| format!("cannot open shard {}", shard.display()))?;
                 f.seek(SeekFrom::Start(*offset))?;
@@ -45,7 +49,7 @@ impl std::fmt::Display for ImageRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ImageRef::File(p) => write!(f, "{}", p.display()),
-            ImageRef::Tar { shard, offset, .. } => write!(f, "{}@{offset}", shard.display()),
+            ImageRef::Tar { shard, key, .. } => write!(f, "{}:{key}", shard.display()),
         }
     }
 }

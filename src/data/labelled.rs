@@ -43,7 +43,8 @@ impl Labelled {
             std::fs::read_dir(root).with_context(|| format!("cannot list {}", root.display()))?
         {
             let entry = entry?;
-            if entry.file_type()?.is_dir() {
+            // `Path::is_dir` follows symlinks: a linked class folder is a class.
+            if entry.path().is_dir() {
                 classes.push(entry.file_name().to_string_lossy().into_owned());
             }
         }

@@ -8,15 +8,22 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// Which column holds what; `None` means "recognise it by its usual names".
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Columns {
+    /// The image path (relative to data.image_root) or IM2GPS3K-style file name.
     pub image: Option<String>,
+    /// The city name.
     pub city: Option<String>,
+    /// The first-level region (state, province).
     pub region: Option<String>,
+    /// The country: a name or an ISO 3166 alpha-2 code.
     pub country: Option<String>,
+    /// Latitude in degrees (with `lon`: reverse-geocoded when names are missing).
     pub lat: Option<String>,
+    /// Longitude in degrees.
     pub lon: Option<String>,
+    /// A ready-made caption, used instead of the templates.
     pub caption: Option<String>,
 }
 

@@ -228,6 +228,7 @@ fn finish(
     rows.push((
         ImageRef::Tar {
             shard: shard.clone(),
+            key: p.key.as_str().into(),
             offset,
             len,
         },

@@ -431,18 +431,30 @@ pub fn start_heartbeat(env: &DistEnv, timeout: Duration) {
 }
 
 /// `dist.backend`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum BackendChoice {
     /// NCCL on CUDA devices, Gloo on the CPU.
     #[default]
     Auto,
+    /// Gloo, the CPU backend.
     Gloo,
+    /// NCCL (CUDA devices only).
     Nccl,
 }
 
 /// How the processes of a data-parallel run talk.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct DistConfig {
     pub backend: BackendChoice,

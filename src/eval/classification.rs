@@ -14,7 +14,7 @@ pub struct ClassScore {
     pub support: usize,
     /// Images predicted as this class.
     pub predicted: usize,
-    /// Percentages; 0 where undefined (no prediction / no support), as scikit-learn's `zero_division=0`.
+    /// Fractions; 0 where undefined (no prediction / no support), as scikit-learn's `zero_division=0`.
     pub precision: f64,
     /// The per-class accuracy.
     pub recall: f64,
@@ -24,7 +24,7 @@ pub struct ClassScore {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassMetrics {
     pub n: usize,
-    /// Percent of images whose predicted class is the true one.
+    /// Fraction of the images whose predicted class is the true one.
     pub accuracy: f64,
     /// Mean recall over the classes that have test images (scikit-learn's balanced accuracy).
     pub balanced_accuracy: f64,
@@ -42,11 +42,11 @@ pub fn class_metrics(classes: &[String], truth: &[usize], predicted: &[usize]) -
     for (&t, &p) in truth.iter().zip(predicted) {
         confusion[t][p] += 1;
     }
-    let pct = |num: usize, den: usize| {
+    let fraction = |num: usize, den: usize| {
         if den == 0 {
             0.0
         } else {
-            100.0 * num as f64 / den as f64
+            num as f64 / den as f64
         }
     };
     let per_class: Vec<ClassScore> = (0..k)
@@ -54,7 +54,7 @@ pub fn class_metrics(classes: &[String], truth: &[usize], predicted: &[usize]) -
             let tp = confusion[c][c];
             let support = confusion[c].iter().sum();
             let predicted = confusion.iter().map(|row| row[c]).sum();
-            let (precision, recall) = (pct(tp, predicted), pct(tp, support));
+            let (precision, recall) = (fraction(tp, predicted), fraction(tp, support));
             let f1 = if precision + recall == 0.0 {
                 0.0
             } else {
@@ -80,7 +80,7 @@ pub fn class_metrics(classes: &[String], truth: &[usize], predicted: &[usize]) -
     };
     ClassMetrics {
         n: truth.len(),
-        accuracy: pct((0..k).map(|c| confusion[c][c]).sum(), truth.len()),
+        accuracy: fraction((0..k).map(|c| confusion[c][c]).sum(), truth.len()),
         balanced_accuracy: mean(&mut present.iter().map(|s| s.recall), present.len()),
         macro_f1: mean(&mut per_class.iter().map(|s| s.f1), k),
         per_class,
@@ -99,7 +99,10 @@ pub fn comparison_table(rows: &[(String, &ClassMetrics)]) -> String {
         let _ = writeln!(
             md,
             "| {name} | {:.1}% | {:.1}% | {:.1}% | {} |",
-            m.accuracy, m.balanced_accuracy, m.macro_f1, m.n
+            100.0 * m.accuracy,
+            100.0 * m.balanced_accuracy,
+            100.0 * m.macro_f1,
+            m.n
         );
     }
     md
@@ -124,14 +127,21 @@ pub fn write_report(dir: &Path, title: &str, about: &str, m: &ClassMetrics) -> R
     let _ = writeln!(
         md,
         "Accuracy **{:.1}%**, balanced accuracy {:.1}%, macro F1 {:.1}% on {} images.\n",
-        m.accuracy, m.balanced_accuracy, m.macro_f1, m.n
+        100.0 * m.accuracy,
+        100.0 * m.balanced_accuracy,
+        100.0 * m.macro_f1,
+        m.n
     );
     md += "| class | support | precision | recall | F1 |\n|---|---|---|---|---|\n";
     for s in &m.per_class {
         let _ = writeln!(
             md,
             "| {} | {} | {:.1}% | {:.1}% | {:.1}% |",
-            s.class, s.support, s.precision, s.recall, s.f1
+            s.class,
+            s.support,
+            100.0 * s.precision,
+            100.0 * s.recall,
+            100.0 * s.f1
         );
     }
     md += "\n![confusion matrix](confusion.png)\n\nPrecision and recall are 0 where undefined (no prediction, no test image), as scikit-learn's `zero_division=0`.\n";

@@ -1,4 +1,4 @@
-//! Geolocation metrics: % of images within 1 / 25 / 200 / 750 / 2,500 km (great-circle,
+//! Geolocation metrics: the fraction of images within 1 / 25 / 200 / 750 / 2,500 km (great-circle,
 //! R = 6371 km, a guess exactly at a threshold counts as within it), median and mean error,
 //! country accuracy, and OSV-5M's GeoScore (5000 · exp(−d / 1492.7)).
 
@@ -14,11 +14,12 @@ pub fn geoscore(km: f64) -> f64 {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GeoMetrics {
     pub n: usize,
-    /// Keyed "1", "25", "200", "750", "2500" (in that order); percentages.
+    /// Fraction of the images within each threshold, keyed 1, 25, 200, 750, 2500 (km, in that
+    /// order).
     pub within_km: BTreeMap<u32, f64>,
     pub median_km: f64,
     pub mean_km: f64,
-    /// Percentage of images whose predicted country is the true one (None without labels).
+    /// Fraction of the images whose predicted country is the true one (None without labels).
     pub country_accuracy: Option<f64>,
     pub geoscore: f64,
 }
@@ -26,10 +27,15 @@ pub struct GeoMetrics {
 /// Metrics of great-circle errors (km) and, where known, whether the country was right.
 pub fn geo_metrics(errors_km: &[f64], country_correct: &[Option<bool>]) -> GeoMetrics {
     let n = errors_km.len();
-    let pct = |k: usize| 100.0 * k as f64 / n.max(1) as f64;
+    let fraction = |k: usize| k as f64 / n.max(1) as f64;
     let within_km = THRESHOLDS_KM
         .iter()
-        .map(|&t| (t as u32, pct(errors_km.iter().filter(|&&d| d <= t).count())))
+        .map(|&t| {
+            (
+                t as u32,
+                fraction(errors_km.iter().filter(|&&d| d <= t).count()),
+            )
+        })
         .collect();
     let mut sorted = errors_km.to_vec();
     sorted.sort_by(f64::total_cmp);
@@ -45,7 +51,7 @@ pub fn geo_metrics(errors_km: &[f64], country_correct: &[Option<bool>]) -> GeoMe
         median_km,
         mean_km: errors_km.iter().sum::<f64>() / n.max(1) as f64,
         country_accuracy: (!known.is_empty())
-            .then(|| 100.0 * known.iter().filter(|&&c| c).count() as f64 / known.len() as f64),
+            .then(|| known.iter().filter(|&&c| c).count() as f64 / known.len() as f64),
         geoscore: errors_km.iter().map(|&d| geoscore(d)).sum::<f64>() / n.max(1) as f64,
     }
 }

@@ -38,7 +38,7 @@ pub struct MethodResult {
     pub classes: Vec<String>,
     pub train_images: usize,
     pub val_images: usize,
-    /// Validation accuracy (%), when there is a validation split.
+    /// Validation accuracy (a fraction), when there is a validation split.
     pub val_accuracy: Option<f64>,
     /// The test split's metrics.
     pub test: ClassMetrics,
@@ -125,7 +125,7 @@ pub fn run(
         eprintln!(
             "finetune: {}: test accuracy {:.1}%",
             method.name(),
-            result.test.accuracy
+            100.0 * result.test.accuracy
         );
         results.push(result);
     }
@@ -313,7 +313,8 @@ impl Task<'_> {
             let model = logistic::fit(&train, &train_y, s.classes.len(), c)?;
             let acc = class_metrics(&s.classes, &val_y, &model.predict(&val)).accuracy;
             eprintln!(
-                "linear_probe: C = {c:e}: validation accuracy {acc:.1}% ({} L-BFGS iterations)",
+                "linear_probe: C = {c:e}: validation accuracy {:.1}% ({} L-BFGS iterations)",
+                100.0 * acc,
                 model.iterations
             );
             // Ties keep the stronger regularisation (the grid's earlier value).
@@ -424,7 +425,7 @@ impl Task<'_> {
             eprintln!(
                 "finetune: {} WiSE-FT alpha {alpha}: test accuracy {:.1}%",
                 method.name(),
-                test.accuracy
+                100.0 * test.accuracy
             );
             mixes.push(WiseResult {
                 alpha,

@@ -14,12 +14,18 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
+    /// No training: class captions as the classifier.
     ZeroShot,
+    /// Logistic regression on frozen image embeddings.
     LinearProbe,
+    /// The main trainer on class captions (FLYP).
     Contrastive,
+    /// A linear head initialised from the class captions, trained with cross-entropy.
     Classifier,
 }
 
@@ -55,7 +61,7 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Method>, D:
         .collect()
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct FinetuneConfig {
     /// One method or a list, run in turn on the same split.
@@ -69,7 +75,9 @@ pub struct FinetuneConfig {
     pub test: Option<PathBuf>,
     /// The manifest column holding the class.
     pub label_column: String,
+    /// Fraction of each class held out for validation when `val` is not given.
     pub val_fraction: f64,
+    /// Fraction of each class held out for testing when `test` is not given.
     pub test_fraction: f64,
     /// Caption templates; `{}` is the class name. Several: averaged for zero-shot and the head's
     /// initialisation, cycled over the samples for contrastive training.

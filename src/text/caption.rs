@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_TEMPLATE: &str =
     "A Street View photo[ close to the town of {city}][ in the region of {region}] in {country}.";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct CaptionConfig {
     /// One is drawn at random per sample and epoch when there are several.
@@ -24,6 +24,7 @@ pub struct CaptionConfig {
     pub drop_city: f64,
     /// Probability of leaving out the region part.
     pub drop_region: f64,
+    /// Seeds the template choice and the random drops (with the sample and epoch).
     pub seed: u64,
 }
 

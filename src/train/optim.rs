@@ -6,13 +6,19 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct OptimConfig {
+    /// Peak learning rate (after warmup).
     pub lr: f64,
+    /// AdamW's beta1, beta2 (moment decay rates).
     pub betas: [f64; 2],
+    /// AdamW's epsilon (added to the root of the second moment).
     pub eps: f64,
+    /// Decoupled weight decay; biases, LayerNorm weights, the class and position embeddings and
+    /// the temperature are not decayed.
     pub weight_decay: f64,
+    /// The learning rate after warmup, over the run's optimizer steps.
     pub schedule: Schedule,
     /// Linear warmup, in optimizer steps.
     pub warmup_steps: u64,
@@ -35,11 +41,14 @@ impl Default for OptimConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Schedule {
+    /// The peak rate throughout.
     Constant,
+    /// Linear decay from the peak to 0 at the last step (the HF Trainer default StreetCLIP used).
     Linear,
+    /// Half a cosine from the peak to 0.
     Cosine,
 }
 

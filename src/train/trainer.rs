@@ -43,7 +43,11 @@ pub struct Summary {
     pub val_samples: usize,
     pub validation: Option<ValMetrics>,
     pub stopped_by: StopReason,
+    /// The Hugging Face directory written at the end of training (none when stopped early).
     pub export: Option<PathBuf>,
+    /// The newest checkpoint: where a rerun resumes, and what `streetclip export` takes.
+    #[serde(default)]
+    pub checkpoint: Option<PathBuf>,
 }
 
 /// Why a run stopped.
@@ -631,7 +635,18 @@ impl<'a> Trainer<'a> {
                 export = Some(self.run.out.join("export"));
             }
         }
-        let summary = self.summary(reason, export);
+        let checkpoint = checkpoint::list(&self.checkpoints.root).pop();
+        if let (StopReason::MaxSteps { at }, true, Some(dir)) = (reason, main, &checkpoint) {
+            eprintln!(
+                "stopped at step {at} of {} (max steps): not exported; `streetclip export --checkpoint {} --out DIR` exports it, and rerunning without --max-steps resumes",
+                self.total_steps,
+                dir.display()
+            );
+        }
+        let summary = Summary {
+            checkpoint,
+            ..self.summary(reason, export)
+        };
         if main {
             crate::tensor_io::write_atomic(
                 &self.run.out.join("summary.json"),
@@ -665,6 +680,7 @@ impl<'a> Trainer<'a> {
             validation: self.last_validation.clone(),
             stopped_by,
             export,
+            checkpoint: None,
         }
     }
 

@@ -161,3 +161,48 @@ pub fn run_command(
         .output()
         .unwrap()
 }
+
+/// Every rate in a JSON the CLI writes is a fraction in [0, 1] (percentages are for human text
+/// and Markdown only): values under keys naming a rate (accuracy, precision, recall, F1, chance,
+/// probability, fraction) and the `within_km` thresholds. Returns how many it checked, so a
+/// caller can require that its document had some.
+pub fn assert_rates_are_fractions(what: &str, json: &serde_json::Value) -> usize {
+    fn walk(path: &str, v: &serde_json::Value, rate: bool, seen: &mut usize) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, child) in map {
+                    let is_rate = k == "within_km"
+                        || [
+                            "accuracy",
+                            "precision",
+                            "recall",
+                            "f1",
+                            "chance",
+                            "probability",
+                            "fraction",
+                        ]
+                        .iter()
+                        .any(|r| k.contains(r));
+                    walk(&format!("{path}.{k}"), child, rate || is_rate, seen);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    walk(&format!("{path}[{i}]"), child, rate, seen);
+                }
+            }
+            serde_json::Value::Number(n) if rate => {
+                let x = n.as_f64().unwrap();
+                assert!(
+                    (0.0..=1.0).contains(&x),
+                    "{path} = {x}: a rate must be a fraction in [0, 1]"
+                );
+                *seen += 1;
+            }
+            _ => {}
+        }
+    }
+    let mut seen = 0;
+    walk(what, json, false, &mut seen);
+    seen
+}

@@ -15,21 +15,32 @@ use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+mod reference;
+pub use reference::commented_defaults;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// The model to train or evaluate: a Hugging Face directory, or a fresh one from a preset.
     pub model: ModelConfig,
+    /// The images and their labels: a manifest or WebDataset shards, and how to read them.
     pub data: DataConfig,
+    /// How place labels become the synthetic captions CLIP trains on.
     pub captions: CaptionConfig,
+    /// Batch shape, length, checkpoints, validation and precision of a training run.
     pub train: TrainConfig,
+    /// AdamW and its learning-rate schedule.
     pub optim: OptimConfig,
+    /// Zero-shot geolocation (`geolocate`, `eval geo`, validation): prompts and candidates.
     pub geo: GeoConfig,
+    /// Data-parallel training (`train --nproc-per-node N`, or torchrun-style environment).
     pub dist: DistConfig,
+    /// Downstream classification fine-tuning (`streetclip finetune`).
     pub finetune: FinetuneConfig,
 }
 
 /// Where the model comes from: a Hugging Face directory, or a fresh one from a config/preset.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
     /// A Hugging Face CLIP directory (e.g. a local copy of openai/clip-vit-large-patch14-336).
@@ -53,7 +64,9 @@ impl Default for ModelConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum OnNonFinite {
     /// Save state and stop with a message.
@@ -64,7 +77,7 @@ pub enum OnNonFinite {
 }
 
 /// Which parameters train.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct FreezeConfig {
     /// Lock the image tower (and its projection).
@@ -76,36 +89,50 @@ pub struct FreezeConfig {
     pub last_n_blocks: Option<usize>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
+    /// Image-caption pairs per forward pass (per process in data-parallel runs).
     pub micro_batch_size: usize,
+    /// Micro-batches per optimizer step: a step sees micro_batch_size x grad_accum_steps pairs
+    /// (x the number of processes).
     pub grad_accum_steps: usize,
+    /// How the contrastive loss spans the micro-batches of a step.
     pub accumulation: Accumulation,
+    /// Passes over the training samples.
     pub epochs: u64,
     /// Stop after this many optimizer steps; the schedule still spans all epochs.
     pub max_steps: Option<u64>,
+    /// Seeds the validation split, the sample order, augmentation and random initialisation.
     pub seed: u64,
     /// Save a checkpoint every N steps (and at epoch ends and on stop).
     pub checkpoint_every: u64,
     /// Checkpoints kept (oldest removed first).
     pub keep_checkpoints: usize,
+    /// Log loss, accuracy, learning rate and throughput every N optimizer steps (stderr and
+    /// TensorBoard).
     pub log_every: u64,
     /// Validate every N steps (0: only at the end).
     pub eval_every: u64,
     /// Fraction of the samples held out for validation (chosen by the seed).
     pub val_fraction: f64,
+    /// What a step with a NaN or infinite loss or gradient does.
     pub on_nonfinite: OnNonFinite,
+    /// Which parameters train.
     pub freeze: FreezeConfig,
+    /// Arithmetic of the forward and backward passes.
     pub precision: Precision,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Precision {
     /// bf16 autocast on CUDA, fp32 on the CPU.
     #[default]
     Auto,
+    /// fp32 throughout.
     Fp32,
     /// bf16 autocast with fp32 master weights (also on the CPU, where it is slower).
     Bf16,
@@ -191,9 +218,12 @@ impl Config {
         self.train.validate()
     }
 
+    /// The file's own errors name its lines; an override's name the override, checked one at a
+    /// time so the message points at the `--set` that is wrong.
     fn parse_with(text: &str, sets: &[String]) -> Result<Self> {
+        let parsed: Self = serde_yaml::from_str(text)?;
         if sets.is_empty() {
-            return Ok(serde_yaml::from_str(text)?);
+            return Ok(parsed);
         }
         let mut value: Value = serde_yaml::from_str(text)?;
         if value.is_null() {
@@ -201,11 +231,11 @@ impl Config {
         }
         for set in sets {
             apply_set(&mut value, set)?;
+            serde_yaml::from_value::<Self>(value.clone()).map_err(|e| {
+                anyhow::anyhow!("--set {set}: {e}; `streetclip config defaults` lists every key")
+            })?;
         }
-        // Through text again, so errors name the key path and line as for the file itself.
-        let merged = serde_yaml::to_string(&value)?;
-        serde_yaml::from_str(&merged)
-            .with_context(|| format!("with --set {}", sets.join(" --set ")))
+        Ok(serde_yaml::from_value(value)?)
     }
 
     pub fn to_yaml(&self) -> String {

@@ -46,7 +46,7 @@ fn main() {
         on_error: OnError::Fail,
         ..DataConfig::default()
     };
-    let (data, _) = Dataset::load(&cfg, &g).unwrap();
+    let (data, _) = Dataset::load(&cfg, g).unwrap();
     let images: Vec<PathBuf> = data
         .samples
         .iter()

@@ -501,7 +501,7 @@ fn run(cli: Cli) -> Result<()> {
                 ..Default::default()
             };
             let g = streetclip::geo::Gazetteer::bundled()?;
-            let n = streetclip::synth::generate(&out, &args, &g)?;
+            let n = streetclip::synth::generate(&out, &args, g)?;
             eprintln!(
                 "wrote {n} images and {}",
                 out.join("manifest.csv").display()
@@ -566,6 +566,18 @@ fn one_line(e: &anyhow::Error) -> String {
     parts.join(": ")
 }
 
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {}", one_line(&e));
+        // An interrupted run exits as the signal would have made it (130 for Ctrl-C).
+        let code = e
+            .downcast_ref::<streetclip::interrupt::Interrupted>()
+            .map_or(1, |i| i.exit_code());
+        std::process::exit(code);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Cli;
@@ -600,17 +612,5 @@ mod tests {
     #[test]
     fn the_cli_is_well_formed() {
         Cli::command().debug_assert();
-    }
-}
-
-fn main() {
-    let cli = Cli::parse();
-    if let Err(e) = run(cli) {
-        eprintln!("error: {}", one_line(&e));
-        // An interrupted run exits as the signal would have made it (130 for Ctrl-C).
-        let code = e
-            .downcast_ref::<streetclip::interrupt::Interrupted>()
-            .map_or(1, |i| i.exit_code());
-        std::process::exit(code);
     }
 }

@@ -113,7 +113,7 @@ fn coordinates_alone_are_reverse_geocoded() {
     let g = Gazetteer::bundled().unwrap();
     let mut unknown = UnknownNames::default();
     let p = resolve(
-        &g,
+        g,
         &label(None, None, None, Some((64.1466, -21.9426))),
         &mut unknown,
     )
@@ -124,7 +124,7 @@ fn coordinates_alone_are_reverse_geocoded() {
     );
     // Inside big cities GeoNames' nearest place is often a district (here Sé, São Paulo).
     let p = resolve(
-        &g,
+        g,
         &label(None, None, None, Some((-23.55, -46.63))),
         &mut unknown,
     )
@@ -134,7 +134,7 @@ fn coordinates_alone_are_reverse_geocoded() {
         (Some("São Paulo"), Some("Brazil"))
     );
     let p = resolve(
-        &g,
+        g,
         &label(None, None, None, Some((52.37, 4.89))),
         &mut unknown,
     )
@@ -147,7 +147,7 @@ fn names_are_normalized_to_the_gazetteer() {
     let g = Gazetteer::bundled().unwrap();
     let mut unknown = UnknownNames::default();
     let p = resolve(
-        &g,
+        g,
         &label(Some("sao paulo"), None, Some("BRA"), None),
         &mut unknown,
     )
@@ -157,7 +157,7 @@ fn names_are_normalized_to_the_gazetteer() {
         names(Some("São Paulo"), Some("São Paulo"), Some("Brazil"))
     );
     let p = resolve(
-        &g,
+        g,
         &label(Some("ZURICH"), None, Some("switzerland"), None),
         &mut unknown,
     )
@@ -171,7 +171,7 @@ fn unknown_names_are_counted_and_left_out() {
     let g = Gazetteer::bundled().unwrap();
     let mut unknown = UnknownNames::default();
     let p = resolve(
-        &g,
+        g,
         &label(Some("Gotham"), Some("Nowhere State"), Some("US"), None),
         &mut unknown,
     )
@@ -191,7 +191,7 @@ fn a_given_country_wins_over_a_nearby_border() {
     // Coordinates in Strasbourg (France) labelled Germany: no French city is put in a German caption.
     let g = Gazetteer::bundled().unwrap();
     let p = resolve(
-        &g,
+        g,
         &label(None, None, Some("DE"), Some((48.58, 7.75))),
         &mut UnknownNames::default(),
     )
@@ -204,24 +204,24 @@ fn bad_labels_are_errors() {
     let g = Gazetteer::bundled().unwrap();
     let mut u = UnknownNames::default();
     assert_eq!(
-        resolve(&g, &label(None, None, Some("Atlantis"), None), &mut u),
+        resolve(g, &label(None, None, Some("Atlantis"), None), &mut u),
         Err(LabelError::UnknownCountry("Atlantis".into()))
     );
     assert_eq!(
-        resolve(&g, &label(None, None, None, Some((91.0, 0.0))), &mut u),
+        resolve(g, &label(None, None, None, Some((91.0, 0.0))), &mut u),
         Err(LabelError::BadCoordinates(91.0, 0.0))
     );
     assert_eq!(
-        resolve(&g, &label(None, None, None, Some((0.0, 181.0))), &mut u),
+        resolve(g, &label(None, None, None, Some((0.0, 181.0))), &mut u),
         Err(LabelError::BadCoordinates(0.0, 181.0))
     );
     let half = RawLabel {
         lat: Some(1.0),
         ..RawLabel::default()
     };
-    assert_eq!(resolve(&g, &half, &mut u), Err(LabelError::HalfCoordinates));
+    assert_eq!(resolve(g, &half, &mut u), Err(LabelError::HalfCoordinates));
     assert_eq!(
-        resolve(&g, &RawLabel::default(), &mut u),
+        resolve(g, &RawLabel::default(), &mut u),
         Err(LabelError::NoLocation)
     );
 }

@@ -518,7 +518,7 @@ fn a_killed_worker_stops_the_run_with_a_clear_error_and_it_resumes() {
     );
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(
-        stderr.contains(&format!("resuming from")) && stderr.contains(&format!("(step {last})")),
+        stderr.contains(&"resuming from".to_string()) && stderr.contains(&format!("(step {last})")),
         "{stderr}"
     );
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

@@ -126,7 +126,7 @@ fn reverse_geocoding_equals_brute_force() {
     ]);
     for (lat, lon) in points {
         let ours = g.nearest_city(lat, lon);
-        let (best, best_km) = brute_force(&g, lat, lon);
+        let (best, best_km) = brute_force(g, lat, lon);
         let ours_km = haversine_km(lat, lon, g.cities[ours].lat, g.cities[ours].lon);
         // Ties between equidistant cities may resolve either way; the distance must be minimal.
         assert!(

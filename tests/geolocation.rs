@@ -117,7 +117,7 @@ fn the_hierarchy_finds_the_known_answer() {
         countries: Some(vec!["FR".into(), "JP".into(), "FJ".into()]),
         ..GeoConfig::default()
     };
-    let locator = Geolocator::new(&enc, &g, cfg).unwrap();
+    let locator = Geolocator::new(&enc, g, cfg).unwrap();
     let guess = &locator
         .locate(&image_like(&enc, &["Japan", "Osaka"]))
         .unwrap()[0];
@@ -153,7 +153,7 @@ fn edges_single_candidate_ties_and_countries_without_cities() {
     // One candidate country: always chosen, probability 1.
     let one = Geolocator::new(
         &enc,
-        &g,
+        g,
         GeoConfig {
             countries: Some(vec!["FR".into()]),
             ..GeoConfig::default()
@@ -166,7 +166,7 @@ fn edges_single_candidate_ties_and_countries_without_cities() {
     // A tie between countries keeps the candidate order.
     let two = Geolocator::new(
         &enc,
-        &g,
+        g,
         GeoConfig {
             countries: Some(vec!["JP".into(), "FR".into()]),
             ..GeoConfig::default()
@@ -180,7 +180,7 @@ fn edges_single_candidate_ties_and_countries_without_cities() {
     // Tokelau has no city of 15,000 people: the guess is the country's reference point.
     let tk = Geolocator::new(
         &enc,
-        &g,
+        g,
         GeoConfig {
             countries: Some(vec!["Tokelau".into(), "FR".into()]),
             ..GeoConfig::default()
@@ -195,7 +195,7 @@ fn edges_single_candidate_ties_and_countries_without_cities() {
     // A country with neither cities nor coordinates cannot be a candidate.
     assert!(Geolocator::new(
         &enc,
-        &g,
+        g,
         GeoConfig {
             countries: Some(vec!["Bouvet Island".into()]),
             ..GeoConfig::default()
@@ -204,7 +204,7 @@ fn edges_single_candidate_ties_and_countries_without_cities() {
     .is_err());
     assert!(Geolocator::new(
         &enc,
-        &g,
+        g,
         GeoConfig {
             countries: Some(vec!["Atlantis".into()]),
             ..GeoConfig::default()

@@ -29,12 +29,12 @@ fn synth(n_countries: usize) -> Fixture {
         width: 96,
         height: 72,
     };
-    generate(&dir, &args, &g).unwrap();
+    generate(&dir, &args, g).unwrap();
     let cfg = DataConfig {
         manifest: Some(dir.join("manifest.csv")),
         ..DataConfig::default()
     };
-    let (data, _) = Dataset::load(&cfg, &g).unwrap();
+    let (data, _) = Dataset::load(&cfg, g).unwrap();
     Fixture {
         _tmp: tmp,
         dir,
@@ -347,7 +347,7 @@ fn a_crash_while_decoding_is_an_error_not_the_end_of_the_data() {
     };
     let mut loader = start(&f, cfg);
     let first = loader.next().expect("an error, not the end of the data");
-    let err = format!("{:#}", first.err().expect("an error"));
+    let err = format!("{:#}", first.expect_err("an error"));
     assert!(err.contains("data loader crashed"), "{err}");
 }
 

@@ -77,7 +77,7 @@ fn write_ycck(photo: &Path, out: &Path) {
             tj::tj3Set(
                 handle,
                 tj::TJPARAM_TJPARAM_SUBSAMP as i32,
-                tj::TJSAMP_TJSAMP_420 as i32
+                tj::TJSAMP_TJSAMP_420
             ),
             0
         );
@@ -96,7 +96,7 @@ fn write_ycck(photo: &Path, out: &Path) {
             w as i32,
             0,
             h as i32,
-            tj::TJPF_TJPF_CMYK as i32,
+            tj::TJPF_TJPF_CMYK,
             &mut buf,
             &mut size,
         );

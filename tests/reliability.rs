@@ -402,7 +402,7 @@ fn unreadable_images_that_leave_batches_short_fail_loudly() {
     // Every unreadable training sample is counted, those in dropped partial batches too.
     let train_broken = summary["skipped_samples"].as_u64().unwrap();
     assert!(
-        train_broken > 0 && train_broken % 2 == 0,
+        train_broken > 0 && train_broken.is_multiple_of(2),
         "each epoch meets the same broken samples: {train_broken}"
     );
 }

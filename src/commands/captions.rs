@@ -24,7 +24,7 @@ pub fn run(
     limit: Option<usize>,
 ) -> Result<(Vec<CaptionRow>, crate::data::dataset::DataReport)> {
     let g = Gazetteer::bundled()?;
-    let (data, report) = Dataset::load(&cfg.data, &g)?;
+    let (data, report) = Dataset::load(&cfg.data, g)?;
     let captioner = Captioner::new(&cfg.captions)?;
     let rows = data
         .samples

@@ -24,7 +24,7 @@ pub fn geolocate(
     super::check_files(images)?;
     let g = Gazetteer::bundled()?;
     let encoder = text_cache::for_model(clip, cfg.geo.cache)?;
-    let locator = Geolocator::new(&encoder, &g, cfg.geo.clone())?;
+    let locator = Geolocator::new(&encoder, g, cfg.geo.clone())?;
     let mut out = Vec::new();
     for chunk in images.chunks(batch.max(1)) {
         let guesses = locator.locate(&clip.embed_files(chunk)?)?;
@@ -63,7 +63,7 @@ pub fn eval_geo(
     batch: usize,
 ) -> Result<GeoEval> {
     let g = Gazetteer::bundled()?;
-    let (data, report) = Dataset::load(&cfg.data, &g)?;
+    let (data, report) = Dataset::load(&cfg.data, g)?;
     eprintln!("data: {}", report.summary());
     let samples: Vec<&Sample> = data
         .samples
@@ -75,7 +75,7 @@ pub fn eval_geo(
         anyhow::bail!("no sample has coordinates to evaluate against");
     }
     let encoder = text_cache::for_model(clip, cfg.geo.cache)?;
-    let locator = Geolocator::new(&encoder, &g, cfg.geo.clone())?;
+    let locator = Geolocator::new(&encoder, g, cfg.geo.clone())?;
     let bar = super::progress(samples.len(), "images");
     let (mut predictions, mut errors, mut correct) = (Vec::new(), Vec::new(), Vec::new());
     for chunk in samples.chunks(batch.max(1)) {
@@ -263,7 +263,7 @@ pub fn write_comparison(dir: &Path, evals: &[GeoEval]) -> Result<()> {
     let mut json = serde_json::Map::new();
     for e in evals {
         let sub = slug(&e.name);
-        write_outputs(&dir.join(&sub), e, &g)?;
+        write_outputs(&dir.join(&sub), e, g)?;
         json.insert(
             e.name.clone(),
             serde_json::json!({"dir": sub, "metrics": e.metrics}),

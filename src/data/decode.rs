@@ -156,16 +156,16 @@ fn decode_jpeg(jpeg: &[u8]) -> Result<RgbImage> {
     let (w, h, colorspace) = d.header(jpeg)?;
     let rgb = match colorspace as u32 {
         tj::TJCS_TJCS_GRAY => {
-            let gray = d.decompress(jpeg, w, h, tj::TJPF_TJPF_GRAY as i32, 1)?;
+            let gray = d.decompress(jpeg, w, h, tj::TJPF_TJPF_GRAY, 1)?;
             gray.iter().flat_map(|&l| [l; 3]).collect()
         }
         tj::TJCS_TJCS_CMYK | tj::TJCS_TJCS_YCCK => {
-            let cmyk = d.decompress(jpeg, w, h, tj::TJPF_TJPF_CMYK as i32, 4)?;
+            let cmyk = d.decompress(jpeg, w, h, tj::TJPF_TJPF_CMYK, 4)?;
             cmyk.chunks_exact(4)
                 .flat_map(inverted_cmyk_to_rgb)
                 .collect()
         }
-        _ => d.decompress(jpeg, w, h, tj::TJPF_TJPF_RGB as i32, 3)?,
+        _ => d.decompress(jpeg, w, h, tj::TJPF_TJPF_RGB, 3)?,
     };
     Ok(RgbImage::from_raw(w as u32, h as u32, rgb).expect("w * h * 3 bytes"))
 }

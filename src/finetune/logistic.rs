@@ -109,7 +109,7 @@ pub fn fit(x: &Tensor, y: &[usize], classes: usize, c: f64) -> Result<Logistic> 
         let mut alphas = Vec::with_capacity(history.len());
         for (s, yv, rho) in history.iter().rev() {
             let a = rho * s.dot(&q).double_value(&[]);
-            q = q - yv * a;
+            q -= yv * a;
             alphas.push(a);
         }
         let gamma = history.back().map_or(
@@ -119,7 +119,7 @@ pub fn fit(x: &Tensor, y: &[usize], classes: usize, c: f64) -> Result<Logistic> 
         let mut r = q * gamma;
         for ((s, yv, rho), a) in history.iter().zip(alphas.iter().rev()) {
             let b = rho * yv.dot(&r).double_value(&[]);
-            r = r + s * (a - b);
+            r += s * (a - b);
         }
         let mut direction = -r;
         let mut slope = g.dot(&direction).double_value(&[]);

@@ -557,13 +557,13 @@ impl<'a> Trainer<'a> {
             step,
             self.total_steps,
             &line,
-            step % t.log_every == 0 || step == self.stop_at,
+            step.is_multiple_of(t.log_every) || step == self.stop_at,
         );
         self.last = Some(stats);
-        if t.eval_every > 0 && step % t.eval_every == 0 {
+        if t.eval_every > 0 && step.is_multiple_of(t.eval_every) {
             self.validate()?;
         }
-        if step % self.steps_per_epoch == 0 || step % t.checkpoint_every == 0 {
+        if step.is_multiple_of(self.steps_per_epoch) || step.is_multiple_of(t.checkpoint_every) {
             self.save_checkpoint()?;
         }
         if let Some(tb) = self.tensorboard.as_mut() {

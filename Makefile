@@ -32,7 +32,7 @@ demo: build
 	mv runs-demo-summary.json.tmp runs/demo/train-output.json
 	@echo
 	@.venv/bin/python -c "import json; v=json.load(open('runs/demo/summary.json'))['validation']; print(f\"learned: zero-shot country accuracy {v['country_accuracy']:.1%} on {v['samples']} held-out scenes (chance {v['country_chance']:.1%}, {v['countries']} countries)\")"
-	./target/release/streetclip predict --model runs/demo/export --top-k 3 \
+	@./target/release/streetclip predict --model runs/demo/export --top-k 3 \
 		--labels "$$(./target/release/streetclip captions --manifest .cache/synth-demo/manifest.csv --json 2>/dev/null | .venv/bin/python -c 'import json,sys; print(",".join(sorted({r["country"] for r in json.load(sys.stdin)})))')" \
 		.cache/synth-demo/images/GB_2643743_019.jpg .cache/synth-demo/images/JP_1850147_019.jpg
 

@@ -76,6 +76,8 @@ impl Problem {
 }
 
 /// Fits features `x` `[n, d]` to classes `y` (in `0..classes`) with inverse regularisation `c`.
+// `x = x - y`, not `x -= y`: on tensors the latter is in place, and `q` aliases the gradient.
+#[allow(clippy::assign_op_pattern)]
 pub fn fit(x: &Tensor, y: &[usize], classes: usize, c: f64) -> Result<Logistic> {
     let n = x.size()[0];
     if n == 0 || n as usize != y.len() || classes < 2 || c <= 0.0 {
@@ -104,12 +106,13 @@ pub fn fit(x: &Tensor, y: &[usize], classes: usize, c: f64) -> Result<Logistic> 
             break;
         }
         iterations += 1;
-        // Two-loop recursion: the L-BFGS direction.
+        // Two-loop recursion: the L-BFGS direction. `q` starts as a view of `g`, so it is
+        // updated out of place (tch's `-=` would write into `g`; see the allow on `fit`).
         let mut q = g.shallow_clone();
         let mut alphas = Vec::with_capacity(history.len());
         for (s, yv, rho) in history.iter().rev() {
             let a = rho * s.dot(&q).double_value(&[]);
-            q -= yv * a;
+            q = q - yv * a;
             alphas.push(a);
         }
         let gamma = history.back().map_or(
@@ -119,7 +122,7 @@ pub fn fit(x: &Tensor, y: &[usize], classes: usize, c: f64) -> Result<Logistic> 
         let mut r = q * gamma;
         for ((s, yv, rho), a) in history.iter().zip(alphas.iter().rev()) {
             let b = rho * yv.dot(&r).double_value(&[]);
-            r += s * (a - b);
+            r = r + s * (a - b);
         }
         let mut direction = -r;
         let mut slope = g.dot(&direction).double_value(&[]);

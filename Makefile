@@ -40,6 +40,7 @@ demo: build
 # zero-shot, linear probe, contrastive and classifier-head methods compared on one test split.
 finetune-demo: build
 	@test -d runs/demo/export || { echo "run 'make demo' first: it trains runs/demo/export"; exit 1; }
+	rm -rf runs/finetune-demo
 	./target/release/streetclip finetune --config configs/finetune/demo-country.yaml --out runs/finetune-demo
 
 # Regenerates the committed parity fixtures and the tokenizer files from the reference stack.

@@ -71,10 +71,24 @@ pub(crate) fn describe(root: &Json, field: &Json) -> Vec<String> {
     if !choices.is_empty() {
         lines.extend(wrap(&format!("One of: {}.", choices.join("; "))));
     }
+    // A section that is absent by default (`null`): its keys, so they can be written.
+    if let Some(keys) = target["properties"]
+        .as_object()
+        .filter(|_| field.get("anyOf").is_some())
+    {
+        let keys: Vec<String> = keys
+            .iter()
+            .map(|(k, v)| match v["description"].as_str() {
+                Some(d) => format!("{k}: {}", lowercase_first(d.trim_end_matches('.'))),
+                None => k.clone(),
+            })
+            .collect();
+        lines.extend(wrap(&format!("Its keys: {}.", keys.join("; "))));
+    }
     lines
 }
 
-/// `name` or `name (description)` for each value an enum variant allows.
+/// `name` or `name: description` for each value an enum variant allows.
 fn choice(variant: &Json) -> Vec<String> {
     let names: Vec<&str> = match (&variant["const"], &variant["enum"]) {
         (Json::String(c), _) => vec![c],
@@ -85,10 +99,17 @@ fn choice(variant: &Json) -> Vec<String> {
     names
         .into_iter()
         .map(|n| match about {
-            Some(d) => format!("{n} ({})", d.trim_end_matches('.')),
+            Some(d) => format!("{n}: {}", lowercase_first(d.trim_end_matches('.'))),
             None => n.to_string(),
         })
         .collect()
+}
+
+fn lowercase_first(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map_or_else(String::new, |c| c.to_lowercase().chain(chars).collect())
 }
 
 /// The schema a field's `$ref` (also inside `anyOf`, as for an `Option`) points at, else the
@@ -166,7 +187,7 @@ mod tests {
     #[test]
     fn enums_list_their_choices() {
         let text = commented_defaults();
-        assert!(text.contains("One of: full_batch ("), "{text}");
-        assert!(text.contains("One of: skip ("), "{text}");
+        assert!(text.contains("One of: full_batch: the loss"), "{text}");
+        assert!(text.contains("One of: skip: leave"), "{text}");
     }
 }

@@ -97,9 +97,13 @@ impl Default for DataConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SynthSpec {
+    /// Countries drawn (the most populous ones with enough cities).
     pub countries: usize,
+    /// Cities per country (its most populous).
     pub cities_per_country: usize,
+    /// Scenes per city.
     pub per_city: usize,
+    /// Seed of the scenes' randomness.
     pub seed: u64,
 }
 

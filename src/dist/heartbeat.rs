@@ -4,9 +4,12 @@
 //! seconds and watches everyone else's; a peer whose counter stands still for
 //! `dist.heartbeat_timeout_s` is named and this process stops with an error (the launcher, or
 //! torchrun, then stops the rest). The thread is independent of the training loop, so a long
-//! step, a checkpoint write or rank 0's validation never looks silent.
+//! step, a checkpoint write or rank 0's validation never looks silent. It is stopped before the
+//! job's last barrier, so no rank still talks to rank 0's store when rank 0 exits (libtorch would
+//! print a broken-pipe warning with a stack trace).
 
 use super::Store;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Where to reach the store and whom to watch.
@@ -20,19 +23,35 @@ pub struct Heartbeat {
     pub timeout: Duration,
 }
 
+/// A running heartbeat thread; `stop` ends it and waits for it.
+pub struct Running {
+    stop: mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Running {
+    pub fn stop(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
+    }
+}
+
 impl Heartbeat {
-    /// Starts the beating-and-watching thread (it lives as long as the process).
-    pub fn start(self) {
-        let _ = std::thread::Builder::new()
+    /// Starts the beating-and-watching thread.
+    pub fn start(self) -> Option<Running> {
+        let (stop, stopped) = mpsc::channel();
+        let thread = std::thread::Builder::new()
             .name("heartbeat".into())
-            .spawn(move || self.run());
+            .spawn(move || self.run(stopped))
+            .ok()?;
+        Some(Running { stop, thread })
     }
 
     fn interval(&self) -> Duration {
         (self.timeout / 10).clamp(Duration::from_millis(200), Duration::from_secs(2))
     }
 
-    fn run(self) {
+    fn run(self, stopped: mpsc::Receiver<()>) {
         // Its own client connection: the store's handle is not shared across threads.
         let store = match Store::connect(
             &self.host,
@@ -68,7 +87,9 @@ impl Heartbeat {
                     std::process::exit(1);
                 }
             }
-            std::thread::sleep(self.interval());
+            if stopped.recv_timeout(self.interval()) != Err(mpsc::RecvTimeoutError::Timeout) {
+                return;
+            }
         }
     }
 }

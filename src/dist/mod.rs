@@ -167,6 +167,7 @@ pub struct Dist {
     /// Where the group's tensors live (NCCL: this rank's GPU).
     device: tch::Device,
     group: Option<(ProcessGroup, Store)>,
+    heartbeat: std::sync::Mutex<Option<heartbeat::Running>>,
 }
 
 impl Dist {
@@ -177,6 +178,7 @@ impl Dist {
             local_rank: 0,
             device: tch::Device::Cpu,
             group: None,
+            heartbeat: Default::default(),
         }
     }
 
@@ -233,6 +235,7 @@ impl Dist {
             local_rank: env.local_rank,
             device,
             group: Some((ProcessGroup { ptr }, store)),
+            heartbeat: Default::default(),
         })
     }
 
@@ -414,20 +417,36 @@ fn store_prefix(env: &DistEnv) -> String {
     format!("/worker/attempt_{}/streetclip/", env.restart_count)
 }
 
-/// Starts silent-peer detection for this rank of a multi-process job (`heartbeat.rs`).
-pub fn start_heartbeat(env: &DistEnv, timeout: Duration) {
-    if !env.is_distributed() || timeout.is_zero() {
-        return;
+impl Dist {
+    /// Starts silent-peer detection for this rank of a multi-process job (`heartbeat.rs`),
+    /// until `final_barrier`.
+    pub fn start_heartbeat(&self, env: &DistEnv, timeout: Duration) {
+        if !env.is_distributed() || timeout.is_zero() {
+            return;
+        }
+        let running = heartbeat::Heartbeat {
+            host: env.master_addr.clone(),
+            port: env.master_port,
+            prefix: store_prefix(env),
+            rank: env.rank,
+            world_size: env.world_size,
+            timeout,
+        }
+        .start();
+        let previous = std::mem::replace(&mut *self.heartbeat.lock().unwrap(), running);
+        if let Some(previous) = previous {
+            previous.stop();
+        }
     }
-    heartbeat::Heartbeat {
-        host: env.master_addr.clone(),
-        port: env.master_port,
-        prefix: store_prefix(env),
-        rank: env.rank,
-        world_size: env.world_size,
-        timeout,
+
+    /// The job's last barrier: this rank's heartbeat stops first, so once every rank has passed
+    /// it nobody talks to the store any more and rank 0 may exit.
+    pub fn final_barrier(&self) -> Result<()> {
+        if let Some(running) = self.heartbeat.lock().unwrap().take() {
+            running.stop();
+        }
+        self.barrier()
     }
-    .start();
 }
 
 /// `dist.backend`.

@@ -216,7 +216,7 @@ pub fn join(cfg: &Config) -> Result<(DistEnv, Dist, tch::Device)> {
         device,
         cfg.dist.timeout(),
     )?;
-    crate::dist::start_heartbeat(&env, cfg.dist.heartbeat_timeout());
+    dist.start_heartbeat(&env, cfg.dist.heartbeat_timeout());
     Ok((env, dist, device))
 }
 
@@ -654,7 +654,7 @@ impl<'a> Trainer<'a> {
             )?;
         }
         // Nobody leaves while rank 0 still writes: a launcher would read an early exit as the end.
-        self.run.dist.barrier()?;
+        self.run.dist.final_barrier()?;
         match reason {
             StopReason::Signal { signal } => Err(Interrupted { signal }.into()),
             StopReason::DataExhausted => bail!(
@@ -701,6 +701,7 @@ impl<'a> Trainer<'a> {
             }
         };
         let summary = previous.unwrap_or_else(|| self.summary(reason, None));
+        self.run.dist.final_barrier()?;
         Ok((summary, self.clip))
     }
 }

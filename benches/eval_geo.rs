@@ -6,8 +6,8 @@
 
 use std::path::PathBuf;
 use std::time::Instant;
-use streetclip::commands::geo::eval_geo;
 use streetclip::config::Config;
+use streetclip::eval::geo_eval::evaluate as eval_geo;
 use streetclip::pretrained::Pretrained;
 
 const BATCH: usize = 32;

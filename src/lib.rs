@@ -4,6 +4,7 @@ pub mod commands;
 pub mod config;
 pub mod data;
 pub mod dist;
+pub mod encode;
 pub mod eval;
 pub mod finetune;
 pub mod geo;

@@ -80,7 +80,7 @@ fn at_least_one<T: std::str::FromStr + PartialOrd + From<u8>>(s: &str) -> Result
 }
 
 const MODEL_HELP: &str = "A Hugging Face CLIP directory (config.json + model.safetensors), e.g. \
-    runs/demo/export or a `streetclip export` output";
+    runs/demo/export, or a hub id (org/name) in the local Hugging Face cache";
 const JSON_HELP: &str = "Print one JSON document (fractions, not percentages) instead of text";
 
 #[derive(Subcommand)]
@@ -316,17 +316,7 @@ fn run(cli: Cli) -> Result<()> {
                 batch_size: rt.batch_size,
                 top_k,
             };
-            let predictions = predict::run(&clip, &args)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&predictions)?);
-            } else {
-                for p in &predictions {
-                    println!("{}", p.image.display());
-                    for r in &p.ranking {
-                        println!("  {:>6.2}%  {}", 100.0 * r.probability, r.label);
-                    }
-                }
-            }
+            predict::print(&predict::run(&clip, &args)?, json)?;
         }
         Command::Captions {
             manifest,
@@ -344,19 +334,7 @@ fn run(cli: Cli) -> Result<()> {
                 cfg.data.shards = shards;
             }
             let (rows, report) = captions::run(&cfg, limit)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                for r in &rows {
-                    println!("{}\t{}", r.image, r.caption);
-                }
-            }
-            eprintln!(
-                "{} of {} samples captioned; {}",
-                rows.len(),
-                report.kept,
-                report.summary()
-            );
+            captions::print(&rows, &report, json)?;
         }
         Command::Train {
             run,
@@ -394,33 +372,7 @@ fn run(cli: Cli) -> Result<()> {
             let cfg = load_config(config.as_ref())?;
             let clip = Pretrained::load(&model, streetclip::model::parse_device(&rt.device)?)?;
             let guesses = commands::geo::geolocate(&clip, &cfg, &images, rt.batch_size)?;
-            if json {
-                let rows: Vec<_> = guesses
-                    .iter()
-                    .map(|(p, g)| serde_json::json!({"image": p, "guess": g}))
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                for (path, g) in &guesses {
-                    let place = [g.city.clone(), g.region.clone(), Some(g.country.clone())]
-                        .into_iter()
-                        .flatten()
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    println!("{}\t{place} ({:.4}, {:.4})", path.display(), g.lat, g.lon);
-                    let top = |list: &[streetclip::eval::geolocate::Ranked]| {
-                        list.iter()
-                            .map(|r| format!("{} {:.1}%", r.name, 100.0 * r.probability))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    };
-                    println!("  countries: {}", top(&g.top_countries));
-                    if !g.top_regions.is_empty() {
-                        println!("  regions:   {}", top(&g.top_regions));
-                    }
-                    println!("  cities:    {}", top(&g.top_cities));
-                }
-            }
+            commands::geo::print_guesses(&guesses, json)?;
         }
         Command::Eval(EvalCommand::Geo {
             model,
@@ -439,33 +391,15 @@ fn run(cli: Cli) -> Result<()> {
                 anyhow::bail!("eval geo needs photos with coordinates: pass --manifest CSV/JSONL (IM2GPS3K's IMG_ID,LAT,LON works as it is), or a --config whose data.manifest or data.shards is set");
             }
             let device = streetclip::model::parse_device(&rt.device)?;
-            let names = commands::geo::model_names(&model);
-            let mut evals = Vec::new();
-            for (dir, name) in model.iter().zip(names) {
-                let clip = Pretrained::load(dir, device)?;
-                evals.push(commands::geo::eval_geo(
-                    &clip,
-                    &cfg,
-                    &name,
-                    limit,
-                    rt.batch_size,
-                )?);
-            }
-            match (&out, evals.as_slice()) {
-                (Some(out), [one]) => {
-                    commands::geo::write_outputs(out, one, streetclip::geo::Gazetteer::bundled()?)?
-                }
-                (Some(out), _) => commands::geo::write_comparison(out, &evals)?,
-                (None, _) => {}
-            }
-            let metrics: serde_json::Map<String, serde_json::Value> = evals
-                .iter()
-                .map(|e| (e.name.clone(), serde_json::json!(e.metrics)))
-                .collect();
-            match evals.as_slice() {
-                [one] => println!("{}", serde_json::to_string_pretty(&one.metrics)?),
-                _ => println!("{}", serde_json::to_string_pretty(&metrics)?),
-            }
+            let evals = commands::geo::eval_geo(
+                &model,
+                &cfg,
+                out.as_deref(),
+                limit,
+                rt.batch_size,
+                device,
+            )?;
+            commands::geo::print_metrics(&evals)?;
         }
         Command::Eval(EvalCommand::Classify {
             model,
@@ -475,7 +409,7 @@ fn run(cli: Cli) -> Result<()> {
             out,
             rt,
         }) => {
-            let data = streetclip::data::labelled::Labelled::load(&data, label_column.as_deref())?;
+            let data = streetclip::data::classes::Labelled::load(&data, label_column.as_deref())?;
             let templates = if templates.is_empty() {
                 vec![commands::classify::DEFAULT_TEMPLATE.to_string()]
             } else {

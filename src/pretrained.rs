@@ -29,7 +29,9 @@ pub struct Pretrained {
 }
 
 impl Pretrained {
+    /// A Hugging Face CLIP directory, or a hub id (`org/name`) in the local Hugging Face cache.
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
+        let dir = &crate::model::hub::resolve(dir)?;
         let mut clip = Self::skeleton(dir, device)?;
         weights::load_into(&mut clip.model.vs, dir)?;
         Ok(clip)
@@ -38,6 +40,7 @@ impl Pretrained {
     /// A directory's model architecture (config.json), tokenizer and preprocessing, with
     /// HF-initialised weights for the caller to load (after adding variables, e.g. a head).
     pub fn skeleton(dir: &Path, device: Device) -> Result<Self> {
+        let dir = &crate::model::hub::resolve(dir)?;
         let model = ClipModel::new(weights::read_config(dir)?, device)?;
         let (tokenizer, preprocess, tokenizer_dir) = Self::load_processing(dir, &model.config)?;
         Ok(Self {
@@ -54,6 +57,7 @@ impl Pretrained {
         dir: &Path,
         config: &crate::model::ClipConfig,
     ) -> Result<(ClipTokenizer, PreprocessConfig, Option<PathBuf>)> {
+        let dir = &crate::model::hub::resolve(dir)?;
         let tokenizer =
             ClipTokenizer::from_dir(dir, config.text_config.max_position_embeddings as usize)?;
         let has_tokenizer = TOKENIZER_FILES.iter().any(|f| dir.join(f).is_file());

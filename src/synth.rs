@@ -3,6 +3,7 @@
 //! colour, vegetation and sky by latitude, building palette by country and city — so a small
 //! CLIP trained on them has something to learn. Deterministic for a seed; seconds to make.
 
+use crate::data::DataConfig;
 use crate::geo::{Country, Gazetteer};
 use crate::tensor_io::write_atomic;
 use anyhow::{bail, Context, Result};
@@ -304,4 +305,26 @@ pub fn generate(out: &Path, args: &SynthArgs, g: &Gazetteer) -> Result<usize> {
     }
     write_atomic(&out.join("manifest.csv"), csv.as_bytes())?;
     Ok(n)
+}
+
+/// Draws the scenes `data.synth` asks for into the manifest's folder when the manifest is
+/// absent (the demo config uses this, so it runs on a fresh clone); a no-op otherwise.
+pub fn draw_if_missing(cfg: &DataConfig, g: &Gazetteer) -> Result<()> {
+    let (Some(spec), Some(manifest)) = (&cfg.synth, &cfg.manifest) else {
+        return Ok(());
+    };
+    if manifest.is_file() {
+        return Ok(());
+    }
+    let dir = manifest.parent().unwrap_or(Path::new("."));
+    let args = SynthArgs {
+        countries: spec.countries,
+        cities_per_country: spec.cities_per_country,
+        per_city: spec.per_city,
+        seed: spec.seed,
+        ..Default::default()
+    };
+    let n = generate(dir, &args, g)?;
+    eprintln!("data: drew {n} synthetic scenes into {}", dir.display());
+    Ok(())
 }

@@ -1,6 +1,6 @@
 //! Caption templates and label resolution: golden captions for every rule.
 
-use streetclip::data::labels::{resolve, LabelError, RawLabel, UnknownNames};
+use streetclip::data::places::{resolve, LabelError, RawLabel, UnknownNames};
 use streetclip::geo::Gazetteer;
 use streetclip::text::caption::{Template, DEFAULT_TEMPLATE};
 use streetclip::text::{CaptionConfig, Captioner, PlaceNames};

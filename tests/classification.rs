@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 use streetclip::commands::classify::zero_shot;
-use streetclip::data::labelled::Labelled;
+use streetclip::data::classes::Labelled;
 use streetclip::eval::classification::class_metrics;
 use streetclip::eval::text::class_text_embeddings;
 use streetclip::pretrained::Pretrained;

@@ -388,3 +388,42 @@ fn captions_with_a_limit_count_what_they_show() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
     assert!(stderr.starts_with("3 of 300 samples captioned"), "{stderr}");
 }
+
+#[test]
+fn a_hub_id_is_read_from_the_local_cache_or_names_the_download_command() {
+    let home = tmpdir();
+    let predict = || {
+        Command::new(env!("CARGO_BIN_EXE_streetclip"))
+            .args(["predict", "--model", "someorg/tiny-clip", "--labels", "a,b"])
+            .arg(demo_image())
+            .env("HF_HOME", home.path())
+            .env_remove("HF_HUB_CACHE")
+            .output()
+            .unwrap()
+    };
+    let missing = predict();
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("hf download someorg/tiny-clip --local-dir checkpoints/tiny-clip"),
+        "{stderr}"
+    );
+    // As `hf download` / `from_pretrained` leave it: the snapshot `refs/main` names.
+    let repo = home.path().join("hub/models--someorg--tiny-clip");
+    let snapshot = repo.join("snapshots/0123abcd");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
+    for entry in std::fs::read_dir(fixture("tiny-p14-336")).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, snapshot.join(p.file_name().unwrap())).unwrap();
+    }
+    let cached = predict();
+    assert!(
+        cached.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cached.stderr)
+    );
+    assert!(String::from_utf8_lossy(&cached.stdout)
+        .starts_with(&format!("{}\n", demo_image().display())));
+}

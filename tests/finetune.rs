@@ -157,6 +157,9 @@ fn every_method_runs_learns_exports_and_is_compared() {
     // The printed comparison is the file's, one row per method and WiSE-FT mix.
     let comparison = std::fs::read_to_string(out.join("comparison.md")).unwrap();
     assert_eq!(String::from_utf8_lossy(&o.stdout), comparison);
+    let comparison_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("comparison.json")).unwrap()).unwrap();
+    assert!(assert_rates_are_fractions("comparison.json", &comparison_json) >= 18);
     for row in [
         "| zero_shot |",
         "| linear_probe |",

@@ -450,3 +450,42 @@ fn the_model_fingerprint_follows_the_text_tower_only() {
     });
     assert_ne!(before, text_fingerprint(&clip).unwrap());
 }
+
+#[test]
+fn geolocate_prints_places_and_fractions() {
+    let images = im2gps3k_images(2);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_streetclip"))
+        .args(["geolocate", "--json", "--model"])
+        .arg(fixture("tiny-p14-336"))
+        .args(&images)
+        .env("STREETCLIP_CACHE_DIR", tmpdir().path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 2);
+    for row in rows.as_array().unwrap() {
+        let guess = &row["guess"];
+        assert!(guess["country"].is_string() && guess["lat"].is_f64() && guess["lon"].is_f64());
+        assert_eq!(guess["top_countries"].as_array().unwrap().len(), 3);
+    }
+    // Every listed candidate's probability is a fraction.
+    let listed: usize = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            ["top_countries", "top_regions", "top_cities"]
+                .map(|k| r["guess"][k].as_array().unwrap().len())
+        })
+        .sum();
+    assert!(listed >= 8);
+    assert_eq!(
+        assert_rates_are_fractions("geolocate --json", &rows),
+        listed
+    );
+}

@@ -1,6 +1,7 @@
 //! `streetclip captions`: the caption each sample would train on, without decoding images.
 
 use crate::config::Config;
+use crate::data::dataset::DataReport;
 use crate::data::Dataset;
 use crate::geo::Gazetteer;
 use crate::text::Captioner;
@@ -19,11 +20,9 @@ pub struct CaptionRow {
 }
 
 /// Captions for the first `limit` samples (epoch 0), and the data report.
-pub fn run(
-    cfg: &Config,
-    limit: Option<usize>,
-) -> Result<(Vec<CaptionRow>, crate::data::dataset::DataReport)> {
+pub fn run(cfg: &Config, limit: Option<usize>) -> Result<(Vec<CaptionRow>, DataReport)> {
     let g = Gazetteer::bundled()?;
+    crate::synth::draw_if_missing(&cfg.data, g)?;
     let (data, report) = Dataset::load(&cfg.data, g)?;
     let captioner = Captioner::new(&cfg.captions)?;
     let rows = data
@@ -50,4 +49,23 @@ pub fn run(
         })
         .collect();
     Ok((rows, report))
+}
+
+/// The rows (tab-separated image and caption, or JSON) on stdout; how many were captioned of
+/// how many, and the data report, on stderr.
+pub fn print(rows: &[CaptionRow], report: &DataReport, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(rows)?);
+    } else {
+        for r in rows {
+            println!("{}\t{}", r.image, r.caption);
+        }
+    }
+    eprintln!(
+        "{} of {} samples captioned; {}",
+        rows.len(),
+        report.kept,
+        report.summary()
+    );
+    Ok(())
 }

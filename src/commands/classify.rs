@@ -1,7 +1,7 @@
 //! `streetclip eval classify`: zero-shot classification of labelled images — each class name
 //! becomes captions through the templates, each image takes the most similar class.
 
-use crate::data::labelled::Labelled;
+use crate::data::classes::Labelled;
 use crate::eval::classification::{class_metrics, write_report, ClassMetrics};
 use crate::eval::text::{class_text_embeddings, probabilities, TextEncoder};
 use crate::pretrained::Pretrained;
@@ -30,7 +30,7 @@ pub fn zero_shot(
     batch: usize,
 ) -> Result<Vec<(usize, f64)>> {
     let probs = probabilities(
-        &super::embed_paths(clip, paths, batch)?,
+        &crate::encode::image_files(clip, paths, batch)?,
         classes,
         clip.scale(),
     );

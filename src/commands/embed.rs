@@ -1,7 +1,7 @@
 //! `streetclip embed`: features for images and texts, written as safetensors with the tensor
 //! names and meanings of transformers (`get_image_features`, `get_text_features`, ...).
 
-use super::{check_files, progress};
+use crate::encode::{check_files, progress};
 use crate::pretrained::Pretrained;
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};

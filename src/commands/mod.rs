@@ -1,5 +1,5 @@
-//! What the CLI subcommands do, as library functions; `main.rs` parses arguments and prints
-//! the results.
+//! What the CLI subcommands do, as library functions, and how their results are printed;
+//! `main.rs` only parses arguments.
 
 pub mod captions;
 pub mod classify;
@@ -7,62 +7,3 @@ pub mod embed;
 pub mod export;
 pub mod geo;
 pub mod predict;
-
-use anyhow::{bail, Result};
-use indicatif::{ProgressBar, ProgressStyle};
-use std::io::IsTerminal;
-use tch::Device;
-
-/// A progress bar on a terminal for long inputs; hidden otherwise.
-pub fn progress(total: usize, what: &str) -> ProgressBar {
-    if total <= 1 || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total as u64);
-    let style = ProgressStyle::with_template(&format!(
-        "{{bar:40}} {{pos}}/{{len}} {what} [{{elapsed}}<{{eta}}, {{per_sec}}]"
-    ))
-    .expect("valid progress template");
-    bar.set_style(style);
-    bar
-}
-
-/// L2-normalised image embeddings `[n, projection_dim]` (on the CPU) of image files, `batch`
-/// at a time, with a progress bar.
-pub fn embed_paths(
-    clip: &crate::pretrained::Pretrained,
-    paths: &[std::path::PathBuf],
-    batch: usize,
-) -> Result<tch::Tensor> {
-    let bar = progress(paths.len(), "images");
-    let mut out = Vec::new();
-    for chunk in paths.chunks(batch.max(1)) {
-        out.push(clip.embed_files(chunk)?);
-        bar.inc(chunk.len() as u64);
-    }
-    bar.finish_and_clear();
-    Ok(match out.is_empty() {
-        true => tch::Tensor::zeros(
-            [0, clip.model.config.projection_dim],
-            (tch::Kind::Float, Device::Cpu),
-        ),
-        false => tch::Tensor::cat(&out, 0),
-    })
-}
-
-/// Files that must exist, checked before any work starts so a typo fails fast.
-pub fn check_files(paths: &[std::path::PathBuf]) -> Result<()> {
-    for p in paths {
-        if p.is_dir() {
-            bail!(
-                "{} is a directory, not an image file: give the image files (e.g. {}/*.jpg)",
-                p.display(),
-                p.display()
-            );
-        }
-        if !p.is_file() {
-            bail!("image {} does not exist", p.display());
-        }
-    }
-    Ok(())
-}

@@ -1,6 +1,6 @@
 //! `streetclip predict`: rank labels for each image by CLIP's zero-shot probability.
 
-use super::{check_files, progress};
+use crate::encode::{check_files, progress};
 use crate::pretrained::Pretrained;
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -106,4 +106,20 @@ pub fn run(clip: &Pretrained, args: &PredictArgs) -> Result<Vec<Prediction>> {
     }
     bar.finish_and_clear();
     Ok(out)
+}
+
+/// The rankings as one JSON document (probabilities as fractions), or per image its path and a
+/// `  47.29%  label` line per label.
+pub fn print(predictions: &[Prediction], json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(predictions)?);
+        return Ok(());
+    }
+    for p in predictions {
+        println!("{}", p.image.display());
+        for r in &p.ranking {
+            println!("  {:>6.2}%  {}", 100.0 * r.probability, r.label);
+        }
+    }
+    Ok(())
 }

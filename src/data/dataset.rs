@@ -2,8 +2,8 @@
 //! shards, with bad rows handled as configured (`skip`: counted and reported; `fail`: an error).
 
 use super::image_ref::ImageRef;
-use super::labels::{resolve, Place, UnknownNames};
 use super::manifest::{self, Columns};
+use super::places::{resolve, Place, UnknownNames};
 use super::webdataset;
 use crate::geo::Gazetteer;
 use anyhow::{bail, Result};
@@ -181,23 +181,10 @@ pub struct Dataset {
 impl Dataset {
     /// Reads the manifest or shards named in `cfg` and resolves every label. Missing image
     /// files are checked here for manifests; unreadable images are found by the loader.
+    /// Nothing is written (`synth::draw_if_missing` draws a config's synthetic data first).
     pub fn load(cfg: &DataConfig, g: &Gazetteer) -> Result<(Self, DataReport)> {
-        if let (Some(spec), Some(manifest)) = (&cfg.synth, &cfg.manifest) {
-            if !manifest.is_file() {
-                let dir = manifest.parent().unwrap_or(std::path::Path::new("."));
-                let args = crate::synth::SynthArgs {
-                    countries: spec.countries,
-                    cities_per_country: spec.cities_per_country,
-                    per_city: spec.per_city,
-                    seed: spec.seed,
-                    ..Default::default()
-                };
-                let n = crate::synth::generate(dir, &args, g)?;
-                eprintln!("data: drew {n} synthetic scenes into {}", dir.display());
-            }
-        }
         let mut report = DataReport::default();
-        let rows: Vec<(ImageRef, super::labels::RawLabel, String)> =
+        let rows: Vec<(ImageRef, super::places::RawLabel, String)> =
             match (&cfg.manifest, &cfg.shards) {
                 (Some(path), None) => {
                     let (records, bad) =

@@ -2,7 +2,7 @@
 //! Column names are configurable; common names are recognised without configuration
 //! (IM2GPS3K's `IMG_ID,LAT,LON` works as it is).
 
-use super::labels::RawLabel;
+use super::places::RawLabel;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

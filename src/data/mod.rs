@@ -1,12 +1,12 @@
 //! Data: manifests and WebDataset shards, labels, image preprocessing, the loader.
 
+pub mod classes;
 pub mod dataset;
 pub mod decode;
 pub mod image_ref;
-pub mod labelled;
-pub mod labels;
 pub mod loader;
 pub mod manifest;
+pub mod places;
 pub mod preprocess;
 pub mod resample;
 pub mod webdataset;

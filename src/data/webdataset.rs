@@ -3,8 +3,8 @@
 //! place, never unpacked. Brace patterns (`shard-{0000..0099}.tar`) name shard lists.
 
 use super::image_ref::ImageRef;
-use super::labels::RawLabel;
 use super::manifest::Columns;
+use super::places::RawLabel;
 use anyhow::{bail, Context, Result};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;

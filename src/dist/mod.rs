@@ -316,15 +316,15 @@ impl Dist {
         Ok(t.int64_value(&[0]) > 0)
     }
 
-    /// The means over the ranks of two numbers (one collective).
-    pub fn mean2(&self, a: f64, b: f64) -> Result<(f64, f64)> {
+    /// Each number's mean over the ranks (one collective for all of them).
+    pub fn means_over_ranks<const N: usize>(&self, values: [f64; N]) -> Result<[f64; N]> {
         if self.group.is_none() {
-            return Ok((a, b));
+            return Ok(values);
         }
-        let t = Tensor::from_slice(&[a, b]).to(self.device);
+        let t = Tensor::from_slice(&values).to(self.device);
         self.all_reduce_sum(&t)?;
         let w = self.world_size as f64;
-        Ok((t.double_value(&[0]) / w, t.double_value(&[1]) / w))
+        Ok(std::array::from_fn(|i| t.double_value(&[i as i64]) / w))
     }
 
     /// Rank 0's values of `tensors` everywhere, through flat buckets (one collective per bucket).

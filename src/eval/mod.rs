@@ -2,8 +2,10 @@
 //! reports and plots.
 
 pub mod classification;
+pub mod geo_eval;
 pub mod geolocate;
 pub mod metrics;
 pub mod plots;
+pub mod report;
 pub mod text;
 pub mod text_cache;

@@ -7,8 +7,8 @@ use super::head::{ClassHead, HEAD_INFO};
 use super::split::{self, Splits};
 use super::{logistic, wise, Method};
 use crate::config::Config;
-use crate::data::labelled::LabelledImage;
-use crate::data::labels::Place;
+use crate::data::classes::LabelledImage;
+use crate::data::places::Place;
 use crate::data::{ImageRef, Sample};
 use crate::dist::{Dist, DistEnv};
 use crate::eval::classification::{class_metrics, comparison_table, write_report, ClassMetrics};
@@ -16,7 +16,7 @@ use crate::model::weights::named_tensors;
 use crate::pretrained::Pretrained;
 use crate::tensor_io::write_atomic;
 use crate::train::objective::{Contrastive, Objective};
-use crate::train::trainer::{build_model, join, Run, RunOptions, Summary};
+use crate::train::trainer::{build_model, join_job, Run, RunOptions, Summary};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -50,7 +50,9 @@ pub struct MethodResult {
     pub training: Option<Summary>,
 }
 
-struct Task<'a> {
+/// One `finetune` invocation: its config, split, device and process group, shared by the
+/// methods it runs in turn.
+struct FinetuneRun<'a> {
     cfg: &'a Config,
     config_yaml: &'a str,
     options: &'a RunOptions,
@@ -72,7 +74,7 @@ pub fn run(
         bail!("finetune.method lists no method: choose from zero_shot, linear_probe, contrastive, classifier");
     }
     let splits = split::load(&cfg.finetune, cfg.train.seed)?;
-    let (env, dist, device) = join(cfg)?;
+    let (env, dist, device) = join_job(cfg)?;
     if dist.world_size > 1 {
         bail!("finetune runs as one process (this is rank {} of {}): launch it without torchrun/--nproc-per-node", env.rank, env.world_size);
     }
@@ -87,7 +89,7 @@ pub fn run(
         "finetune: {} classes; {} train, {} val, {} test images",
         sizes.classes, sizes.train, sizes.val, sizes.test
     );
-    let task = Task {
+    let task = FinetuneRun {
         cfg,
         config_yaml,
         options,
@@ -133,7 +135,7 @@ pub fn run(
     Ok(results)
 }
 
-impl Task<'_> {
+impl FinetuneRun<'_> {
     fn names(&self) -> &[String] {
         &self.splits.caption_names
     }
@@ -145,7 +147,7 @@ impl Task<'_> {
     /// L2-normalised image embeddings `[n, d]` of `items`.
     fn embed(&self, clip: &Pretrained, items: &[LabelledImage]) -> Result<Tensor> {
         let paths: Vec<PathBuf> = items.iter().map(|i| i.path.clone()).collect();
-        crate::commands::embed_paths(clip, &paths, self.cfg.train.micro_batch_size)
+        crate::encode::image_files(clip, &paths, self.cfg.train.micro_batch_size)
     }
 
     /// Predicted classes of `items` under the linear classifier `(weight, bias)`.

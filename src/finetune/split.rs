@@ -3,7 +3,7 @@
 //! methods are compared on the same images).
 
 use super::FinetuneConfig;
-use crate::data::labelled::{caption_name, Labelled, LabelledImage};
+use crate::data::classes::{caption_name, Labelled, LabelledImage};
 use crate::seed::sample_seed;
 use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;

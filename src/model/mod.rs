@@ -2,6 +2,7 @@
 
 pub mod clip;
 pub mod config;
+pub mod hub;
 mod init;
 mod layers;
 mod text;

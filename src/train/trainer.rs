@@ -207,7 +207,7 @@ fn split(samples: &[Sample], fraction: f64, seed: u64) -> (Vec<Sample>, Vec<Samp
 }
 
 /// This process's place in the job and its device (torchrun, SLURM, or a single process).
-pub fn join(cfg: &Config) -> Result<(DistEnv, Dist, tch::Device)> {
+pub fn join_job(cfg: &Config) -> Result<(DistEnv, Dist, tch::Device)> {
     let env = DistEnv::from_env()?;
     let device = device_for(cfg, &env)?;
     let dist = Dist::init(
@@ -224,9 +224,11 @@ pub fn join(cfg: &Config) -> Result<(DistEnv, Dist, tch::Device)> {
 /// Under torchrun, SLURM or `--nproc-per-node`, this process is one rank of a data-parallel job:
 /// the global batch is world × grad_accum_steps × micro_batch_size.
 pub fn train(cfg: &Config, config_yaml: &str, out: &Path, options: &RunOptions) -> Result<Summary> {
-    let (env, dist, device) = join(cfg)?;
+    let (env, dist, device) = join_job(cfg)?;
     // Rank 0 first: it draws synthetic data when the config asks for it.
-    if !dist.is_main() {
+    if dist.is_main() {
+        crate::synth::draw_if_missing(&cfg.data, Gazetteer::bundled()?)?;
+    } else {
         dist.barrier()
             .context("waiting for rank 0 to prepare the data")?;
     }
@@ -477,7 +479,7 @@ impl<'a> Trainer<'a> {
                 &["logit_scale"],
             )?;
             // The same loss on every rank, so they agree on skipping a non-finite step.
-            (stats.loss, stats.accuracy) = dist.mean2(stats.loss, stats.accuracy)?;
+            [stats.loss, stats.accuracy] = dist.means_over_ranks([stats.loss, stats.accuracy])?;
         }
         if !stats.loss.is_finite() {
             self.opt.zero_grad();

@@ -1,0 +1,142 @@
+//! `eval geo`'s evaluation: zero-shot geolocation of every sample with coordinates, its
+//! great-circle error, whether the country was right, and the metrics over them.
+
+use super::geolocate::Geolocator;
+use super::metrics::{geo_metrics, GeoMetrics};
+use super::text_cache;
+use crate::config::Config;
+use crate::data::decode::decode;
+use crate::data::{Dataset, Sample};
+use crate::geo::{haversine_km, Gazetteer};
+use crate::pretrained::Pretrained;
+use anyhow::{Context, Result};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// One sample's guess and error (a row of `predictions.csv`).
+#[derive(Debug, Serialize)]
+pub struct GeoPrediction {
+    pub image: String,
+    pub lat: f64,
+    pub lon: f64,
+    pub pred_lat: f64,
+    pub pred_lon: f64,
+    pub pred_country: String,
+    pub pred_region: String,
+    pub pred_city: String,
+    pub true_country: String,
+    pub error_km: f64,
+}
+
+/// One model's evaluation.
+pub struct GeoEval {
+    pub name: String,
+    pub metrics: GeoMetrics,
+    pub predictions: Vec<GeoPrediction>,
+}
+
+/// Evaluates `clip` on the samples of `cfg.data` that have coordinates.
+pub fn evaluate(
+    clip: &Pretrained,
+    cfg: &Config,
+    name: &str,
+    limit: Option<usize>,
+    batch: usize,
+) -> Result<GeoEval> {
+    let g = Gazetteer::bundled()?;
+    let (data, report) = Dataset::load(&cfg.data, g)?;
+    eprintln!("data: {}", report.summary());
+    let samples: Vec<&Sample> = data
+        .samples
+        .iter()
+        .filter(|s| s.place.lat.is_some() && s.place.lon.is_some())
+        .take(limit.unwrap_or(usize::MAX))
+        .collect();
+    if samples.is_empty() {
+        anyhow::bail!("no sample has coordinates to evaluate against");
+    }
+    let encoder = text_cache::for_model(clip, cfg.geo.cache)?;
+    let locator = Geolocator::new(&encoder, g, cfg.geo.clone())?;
+    let bar = crate::encode::progress(samples.len(), "images");
+    let (mut predictions, mut errors, mut correct) = (Vec::new(), Vec::new(), Vec::new());
+    for chunk in samples.chunks(batch.max(1)) {
+        let decoded = chunk
+            .par_iter()
+            .map(|s| {
+                s.image
+                    .read()
+                    .and_then(|b| decode(&b))
+                    .with_context(|| format!("cannot decode image {}", s.image))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for (s, guess) in chunk
+            .iter()
+            .zip(locator.locate(&clip.image_embeddings(decoded)?)?)
+        {
+            let (lat, lon) = (
+                s.place.lat.unwrap_or_default(),
+                s.place.lon.unwrap_or_default(),
+            );
+            let error_km = haversine_km(lat, lon, guess.lat, guess.lon);
+            errors.push(error_km);
+            correct.push(s.place.country.map(|c| c == guess.country_index));
+            predictions.push(GeoPrediction {
+                image: s.image.to_string(),
+                lat,
+                lon,
+                pred_lat: guess.lat,
+                pred_lon: guess.lon,
+                pred_country: guess.country_code,
+                pred_region: guess.region.unwrap_or_default(),
+                pred_city: guess.city.unwrap_or_default(),
+                true_country: s
+                    .place
+                    .country
+                    .map(|c| g.countries[c].iso2.clone())
+                    .unwrap_or_default(),
+                error_km,
+            });
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    if encoder.hits.get() + encoder.misses.get() > 0 {
+        eprintln!(
+            "text embeddings: {} prompt lists from the cache, {} encoded",
+            encoder.hits.get(),
+            encoder.misses.get()
+        );
+    }
+    Ok(GeoEval {
+        name: name.to_string(),
+        metrics: geo_metrics(&errors, &correct),
+        predictions,
+    })
+}
+
+/// Display names for model directories: their last path component (with the run's folder
+/// before the generic `export*` / `step-*` names a run writes), made unique with `-2`, `-3`.
+pub fn model_names(dirs: &[PathBuf]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for d in dirs {
+        let component = |p: Option<&Path>| {
+            p.and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+        };
+        let last = component(Some(d)).unwrap_or_else(|| d.display().to_string());
+        let generic = last.starts_with("export") || last.starts_with("step-");
+        let base = match component(d.parent()) {
+            Some(parent) if generic => format!("{parent}-{last}"),
+            _ => last,
+        };
+        let mut name = base.clone();
+        let mut i = 2;
+        while names.contains(&name) {
+            name = format!("{base}-{i}");
+            i += 1;
+        }
+        names.push(name);
+    }
+    names
+}

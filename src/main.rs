@@ -85,16 +85,22 @@ const JSON_HELP: &str = "Print one JSON document (fractions, not percentages) in
 
 #[derive(Subcommand)]
 enum Command {
-    /// Rank labels for each image by zero-shot probability.
+    /// Rank labels for each image by zero-shot probability, or, for a `finetune` export, its
+    /// classes by its classifier head.
     #[command(
-        after_help = "Example:\n  streetclip predict --model runs/demo/export --labels \"Japan,Germany,Brazil\" --top-k 2 photo.jpg"
+        after_help = "Examples:\n  streetclip predict --model runs/demo/export --labels \"Japan,Germany,Brazil\" --top-k 2 photo.jpg\n  streetclip predict --model runs/finetune-demo/classifier/export photo.jpg"
     )]
     Predict {
         #[arg(long, help = MODEL_HELP)]
         model: PathBuf,
-        /// Comma-separated labels, e.g. "San Jose,San Diego,Los Angeles".
+        /// Comma-separated labels, e.g. "San Jose,San Diego,Los Angeles" (not for a model
+        /// carrying a fine-tuned classifier, which ranks its own classes, unless --zero-shot).
         #[arg(long)]
-        labels: String,
+        labels: Option<String>,
+        /// Rank --labels by caption similarity even when the model carries a fine-tuned
+        /// classifier head (head.safetensors).
+        #[arg(long)]
+        zero_shot: bool,
         /// Caption template; `{}` is replaced by each label.
         #[arg(long, default_value = "A Street View photo in {}.")]
         template: String,
@@ -301,22 +307,22 @@ fn run(cli: Cli) -> Result<()> {
         Command::Predict {
             model,
             labels,
+            zero_shot,
             template,
             top_k,
             rt,
             json,
             images,
         } => {
-            let labels = predict::parse_labels(&labels)?;
             let clip = Pretrained::load(&model, streetclip::model::parse_device(&rt.device)?)?;
+            let ranker = predict::Ranker::choose(&model, &clip, labels.as_deref(), zero_shot)?;
             let args = predict::PredictArgs {
-                labels,
                 template,
                 images,
                 batch_size: rt.batch_size,
                 top_k,
             };
-            predict::print(&predict::run(&clip, &args)?, json)?;
+            predict::print(&predict::run(&clip, &ranker, &args)?, json)?;
         }
         Command::Captions {
             manifest,

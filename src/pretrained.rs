@@ -208,3 +208,65 @@ pub fn split_head(named: Vec<(String, Tensor)>) -> (Vec<(String, Tensor)>, Vec<(
         .into_iter()
         .partition(|(name, _)| !name.starts_with(HEAD_PREFIX))
 }
+
+/// The classifier a `finetune` export carries beside the model: `head.safetensors` and the
+/// class names of `head.json`. Logits are `weight · x + bias` on L2-normalised image embeddings.
+pub struct ExportedHead {
+    pub classes: Vec<String>,
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+impl ExportedHead {
+    /// The head in `dir`, or `None` when it has no `head.safetensors`; a head whose files do not
+    /// fit together or the model is an error naming the file.
+    pub fn read(dir: &Path, projection_dim: i64) -> Result<Option<Self>> {
+        let dir = &crate::model::hub::resolve(dir)?;
+        let file = dir.join(HEAD_FILE);
+        if !file.is_file() {
+            return Ok(None);
+        }
+        let tensors: std::collections::HashMap<String, Tensor> =
+            crate::tensor_io::read(&file)?.into_iter().collect();
+        let get = |name: &str| {
+            tensors
+                .get(&format!("{HEAD_PREFIX}.{name}"))
+                .map(|t| t.to_kind(tch::Kind::Float))
+                .with_context(|| format!("{} has no {HEAD_PREFIX}.{name}", file.display()))
+        };
+        let (weight, bias) = (get("weight")?, get("bias")?);
+        let info = dir.join(HEAD_INFO);
+        let text = std::fs::read_to_string(&info).with_context(|| {
+            format!(
+                "{} has a classifier head but no readable {HEAD_INFO} naming its classes",
+                dir.display()
+            )
+        })?;
+        let classes: Vec<String> = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| serde_json::from_value(v["classes"].clone()).ok())
+            .with_context(|| format!("{}: expected a \"classes\" list of names", info.display()))?;
+        let k = classes.len() as i64;
+        if weight.size() != [k, projection_dim] || bias.size() != [k] {
+            anyhow::bail!(
+                "{}: the head's weight {:?} and bias {:?} do not fit {k} classes ({}) on {projection_dim}-d embeddings",
+                file.display(),
+                weight.size(),
+                bias.size(),
+                info.display()
+            );
+        }
+        Ok(Some(Self {
+            classes,
+            weight,
+            bias,
+        }))
+    }
+
+    /// Class probabilities `[B, K]` of L2-normalised image embeddings `[B, d]` (CPU).
+    pub fn probabilities(&self, image_embeds: &Tensor) -> Tensor {
+        image_embeds
+            .linear(&self.weight, Some(&self.bias))
+            .softmax(-1, tch::Kind::Float)
+    }
+}

@@ -219,6 +219,12 @@ fn every_method_runs_learns_exports_and_is_compared() {
         assert_eq!(head["wise_ft_alpha"], 0.5);
         assert_eq!(head["caption_names"][0], "Australia");
     }
+    for method in ["classifier", "linear_probe"] {
+        predict_uses_the_exported_head(
+            &out.join(method).join("export"),
+            &tmp.path().join("scenes"),
+        );
+    }
     // The classifier's head starts as the zero-shot classifier: after zero steps it predicts the same.
     let cfg0 = config(tmp.path(), "classifier", "");
     let o = finetune(&cfg0, &tmp.path().join("zero-steps"), &["--max-steps", "0"]);
@@ -371,4 +377,83 @@ fn the_shipped_task_configs_are_valid() {
         n += 1;
     }
     assert!(n >= 8, "{n} configs");
+}
+
+/// `streetclip predict` on a fine-tuned export ranks the head's classes with the head, as
+/// transformers plus head.json's formula does (`scripts/head_predict.py`); `--labels` alone is a
+/// question, not a silent switch to zero-shot; `--zero-shot --labels` ranks the labels.
+fn predict_uses_the_exported_head(export: &Path, scenes: &Path) {
+    let mut images: Vec<PathBuf> = std::fs::read_dir(scenes.join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    images.sort();
+    let images: Vec<PathBuf> = images.into_iter().step_by(7).take(6).collect();
+    let predict = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_streetclip"))
+            .args(["predict", "--json", "--top-k", "3", "--model"])
+            .arg(export)
+            .args(extra)
+            .args(&images)
+            .output()
+            .unwrap()
+    };
+    let out = predict(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ours: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut args: Vec<std::ffi::OsString> =
+        vec![root().join("scripts/head_predict.py").into(), export.into()];
+    args.extend(images.iter().map(|p| p.clone().into_os_string()));
+    let theirs: serde_json::Value = serde_json::from_str(&run_python(args)).unwrap();
+    let mut max_diff = 0f64;
+    for (o, t) in ours
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(theirs.as_array().unwrap())
+    {
+        let ranking = o["ranking"].as_array().unwrap();
+        assert_eq!(ranking.len(), 3);
+        let reference = t["probabilities"].as_object().unwrap();
+        let best = reference
+            .iter()
+            .max_by(|a, b| a.1.as_f64().unwrap().total_cmp(&b.1.as_f64().unwrap()))
+            .unwrap();
+        assert_eq!(
+            ranking[0]["label"].as_str().unwrap(),
+            best.0,
+            "{}",
+            o["image"]
+        );
+        for r in ranking {
+            let p = r["probability"].as_f64().unwrap();
+            let q = reference[r["label"].as_str().unwrap()].as_f64().unwrap();
+            max_diff = max_diff.max((p - q).abs());
+        }
+    }
+    eprintln!(
+        "{}: head probabilities vs transformers: max |Δ| {max_diff:.1e}",
+        export.display()
+    );
+    assert!(max_diff < 1e-5, "{max_diff}");
+    let asked = predict(&["--labels", "Kenya,Japan"]);
+    let stderr = String::from_utf8_lossy(&asked.stderr);
+    assert_eq!(asked.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("carries a fine-tuned classifier over 3 classes")
+            && stderr.contains("--zero-shot"),
+        "{stderr}"
+    );
+    let zero_shot = predict(&["--labels", "Kenya,Japan", "--zero-shot"]);
+    assert!(
+        zero_shot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&zero_shot.stderr)
+    );
+    let ranked: serde_json::Value = serde_json::from_slice(&zero_shot.stdout).unwrap();
+    assert_eq!(ranked[0]["ranking"].as_array().unwrap().len(), 2);
 }

@@ -1,15 +1,14 @@
 //! `streetclip predict`: rank labels for each image by CLIP's zero-shot probability.
 
 use crate::encode::{check_files, progress};
-use crate::pretrained::Pretrained;
+use crate::pretrained::{ExportedHead, Pretrained};
 use anyhow::{bail, Result};
 use serde::Serialize;
-use std::path::PathBuf;
-use tch::{Kind, Tensor};
+use std::path::{Path, PathBuf};
+use tch::Kind;
 
 pub struct PredictArgs {
-    pub labels: Vec<String>,
-    /// `{}` is replaced by each label.
+    /// `{}` is replaced by each label (zero-shot only).
     pub template: String,
     pub images: Vec<PathBuf>,
     pub batch_size: usize,
@@ -45,10 +44,51 @@ pub fn parse_labels(list: &str) -> Result<Vec<String>> {
     Ok(labels)
 }
 
-pub fn run(clip: &Pretrained, args: &PredictArgs) -> Result<Vec<Prediction>> {
-    if args.labels.is_empty() {
-        bail!("no labels to rank");
+/// What ranks the images: the classifier a fine-tuned export carries (its classes), or
+/// zero-shot caption similarity over `--labels`.
+pub enum Ranker {
+    Head(ExportedHead),
+    Labels(Vec<String>),
+}
+
+impl Ranker {
+    /// The head in `model_dir` unless `zero_shot`; `labels` only without a head (a model with
+    /// one and `--labels` is a question to the user, not a silent choice).
+    pub fn choose(
+        model_dir: &Path,
+        clip: &Pretrained,
+        labels: Option<&str>,
+        zero_shot: bool,
+    ) -> Result<Self> {
+        let head = match zero_shot {
+            true => None,
+            false => ExportedHead::read(model_dir, clip.model.config.projection_dim)?,
+        };
+        match (head, labels) {
+            (Some(head), None) => Ok(Ranker::Head(head)),
+            (Some(head), Some(_)) => bail!(
+                "{} carries a fine-tuned classifier over {} classes ({}): omit --labels to use it, or add --zero-shot to rank your labels by caption similarity",
+                model_dir.display(),
+                head.classes.len(),
+                head.classes.join(", ")
+            ),
+            (None, Some(list)) => Ok(Ranker::Labels(parse_labels(list)?)),
+            (None, None) => bail!(
+                "--labels is required: {} has no fine-tuned classifier head, so give the labels to rank, e.g. --labels \"France,Japan,Brazil\"",
+                model_dir.display()
+            ),
+        }
     }
+
+    fn names(&self) -> &[String] {
+        match self {
+            Ranker::Head(h) => &h.classes,
+            Ranker::Labels(l) => l,
+        }
+    }
+}
+
+pub fn run(clip: &Pretrained, ranker: &Ranker, args: &PredictArgs) -> Result<Vec<Prediction>> {
     if !args.template.contains("{}") {
         bail!(
             "--template `{}` has no `{{}}` where the label goes",
@@ -56,29 +96,39 @@ pub fn run(clip: &Pretrained, args: &PredictArgs) -> Result<Vec<Prediction>> {
         );
     }
     check_files(&args.images)?;
-    let prompts: Vec<String> = args
-        .labels
-        .iter()
-        .map(|l| args.template.replace("{}", l))
-        .collect();
     let device = clip.device();
-    let (ids, mask) = clip.tokenize(&prompts)?;
-    let text = tch::no_grad(|| {
-        clip.model
-            .text_features(&ids.to(device), Some(&mask.to(device)))
-    });
+    let text = match ranker {
+        Ranker::Head(_) => None,
+        Ranker::Labels(labels) => {
+            let prompts: Vec<String> = labels
+                .iter()
+                .map(|l| args.template.replace("{}", l))
+                .collect();
+            let (ids, mask) = clip.tokenize(&prompts)?;
+            Some(tch::no_grad(|| {
+                clip.model
+                    .text_features(&ids.to(device), Some(&mask.to(device)))
+            }))
+        }
+    };
     let bar = progress(args.images.len(), "images");
     let mut out = Vec::with_capacity(args.images.len());
     for chunk in args.images.chunks(args.batch_size.max(1)) {
-        let pixels = clip.pixel_values(chunk)?.to(device);
-        let probs: Tensor = tch::no_grad(|| {
-            let image = clip.model.image_features(&pixels);
-            clip.model
-                .logits(&image, &text)
-                .logits_per_image
-                .softmax(-1, Kind::Float)
-        });
-        let probs = probs.to(tch::Device::Cpu);
+        let probs = match (ranker, &text) {
+            (Ranker::Head(head), _) => head.probabilities(&clip.embed_files(chunk)?),
+            (_, Some(text)) => {
+                let pixels = clip.pixel_values(chunk)?.to(device);
+                tch::no_grad(|| {
+                    let image = clip.model.image_features(&pixels);
+                    clip.model
+                        .logits(&image, text)
+                        .logits_per_image
+                        .softmax(-1, Kind::Float)
+                })
+                .to(tch::Device::Cpu)
+            }
+            (Ranker::Labels(_), None) => unreachable!("labels come with their text features"),
+        };
         if !bool::try_from(probs.isfinite().all())? {
             bail!("the model gives non-finite scores (NaN or infinity) for {}: its weights are damaged; re-export or re-download it", chunk[0].display());
         }
@@ -87,25 +137,29 @@ pub fn run(clip: &Pretrained, args: &PredictArgs) -> Result<Vec<Prediction>> {
                 .into_iter()
                 .map(f64::from)
                 .collect();
-            let mut order: Vec<usize> = (0..p.len()).collect();
-            order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
-            let ranking = order
-                .into_iter()
-                .take(args.top_k)
-                .map(|i| Ranked {
-                    label: args.labels[i].clone(),
-                    probability: p[i],
-                })
-                .collect();
             out.push(Prediction {
                 image: image.clone(),
-                ranking,
+                ranking: top(ranker.names(), &p, args.top_k),
             });
         }
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
     Ok(out)
+}
+
+/// The `k` most probable names, most probable first.
+fn top(names: &[String], p: &[f64], k: usize) -> Vec<Ranked> {
+    let mut order: Vec<usize> = (0..p.len()).collect();
+    order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+    order
+        .into_iter()
+        .take(k)
+        .map(|i| Ranked {
+            label: names[i].clone(),
+            probability: p[i],
+        })
+        .collect()
 }
 
 /// The rankings as one JSON document (probabilities as fractions), or per image its path and a

@@ -17,6 +17,7 @@ pub mod synth;
 pub mod tensor_io;
 pub mod text;
 pub mod train;
+pub mod user_dirs;
 
 // Decoding and preprocessing allocate several megabytes per image; glibc serves such blocks
 // with mmap/munmap and page faults every time, which mimalloc reuses.

@@ -13,14 +13,8 @@ use tch::{Kind, Tensor};
 
 /// `$STREETCLIP_CACHE_DIR`, else `$XDG_CACHE_HOME/streetclip`, else `~/.cache/streetclip`.
 pub fn default_cache_dir() -> Option<PathBuf> {
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    env("STREETCLIP_CACHE_DIR")
-        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("streetclip")))
-        .or_else(|| env("HOME").map(|h| h.join(".cache/streetclip")))
+    use crate::user_dirs::{env_path, user_cache};
+    env_path("STREETCLIP_CACHE_DIR").or_else(|| user_cache("streetclip"))
 }
 
 /// What makes a model's text embeddings what they are, hashed: text-tower tensors (names,

@@ -45,15 +45,10 @@ fn hub_id(spec: &Path) -> Option<(String, String)> {
 /// `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`, else
 /// `~/.cache/huggingface/hub` (huggingface_hub's order).
 fn cache_dir() -> Option<PathBuf> {
-    let var = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    var("HF_HUB_CACHE")
-        .or_else(|| var("HF_HOME").map(|h| h.join("hub")))
-        .or_else(|| var("XDG_CACHE_HOME").map(|c| c.join("huggingface/hub")))
-        .or_else(|| var("HOME").map(|h| h.join(".cache/huggingface/hub")))
+    use crate::user_dirs::{env_path, user_cache};
+    env_path("HF_HUB_CACHE")
+        .or_else(|| env_path("HF_HOME").map(|h| h.join("hub")))
+        .or_else(|| user_cache("huggingface/hub"))
 }
 
 /// The snapshot `refs/main` names, else the most recently modified one.

@@ -9,10 +9,11 @@
 use std::path::PathBuf;
 use std::time::Instant;
 use streetclip::config::Config;
+use streetclip::config::{Accumulation, OptimConfig};
 use streetclip::dist::Dist;
 use streetclip::model::ClipModel;
-use streetclip::train::optim::{AdamW, OptimConfig};
-use streetclip::train::step::{accumulate_gradients, optimizer_step, Accumulation, MicroBatch};
+use streetclip::train::optim::AdamW;
+use streetclip::train::step::{accumulate_gradients, optimizer_step, MicroBatch};
 use tch::{Kind, Tensor};
 
 const MICRO: i64 = 32;

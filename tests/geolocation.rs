@@ -4,7 +4,8 @@
 
 mod common;
 use common::*;
-use streetclip::eval::geolocate::{GeoConfig, Geolocator};
+use streetclip::config::GeoConfig;
+use streetclip::eval::geolocate::Geolocator;
 use streetclip::eval::metrics::geo_metrics;
 use streetclip::eval::text::TextEncoder;
 use streetclip::geo::{haversine_km, Gazetteer};

@@ -4,11 +4,12 @@
 
 mod common;
 use common::*;
+use streetclip::config::{Accumulation, OptimConfig, Schedule};
 use streetclip::dist::Dist;
 use streetclip::model::ClipModel;
 use streetclip::train::loss::clip_loss;
-use streetclip::train::optim::{AdamW, OptimConfig, Schedule};
-use streetclip::train::step::{accumulate_gradients, optimizer_step, Accumulation, MicroBatch};
+use streetclip::train::optim::AdamW;
+use streetclip::train::step::{accumulate_gradients, optimizer_step, MicroBatch};
 use tch::{Device, Kind, Tensor};
 
 fn micro_batches(e: &std::collections::HashMap<String, Tensor>, size: i64) -> Vec<MicroBatch> {

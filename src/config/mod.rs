@@ -3,19 +3,22 @@
 //! key.sub=value` overrides any key from the command line.
 
 use crate::data::dataset::DataConfig;
-use crate::dist::DistConfig;
-use crate::eval::geolocate::GeoConfig;
-use crate::finetune::FinetuneConfig;
 use crate::model::ClipConfig;
 use crate::text::CaptionConfig;
-use crate::train::optim::OptimConfig;
-use crate::train::step::Accumulation;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 use std::path::{Path, PathBuf};
 
+mod dist;
+mod finetune;
+mod geo;
+mod optim;
 mod reference;
+pub use dist::{BackendChoice, DistConfig};
+pub use finetune::{FinetuneConfig, Method};
+pub use geo::GeoConfig;
+pub use optim::{OptimConfig, Schedule};
 pub use reference::commented_defaults;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -123,6 +126,20 @@ pub struct TrainConfig {
     pub freeze: FreezeConfig,
     /// Arithmetic of the forward and backward passes.
     pub precision: Precision,
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Accumulation {
+    /// The loss over all micro × accumulation pairs (GradCache / open_clip's `accum_freq`):
+    /// every image meets every caption of the step as a negative, with one micro-batch's
+    /// activation memory.
+    #[default]
+    FullBatch,
+    /// Each micro-batch's loss over its own pairs, gradients averaged (StreetCLIP, HF Trainer).
+    PerMicroBatch,
 }
 
 #[derive(

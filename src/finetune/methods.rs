@@ -5,8 +5,9 @@
 use super::head::Classifier;
 use super::head::{ClassHead, HEAD_INFO};
 use super::split::{self, Splits};
-use super::{logistic, wise, Method};
+use super::{logistic, wise};
 use crate::config::Config;
+use crate::config::Method;
 use crate::data::classes::LabelledImage;
 use crate::data::places::Place;
 use crate::data::{ImageRef, Sample};

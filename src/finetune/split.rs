@@ -2,7 +2,7 @@
 //! or per-class seeded fractions of the training data (the same split on every run, so
 //! methods are compared on the same images).
 
-use super::FinetuneConfig;
+use crate::config::FinetuneConfig;
 use crate::data::classes::{caption_name, Labelled, LabelledImage};
 use crate::seed::sample_seed;
 use anyhow::{bail, Context, Result};

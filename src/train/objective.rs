@@ -2,7 +2,8 @@
 //! lives here; the classifier head of downstream fine-tuning implements the same trait in
 //! `finetune/`, so this layer knows nothing above it.
 
-use super::step::{accumulate_gradients, Accumulation, MicroBatch, StepStats};
+use super::step::{accumulate_gradients, MicroBatch, StepStats};
+use crate::config::Accumulation;
 use crate::dist::Dist;
 use crate::model::ClipModel;
 use crate::pretrained::Pretrained;

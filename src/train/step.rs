@@ -3,26 +3,12 @@
 
 use super::loss::clip_loss;
 use super::optim::{clip_grad_norm, AdamW};
+use crate::config::Accumulation;
 use crate::dist::Dist;
 use crate::model::ClipModel;
 use crate::shim::{maybe_autocast, AutocastDtype};
 use anyhow::Result;
-use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
-
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Accumulation {
-    /// The loss over all micro × accumulation pairs (GradCache / open_clip's `accum_freq`):
-    /// every image meets every caption of the step as a negative, with one micro-batch's
-    /// activation memory.
-    #[default]
-    FullBatch,
-    /// Each micro-batch's loss over its own pairs, gradients averaged (StreetCLIP, HF Trainer).
-    PerMicroBatch,
-}
 
 pub struct MicroBatch {
     pub pixel_values: Tensor,

@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 use std::time::Instant;
+use streetclip::encode::Encoder;
 use streetclip::pretrained::Pretrained;
 
 const BATCH: usize = 32;
@@ -32,9 +33,9 @@ fn main() {
 
     let clip = Pretrained::load(&model_dir, tch::Device::Cpu).unwrap();
     let run = |paths: &[PathBuf]| {
+        let encoder = Encoder::new(&clip, BATCH);
         for chunk in paths.chunks(BATCH) {
-            let pixels = clip.pixel_values(chunk).unwrap();
-            let _ = tch::no_grad(|| clip.model.image_features(&pixels));
+            let _ = encoder.image_features(&encoder.pixel_values(chunk).unwrap());
         }
     };
     run(&images[..BATCH]);

@@ -1,10 +1,13 @@
-//! Image files to embeddings, batched, with a progress bar on a terminal: the one path from
-//! files to vectors that predict, classify, geolocate, `eval` and `finetune` take (the loader's
-//! batches, already decoded, go through `Pretrained::image_embeddings` the same way).
+//! Images and texts to CLIP embeddings: the one path from files, decoded images, pixels and
+//! captions to vectors that predict, embed, classify, geolocate, `eval`, validation and
+//! `finetune` take. Batched, on the model's device, results on the CPU.
 
+use crate::data::decode::decode;
+use crate::model::normalize;
 use crate::pretrained::Pretrained;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
@@ -40,21 +43,159 @@ pub fn check_files(paths: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-/// L2-normalised image embeddings `[n, projection_dim]` (on the CPU) of image files, `batch`
-/// at a time; the first unreadable file is an error naming it.
-pub fn image_files(clip: &Pretrained, paths: &[PathBuf], batch: usize) -> Result<Tensor> {
-    let bar = progress(paths.len(), "images");
-    let mut out = Vec::new();
-    for chunk in paths.chunks(batch.max(1)) {
-        out.push(clip.embed_files(chunk)?);
-        bar.inc(chunk.len() as u64);
+/// Texts a model encodes at once when it serves as a [`TextEncoder`] (prompt lists).
+const TEXT_BATCH: usize = 256;
+
+/// Normalised text embeddings for prompts: the model, a cache in front of it, or a stand-in in
+/// tests.
+pub trait TextEncoder {
+    /// `[n, d]`, each row L2-normalised.
+    fn encode(&self, texts: &[String]) -> Result<Tensor>;
+    /// The softmax temperature (CLIP's `logit_scale.exp()`).
+    fn scale(&self) -> f64;
+}
+
+impl TextEncoder for Pretrained {
+    fn encode(&self, texts: &[String]) -> Result<Tensor> {
+        Encoder::new(self, TEXT_BATCH).texts(texts)
     }
-    bar.finish_and_clear();
-    Ok(match out.is_empty() {
-        true => Tensor::zeros(
-            [0, clip.model.config.projection_dim],
-            (Kind::Float, Device::Cpu),
-        ),
-        false => Tensor::cat(&out, 0),
-    })
+    fn scale(&self) -> f64 {
+        self.model.logit_scale().exp().double_value(&[])
+    }
+}
+
+/// A model's towers as functions from inputs to embeddings, `batch` inputs at a time.
+#[derive(Clone, Copy)]
+pub struct Encoder<'a> {
+    pub clip: &'a Pretrained,
+    batch: usize,
+}
+
+impl<'a> Encoder<'a> {
+    pub fn new(clip: &'a Pretrained, batch: usize) -> Self {
+        Self {
+            clip,
+            batch: batch.max(1),
+        }
+    }
+
+    /// Preprocessed images `[n, 3, H, W]` (CPU) of image files, decoded in parallel; the first
+    /// unreadable file is an error naming it.
+    pub fn pixel_values(&self, paths: &[PathBuf]) -> Result<Tensor> {
+        // Only the preprocessing config crosses threads (tch tensors are not Sync).
+        let pre = &self.clip.preprocess;
+        let planes = paths
+            .par_iter()
+            .map(|p| pre.load(p))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.stack(planes))
+    }
+
+    /// Preprocessed decoded images `[n, 3, H, W]` (CPU), in parallel.
+    pub fn pixels_of(&self, images: Vec<image::RgbImage>) -> Result<Tensor> {
+        let pre = &self.clip.preprocess;
+        let planes = images
+            .into_par_iter()
+            .map(|i| pre.apply(&i))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.stack(planes))
+    }
+
+    fn stack(&self, planes: Vec<Vec<f32>>) -> Tensor {
+        let (h, w) = self.clip.preprocess.output_size();
+        let n = planes.len() as i64;
+        Tensor::from_slice(&planes.concat()).view([n, 3, h as i64, w as i64])
+    }
+
+    /// The image tower's projections (transformers' `get_image_features`, not normalised) of
+    /// pixels `[n, 3, H, W]`, `batch` at a time.
+    pub fn image_features(&self, pixels: &Tensor) -> Tensor {
+        let device = self.clip.device();
+        let parts: Vec<Tensor> = pixels
+            .split(self.batch as i64, 0)
+            .iter()
+            .map(|p| tch::no_grad(|| self.clip.model.image_features(&p.to(device))))
+            .map(|f| f.to(Device::Cpu))
+            .collect();
+        self.cat(parts)
+    }
+
+    /// L2-normalised image embeddings `[n, d]` of pixels; damaged (NaN/inf) weights are an
+    /// error, not silent NaN scores downstream.
+    pub fn pixel_embeddings(&self, pixels: &Tensor) -> Result<Tensor> {
+        let embeds = normalize(&self.image_features(pixels));
+        if !bool::try_from(embeds.isfinite().all())? {
+            bail!("the model gives non-finite image embeddings (NaN or infinity): its weights are damaged; re-export or re-download it");
+        }
+        Ok(embeds)
+    }
+
+    /// L2-normalised image embeddings `[n, d]` of decoded images.
+    pub fn images(&self, images: Vec<image::RgbImage>) -> Result<Tensor> {
+        self.pixel_embeddings(&self.pixels_of(images)?)
+    }
+
+    /// L2-normalised image embeddings `[n, d]` of image files, `batch` decoded at a time (a
+    /// progress bar on a terminal); the first unreadable file is an error naming it.
+    pub fn files(&self, paths: &[PathBuf]) -> Result<Tensor> {
+        let bar = progress(paths.len(), "images");
+        let mut out = Vec::new();
+        for chunk in paths.chunks(self.batch) {
+            let decoded = chunk
+                .par_iter()
+                .map(|p| {
+                    std::fs::read(p)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|b| decode(&b))
+                        .with_context(|| format!("cannot decode image {}", p.display()))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            out.push(self.images(decoded)?);
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+        Ok(self.cat(out))
+    }
+
+    /// `(input_ids, attention_mask)` and the text tower's projections (transformers'
+    /// `get_text_features`, not normalised) of `texts`, `batch` at a time (CPU).
+    pub fn text_features(&self, texts: &[String]) -> Result<(Tensor, Tensor, Tensor)> {
+        if texts.is_empty() {
+            let none = Tensor::zeros([0, 0], (Kind::Int64, Device::Cpu));
+            return Ok((none.shallow_clone(), none, self.cat(vec![])));
+        }
+        let (ids, mask) = self.clip.tokenize(texts)?;
+        let device = self.clip.device();
+        let parts: Vec<Tensor> = ids
+            .split(self.batch as i64, 0)
+            .iter()
+            .zip(mask.split(self.batch as i64, 0))
+            .map(|(i, m)| {
+                tch::no_grad(|| {
+                    self.clip
+                        .model
+                        .text_features(&i.to(device), Some(&m.to(device)))
+                })
+                .to(Device::Cpu)
+            })
+            .collect();
+        let features = self.cat(parts);
+        Ok((ids, mask, features))
+    }
+
+    /// L2-normalised text embeddings `[n, d]` of `texts`.
+    pub fn texts(&self, texts: &[String]) -> Result<Tensor> {
+        Ok(normalize(&self.text_features(texts)?.2))
+    }
+
+    /// The rows of `parts` as one tensor; `[0, d]` when there are none.
+    fn cat(&self, parts: Vec<Tensor>) -> Tensor {
+        match parts.is_empty() {
+            true => Tensor::zeros(
+                [0, self.clip.model.config.projection_dim],
+                (Kind::Float, Device::Cpu),
+            ),
+            false => Tensor::cat(&parts, 0),
+        }
+    }
 }

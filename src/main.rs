@@ -299,6 +299,8 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config> {
     path.map_or_else(|| Ok(Config::default()), |p| Config::from_file(p))
 }
 
+// One arm per subcommand, each only turning arguments into a `commands::*` call and printing its
+// result: long, but one flat table of what the CLI does, which splitting would scatter.
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Config(ConfigCommand::Defaults) => {
@@ -354,7 +356,7 @@ fn run(cli: Cli) -> Result<()> {
                 return streetclip::dist::launch::run(n, &worker_args(), master_port);
             }
             let summary =
-                streetclip::train::trainer::train(&cfg, &cfg.to_yaml(), &out, &run.options())?;
+                streetclip::commands::train::run(&cfg, &cfg.to_yaml(), &out, &run.options())?;
             if streetclip::dist::DistEnv::from_env()?.rank == 0 {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             }

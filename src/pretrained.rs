@@ -131,59 +131,6 @@ impl Pretrained {
         self.model.vs.device()
     }
 
-    /// Preprocessed images `[B, 3, H, W]`, decoded in parallel; the first bad file is an error.
-    pub fn pixel_values(&self, paths: &[PathBuf]) -> Result<Tensor> {
-        use rayon::prelude::*;
-        let (h, w) = self.preprocess.output_size();
-        // Only the preprocessing config crosses threads (tch tensors are not Sync).
-        let pre = &self.preprocess;
-        let planes = paths
-            .par_iter()
-            .map(|p| pre.load(p))
-            .collect::<Result<Vec<_>>>()?;
-        let flat: Vec<f32> = planes.concat();
-        Ok(Tensor::from_slice(&flat).view([paths.len() as i64, 3, h as i64, w as i64]))
-    }
-
-    /// L2-normalised image embeddings `[B, projection_dim]` (on the CPU) of decoded images,
-    /// preprocessed in parallel.
-    pub fn image_embeddings(&self, images: Vec<image::RgbImage>) -> Result<Tensor> {
-        use rayon::prelude::*;
-        let (h, w) = self.preprocess.output_size();
-        let pre = &self.preprocess;
-        let planes = images
-            .into_par_iter()
-            .map(|i| pre.apply(&i))
-            .collect::<Result<Vec<_>>>()?;
-        let n = planes.len() as i64;
-        let pixels = Tensor::from_slice(&planes.concat())
-            .view([n, 3, h as i64, w as i64])
-            .to(self.device());
-        let embeds = tch::no_grad(|| crate::model::normalize(&self.model.image_features(&pixels)))
-            .to(Device::Cpu);
-        // Damaged (NaN/inf) weights must not become silent NaN scores downstream.
-        if !bool::try_from(embeds.isfinite().all())? {
-            anyhow::bail!("the model gives non-finite image embeddings (NaN or infinity): its weights are damaged; re-export or re-download it");
-        }
-        Ok(embeds)
-    }
-
-    /// `image_embeddings` of image files, decoded in parallel; the first unreadable one is an
-    /// error naming it.
-    pub fn embed_files(&self, paths: &[PathBuf]) -> Result<Tensor> {
-        use rayon::prelude::*;
-        let decoded = paths
-            .par_iter()
-            .map(|p| {
-                std::fs::read(p)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|b| crate::data::decode::decode(&b))
-                    .with_context(|| format!("cannot decode image {}", p.display()))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        self.image_embeddings(decoded)
-    }
-
     /// `(input_ids, attention_mask)` on the CPU.
     pub fn tokenize(&self, texts: &[String]) -> Result<(Tensor, Tensor)> {
         let (ids, mask) = self.tokenizer.encode_tensors(texts)?;

@@ -7,6 +7,7 @@ use common::*;
 use std::path::{Path, PathBuf};
 use streetclip::commands::classify::zero_shot;
 use streetclip::data::classes::Labelled;
+use streetclip::encode::Encoder;
 use streetclip::eval::classification::class_metrics;
 use streetclip::eval::text::class_text_embeddings;
 use streetclip::pretrained::Pretrained;
@@ -162,8 +163,11 @@ fn zero_shot_predictions_are_the_models_own_argmax() {
         .collect();
     let (ids, mask) = clip.tokenize(&captions).unwrap();
     let out = tch::no_grad(|| {
-        clip.model
-            .forward(&ids, Some(&mask), &clip.pixel_values(&photos).unwrap())
+        clip.model.forward(
+            &ids,
+            Some(&mask),
+            &Encoder::new(&clip, 4).pixel_values(&photos).unwrap(),
+        )
     });
     let probs = out.logits_per_image.softmax(-1, tch::Kind::Double);
     let (best, index) = probs.max_dim(-1, false);

@@ -5,9 +5,9 @@
 mod common;
 use common::*;
 use streetclip::config::GeoConfig;
+use streetclip::encode::TextEncoder;
 use streetclip::eval::geolocate::Geolocator;
 use streetclip::eval::metrics::geo_metrics;
-use streetclip::eval::text::TextEncoder;
 use streetclip::geo::{haversine_km, Gazetteer};
 use tch::{Kind, Tensor};
 

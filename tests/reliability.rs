@@ -94,8 +94,17 @@ fn validation_with_an_undecodable_image_scores_as_without_it() {
     let clip = streetclip::pretrained::Pretrained::load(&fixture("tiny-p14-336"), tch::Device::Cpu)
         .unwrap();
     let captioner = streetclip::text::Captioner::new(&Default::default()).unwrap();
+    let country_prompts = streetclip::config::GeoConfig::default().country_prompts;
     let validate = |samples: &[_], on_error| {
-        streetclip::train::validate::validate(&clip, samples, &captioner, g, 8, on_error)
+        streetclip::train::validate::validate(
+            &clip,
+            samples,
+            &captioner,
+            g,
+            &country_prompts,
+            8,
+            on_error,
+        )
     };
     let clean = validate(&good, OnError::Skip).unwrap();
     let skipped = validate(&with_bad, OnError::Skip).unwrap();

@@ -2,8 +2,9 @@
 //! becomes captions through the templates, each image takes the most similar class.
 
 use crate::data::classes::Labelled;
+use crate::encode::{Encoder, TextEncoder};
 use crate::eval::classification::{class_metrics, write_report, ClassMetrics};
-use crate::eval::text::{class_text_embeddings, probabilities, TextEncoder};
+use crate::eval::text::{class_text_embeddings, probabilities};
 use crate::pretrained::Pretrained;
 use crate::tensor_io::write_atomic;
 use anyhow::{Context, Result};
@@ -30,7 +31,7 @@ pub fn zero_shot(
     batch: usize,
 ) -> Result<Vec<(usize, f64)>> {
     let probs = probabilities(
-        &crate::encode::image_files(clip, paths, batch)?,
+        &Encoder::new(clip, batch).files(paths)?,
         classes,
         clip.scale(),
     );

@@ -3,7 +3,8 @@
 
 use crate::config::Config;
 use crate::eval::geo_eval::{self, GeoEval};
-use crate::eval::geolocate::{Geolocator, Guess, Ranked};
+use crate::eval::geolocate::{Geolocator, Guess};
+use crate::eval::ranking::Ranked;
 use crate::eval::{report, text_cache};
 use crate::geo::Gazetteer;
 use crate::pretrained::Pretrained;
@@ -20,7 +21,7 @@ pub fn geolocate(
     let g = Gazetteer::bundled()?;
     let encoder = text_cache::for_model(clip, cfg.geo.cache)?;
     let locator = Geolocator::new(&encoder, g, cfg.geo.clone())?;
-    let guesses = locator.locate(&crate::encode::image_files(clip, images, batch)?)?;
+    let guesses = locator.locate(&crate::encode::Encoder::new(clip, batch).files(images)?)?;
     Ok(images.iter().cloned().zip(guesses).collect())
 }
 
@@ -61,7 +62,7 @@ pub fn print_guesses(guesses: &[(PathBuf, Guess)], json: bool) -> Result<()> {
     }
     let top = |list: &[Ranked]| {
         list.iter()
-            .map(|r| format!("{} {:.1}%", r.name, 100.0 * r.probability))
+            .map(|r| format!("{} {:.1}%", r.label, 100.0 * r.probability))
             .collect::<Vec<_>>()
             .join(", ")
     };

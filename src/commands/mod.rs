@@ -7,3 +7,4 @@ pub mod embed;
 pub mod export;
 pub mod geo;
 pub mod predict;
+pub mod train;

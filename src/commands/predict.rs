@@ -1,6 +1,8 @@
 //! `streetclip predict`: rank labels for each image by CLIP's zero-shot probability.
 
-use crate::encode::{check_files, progress};
+use crate::encode::{check_files, Encoder, TextEncoder};
+use crate::eval::ranking::{top, Ranked};
+use crate::eval::text::probabilities;
 use crate::pretrained::{ExportedHead, Pretrained};
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -13,12 +15,6 @@ pub struct PredictArgs {
     pub images: Vec<PathBuf>,
     pub batch_size: usize,
     pub top_k: usize,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Ranked {
-    pub label: String,
-    pub probability: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -96,70 +92,31 @@ pub fn run(clip: &Pretrained, ranker: &Ranker, args: &PredictArgs) -> Result<Vec
         );
     }
     check_files(&args.images)?;
-    let device = clip.device();
-    let text = match ranker {
-        Ranker::Head(_) => None,
+    let encoder = Encoder::new(clip, args.batch_size);
+    let images = encoder.files(&args.images)?;
+    let probs = match ranker {
+        Ranker::Head(head) => head.probabilities(&images),
         Ranker::Labels(labels) => {
             let prompts: Vec<String> = labels
                 .iter()
                 .map(|l| args.template.replace("{}", l))
                 .collect();
-            let (ids, mask) = clip.tokenize(&prompts)?;
-            Some(tch::no_grad(|| {
-                clip.model
-                    .text_features(&ids.to(device), Some(&mask.to(device)))
-            }))
+            probabilities(&images, &encoder.texts(&prompts)?, clip.scale())
         }
     };
-    let bar = progress(args.images.len(), "images");
-    let mut out = Vec::with_capacity(args.images.len());
-    for chunk in args.images.chunks(args.batch_size.max(1)) {
-        let probs = match (ranker, &text) {
-            (Ranker::Head(head), _) => head.probabilities(&clip.embed_files(chunk)?),
-            (_, Some(text)) => {
-                let pixels = clip.pixel_values(chunk)?.to(device);
-                tch::no_grad(|| {
-                    let image = clip.model.image_features(&pixels);
-                    clip.model
-                        .logits(&image, text)
-                        .logits_per_image
-                        .softmax(-1, Kind::Float)
-                })
-                .to(tch::Device::Cpu)
-            }
-            (Ranker::Labels(_), None) => unreachable!("labels come with their text features"),
-        };
-        if !bool::try_from(probs.isfinite().all())? {
-            bail!("the model gives non-finite scores (NaN or infinity) for {}: its weights are damaged; re-export or re-download it", chunk[0].display());
-        }
-        for (row, image) in chunk.iter().enumerate() {
-            let p: Vec<f64> = Vec::<f32>::try_from(probs.get(row as i64))?
-                .into_iter()
-                .map(f64::from)
-                .collect();
-            out.push(Prediction {
-                image: image.clone(),
-                ranking: top(ranker.names(), &p, args.top_k),
-            });
-        }
-        bar.inc(chunk.len() as u64);
+    if !bool::try_from(probs.isfinite().all())? {
+        bail!("the model gives non-finite scores (NaN or infinity): its weights are damaged; re-export or re-download it");
     }
-    bar.finish_and_clear();
-    Ok(out)
-}
-
-/// The `k` most probable names, most probable first.
-fn top(names: &[String], p: &[f64], k: usize) -> Vec<Ranked> {
-    let mut order: Vec<usize> = (0..p.len()).collect();
-    order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
-    order
-        .into_iter()
-        .take(k)
-        .map(|i| Ranked {
-            label: names[i].clone(),
-            probability: p[i],
+    let probs = Vec::<Vec<f64>>::try_from(probs.to_kind(Kind::Double))?;
+    Ok(args
+        .images
+        .iter()
+        .zip(probs)
+        .map(|(image, p)| Prediction {
+            image: image.clone(),
+            ranking: top(ranker.names(), &p, args.top_k),
         })
-        .collect()
+        .collect())
 }
 
 /// The rankings as one JSON document (probabilities as fractions), or per image its path and a

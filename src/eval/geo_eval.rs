@@ -7,6 +7,7 @@ use super::text_cache;
 use crate::config::Config;
 use crate::data::decode::decode;
 use crate::data::{Dataset, Sample};
+use crate::encode::Encoder;
 use crate::geo::{haversine_km, Gazetteer};
 use crate::pretrained::Pretrained;
 use anyhow::{Context, Result};
@@ -58,6 +59,7 @@ pub fn evaluate(
     }
     let encoder = text_cache::for_model(clip, cfg.geo.cache)?;
     let locator = Geolocator::new(&encoder, g, cfg.geo.clone())?;
+    let images = Encoder::new(clip, batch);
     let bar = crate::encode::progress(samples.len(), "images");
     let (mut predictions, mut errors, mut correct) = (Vec::new(), Vec::new(), Vec::new());
     for chunk in samples.chunks(batch.max(1)) {
@@ -70,10 +72,7 @@ pub fn evaluate(
                     .with_context(|| format!("cannot decode image {}", s.image))
             })
             .collect::<Result<Vec<_>>>()?;
-        for (s, guess) in chunk
-            .iter()
-            .zip(locator.locate(&clip.image_embeddings(decoded)?)?)
-        {
+        for (s, guess) in chunk.iter().zip(locator.locate(&images.images(decoded)?)?) {
             let (lat, lon) = (
                 s.place.lat.unwrap_or_default(),
                 s.place.lon.unwrap_or_default(),

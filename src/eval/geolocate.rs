@@ -3,19 +3,15 @@
 //! guess is that city's coordinates (the country's reference point when it has no city).
 //! Prompts come from the config; several templates per stage are averaged (prompt ensembling).
 
-use super::text::{ensemble, probabilities, TextEncoder};
+use super::ranking::{best_first, Ranked};
+use super::text::{ensemble, probabilities};
 use crate::config::GeoConfig;
+use crate::encode::TextEncoder;
 use crate::geo::Gazetteer;
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::collections::HashMap;
 use tch::{Kind, Tensor};
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Ranked {
-    pub name: String,
-    pub probability: f64,
-}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Guess {
@@ -54,6 +50,22 @@ fn fill(template: &str, city: Option<&str>, region: Option<&str>, country: &str)
         .replace("{country}", country)
 }
 
+/// The country stage's candidate embeddings `[countries, d]`: each template filled with each
+/// country as in a sentence, ensembled (also validation's zero-shot country guess).
+pub fn country_embeddings(
+    encoder: &impl TextEncoder,
+    g: &Gazetteer,
+    countries: &[usize],
+    templates: &[String],
+) -> Result<Tensor> {
+    ensemble(encoder, templates, |t| {
+        countries
+            .iter()
+            .map(|&c| fill(t, None, None, &g.countries[c].in_sentence()))
+            .collect()
+    })
+}
+
 impl<'a, E: TextEncoder> Geolocator<'a, E> {
     pub fn new(encoder: &'a E, g: &'a Gazetteer, cfg: GeoConfig) -> Result<Self> {
         for (key, list) in [
@@ -89,13 +101,7 @@ impl<'a, E: TextEncoder> Geolocator<'a, E> {
         if items.is_empty() {
             bail!("no candidate countries");
         }
-        let prompts = |t: &str| {
-            items
-                .iter()
-                .map(|&c| fill(t, None, None, &g.countries[c].in_sentence()))
-                .collect::<Vec<_>>()
-        };
-        let text = ensemble(encoder, &cfg.country_prompts, prompts)?;
+        let text = country_embeddings(encoder, g, &items, &cfg.country_prompts)?;
         Ok(Self {
             encoder,
             g,
@@ -171,9 +177,10 @@ impl<'a, E: TextEncoder> Geolocator<'a, E> {
         let probs =
             probabilities(&image.unsqueeze(0), &stage.text, self.encoder.scale()).squeeze_dim(0);
         let p = Vec::<f64>::try_from(probs).expect("probabilities");
-        let mut order: Vec<usize> = (0..p.len()).collect();
-        order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
-        order.into_iter().map(|i| (stage.items[i], p[i])).collect()
+        best_first(&p)
+            .into_iter()
+            .map(|i| (stage.items[i], p[i]))
+            .collect()
     }
 
     /// Guesses for L2-normalised image embeddings `[B, d]`.
@@ -196,7 +203,7 @@ impl<'a, E: TextEncoder> Geolocator<'a, E> {
                         .iter()
                         .take(k)
                         .map(|&(r, p)| Ranked {
-                            name: g.regions[r].name.clone(),
+                            label: g.regions[r].name.clone(),
                             probability: p,
                         })
                         .collect();
@@ -212,7 +219,7 @@ impl<'a, E: TextEncoder> Geolocator<'a, E> {
                             .iter()
                             .take(k)
                             .map(|&(c, p)| Ranked {
-                                name: g.cities[c].name.clone(),
+                                label: g.cities[c].name.clone(),
                                 probability: p,
                             })
                             .collect(),
@@ -239,7 +246,7 @@ impl<'a, E: TextEncoder> Geolocator<'a, E> {
                     .iter()
                     .take(k)
                     .map(|&(i, p)| Ranked {
-                        name: g.countries[i].name.clone(),
+                        label: g.countries[i].name.clone(),
                         probability: p,
                     })
                     .collect(),

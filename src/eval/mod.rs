@@ -6,6 +6,7 @@ pub mod geo_eval;
 pub mod geolocate;
 pub mod metrics;
 pub mod plots;
+pub mod ranking;
 pub mod report;
 pub mod text;
 pub mod text_cache;

@@ -1,41 +1,8 @@
-//! Candidate prompts to embeddings: the encoder abstraction (the model, a cache in front of it,
-//! or a stand-in in tests) and prompt ensembling.
+//! Candidate prompts to embeddings (prompt ensembling) and probabilities over them.
 
-use crate::pretrained::Pretrained;
+use crate::encode::TextEncoder;
 use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
-
-/// Normalised text embeddings for prompts.
-pub trait TextEncoder {
-    /// `[n, d]`, each row L2-normalised.
-    fn encode(&self, texts: &[String]) -> Result<Tensor>;
-    /// The softmax temperature (CLIP's `logit_scale.exp()`).
-    fn scale(&self) -> f64;
-}
-
-impl TextEncoder for Pretrained {
-    fn encode(&self, texts: &[String]) -> Result<Tensor> {
-        let device = self.device();
-        let mut out = Vec::new();
-        for chunk in texts.chunks(256) {
-            let (ids, mask) = self.tokenize(chunk)?;
-            out.push(
-                tch::no_grad(|| {
-                    crate::model::normalize(
-                        &self
-                            .model
-                            .text_features(&ids.to(device), Some(&mask.to(device))),
-                    )
-                })
-                .to(tch::Device::Cpu),
-            );
-        }
-        Ok(Tensor::cat(&out, 0))
-    }
-    fn scale(&self) -> f64 {
-        self.model.logit_scale().exp().double_value(&[])
-    }
-}
 
 /// Each candidate's embedding averaged over the templates and renormalised (CLIP's prompt
 /// ensembling); `prompts(template)` lists the candidates' prompts for one template.

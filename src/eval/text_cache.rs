@@ -4,7 +4,7 @@
 //! what determines the embeddings — the text tower's weights, the tokenizer, the device kind
 //! and the prompts — so a retrained model or an edited prompt can never hit a stale entry.
 
-use super::text::TextEncoder;
+use crate::encode::TextEncoder;
 use crate::pretrained::Pretrained;
 use anyhow::{Context, Result};
 use std::cell::Cell;

@@ -9,6 +9,7 @@ use crate::eval::text::class_text_embeddings;
 use crate::model::ClipModel;
 use crate::pretrained::Pretrained;
 use crate::shim::AutocastDtype;
+use crate::train::loss::accuracy;
 use crate::train::objective::Objective;
 use crate::train::step::{MicroBatch, StepStats};
 use anyhow::{Context, Result};
@@ -100,13 +101,7 @@ impl ClassHead {
             let loss = logits.cross_entropy_for_logits(&y);
             (&loss / n).backward();
             stats.loss += loss.double_value(&[]) / n;
-            stats.accuracy += logits
-                .argmax(-1, false)
-                .eq_tensor(&y)
-                .to_kind(Kind::Double)
-                .mean(Kind::Double)
-                .double_value(&[])
-                / n;
+            stats.accuracy += accuracy(&logits, &y).double_value(&[]) / n;
             offset += b;
         }
         Ok(stats)

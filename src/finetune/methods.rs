@@ -148,7 +148,7 @@ impl FinetuneRun<'_> {
     /// L2-normalised image embeddings `[n, d]` of `items`.
     fn embed(&self, clip: &Pretrained, items: &[LabelledImage]) -> Result<Tensor> {
         let paths: Vec<PathBuf> = items.iter().map(|i| i.path.clone()).collect();
-        crate::encode::image_files(clip, &paths, self.cfg.train.micro_batch_size)
+        crate::encode::Encoder::new(clip, self.cfg.train.micro_batch_size).files(&paths)
     }
 
     /// Predicted classes of `items` under the linear classifier `(weight, bias)`.

@@ -13,3 +13,22 @@ fn contrastive(logits: &Tensor) -> Tensor {
 pub fn clip_loss(logits_per_text: &Tensor) -> Tensor {
     (contrastive(logits_per_text) + contrastive(&logits_per_text.tr())) / 2.0
 }
+
+/// Top-1 accuracy of `logits` `[B, K]` against class indices `targets` `[B]`, as a 0-d double
+/// tensor on their device (read it when needed: reading synchronises with a GPU).
+pub fn accuracy(logits: &Tensor, targets: &Tensor) -> Tensor {
+    logits
+        .argmax(-1, false)
+        .eq_tensor(targets)
+        .to_kind(Kind::Double)
+        .mean(Kind::Double)
+}
+
+/// In-batch image→text accuracy: how often an image's most similar caption is its own.
+pub fn pair_accuracy(logits_per_image: &Tensor) -> Tensor {
+    let n = logits_per_image.size()[0];
+    accuracy(
+        logits_per_image,
+        &Tensor::arange(n, (Kind::Int64, logits_per_image.device())),
+    )
+}

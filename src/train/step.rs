@@ -1,7 +1,7 @@
 //! One optimizer step's gradients over several micro-batches, in either accumulation mode,
 //! and the update itself.
 
-use super::loss::clip_loss;
+use super::loss::{clip_loss, pair_accuracy};
 use super::optim::{clip_grad_norm, AdamW};
 use crate::config::Accumulation;
 use crate::dist::Dist;
@@ -25,16 +25,6 @@ pub struct StepStats {
     pub lr: f64,
     /// The global gradient norm before clipping (set by the trainer).
     pub grad_norm: f64,
-}
-
-fn accuracy(logits_per_image: &Tensor) -> f64 {
-    let n = logits_per_image.size()[0];
-    let hits = logits_per_image
-        .argmax(-1, false)
-        .eq_tensor(&Tensor::arange(n, (Kind::Int64, logits_per_image.device())));
-    hits.to_kind(Kind::Double)
-        .mean(Kind::Double)
-        .double_value(&[])
 }
 
 /// The towers' features, under autocast in `amp` when given (fp32 master weights; features
@@ -75,7 +65,8 @@ pub fn accumulate_gradients(
                 let loss = clip_loss(&out.logits_per_text);
                 (&loss / n).backward();
                 stats.loss += loss.double_value(&[]) / n;
-                stats.accuracy += accuracy(&out.logits_per_image.detach()) / n;
+                stats.accuracy +=
+                    pair_accuracy(&out.logits_per_image.detach()).double_value(&[]) / n;
             }
             Ok(stats)
         }
@@ -102,7 +93,7 @@ pub fn accumulate_gradients(
             loss.backward();
             let stats = StepStats {
                 loss: loss.double_value(&[]),
-                accuracy: accuracy(&out.logits_per_image.detach()),
+                accuracy: pair_accuracy(&out.logits_per_image.detach()).double_value(&[]),
                 ..StepStats::default()
             };
             // 3. Each micro-batch again with a graph, back-propagating its share of those

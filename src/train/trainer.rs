@@ -7,7 +7,7 @@
 use super::checkpoint::{self, TrainState};
 use super::config_change;
 use super::logger::{MetricSink, Progress, TensorBoard};
-use super::objective::{Contrastive, Objective};
+use super::objective::Objective;
 use super::optim::AdamW;
 use super::step::{optimizer_step, MicroBatch, StepStats};
 use super::validate::{validate, ValMetrics};
@@ -193,7 +193,7 @@ fn resume_position(state: &TrainState, dist: &Dist) -> Position {
 }
 
 /// Train / validation split by a seeded per-sample draw (stable when the data grows).
-fn split(samples: &[Sample], fraction: f64, seed: u64) -> (Vec<Sample>, Vec<Sample>) {
+pub fn split(samples: &[Sample], fraction: f64, seed: u64) -> (Vec<Sample>, Vec<Sample>) {
     let (mut train, mut val) = (vec![], vec![]);
     for (i, s) in samples.iter().enumerate() {
         let u = sample_seed(seed, u64::MAX - 1, i as u64) as f64 / u64::MAX as f64;
@@ -218,39 +218,6 @@ pub fn join_job(cfg: &Config) -> Result<(DistEnv, Dist, tch::Device)> {
     )?;
     dist.start_heartbeat(&env, cfg.dist.heartbeat_timeout());
     Ok((env, dist, device))
-}
-
-/// Trains CLIP contrastively as `cfg` says into `out` (resuming from its newest checkpoint).
-/// Under torchrun, SLURM or `--nproc-per-node`, this process is one rank of a data-parallel job:
-/// the global batch is world × grad_accum_steps × micro_batch_size.
-pub fn train(cfg: &Config, config_yaml: &str, out: &Path, options: &RunOptions) -> Result<Summary> {
-    let (env, dist, device) = join_job(cfg)?;
-    // Rank 0 first: it draws synthetic data when the config asks for it.
-    if dist.is_main() {
-        crate::synth::draw_if_missing(&cfg.data, Gazetteer::bundled()?)?;
-    } else {
-        dist.barrier()
-            .context("waiting for rank 0 to prepare the data")?;
-    }
-    let (data, report) = Dataset::load(&cfg.data, Gazetteer::bundled()?)?;
-    if dist.is_main() {
-        eprintln!("data: {}", report.summary());
-        dist.barrier()?;
-    }
-    let (train_samples, val_samples) = split(&data.samples, cfg.train.val_fraction, cfg.train.seed);
-    let run = Run {
-        cfg,
-        config_yaml,
-        out,
-        options,
-        env: &env,
-        dist: &dist,
-        device,
-    };
-    let mut objective = Contrastive {
-        accumulation: cfg.train.accumulation,
-    };
-    Ok(run.train(train_samples, val_samples, &mut objective)?.0)
 }
 
 /// One training run's fixed inputs.
@@ -576,24 +543,23 @@ impl<'a> Trainer<'a> {
 
     /// Scores the held-out samples (main rank; no-op without any).
     fn validate(&mut self) -> Result<()> {
-        let Some(tb) = self
-            .tensorboard
-            .as_mut()
-            .filter(|_| !self.validation.samples.is_empty())
-        else {
-            return Ok(());
-        };
         let v = &self.validation;
+        if !self.run.dist.is_main() || v.samples.is_empty() {
+            return Ok(());
+        }
         let cfg = self.run.cfg;
         let m = validate(
             &self.clip,
             &v.samples,
             &v.captioner,
             Gazetteer::bundled()?,
+            &cfg.geo.country_prompts,
             cfg.train.micro_batch_size,
             cfg.data.on_error,
         )?;
-        m.log(tb, self.state.step);
+        if let Some(tb) = self.tensorboard.as_mut() {
+            m.log(tb, self.state.step);
+        }
         self.progress
             .println(&format!("step {}: {}", self.state.step, m.line()));
         self.last_validation = Some(m);

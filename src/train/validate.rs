@@ -1,17 +1,20 @@
 //! Validation on the held-out split: in-batch image→text retrieval accuracy, and zero-shot
-//! country accuracy among the countries of the data ("A Street View photo in {country}.").
+//! country accuracy among the countries of the data (`eval geo`'s country stage, with the
+//! config's `geo.country_prompts`).
 
 use super::logger::MetricSink;
+use super::loss::pair_accuracy;
 use crate::data::decode::decode;
 use crate::data::{OnError, Sample};
+use crate::encode::Encoder;
+use crate::eval::geolocate::country_embeddings;
 use crate::geo::Gazetteer;
+use crate::model::normalize;
 use crate::pretrained::Pretrained;
 use crate::text::Captioner;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
-
-pub const COUNTRY_PROMPT: &str = "A Street View photo in {}.";
+use tch::Tensor;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ValMetrics {
@@ -44,34 +47,25 @@ impl ValMetrics {
 }
 
 /// Scores `samples`; an image that cannot be read is skipped and counted, or an error when
-/// `on_error` says fail (as in the training loader).
+/// `on_error` says fail (as in the training loader). `country_prompts` as `geo.country_prompts`.
 pub fn validate(
     clip: &Pretrained,
     samples: &[Sample],
     captioner: &Captioner,
     g: &Gazetteer,
+    country_prompts: &[String],
     batch: usize,
     on_error: OnError,
 ) -> Result<ValMetrics> {
-    let device = clip.device();
     let mut countries: Vec<usize> = samples.iter().filter_map(|s| s.place.country).collect();
     countries.sort();
     countries.dedup();
-    let prompts: Vec<String> = countries
-        .iter()
-        .map(|&c| COUNTRY_PROMPT.replace("{}", &g.countries[c].in_sentence()))
-        .collect();
-    let country_text = if prompts.is_empty() {
-        None
-    } else {
-        let (ids, mask) = clip.tokenize(&prompts)?;
-        Some(tch::no_grad(|| {
-            clip.model
-                .text_features(&ids.to(device), Some(&mask.to(device)))
-        }))
+    let country_text = match countries.is_empty() {
+        true => None,
+        false => Some(country_embeddings(clip, g, &countries, country_prompts)?),
     };
     let scorer = Scorer {
-        clip,
+        encoder: Encoder::new(clip, batch),
         countries: &countries,
         country_text: country_text.as_ref(),
     };
@@ -149,55 +143,35 @@ struct Totals {
 
 /// Scores batches against their captions and the candidate countries.
 struct Scorer<'a> {
-    clip: &'a Pretrained,
+    encoder: Encoder<'a>,
     countries: &'a [usize],
     country_text: Option<&'a Tensor>,
 }
 
 impl Scorer<'_> {
     fn score(&self, batch: &[Prepared], totals: &mut Totals) -> Result<()> {
-        let (clip, device) = (self.clip, self.clip.device());
-        let (h, w) = clip.preprocess.output_size();
-        let b = batch.len() as i64;
+        let (h, w) = self.encoder.clip.preprocess.output_size();
         let pixels: Vec<f32> = batch
             .iter()
             .flat_map(|p| p.pixels.iter().copied())
             .collect();
-        let pixels = Tensor::from_slice(&pixels)
-            .view([b, 3, h as i64, w as i64])
-            .to(device);
+        let pixels = Tensor::from_slice(&pixels).view([batch.len() as i64, 3, h as i64, w as i64]);
         let captions: Vec<String> = batch.iter().map(|p| p.caption.clone()).collect();
-        let (ids, mask) = clip.tokenize(&captions)?;
-        tch::no_grad(|| -> Result<()> {
-            let image = clip.model.image_features(&pixels);
-            let text = clip
-                .model
-                .text_features(&ids.to(device), Some(&mask.to(device)));
-            let logits = clip.model.logits(&image, &text).logits_per_image;
-            let correct = logits
-                .argmax(-1, false)
-                .eq_tensor(&Tensor::arange(b, (Kind::Int64, device)));
-            totals.hits += correct
-                .to_kind(Kind::Double)
-                .sum(Kind::Double)
-                .double_value(&[]);
-            totals.samples += batch.len();
-            if let Some(ct) = self.country_text {
-                let guesses = Vec::<i64>::try_from(
-                    clip.model
-                        .logits(&image, ct)
-                        .logits_per_image
-                        .argmax(-1, false)
-                        .to(tch::Device::Cpu),
-                )?;
-                for (p, guess) in batch.iter().zip(guesses) {
-                    if let Some(truth) = p.sample.place.country {
-                        totals.country_n += 1;
-                        totals.country_hits += usize::from(self.countries[guess as usize] == truth);
-                    }
+        let images = normalize(&self.encoder.image_features(&pixels));
+        let texts = self.encoder.texts(&captions)?;
+        // Hits, not a mean: batches differ in size.
+        let accuracy = pair_accuracy(&images.matmul(&texts.tr())).double_value(&[]);
+        totals.hits += (accuracy * batch.len() as f64).round();
+        totals.samples += batch.len();
+        if let Some(ct) = self.country_text {
+            let guesses = Vec::<i64>::try_from(images.matmul(&ct.tr()).argmax(-1, false))?;
+            for (p, guess) in batch.iter().zip(guesses) {
+                if let Some(truth) = p.sample.place.country {
+                    totals.country_n += 1;
+                    totals.country_hits += usize::from(self.countries[guess as usize] == truth);
                 }
             }
-            Ok(())
-        })
+        }
+        Ok(())
     }
 }

@@ -32,7 +32,7 @@ fn main() {
 
     let start = Instant::now();
     let clip = Pretrained::load(&model_dir, tch::Device::Cpu).unwrap();
-    let predictions = eval_geo(&clip, &cfg, "tiny", None, BATCH)
+    let predictions = eval_geo(&clip, None, &cfg, "tiny", None, BATCH)
         .unwrap()
         .predictions;
     let ours = predictions.len() as f64 / start.elapsed().as_secs_f64();

@@ -177,6 +177,10 @@ enum Command {
     Geolocate {
         #[arg(long, help = MODEL_HELP)]
         model: PathBuf,
+        /// Ignore a fine-tuned classifier head the model carries (head.safetensors) and rank
+        /// every candidate zero-shot, by caption similarity.
+        #[arg(long)]
+        zero_shot: bool,
         /// YAML config (its `geo` section: prompts, candidates, regions, top-k).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -254,6 +258,10 @@ enum EvalCommand {
         /// A Hugging Face CLIP directory; repeat to compare models in one report.
         #[arg(long, required = true)]
         model: Vec<PathBuf>,
+        /// Ignore a fine-tuned classifier head the model carries (head.safetensors) and rank
+        /// every candidate zero-shot, by caption similarity.
+        #[arg(long)]
+        zero_shot: bool,
         /// A manifest with coordinates (IM2GPS3K's IMG_ID,LAT,LON works as it is).
         #[arg(long)]
         manifest: Option<PathBuf>,
@@ -278,6 +286,10 @@ enum EvalCommand {
     Classify {
         #[arg(long, help = MODEL_HELP)]
         model: PathBuf,
+        /// Ignore a fine-tuned classifier head the model carries (head.safetensors) and rank
+        /// every candidate zero-shot, by caption similarity.
+        #[arg(long)]
+        zero_shot: bool,
         /// An ImageFolder directory (root/<class>/*.jpg) or a CSV/JSONL manifest.
         #[arg(long)]
         data: PathBuf,
@@ -372,6 +384,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Geolocate {
             model,
+            zero_shot,
             config,
             rt,
             json,
@@ -379,11 +392,13 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let cfg = load_config(config.as_ref())?;
             let clip = Pretrained::load(&model, streetclip::model::parse_device(&rt.device)?)?;
-            let guesses = commands::geo::geolocate(&clip, &cfg, &images, rt.batch_size)?;
+            let guesses =
+                commands::geo::geolocate(&model, &clip, zero_shot, &cfg, &images, rt.batch_size)?;
             commands::geo::print_guesses(&guesses, json)?;
         }
         Command::Eval(EvalCommand::Geo {
             model,
+            zero_shot,
             manifest,
             config,
             out,
@@ -401,6 +416,7 @@ fn run(cli: Cli) -> Result<()> {
             let device = streetclip::model::parse_device(&rt.device)?;
             let evals = commands::geo::eval_geo(
                 &model,
+                zero_shot,
                 &cfg,
                 out.as_deref(),
                 limit,
@@ -411,6 +427,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Eval(EvalCommand::Classify {
             model,
+            zero_shot,
             data,
             label_column,
             templates,
@@ -418,14 +435,21 @@ fn run(cli: Cli) -> Result<()> {
             rt,
         }) => {
             let data = streetclip::data::classes::Labelled::load(&data, label_column.as_deref())?;
+            let clip = Pretrained::load(&model, streetclip::model::parse_device(&rt.device)?)?;
+            let head = commands::classify::head(&model, &clip, zero_shot, !templates.is_empty())?;
             let templates = if templates.is_empty() {
                 vec![commands::classify::DEFAULT_TEMPLATE.to_string()]
             } else {
                 templates
             };
-            let clip = Pretrained::load(&model, streetclip::model::parse_device(&rt.device)?)?;
+            let classifier = match &head {
+                Some(head) => commands::classify::Classifier::Head(head),
+                None => commands::classify::Classifier::ZeroShot {
+                    templates: &templates,
+                },
+            };
             let (metrics, _) =
-                commands::classify::run(&clip, &data, &templates, rt.batch_size, out.as_deref())?;
+                commands::classify::run(&clip, &data, classifier, rt.batch_size, out.as_deref())?;
             println!("{}", serde_json::to_string_pretty(&metrics)?);
         }
         Command::SynthData {

@@ -224,6 +224,10 @@ fn every_method_runs_learns_exports_and_is_compared() {
             &out.join(method).join("export"),
             &tmp.path().join("scenes"),
         );
+        eval_classify_and_geolocate_use_the_head(&out, method);
+    }
+    for method in ["zero_shot", "linear_probe", "contrastive", "classifier"] {
+        predictions_and_split_are_written(&out, method, &split);
     }
     // The classifier's head starts as the zero-shot classifier: after zero steps it predicts the same.
     let cfg0 = config(tmp.path(), "classifier", "");
@@ -456,4 +460,137 @@ fn predict_uses_the_exported_head(export: &Path, scenes: &Path) {
     );
     let ranked: serde_json::Value = serde_json::from_slice(&zero_shot.stdout).unwrap();
     assert_eq!(ranked[0]["ranking"].as_array().unwrap().len(), 2);
+}
+
+/// `split.csv` lists every image once with its split; `<method>/predictions.csv` has a row per
+/// test image (the same images) whose hits give the reported test accuracy.
+fn predictions_and_split_are_written(out: &Path, method: &str, sizes: &serde_json::Value) {
+    let rows = |path: &Path| -> Vec<csv::StringRecord> {
+        csv::Reader::from_path(path)
+            .unwrap()
+            .records()
+            .map(|r| r.unwrap())
+            .collect()
+    };
+    let split = rows(&out.join("split.csv"));
+    let n = |name: &str| split.iter().filter(|r| &r[2] == name).count();
+    for name in ["train", "val", "test"] {
+        assert_eq!(n(name) as u64, sizes[name].as_u64().unwrap(), "{name}");
+    }
+    let mut test: Vec<&str> = split
+        .iter()
+        .filter(|r| &r[2] == "test")
+        .map(|r| &r[0])
+        .collect();
+    let predictions = rows(&out.join(method).join("predictions.csv"));
+    let mut predicted: Vec<&str> = predictions.iter().map(|r| &r[0]).collect();
+    test.sort();
+    predicted.sort();
+    assert_eq!(
+        test, predicted,
+        "{method}: predictions.csv covers the test split"
+    );
+    let hits = predictions.iter().filter(|r| r[1] == r[2]).count();
+    let accuracy = metrics(&out.join(method))["test"]["accuracy"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (hits as f64 / predictions.len() as f64 - accuracy).abs() < 1e-12,
+        "{method}"
+    );
+    for r in &predictions {
+        let p: f64 = r[3].parse().unwrap();
+        assert!(p > 0.0 && p <= 1.0, "{method}: probability {p}");
+    }
+}
+
+/// `eval classify` on a fine-tuned export scores with its head: on the test split it gives the
+/// method's own test confusion matrix, not zero-shot's; `geolocate` takes the country from the
+/// head, with the probabilities `predict` gives for the same photo.
+fn eval_classify_and_geolocate_use_the_head(out: &Path, method: &str) {
+    let export = out.join(method).join("export");
+    let split = csv::Reader::from_path(out.join("split.csv"))
+        .unwrap()
+        .records()
+        .map(|r| r.unwrap())
+        .filter(|r| &r[2] == "test")
+        .collect::<Vec<_>>();
+    let manifest = out.join(format!("{method}-test.csv"));
+    let mut w = csv::Writer::from_path(&manifest).unwrap();
+    w.write_record(["image", "label"]).unwrap();
+    for r in &split {
+        w.write_record([&r[0], &r[1]]).unwrap();
+    }
+    w.flush().unwrap();
+    let cli = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_streetclip"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o
+    };
+    let (export_s, manifest_s) = (export.to_str().unwrap(), manifest.to_str().unwrap());
+    let classify = [
+        "eval", "classify", "--model", export_s, "--data", manifest_s,
+    ];
+    let o = cli(&classify);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("fine-tuned classifier head (3 classes)"));
+    let ours: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let theirs = metrics(&out.join(method));
+    assert_eq!(ours["confusion"], theirs["test"]["confusion"], "{method}");
+    assert_eq!(ours["accuracy"], theirs["test"]["accuracy"], "{method}");
+    // Templates for a model with a head are a question; --zero-shot answers it.
+    let asked = Command::new(env!("CARGO_BIN_EXE_streetclip"))
+        .args(classify)
+        .args(["--template", "A photo of {}."])
+        .output()
+        .unwrap();
+    assert_eq!(asked.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&asked.stderr).contains("--zero-shot"));
+    let zero = cli(&[&classify[..], &["--zero-shot"]].concat());
+    assert!(!String::from_utf8_lossy(&zero.stderr).contains("head"));
+
+    let photo = &split[0][0];
+    let geo = cli(&["geolocate", "--json", "--model", export_s, photo]);
+    assert!(String::from_utf8_lossy(&geo.stderr).contains("classifier head (3 countries)"));
+    let guess: serde_json::Value = serde_json::from_slice(&geo.stdout).unwrap();
+    let top = guess[0]["guess"]["top_countries"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let predicted = cli(&[
+        "predict", "--json", "--top-k", "3", "--model", export_s, photo,
+    ]);
+    let ranking: serde_json::Value = serde_json::from_slice(&predicted.stdout).unwrap();
+    let ranking = ranking[0]["ranking"].as_array().unwrap();
+    assert_eq!(top.len(), 3);
+    for (g, p) in top.iter().zip(ranking) {
+        let (a, b) = (
+            g["probability"].as_f64().unwrap(),
+            p["probability"].as_f64().unwrap(),
+        );
+        assert!(
+            (a - b).abs() < 1e-6,
+            "{method}: geolocate {g} vs predict {p}"
+        );
+    }
+    let zero = cli(&[
+        "geolocate",
+        "--json",
+        "--zero-shot",
+        "--model",
+        export_s,
+        photo,
+    ]);
+    let guess: serde_json::Value = serde_json::from_slice(&zero.stdout).unwrap();
+    assert!(!String::from_utf8_lossy(&zero.stderr).contains("classifier head"));
+    assert_eq!(
+        guess[0]["guess"]["top_countries"].as_array().unwrap().len(),
+        3
+    );
 }

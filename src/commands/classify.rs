@@ -1,26 +1,55 @@
-//! `streetclip eval classify`: zero-shot classification of labelled images — each class name
-//! becomes captions through the templates, each image takes the most similar class.
+//! `streetclip eval classify`: classification of labelled images by the fine-tuned head a
+//! `finetune` export carries, or zero-shot — each class name becomes captions through the
+//! templates, each image takes the most similar class.
 
 use crate::data::classes::Labelled;
 use crate::encode::{Encoder, TextEncoder};
-use crate::eval::classification::{class_metrics, write_report, ClassMetrics};
+use crate::eval::classification::{
+    class_metrics, most_probable, prediction_rows, write_predictions, write_report, ClassMetrics,
+    ClassPrediction,
+};
 use crate::eval::text::{class_text_embeddings, probabilities};
-use crate::pretrained::Pretrained;
-use crate::tensor_io::write_atomic;
-use anyhow::{Context, Result};
-use serde::Serialize;
+use crate::pretrained::{ExportedHead, Pretrained};
+use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
 pub const DEFAULT_TEMPLATE: &str = "A Street View photo of {}.";
 
-/// One image's result.
-#[derive(Debug, Clone, Serialize)]
-pub struct ClassPrediction {
-    pub image: String,
-    pub label: String,
-    pub predicted: String,
-    pub probability: f64,
+/// What classifies the images: the fine-tuned head a `finetune` export carries, or the class
+/// names through caption templates (zero-shot).
+pub enum Classifier<'a> {
+    Head(&'a ExportedHead),
+    ZeroShot { templates: &'a [String] },
+}
+
+/// The classifier head a `finetune` export in `dir` carries (said on stderr), unless
+/// `zero_shot`; templates given for a model with a head are a question to the user, not a
+/// silent choice.
+pub fn head(
+    dir: &Path,
+    clip: &Pretrained,
+    zero_shot: bool,
+    templates_given: bool,
+) -> Result<Option<ExportedHead>> {
+    if zero_shot {
+        return Ok(None);
+    }
+    let head = ExportedHead::read(dir, clip.model.config.projection_dim)?;
+    match &head {
+        Some(h) if templates_given => bail!(
+            "{} carries a fine-tuned classifier over {} classes: omit --template to use it, or add --zero-shot to classify by caption similarity",
+            dir.display(),
+            h.classes.len()
+        ),
+        Some(h) => eprintln!(
+            "{}: classifying with its fine-tuned classifier head ({} classes); --zero-shot classifies by caption similarity instead",
+            dir.display(),
+            h.classes.len()
+        ),
+        None => {}
+    }
+    Ok(head)
 }
 
 /// Zero-shot predictions (class index, probability) for `paths`, `batch` images at a time.
@@ -30,62 +59,56 @@ pub fn zero_shot(
     paths: &[PathBuf],
     batch: usize,
 ) -> Result<Vec<(usize, f64)>> {
-    let probs = probabilities(
+    most_probable(&probabilities(
         &Encoder::new(clip, batch).files(paths)?,
         classes,
         clip.scale(),
-    );
-    let (best, index) = probs.max_dim(-1, false);
-    let best = Vec::<f64>::try_from(best)?;
-    let index = Vec::<i64>::try_from(index)?;
-    Ok(index.into_iter().map(|i| i as usize).zip(best).collect())
+    ))
 }
 
-/// Classifies `data` zero-shot; with `out`, writes the report files and `predictions.csv` there.
+/// Classifies `data`; with `out`, writes the report files and `predictions.csv` there. A head's
+/// classes must include every class of `data` (matched by name).
 pub fn run(
     clip: &Pretrained,
     data: &Labelled,
-    templates: &[String],
+    classifier: Classifier,
     batch: usize,
     out: Option<&Path>,
 ) -> Result<(ClassMetrics, Vec<ClassPrediction>)> {
-    let text = class_text_embeddings(clip, &data.caption_names(), templates)?;
     let paths: Vec<PathBuf> = data.items.iter().map(|i| i.path.clone()).collect();
-    let guesses = zero_shot(clip, &text, &paths, batch)?;
+    let (data, guesses, title, about) = match classifier {
+        Classifier::Head(head) => {
+            let data = data.clone().aligned_to(&head.classes)?;
+            let probs = head.probabilities(&Encoder::new(clip, batch).files(&paths)?);
+            let about = format!(
+                "The fine-tuned classifier head ({} classes) on `{}`.",
+                head.classes.len(),
+                data.source.display()
+            );
+            (data, most_probable(&probs)?, "Fine-tuned classifier", about)
+        }
+        Classifier::ZeroShot { templates } => {
+            let text = class_text_embeddings(clip, &data.caption_names(), templates)?;
+            let about = format!(
+                "Zero-shot on `{}` with templates {}.",
+                data.source.display(),
+                templates
+                    .iter()
+                    .map(|t| format!("\"{t}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let guesses = zero_shot(clip, &text, &paths, batch)?;
+            (data.clone(), guesses, "Zero-shot classification", about)
+        }
+    };
     let truth: Vec<usize> = data.items.iter().map(|i| i.class).collect();
     let predicted: Vec<usize> = guesses.iter().map(|g| g.0).collect();
     let metrics = class_metrics(&data.classes, &truth, &predicted);
-    let rows: Vec<ClassPrediction> = data
-        .items
-        .iter()
-        .zip(&guesses)
-        .map(|(item, &(p, prob))| ClassPrediction {
-            image: item.path.display().to_string(),
-            label: data.classes[item.class].clone(),
-            predicted: data.classes[p].clone(),
-            probability: prob,
-        })
-        .collect();
+    let rows = prediction_rows(&data.classes, &data.items, &guesses);
     if let Some(dir) = out {
-        let about = format!(
-            "Zero-shot on `{}` with templates {}.",
-            data.source.display(),
-            templates
-                .iter()
-                .map(|t| format!("\"{t}\""))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        write_report(dir, "Zero-shot classification", &about, &metrics)?;
+        write_report(dir, title, &about, &metrics)?;
         write_predictions(&dir.join("predictions.csv"), &rows)?;
     }
     Ok((metrics, rows))
-}
-
-pub fn write_predictions(path: &Path, rows: &[ClassPrediction]) -> Result<()> {
-    let mut csv = csv::Writer::from_writer(vec![]);
-    for r in rows {
-        csv.serialize(r)?;
-    }
-    write_atomic(path, &csv.into_inner().context("csv")?)
 }

@@ -7,12 +7,36 @@ use crate::eval::geolocate::{Geolocator, Guess};
 use crate::eval::ranking::Ranked;
 use crate::eval::{report, text_cache};
 use crate::geo::Gazetteer;
-use crate::pretrained::Pretrained;
+use crate::pretrained::{ExportedHead, Pretrained};
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 
-pub fn geolocate(
+/// The classifier head a `finetune` export in `dir` carries (said on stderr), unless
+/// `zero_shot`.
+pub fn country_head(
+    dir: &Path,
     clip: &Pretrained,
+    zero_shot: bool,
+) -> Result<Option<ExportedHead>> {
+    if zero_shot {
+        return Ok(None);
+    }
+    let head = ExportedHead::read(dir, clip.model.config.projection_dim)?;
+    if let Some(h) = &head {
+        eprintln!(
+            "{}: the country comes from its fine-tuned classifier head ({} countries); --zero-shot ranks every country by caption instead",
+            dir.display(),
+            h.classes.len()
+        );
+    }
+    Ok(head)
+}
+
+/// Guesses for `images` by the model in `model_dir` (its country head unless `zero_shot`).
+pub fn geolocate(
+    model_dir: &Path,
+    clip: &Pretrained,
+    zero_shot: bool,
     cfg: &Config,
     images: &[PathBuf],
     batch: usize,
@@ -20,15 +44,19 @@ pub fn geolocate(
     crate::encode::check_files(images)?;
     let g = Gazetteer::bundled()?;
     let encoder = text_cache::for_model(clip, cfg.geo.cache)?;
-    let locator = Geolocator::new(&encoder, g, cfg.geo.clone())?;
+    let mut locator = Geolocator::new(&encoder, g, cfg.geo.clone())?;
+    if let Some(head) = country_head(model_dir, clip, zero_shot)? {
+        locator = locator.with_country_head(head)?;
+    }
     let guesses = locator.locate(&crate::encode::Encoder::new(clip, batch).files(images)?)?;
     Ok(images.iter().cloned().zip(guesses).collect())
 }
 
 /// Evaluates each model directory on `cfg`'s data (one report, or a comparison when there are
-/// several, in `out`).
+/// several, in `out`); a model's country head is used unless `zero_shot`.
 pub fn eval_geo(
     models: &[PathBuf],
+    zero_shot: bool,
     cfg: &Config,
     out: Option<&Path>,
     limit: Option<usize>,
@@ -39,7 +67,8 @@ pub fn eval_geo(
     let mut evals = Vec::new();
     for (dir, name) in models.iter().zip(geo_eval::model_names(models)) {
         let clip = Pretrained::load(dir, device)?;
-        evals.push(geo_eval::evaluate(&clip, cfg, &name, limit, batch)?);
+        let head = country_head(dir, &clip, zero_shot)?;
+        evals.push(geo_eval::evaluate(&clip, head, cfg, &name, limit, batch)?);
     }
     match (out, evals.as_slice()) {
         (Some(out), [one]) => report::write_outputs(out, one, Gazetteer::bundled()?)?,

@@ -2,6 +2,8 @@
 //! confusion matrix — the definitions of scikit-learn with `zero_division=0`) and their report:
 //! `metrics.json`, `confusion.csv`, `confusion.png`, `report.md`.
 
+use crate::data::classes::LabelledImage;
+use crate::tensor_io::write_atomic;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -146,4 +148,47 @@ pub fn write_report(dir: &Path, title: &str, about: &str, m: &ClassMetrics) -> R
     }
     md += "\n![confusion matrix](confusion.png)\n\nPrecision and recall are 0 where undefined (no prediction, no test image), as scikit-learn's `zero_division=0`.\n";
     write_atomic(&dir.join("report.md"), md.as_bytes())
+}
+
+/// One image's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassPrediction {
+    pub image: String,
+    pub label: String,
+    pub predicted: String,
+    pub probability: f64,
+}
+
+/// Each row's most probable class and its probability, of probabilities `[n, classes]`.
+pub fn most_probable(probs: &tch::Tensor) -> Result<Vec<(usize, f64)>> {
+    let (best, index) = probs.max_dim(-1, false);
+    let best = Vec::<f64>::try_from(best.to_kind(tch::Kind::Double))?;
+    let index = Vec::<i64>::try_from(index)?;
+    Ok(index.into_iter().map(|i| i as usize).zip(best).collect())
+}
+
+/// The rows of `predictions.csv`: each item's true and predicted class (index, probability).
+pub fn prediction_rows(
+    classes: &[String],
+    items: &[LabelledImage],
+    guesses: &[(usize, f64)],
+) -> Vec<ClassPrediction> {
+    items
+        .iter()
+        .zip(guesses)
+        .map(|(item, &(p, prob))| ClassPrediction {
+            image: item.path.display().to_string(),
+            label: classes[item.class].clone(),
+            predicted: classes[p].clone(),
+            probability: prob,
+        })
+        .collect()
+}
+
+pub fn write_predictions(path: &Path, rows: &[ClassPrediction]) -> Result<()> {
+    let mut csv = csv::Writer::from_writer(vec![]);
+    for r in rows {
+        csv.serialize(r)?;
+    }
+    write_atomic(path, &csv.into_inner().context("csv")?)
 }

@@ -9,7 +9,7 @@ use crate::data::decode::decode;
 use crate::data::{Dataset, Sample};
 use crate::encode::Encoder;
 use crate::geo::{haversine_km, Gazetteer};
-use crate::pretrained::Pretrained;
+use crate::pretrained::{ExportedHead, Pretrained};
 use anyhow::{Context, Result};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -37,9 +37,11 @@ pub struct GeoEval {
     pub predictions: Vec<GeoPrediction>,
 }
 
-/// Evaluates `clip` on the samples of `cfg.data` that have coordinates.
+/// Evaluates `clip` on the samples of `cfg.data` that have coordinates; with `country_head`
+/// (a `finetune` export's classifier over countries) the country comes from it.
 pub fn evaluate(
     clip: &Pretrained,
+    country_head: Option<ExportedHead>,
     cfg: &Config,
     name: &str,
     limit: Option<usize>,
@@ -58,7 +60,10 @@ pub fn evaluate(
         anyhow::bail!("no sample has coordinates to evaluate against");
     }
     let encoder = text_cache::for_model(clip, cfg.geo.cache)?;
-    let locator = Geolocator::new(&encoder, g, cfg.geo.clone())?;
+    let mut locator = Geolocator::new(&encoder, g, cfg.geo.clone())?;
+    if let Some(head) = country_head {
+        locator = locator.with_country_head(head)?;
+    }
     let images = Encoder::new(clip, batch);
     let bar = crate::encode::progress(samples.len(), "images");
     let (mut predictions, mut errors, mut correct) = (Vec::new(), Vec::new(), Vec::new());

@@ -8,7 +8,8 @@ use super::text::{ensemble, probabilities};
 use crate::config::GeoConfig;
 use crate::encode::TextEncoder;
 use crate::geo::Gazetteer;
-use anyhow::{bail, Result};
+use crate::pretrained::ExportedHead;
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::collections::HashMap;
 use tch::{Kind, Tensor};
@@ -39,6 +40,8 @@ pub struct Geolocator<'a, E: TextEncoder> {
     g: &'a Gazetteer,
     cfg: GeoConfig,
     countries: Stage,
+    /// A fine-tuned classifier over countries that replaces the zero-shot country stage.
+    country_head: Option<ExportedHead>,
     regions: std::cell::RefCell<HashMap<usize, Option<Stage>>>,
     cities: std::cell::RefCell<HashMap<(usize, Option<usize>), Option<Stage>>>,
 }
@@ -64,6 +67,15 @@ pub fn country_embeddings(
             .map(|&c| fill(t, None, None, &g.countries[c].in_sentence()))
             .collect()
     })
+}
+
+/// `items` with their probabilities `[n]`, best first (ties keep candidate order).
+fn ranked(items: &[usize], probs: Tensor) -> Vec<(usize, f64)> {
+    let p = Vec::<f64>::try_from(probs.to_kind(Kind::Double)).expect("probabilities");
+    best_first(&p)
+        .into_iter()
+        .map(|i| (items[i], p[i]))
+        .collect()
 }
 
 impl<'a, E: TextEncoder> Geolocator<'a, E> {
@@ -107,9 +119,44 @@ impl<'a, E: TextEncoder> Geolocator<'a, E> {
             g,
             cfg,
             countries: Stage { items, text },
+            country_head: None,
             regions: Default::default(),
             cities: Default::default(),
         })
+    }
+
+    /// Chooses the country with `head` (a `finetune` export's classifier) instead of zero-shot;
+    /// each of its classes must name a gazetteer country (by name or code, `_` read as a space).
+    pub fn with_country_head(mut self, head: ExportedHead) -> Result<Self> {
+        let g = self.g;
+        let items = head
+            .classes
+            .iter()
+            .map(|class| {
+                let c = g
+                    .country(class)
+                    .or_else(|| g.country(&class.replace(['_', '-'], " ")))
+                    .with_context(|| format!("the model's classifier head has class `{class}`, which is not a country in the gazetteer: geolocation uses a head over countries only (add --zero-shot to ignore the head)"))?;
+                if !g.countries[c].lat.is_finite() && g.largest_cities(c, 1).is_empty() {
+                    bail!("the classifier head's class {} has neither cities nor a reference point in the gazetteer", g.countries[c].name);
+                }
+                Ok(c)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.countries.items = items;
+        self.country_head = Some(head);
+        Ok(self)
+    }
+
+    /// The country stage for one image, best first: the head's probabilities when there is one.
+    fn rank_countries(&self, image: &Tensor) -> Vec<(usize, f64)> {
+        match &self.country_head {
+            Some(head) => {
+                let p = head.probabilities(&image.unsqueeze(0)).squeeze_dim(0);
+                ranked(&self.countries.items, p)
+            }
+            None => self.rank(image, &self.countries),
+        }
     }
 
     fn region_stage(&self, country: usize) -> Result<()> {
@@ -176,11 +223,7 @@ impl<'a, E: TextEncoder> Geolocator<'a, E> {
     fn rank(&self, image: &Tensor, stage: &Stage) -> Vec<(usize, f64)> {
         let probs =
             probabilities(&image.unsqueeze(0), &stage.text, self.encoder.scale()).squeeze_dim(0);
-        let p = Vec::<f64>::try_from(probs).expect("probabilities");
-        best_first(&p)
-            .into_iter()
-            .map(|i| (stage.items[i], p[i]))
-            .collect()
+        ranked(&stage.items, probs)
     }
 
     /// Guesses for L2-normalised image embeddings `[B, d]`.
@@ -190,7 +233,7 @@ impl<'a, E: TextEncoder> Geolocator<'a, E> {
         let mut out = Vec::new();
         for row in 0..images.size()[0] {
             let image = images.get(row).to_kind(Kind::Float);
-            let countries = self.rank(&image, &self.countries);
+            let countries = self.rank_countries(&image);
             let country = countries[0].0;
             let mut region = None;
             let mut top_regions = vec![];

@@ -12,7 +12,10 @@ use crate::data::classes::LabelledImage;
 use crate::data::places::Place;
 use crate::data::{ImageRef, Sample};
 use crate::dist::{Dist, DistEnv};
-use crate::eval::classification::{class_metrics, comparison_table, write_report, ClassMetrics};
+use crate::eval::classification::{
+    class_metrics, comparison_table, most_probable, prediction_rows, write_predictions,
+    write_report, ClassMetrics,
+};
 use crate::model::weights::named_tensors;
 use crate::pretrained::Pretrained;
 use crate::tensor_io::write_atomic;
@@ -49,6 +52,19 @@ pub struct MethodResult {
     pub export: PathBuf,
     #[serde(default, skip_deserializing)]
     pub training: Option<Summary>,
+    /// Each test image's predicted class and its probability (`predictions.csv`).
+    #[serde(skip)]
+    pub test_predictions: Vec<(usize, f64)>,
+}
+
+/// A classifier on the test split: its metrics and each image's (class, probability).
+struct TestResult {
+    metrics: ClassMetrics,
+    predictions: Vec<(usize, f64)>,
+}
+
+fn classes_of(predictions: &[(usize, f64)]) -> Vec<usize> {
+    predictions.iter().map(|p| p.0).collect()
 }
 
 /// One `finetune` invocation: its config, split, device and process group, shared by the
@@ -85,6 +101,7 @@ pub fn run(
         &out.join("split.json"),
         &serde_json::to_vec_pretty(&splits.sizes())?,
     )?;
+    splits.write_csv(&out.join("split.csv"))?;
     let sizes = splits.sizes();
     eprintln!(
         "finetune: {} classes; {} train, {} val, {} test images",
@@ -124,6 +141,8 @@ pub fn run(
             &dir.join("metrics.json"),
             &serde_json::to_vec_pretty(&result)?,
         )?;
+        let rows = prediction_rows(&result.classes, &task.splits.test, &result.test_predictions);
+        write_predictions(&dir.join("predictions.csv"), &rows)?;
         result.training = None;
         eprintln!(
             "finetune: {}: test accuracy {:.1}%",
@@ -151,14 +170,15 @@ impl FinetuneRun<'_> {
         crate::encode::Encoder::new(clip, self.cfg.train.micro_batch_size).files(&paths)
     }
 
-    /// Predicted classes of `items` under the linear classifier `(weight, bias)`.
+    /// Predicted classes of `items` and their probabilities under the linear classifier
+    /// `(weight, bias)`.
     fn predict(
         &self,
         clip: &Pretrained,
         weight: &Tensor,
         bias: &Tensor,
         items: &[LabelledImage],
-    ) -> Result<Vec<usize>> {
+    ) -> Result<Vec<(usize, f64)>> {
         let logits = tch::no_grad(|| {
             self.embed(clip, items).map(|x| {
                 x.linear(
@@ -167,42 +187,38 @@ impl FinetuneRun<'_> {
                 )
             })
         })?;
-        Ok(Vec::<i64>::try_from(logits.argmax(-1, false))?
-            .into_iter()
-            .map(|i| i as usize)
-            .collect())
+        most_probable(&logits.softmax(-1, Kind::Double))
     }
 
     fn truth(items: &[LabelledImage]) -> Vec<usize> {
         items.iter().map(|i| i.class).collect()
     }
 
-    /// Validation accuracy and test metrics of a linear classifier.
+    /// Validation accuracy, and the test split's metrics and predictions, of a linear classifier.
     fn score(
         &self,
         clip: &Pretrained,
         weight: &Tensor,
         bias: &Tensor,
-    ) -> Result<(Option<f64>, ClassMetrics)> {
+    ) -> Result<(Option<f64>, TestResult)> {
         let s = &self.splits;
         let val = if s.val.is_empty() {
             None
         } else {
-            Some(
-                class_metrics(
-                    &s.classes,
-                    &Self::truth(&s.val),
-                    &self.predict(clip, weight, bias, &s.val)?,
-                )
-                .accuracy,
-            )
+            let guesses = self.predict(clip, weight, bias, &s.val)?;
+            Some(class_metrics(&s.classes, &Self::truth(&s.val), &classes_of(&guesses)).accuracy)
         };
-        let test = class_metrics(
-            &s.classes,
-            &Self::truth(&s.test),
-            &self.predict(clip, weight, bias, &s.test)?,
-        );
-        Ok((val, test))
+        let test = self.predict(clip, weight, bias, &s.test)?;
+        Ok((val, self.test_result(test)))
+    }
+
+    fn test_result(&self, predictions: Vec<(usize, f64)>) -> TestResult {
+        let s = &self.splits;
+        let metrics = class_metrics(&s.classes, &Self::truth(&s.test), &classes_of(&predictions));
+        TestResult {
+            metrics,
+            predictions,
+        }
     }
 
     /// Writes `clip` (with its head) as a Hugging Face directory plus `head.json`.
@@ -229,7 +245,7 @@ impl FinetuneRun<'_> {
         &self,
         method: Method,
         val_accuracy: Option<f64>,
-        test: ClassMetrics,
+        test: TestResult,
         export: PathBuf,
     ) -> MethodResult {
         let s = &self.splits;
@@ -239,11 +255,12 @@ impl FinetuneRun<'_> {
             train_images: s.train.len(),
             val_images: s.val.len(),
             val_accuracy,
-            test,
+            test: test.metrics,
             chosen_c: None,
             wise_ft: vec![],
             export,
             training: None,
+            test_predictions: test.predictions,
         }
     }
 
@@ -326,7 +343,7 @@ impl FinetuneRun<'_> {
             }
         }
         let (c, val_acc, model) = best.expect("a non-empty grid");
-        let test_m = class_metrics(&s.classes, &Self::truth(&s.test), &model.predict(&test));
+        let test_m = self.test_result(most_probable(&model.probabilities(&test))?);
         ClassHead::attach_with(&mut clip, &model.weight, &model.bias);
         self.export(&clip, &dir.join("export"), Method::LinearProbe, None)?;
         Ok(MethodResult {
@@ -428,12 +445,12 @@ impl FinetuneRun<'_> {
             eprintln!(
                 "finetune: {} WiSE-FT alpha {alpha}: test accuracy {:.1}%",
                 method.name(),
-                100.0 * test.accuracy
+                100.0 * test.metrics.accuracy
             );
             mixes.push(WiseResult {
                 alpha,
                 val_accuracy,
-                test,
+                test: test.metrics,
                 export,
             });
         }

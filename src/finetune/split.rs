@@ -31,6 +31,25 @@ pub struct SplitSizes {
 }
 
 impl Splits {
+    /// `image,label,split` for every image (`train`, `val` or `test`): which images each method
+    /// was tested on, to reproduce or inspect the split.
+    pub fn write_csv(&self, path: &std::path::Path) -> Result<()> {
+        let mut csv = csv::Writer::from_writer(vec![]);
+        csv.write_record(["image", "label", "split"])?;
+        for (name, items) in [
+            ("train", &self.train),
+            ("val", &self.val),
+            ("test", &self.test),
+        ] {
+            for item in items {
+                let image = item.path.display().to_string();
+                csv.write_record([image.as_str(), self.classes[item.class].as_str(), name])?;
+            }
+        }
+        let bytes = csv.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+        crate::tensor_io::write_atomic(path, &bytes)
+    }
+
     pub fn sizes(&self) -> SplitSizes {
         SplitSizes {
             classes: self.classes.len(),

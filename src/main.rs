@@ -172,6 +172,21 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write a Hugging Face CLIP directory whose weights are pickles (pytorch_model.bin, also
+    /// sharded) as a complete safetensors directory, read without Python or code execution.
+    #[command(
+        after_help = "Example:\n  streetclip convert --from checkpoints/clip-vit-large-patch14-336 --out checkpoints/clip-vit-large-patch14-336-st"
+    )]
+    Convert {
+        /// A Hugging Face CLIP directory (config.json with pytorch_model.bin, its sharded index,
+        /// or safetensors), or a hub id in the local Hugging Face cache.
+        #[arg(long)]
+        from: PathBuf,
+        /// The directory to write (config.json, model.safetensors, tokenizer and preprocessor
+        /// files).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Guess where photos were taken: country, (region,) city and coordinates, zero-shot.
     #[command(after_help = "Example:\n  streetclip geolocate --model runs/demo/export photo.jpg")]
     Geolocate {
@@ -377,6 +392,10 @@ fn run(cli: Cli) -> Result<()> {
             let (cfg, out) = run.resolve()?;
             streetclip::finetune::methods::run(&cfg, &cfg.to_yaml(), &out, &run.options())?;
             print!("{}", std::fs::read_to_string(out.join("comparison.md"))?);
+        }
+        Command::Convert { from, out } => {
+            let n = streetclip::commands::convert::run(&from, &out)?;
+            eprintln!("wrote {} ({n} tensors)", out.display());
         }
         Command::Export { checkpoint, out } => {
             streetclip::commands::export::run(&checkpoint, &out)?;

@@ -156,7 +156,7 @@ fn missing_and_unexpected_keys_are_listed_together() {
 }
 
 #[test]
-fn pytorch_bin_only_names_the_conversion_command() {
+fn a_pytorch_bin_that_is_not_a_torch_save_file_is_a_clear_error() {
     let tmp = model_copy();
     std::fs::rename(
         tmp.path().join("model.safetensors"),
@@ -167,7 +167,7 @@ fn pytorch_bin_only_names_the_conversion_command() {
         tmp.path(),
         "a,b",
         &demo_image(),
-        &["pytorch_model.bin", "scripts/convert_bin_to_safetensors.py"],
+        &["pytorch_model.bin", "is not a torch.save archive"],
     );
 }
 

@@ -3,6 +3,7 @@
 
 pub mod captions;
 pub mod classify;
+pub mod convert;
 pub mod embed;
 pub mod export;
 pub mod geo;

@@ -5,6 +5,7 @@ pub mod config;
 pub mod hub;
 mod init;
 mod layers;
+pub mod pickle;
 mod text;
 mod vision;
 pub mod weights;

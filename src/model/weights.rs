@@ -10,6 +10,9 @@ use tch::{nn, Tensor};
 
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
+/// The pickle checkpoints of older hub repositories (e.g. openai/clip-vit-large-patch14-336).
+pub const BIN_FILE: &str = "pytorch_model.bin";
+pub const BIN_INDEX_FILE: &str = "pytorch_model.bin.index.json";
 
 /// `DIR/config.json`, after checking that `DIR` is a directory.
 pub fn read_config(dir: &Path) -> Result<ClipConfig> {
@@ -19,33 +22,43 @@ pub fn read_config(dir: &Path) -> Result<ClipConfig> {
     ClipConfig::from_file(&dir.join("config.json"))
 }
 
-/// The safetensors files holding a checkpoint: one file, or the shards its index names.
+/// The files holding a checkpoint: `model.safetensors` or the shards its index names, else
+/// `pytorch_model.bin` or the shards of its index (read by libtorch's unpickler).
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let single = dir.join(WEIGHTS_FILE);
-    if single.is_file() {
-        return Ok(vec![single]);
+    for (single, index) in [(WEIGHTS_FILE, INDEX_FILE), (BIN_FILE, BIN_INDEX_FILE)] {
+        if dir.join(single).is_file() {
+            return Ok(vec![dir.join(single)]);
+        }
+        if dir.join(index).is_file() {
+            return shards(&dir.join(index));
+        }
     }
-    let index = dir.join(INDEX_FILE);
-    if index.is_file() {
-        let text = std::fs::read_to_string(&index)
-            .with_context(|| format!("cannot read {}", index.display()))?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid JSON", index.display()))?;
-        let map = json["weight_map"]
-            .as_object()
-            .with_context(|| format!("{} has no `weight_map` object", index.display()))?;
-        let shards: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
-        return Ok(shards.into_iter().map(|s| dir.join(s)).collect());
+    bail!(
+        "no {WEIGHTS_FILE}, {BIN_FILE} or their sharded indexes in {}",
+        dir.display()
+    )
+}
+
+/// The shard files a Hugging Face `*.index.json` names, beside it.
+fn shards(index: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(index)
+        .with_context(|| format!("cannot read {}", index.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", index.display()))?;
+    let map = json["weight_map"]
+        .as_object()
+        .with_context(|| format!("{} has no `weight_map` object", index.display()))?;
+    let names: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
+    let dir = index.parent().unwrap_or(Path::new("."));
+    Ok(names.into_iter().map(|s| dir.join(s)).collect())
+}
+
+/// A checkpoint file's tensors: safetensors, or a `torch.save` pickle read without Python.
+pub fn read_file(file: &Path) -> Result<Vec<(String, Tensor)>> {
+    match file.extension().and_then(|e| e.to_str()) {
+        Some("safetensors") => tensor_io::read(file),
+        _ => super::pickle::read(file),
     }
-    if dir.join("pytorch_model.bin").is_file() {
-        bail!(
-            "{} holds only pytorch_model.bin (a pickle streetclip cannot read); convert it once with: \
-             .venv/bin/python scripts/convert_bin_to_safetensors.py {}",
-            dir.display(),
-            dir.display()
-        );
-    }
-    bail!("no {WEIGHTS_FILE} or {INDEX_FILE} in {}", dir.display())
 }
 
 /// Old hub checkpoints carry these buffers; they are `arange`s, not parameters.
@@ -58,7 +71,7 @@ fn is_ignored(name: &str) -> bool {
 pub fn load_into(vs: &mut nn::VarStore, dir: &Path) -> Result<()> {
     let mut found: BTreeMap<String, Tensor> = BTreeMap::new();
     for file in weight_files(dir)? {
-        for (name, t) in tensor_io::read(&file)? {
+        for (name, t) in read_file(&file)? {
             if !is_ignored(&name) {
                 found.insert(name, t);
             }

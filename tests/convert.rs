@@ -1,0 +1,133 @@
+//! Pickled Hugging Face checkpoints read without Python: `pytorch_model.bin`, single and sharded,
+//! gives exactly the tensors of the safetensors it was written from, and `streetclip convert`
+//! writes them as a complete safetensors directory; a pickle that names `os.system` is refused
+//! and runs nothing (scripts/make_pickles.py writes all three with torch and transformers).
+
+mod common;
+use common::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use streetclip::model::weights;
+use tch::Tensor;
+
+/// `dir/bin`, `dir/sharded` and `dir/hostile.bin`; running the hostile pickle would create
+/// `dir/executed`.
+fn pickles() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tmpdir();
+    let marker = tmp.path().join("executed");
+    run_python([
+        root().join("scripts/make_pickles.py").into_os_string(),
+        fixture("tiny-p14-336").into_os_string(),
+        tmp.path().as_os_str().to_owned(),
+        marker.clone().into_os_string(),
+    ]);
+    (tmp, marker)
+}
+
+/// A checkpoint's tensors by name (the `position_ids` buffers old checkpoints carry left out).
+fn tensors(dir: &Path) -> BTreeMap<String, Tensor> {
+    weights::weight_files(dir)
+        .unwrap()
+        .iter()
+        .flat_map(|f| weights::read_file(f).unwrap())
+        .filter(|(n, _)| !n.ends_with("position_ids"))
+        .collect()
+}
+
+fn assert_same_tensors(
+    got: &BTreeMap<String, Tensor>,
+    want: &BTreeMap<String, Tensor>,
+    what: &str,
+) {
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "{what}"
+    );
+    for (name, t) in want {
+        assert_eq!(got[name].size(), t.size(), "{what}: {name}");
+        assert_eq!(got[name].kind(), t.kind(), "{what}: {name}");
+        assert_eq!(max_diff(&got[name], t), 0.0, "{what}: {name}");
+    }
+}
+
+#[test]
+fn pytorch_bin_single_and_sharded_read_as_the_safetensors_and_convert() {
+    let (tmp, _) = pickles();
+    let reference = tensors(&fixture("tiny-p14-336"));
+    assert!(reference.len() > 50);
+    assert_eq!(
+        weights::weight_files(&tmp.path().join("bin")).unwrap(),
+        vec![tmp.path().join("bin/pytorch_model.bin")]
+    );
+    assert!(
+        weights::weight_files(&tmp.path().join("sharded"))
+            .unwrap()
+            .len()
+            > 1
+    );
+    for source in ["bin", "sharded"] {
+        let dir = tmp.path().join(source);
+        assert_same_tensors(&tensors(&dir), &reference, source);
+        let out = tmp.path().join(format!("{source}-converted"));
+        let o = Command::new(env!("CARGO_BIN_EXE_streetclip"))
+            .args(["convert", "--from"])
+            .arg(&dir)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{stderr}");
+        assert!(stderr.contains("tensors)"), "{stderr}");
+        for file in [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "preprocessor_config.json",
+        ] {
+            assert!(out.join(file).is_file(), "{source}: {file}");
+        }
+        assert_same_tensors(&tensors(&out), &reference, &format!("{source} converted"));
+    }
+}
+
+#[test]
+fn a_pickle_that_names_os_system_is_refused_and_runs_nothing() {
+    let (tmp, marker) = pickles();
+    let hostile = tmp.path().join("hostile.bin");
+    let Err(err) = streetclip::model::pickle::read(&hostile) else {
+        panic!("a pickle with os.system must be refused");
+    };
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("hostile.bin: refused") && message.contains("global `posix.system`"),
+        "{message}"
+    );
+    eprintln!("refused: {message}");
+    assert!(!marker.exists(), "the pickle's payload ran");
+    // The same file as a model's weights: one clean error, not a crash.
+    let model = tmp.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    std::fs::copy(
+        fixture("tiny-p14-336").join("config.json"),
+        model.join("config.json"),
+    )
+    .unwrap();
+    std::fs::copy(&hostile, model.join("pytorch_model.bin")).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_streetclip"))
+        .args(["convert", "--from"])
+        .arg(&model)
+        .arg("--out")
+        .arg(tmp.path().join("never"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("pytorch_model.bin") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    assert!(!marker.exists() && !tmp.path().join("never").exists());
+}

@@ -6,6 +6,7 @@
 use super::ranking::{best_first, Ranked};
 use super::text::{ensemble, probabilities};
 use crate::config::GeoConfig;
+use crate::data::classes::caption_name;
 use crate::encode::TextEncoder;
 use crate::geo::Gazetteer;
 use crate::pretrained::ExportedHead;
@@ -135,7 +136,7 @@ impl<'a, E: TextEncoder> Geolocator<'a, E> {
             .map(|class| {
                 let c = g
                     .country(class)
-                    .or_else(|| g.country(&class.replace(['_', '-'], " ")))
+                    .or_else(|| g.country(&caption_name(class)))
                     .with_context(|| format!("the model's classifier head has class `{class}`, which is not a country in the gazetteer: geolocation uses a head over countries only (add --zero-shot to ignore the head)"))?;
                 if !g.countries[c].lat.is_finite() && g.largest_cities(c, 1).is_empty() {
                     bail!("the classifier head's class {} has neither cities nor a reference point in the gazetteer", g.countries[c].name);

@@ -131,3 +131,33 @@ fn a_pickle_that_names_os_system_is_refused_and_runs_nothing() {
     );
     assert!(!marker.exists() && !tmp.path().join("never").exists());
 }
+
+/// Malformed pickles are one error, never a panic: a stack popped below its MARK, an unknown
+/// opcode, a pickle cut short (each in a zip laid out as torch.save writes it).
+#[test]
+fn malformed_pickles_are_errors_not_panics() {
+    let tmp = tmpdir();
+    for (name, pickle) in [
+        ("below-mark", &b"\x80\x02}NN(st."[..]),
+        ("opcode", &b"\x80\x02\xff."[..]),
+        ("short", &b"\x80\x02X\xff\x00\x00\x00ab"[..]),
+    ] {
+        let path = tmp.path().join(format!("{name}.bin"));
+        let file = std::fs::File::create(&path).unwrap();
+        let mut zip = zip::ZipWriter::new(file);
+        zip.start_file(
+            format!("{name}/data.pkl"),
+            zip::write::FileOptions::default(),
+        )
+        .unwrap();
+        std::io::Write::write_all(&mut zip, pickle).unwrap();
+        zip.finish().unwrap();
+        let Err(err) = streetclip::model::pickle::read(&path) else {
+            panic!("{name}: a malformed pickle was accepted");
+        };
+        assert!(
+            format!("{err:#}").contains(&format!("{name}.bin: refused")),
+            "{err:#}"
+        );
+    }
+}

@@ -194,8 +194,7 @@ impl Machine<'_> {
                 b'}' => stack.push(Value::Dict(vec![])),
                 b']' => stack.push(Value::List(vec![])),
                 b't' => {
-                    let m = marks.pop().context("TUPLE without MARK")?;
-                    let items = stack.split_off(m);
+                    let items = since_mark(&mut stack, &mut marks)?;
                     stack.push(Value::Tuple(items));
                 }
                 0x85..=0x87 => {
@@ -235,8 +234,7 @@ impl Machine<'_> {
                     }
                 }
                 b'u' => {
-                    let m = marks.pop().context("SETITEMS without MARK")?;
-                    let items = stack.split_off(m);
+                    let items = since_mark(&mut stack, &mut marks)?;
                     let Some(Value::Dict(d)) = stack.last_mut() else {
                         bail!("SETITEMS on something that is not a dict");
                     };
@@ -253,8 +251,7 @@ impl Machine<'_> {
                     }
                 }
                 b'e' => {
-                    let m = marks.pop().context("APPENDS without MARK")?;
-                    let items = stack.split_off(m);
+                    let items = since_mark(&mut stack, &mut marks)?;
                     match stack.last_mut() {
                         Some(Value::List(l)) => l.extend(items),
                         _ => bail!("APPENDS on something that is not a list"),
@@ -355,6 +352,18 @@ impl Machine<'_> {
             _ => bail!("`{g}` cannot be called"),
         }
     }
+}
+
+/// The items pushed since the last MARK; a MARK the stack has since been popped below is an
+/// error (a hostile pickle), not a panic.
+fn since_mark(stack: &mut Vec<Value>, marks: &mut Vec<usize>) -> Result<Vec<Value>> {
+    let m = marks
+        .pop()
+        .context("an opcode needs a MARK the pickle did not set")?;
+    if m > stack.len() {
+        bail!("the pickle popped its stack below a MARK");
+    }
+    Ok(stack.split_off(m))
 }
 
 struct Reader<'a> {

@@ -48,9 +48,11 @@ if [[ -n "$TORCH_INDEX" ]]; then
 fi
 echo "setup: installing $(grep -cv '^#' "$REQ") packages from $REQ into $VENV (torch is large: a minute or two)"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQ"
-# open_clip only ships the CLIP BPE vocabulary we derive tokenizer.json from; its dependencies
-# (torchvision, timm) are not needed for that.
-"$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps "open-clip-torch==3.3.0"
+# open_clip ships the CLIP BPE vocabulary we derive tokenizer.json from; it and OpenAI's `clip`
+# make the checkpoints tests/convert_openai.rs converts. Without their dependencies: torchvision
+# would switch transformers' default image processor away from PIL, and timm is not needed
+# (scripts/clip_packages.py imports their model code alone).
+"$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps "open-clip-torch==3.3.0" "openai-clip==1.0.1"
 # A stable path to libtorch inside the wheel, for .cargo/config.toml's LIBTORCH.
 ln -sfn "$("$VENV/bin/python" -c 'import torch, os; print(os.path.relpath(os.path.dirname(torch.__file__), "'"$VENV"'"))')" "$VENV/libtorch"
 echo "$want" > "$STAMP"

@@ -172,20 +172,28 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Write a Hugging Face CLIP directory whose weights are pickles (pytorch_model.bin, also
-    /// sharded) as a complete safetensors directory, read without Python or code execution.
+    /// Write any CLIP checkpoint streetclip reads (a Hugging Face directory with pickled or
+    /// sharded weights, OpenAI's TorchScript archives, OpenAI / open_clip state dicts) as a
+    /// complete Hugging Face safetensors directory, read without Python or code execution.
     #[command(
-        after_help = "Example:\n  streetclip convert --from checkpoints/clip-vit-large-patch14-336 --out checkpoints/clip-vit-large-patch14-336-st"
+        after_help = "Examples:\n  streetclip convert --from checkpoints/clip-vit-large-patch14-336 --out checkpoints/clip-vit-large-patch14-336-st\n  streetclip convert --from ~/.cache/clip/ViT-L-14-336px.pt --out checkpoints/ViT-L-14-336px"
     )]
     Convert {
         /// A Hugging Face CLIP directory (config.json with pytorch_model.bin, its sharded index,
-        /// or safetensors), or a hub id in the local Hugging Face cache.
+        /// or safetensors), a hub id in the local Hugging Face cache, an OpenAI TorchScript
+        /// archive (ViT-*.pt), an OpenAI / open_clip state dict (.pt, .bin, .safetensors), or an
+        /// open_clip hub directory (open_clip_pytorch_model.bin + open_clip_config.json).
         #[arg(long)]
         from: PathBuf,
         /// The directory to write (config.json, model.safetensors, tokenizer and preprocessor
         /// files).
         #[arg(long)]
         out: PathBuf,
+        /// The MLP activation of an OpenAI / open_clip state dict, which its shapes cannot tell:
+        /// quick_gelu (OpenAI's models; the default) or gelu (most open_clip models trained from
+        /// scratch). Read from a TorchScript archive or open_clip_config.json when present.
+        #[arg(long, value_parser = parse_activation)]
+        activation: Option<streetclip::model::Activation>,
     },
     /// Guess where photos were taken: country, (region,) city and coordinates, zero-shot.
     #[command(after_help = "Example:\n  streetclip geolocate --model runs/demo/export photo.jpg")]
@@ -393,9 +401,16 @@ fn run(cli: Cli) -> Result<()> {
             streetclip::finetune::methods::run(&cfg, &cfg.to_yaml(), &out, &run.options())?;
             print!("{}", std::fs::read_to_string(out.join("comparison.md"))?);
         }
-        Command::Convert { from, out } => {
-            let n = streetclip::commands::convert::run(&from, &out)?;
-            eprintln!("wrote {} ({n} tensors)", out.display());
+        Command::Convert {
+            from,
+            out,
+            activation,
+        } => {
+            let report = streetclip::commands::convert::run(&from, &out, activation)?;
+            if let Some((act, from)) = report.activation {
+                eprintln!("activation: {} ({from})", serde_json::to_value(act)?);
+            }
+            eprintln!("wrote {} ({} tensors)", out.display(), report.tensors);
         }
         Command::Export { checkpoint, out } => {
             streetclip::commands::export::run(&checkpoint, &out)?;
@@ -598,4 +613,10 @@ mod tests {
     fn the_cli_is_well_formed() {
         Cli::command().debug_assert();
     }
+}
+
+/// `--activation`: the names config.json uses (`quick_gelu`, `gelu`, `gelu_new`).
+fn parse_activation(s: &str) -> Result<streetclip::model::Activation, String> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| format!("unknown activation `{s}`: use quick_gelu or gelu"))
 }

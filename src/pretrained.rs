@@ -2,7 +2,7 @@
 //! together and written back in the layout `CLIPModel` / `CLIPProcessor.from_pretrained` read.
 
 use crate::data::preprocess::{PreprocessConfig, PREPROCESSOR_FILE};
-use crate::model::{weights, ClipModel};
+use crate::model::{openai, weights, ClipModel};
 use crate::tensor_io::write_atomic;
 use crate::text::ClipTokenizer;
 use anyhow::{Context, Result};
@@ -29,11 +29,27 @@ pub struct Pretrained {
 }
 
 impl Pretrained {
-    /// A Hugging Face CLIP directory, or a hub id (`org/name`) in the local Hugging Face cache.
+    /// A Hugging Face CLIP directory, a hub id (`org/name`) in the local Hugging Face cache, or
+    /// an OpenAI / open_clip checkpoint (`model::openai`).
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
         let dir = &crate::model::hub::resolve(dir)?;
+        if let Some(file) = openai::checkpoint_file(dir) {
+            return Self::from_converted(openai::read(&file, None)?, device);
+        }
         let mut clip = Self::skeleton(dir, device)?;
         weights::load_into(&mut clip.model.vs, dir)?;
+        Ok(clip)
+    }
+
+    /// A converted OpenAI / open_clip checkpoint with the bundled CLIP tokenizer (the BPE both
+    /// use) and OpenAI's preprocessing (open_clip's mean and std when its config gives them).
+    pub fn from_converted(converted: openai::Converted, device: Device) -> Result<Self> {
+        let mut clip = Self::fresh(converted.config, device)?;
+        if let Some((mean, std)) = converted.mean_std {
+            (clip.preprocess.image_mean, clip.preprocess.image_std) = (mean, std);
+        }
+        let what = "the converted checkpoint";
+        weights::load_tensors(&mut clip.model.vs, &converted.tensors, what)?;
         Ok(clip)
     }
 

@@ -46,8 +46,9 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
-    /// A Hugging Face CLIP directory (e.g. a local copy of openai/clip-vit-large-patch14-336), or
-    /// a hub id (`org/name`) found in the local Hugging Face cache.
+    /// A Hugging Face CLIP directory (e.g. a local copy of openai/clip-vit-large-patch14-336), a
+    /// hub id (`org/name`) found in the local Hugging Face cache, an OpenAI TorchScript archive
+    /// (`ViT-L-14-336px.pt`), or an OpenAI / open_clip state dict or hub directory.
     pub init: Option<PathBuf>,
     /// A randomly initialised model of this preset ("ViT-B/32", ..., "ViT-L/14-336").
     pub preset: Option<String>,

@@ -193,7 +193,9 @@ impl ClipConfig {
         value
     }
 
-    fn openai(vision: VisionConfig, text: TextConfig, projection_dim: i64) -> Self {
+    /// OpenAI's configuration around two towers (legacy argmax pooling, as OpenAI's
+    /// `encode_text`).
+    pub(crate) fn openai(vision: VisionConfig, text: TextConfig, projection_dim: i64) -> Self {
         Self {
             text_config: TextConfig {
                 projection_dim,

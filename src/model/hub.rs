@@ -22,7 +22,7 @@ pub fn resolve(spec: &Path) -> Result<PathBuf> {
         format!("not in the Hugging Face cache {}", c.display())
     });
     bail!(
-        "model directory {org}/{name} does not exist, and the hub model {org}/{name} is {looked}; download it with `.venv/bin/hf download {org}/{name} --local-dir checkpoints/{name}` and pass checkpoints/{name} (a download with only pytorch_model.bin also needs `.venv/bin/python scripts/convert_bin_to_safetensors.py checkpoints/{name}`)"
+        "model directory {org}/{name} does not exist, and the hub model {org}/{name} is {looked}; download it with `.venv/bin/hf download {org}/{name} --local-dir checkpoints/{name}` and pass checkpoints/{name}"
     )
 }
 

@@ -5,6 +5,7 @@ pub mod config;
 pub mod hub;
 mod init;
 mod layers;
+pub mod openai;
 pub mod pickle;
 mod text;
 mod vision;

@@ -1,19 +1,29 @@
 //! `torch.save` files (the zip format of torch >= 1.6: Hugging Face `pytorch_model.bin`, state
-//! dicts) read in Rust without Python. The pickle is run by a small machine that knows only the
-//! opcodes `torch.save` writes and four kinds of globals: `collections.OrderedDict`, the tensor
-//! rebuild functions (`torch._utils._rebuild_tensor_v2`, `_rebuild_parameter`) and the typed
-//! storages (`torch.FloatStorage`, ...). Any other global (`os.system`, a Python class) is an
-//! error naming it; nothing is ever executed. (libtorch's own C++ unpickler cannot serve: it
-//! turns `OrderedDict`, which every state dict is, into None.)
+//! dicts) and TorchScript archives (`torch.jit.save`: OpenAI's `ViT-*.pt`) read in Rust without
+//! Python. The pickle is run by a small machine that knows only the opcodes these writers use and
+//! five kinds of globals: `collections.OrderedDict`, the tensor rebuild functions
+//! (`torch._utils._rebuild_tensor_v2`, `_rebuild_parameter`), the typed storages
+//! (`torch.FloatStorage`, ...) and TorchScript module classes (`__torch__.*`), which only become
+//! named bags of attributes. Any other global (`os.system`, a Python class) is an error naming
+//! it; nothing is ever executed. (libtorch's own C++ unpickler cannot serve: it turns
+//! `OrderedDict`, which every state dict is, into None.)
 
 use anyhow::{bail, Context, Result};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::Read;
 use std::path::Path;
 use tch::{Kind, Tensor};
 
-/// The tensors of the `torch.save` file at `path`, nested dicts flattened to dotted names.
-pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>> {
+/// What a pickle archive holds: its tensors, nested dicts and module attributes flattened to
+/// dotted names (`visual.conv1.weight`), and the TorchScript module classes it names (empty for
+/// a `torch.save` file), e.g. `__torch__.clip.model.QuickGELU`.
+pub struct Pickled {
+    pub tensors: Vec<(String, Tensor)>,
+    pub classes: BTreeSet<String>,
+}
+
+/// The tensors and module classes of the `torch.save` file or TorchScript archive at `path`.
+pub fn read(path: &Path) -> Result<Pickled> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut archive = zip::ZipArchive::new(file).with_context(|| {
@@ -33,13 +43,17 @@ pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>> {
         archive: &mut archive,
         prefix,
         storages: HashMap::new(),
+        classes: BTreeSet::new(),
     };
     let value = machine
         .run(&pickle)
         .with_context(|| format!("{}: refused", path.display()))?;
-    let mut out = Vec::new();
-    flatten(value, String::new(), &mut out);
-    Ok(out)
+    let mut tensors = Vec::new();
+    flatten(value, String::new(), &mut tensors);
+    Ok(Pickled {
+        tensors,
+        classes: machine.classes,
+    })
 }
 
 fn entry(archive: &mut zip::ZipArchive<std::fs::File>, name: &str) -> Result<Vec<u8>> {
@@ -51,10 +65,12 @@ fn entry(archive: &mut zip::ZipArchive<std::fs::File>, name: &str) -> Result<Vec
     Ok(bytes)
 }
 
-/// Tensors of nested dicts under their dotted key paths; other values are left out.
+/// Tensors of nested dicts and module objects under their dotted key paths; other values are
+/// left out.
 fn flatten(value: Value, prefix: String, out: &mut Vec<(String, Tensor)>) {
     match value {
         Value::Tensor(t) => out.push((prefix, t)),
+        Value::Object(state) => flatten(*state, prefix, out),
         Value::Dict(items) => {
             for (k, v) in items {
                 if let Value::Str(k) = k {
@@ -84,6 +100,8 @@ enum Value {
     Global(String),
     /// A persistent id: a storage of the archive.
     Storage(Tensor),
+    /// A TorchScript module: its attributes (a dict, once BUILD has set them).
+    Object(Box<Value>),
     Tensor(Tensor),
 }
 
@@ -100,6 +118,7 @@ impl Clone for Value {
             Value::Dict(v) => Value::Dict(v.clone()),
             Value::Global(g) => Value::Global(g.clone()),
             Value::Storage(t) => Value::Storage(t.shallow_clone()),
+            Value::Object(state) => Value::Object(state.clone()),
             Value::Tensor(t) => Value::Tensor(t.shallow_clone()),
         }
     }
@@ -110,6 +129,9 @@ const ALLOWED: [&str; 3] = [
     "torch._utils._rebuild_tensor_v2",
     "torch._utils._rebuild_parameter",
 ];
+
+/// TorchScript's module classes: `__torch__.` then the Python module path and class name.
+const SCRIPT_CLASS: &str = "__torch__.";
 
 /// The tensor kind of a typed storage global (`torch.FloatStorage`, ...).
 fn storage_kind(global: &str) -> Option<Kind> {
@@ -132,6 +154,7 @@ struct Machine<'a> {
     archive: &'a mut zip::ZipArchive<std::fs::File>,
     prefix: String,
     storages: HashMap<String, Tensor>,
+    classes: BTreeSet<String>,
 }
 
 impl Machine<'_> {
@@ -185,8 +208,11 @@ impl Machine<'_> {
                     let module = r.line()?;
                     let name = r.line()?;
                     let global = format!("{module}.{name}");
-                    if !ALLOWED.contains(&global.as_str()) && storage_kind(&global).is_none() {
-                        bail!("the pickle names the global `{global}`, which a checkpoint has no use for (only tensors, storages and OrderedDict are allowed); it was not run");
+                    if !ALLOWED.contains(&global.as_str())
+                        && storage_kind(&global).is_none()
+                        && !global.starts_with(SCRIPT_CLASS)
+                    {
+                        bail!("the pickle names the global `{global}`, which a checkpoint has no use for (only tensors, storages, OrderedDict and TorchScript module classes are allowed); it was not run");
                     }
                     stack.push(Value::Global(global));
                 }
@@ -257,9 +283,24 @@ impl Machine<'_> {
                         _ => bail!("APPENDS on something that is not a list"),
                     }
                 }
-                b'b' => {
-                    // BUILD: an OrderedDict's state (a state dict's `_metadata`) is not needed.
+                0x81 => {
+                    // NEWOBJ of a TorchScript module class: an empty object for BUILD to fill.
                     pop(&mut stack)?;
+                    match pop(&mut stack)? {
+                        Value::Global(g) if g.starts_with(SCRIPT_CLASS) => {
+                            self.classes.insert(g);
+                            stack.push(Value::Object(Box::new(Value::None)));
+                        }
+                        _ => bail!("NEWOBJ of something that is not a TorchScript class"),
+                    }
+                }
+                b'b' => {
+                    // BUILD: a module's attributes are kept; an OrderedDict's state (a state
+                    // dict's `_metadata`) is not needed.
+                    let state = pop(&mut stack)?;
+                    if let Some(Value::Object(attributes)) = stack.last_mut() {
+                        **attributes = state;
+                    }
                 }
                 b'Q' => {
                     let pid = pop(&mut stack)?;

@@ -57,7 +57,7 @@ fn shards(index: &Path) -> Result<Vec<PathBuf>> {
 pub fn read_file(file: &Path) -> Result<Vec<(String, Tensor)>> {
     match file.extension().and_then(|e| e.to_str()) {
         Some("safetensors") => tensor_io::read(file),
-        _ => super::pickle::read(file),
+        _ => Ok(super::pickle::read(file)?.tensors),
     }
 }
 
@@ -77,6 +77,15 @@ pub fn load_into(vs: &mut nn::VarStore, dir: &Path) -> Result<()> {
             }
         }
     }
+    load_tensors(vs, &found, &format!("checkpoint {}", dir.display()))
+}
+
+/// Copies named tensors into `vs` as `load_into` does; `what` names their source in errors.
+pub fn load_tensors(
+    vs: &mut nn::VarStore,
+    found: &BTreeMap<String, Tensor>,
+    what: &str,
+) -> Result<()> {
     let vars = vs.variables();
     let mut problems = Vec::new();
     for (name, var) in vars.iter().collect::<BTreeMap<_, _>>() {
@@ -94,11 +103,7 @@ pub fn load_into(vs: &mut nn::VarStore, dir: &Path) -> Result<()> {
         problems.push(format!("unexpected `{name}`"));
     }
     if !problems.is_empty() {
-        bail!(
-            "checkpoint {} does not match its config.json: {}",
-            dir.display(),
-            problems.join("; ")
-        );
+        bail!("{what} does not match its config: {}", problems.join("; "));
     }
     tch::no_grad(|| {
         for (name, mut var) in vars {

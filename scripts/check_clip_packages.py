@@ -5,24 +5,43 @@ For each case: the source checkpoint loaded by its own package (OpenAI's `clip.m
 open_clip_config.json) embeds the pixels and texts `streetclip embed` embedded, with its own
 `encode_image` / `encode_text` and its own tokenizer; the normalised features must equal
 streetclip's to 1e-5. The converted directory must load in transformers (`CLIPModel` and
-`CLIPProcessor.from_pretrained`) with no missing, unexpected or mismatched keys and give the same
-features too.
+`CLIPProcessor.from_pretrained`) with no missing, unexpected or mismatched keys and no warning,
+and give the same features too.
 
 Usage: .venv/bin/python scripts/check_clip_packages.py CASES.json
   CASES.json: {"texts": [...], "cases": [{"kind": "openai" | "jit" | "open_clip",
                "source": PATH, "converted": DIR, "embed": EMBED.safetensors}, ...]}
 """
 import json
+import logging
 import os
 import sys
+import warnings
 
 import torch
 from safetensors.torch import load_file
 from transformers import CLIPModel, CLIPProcessor
+from transformers.utils import logging as hf_logging
 
 from clip_packages import open_clip, openai_clip, tokenize
 
 TOL = 1e-5
+
+
+class Logged(logging.Handler):
+    """transformers' warnings (it logs most of them rather than warning)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record.getMessage())
+
+
+logged = Logged()
+hf_logging.set_verbosity_warning()
+hf_logging.get_logger().addHandler(logged)
 
 
 def unwrap(state):
@@ -70,10 +89,14 @@ for case in spec["cases"]:
         n = int((theirs != 0).sum())  # sot + text + eot; the packages pad with 0
         assert torch.equal(theirs[:n], mine[:n]), f"{case['kind']}: tokens of {texts[row]!r} differ"
     model = package_model(case["kind"], case["source"])
-    hf, info = CLIPModel.from_pretrained(case["converted"], output_loading_info=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hf, info = CLIPModel.from_pretrained(case["converted"], output_loading_info=True)
+        CLIPProcessor.from_pretrained(case["converted"])
     problems = {k: v for k, v in info.items() if v}
     assert not problems, f"{case['converted']}: transformers loading info {problems}"
-    CLIPProcessor.from_pretrained(case["converted"])
+    said = [str(w.message) for w in caught] + logged.records
+    assert not said, f"{case['converted']}: transformers warned: {said}"
     with torch.no_grad():
         image = model.encode_image(ours["pixel_values"])
         text = model.encode_text(tokens)

@@ -34,22 +34,29 @@ impl Pretrained {
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
         let dir = &crate::model::hub::resolve(dir)?;
         if let Some(file) = openai::checkpoint_file(dir) {
-            return Self::from_converted(openai::read(&file, None)?, device);
+            return Self::from_converted(dir, openai::read(&file, None)?, device);
         }
         let mut clip = Self::skeleton(dir, device)?;
         weights::load_into(&mut clip.model.vs, dir)?;
         Ok(clip)
     }
 
-    /// A converted OpenAI / open_clip checkpoint with the bundled CLIP tokenizer (the BPE both
-    /// use) and OpenAI's preprocessing (open_clip's mean and std when its config gives them).
-    pub fn from_converted(converted: openai::Converted, device: Device) -> Result<Self> {
-        let mut clip = Self::fresh(converted.config, device)?;
-        if let Some((mean, std)) = converted.mean_std {
-            (clip.preprocess.image_mean, clip.preprocess.image_std) = (mean, std);
-        }
-        let what = "the converted checkpoint";
-        weights::load_tensors(&mut clip.model.vs, &converted.tensors, what)?;
+    /// A converted OpenAI / open_clip checkpoint read from `source`, with the processing
+    /// `load_processing` gives it.
+    pub fn from_converted(
+        source: &Path,
+        converted: openai::Converted,
+        device: Device,
+    ) -> Result<Self> {
+        let (tokenizer, preprocess, _) = Self::load_processing(source, &converted.config)?;
+        let mut clip = Self {
+            model: ClipModel::new(converted.config, device)?,
+            tokenizer,
+            preprocess,
+            tokenizer_dir: None,
+        };
+        let what = format!("the converted checkpoint {}", source.display());
+        weights::load_tensors(&mut clip.model.vs, &converted.tensors, &what)?;
         Ok(clip)
     }
 
@@ -68,14 +75,22 @@ impl Pretrained {
     }
 
     /// A directory's tokenizer and preprocessing (bundled/OpenAI defaults where it has none),
-    /// and where its tokenizer files are.
+    /// and where its tokenizer files are; for an OpenAI / open_clip checkpoint, the bundled
+    /// tokenizer and OpenAI's preprocessing with open_clip's mean and std.
     pub fn load_processing(
         dir: &Path,
         config: &crate::model::ClipConfig,
     ) -> Result<(ClipTokenizer, PreprocessConfig, Option<PathBuf>)> {
         let dir = &crate::model::hub::resolve(dir)?;
-        let tokenizer =
-            ClipTokenizer::from_dir(dir, config.text_config.max_position_embeddings as usize)?;
+        let context = config.text_config.max_position_embeddings as usize;
+        if let Some(file) = openai::checkpoint_file(dir) {
+            let mut preprocess = PreprocessConfig::for_size(config.vision_config.image_size as u32);
+            if let Some((mean, std)) = openai::open_clip_mean_std(&file)? {
+                (preprocess.image_mean, preprocess.image_std) = (mean, std);
+            }
+            return Ok((ClipTokenizer::bundled(context)?, preprocess, None));
+        }
+        let tokenizer = ClipTokenizer::from_dir(dir, context)?;
         let has_tokenizer = TOKENIZER_FILES.iter().any(|f| dir.join(f).is_file());
         let preprocess = PreprocessConfig::from_dir(dir, config.vision_config.image_size as u32)?;
         Ok((

@@ -161,3 +161,38 @@ fn malformed_pickles_are_errors_not_panics() {
         );
     }
 }
+
+/// TorchScript's typed-list helpers, which older archives (OpenAI's were written by torch 1.7)
+/// call, read as their argument; `os.system` under the same opcodes stays refused.
+#[test]
+fn torchscript_list_helpers_are_read_as_their_argument() {
+    let tmp = tmpdir();
+    let write = |name: &str, pickle: &[u8]| {
+        let path = tmp.path().join(format!("{name}.pt"));
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+        zip.start_file(
+            format!("{name}/data.pkl"),
+            zip::write::FileOptions::default(),
+        )
+        .unwrap();
+        std::io::Write::write_all(&mut zip, pickle).unwrap();
+        zip.finish().unwrap();
+        path
+    };
+    // {"sizes": build_intlist([1, 2])}
+    let helper = write(
+        "helper",
+        b"\x80\x02}X\x05\x00\x00\x00sizesctorch.jit._pickle\nbuild_intlist\n](K\x01K\x02e\x85Rs.",
+    );
+    // The same with os.system in place of the helper.
+    let hostile = write(
+        "hostile",
+        b"\x80\x02}X\x05\x00\x00\x00sizescos\nsystem\n](K\x01K\x02e\x85Rs.",
+    );
+    let read = streetclip::model::pickle::read(&helper).unwrap();
+    assert!(read.tensors.is_empty());
+    let Err(err) = streetclip::model::pickle::read(&hostile) else {
+        panic!("os.system accepted");
+    };
+    assert!(format!("{err:#}").contains("global `os.system`"), "{err:#}");
+}

@@ -23,7 +23,7 @@ pub fn run(from: &Path, out: &Path, activation: Option<Activation>) -> Result<Re
         Some(file) => {
             let converted = openai::read(&file, activation)?;
             let act = (converted.config.text_config.hidden_act, converted.activation_from);
-            (Pretrained::from_converted(converted, device)?, Some(act))
+            (Pretrained::from_converted(&source, converted, device)?, Some(act))
         }
         None if activation.is_some() => bail!(
             "--activation is for OpenAI and open_clip checkpoints; {} is a Hugging Face directory, whose config.json sets it",

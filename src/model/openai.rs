@@ -25,8 +25,6 @@ const HEAD_WIDTH: i64 = 64;
 pub struct Converted {
     pub config: ClipConfig,
     pub tensors: BTreeMap<String, Tensor>,
-    /// open_clip_config.json's `preprocess_cfg` mean and std, when given.
-    pub mean_std: Option<([f32; 3], [f32; 3])>,
     /// Where the activation came from, for the user.
     pub activation_from: &'static str,
 }
@@ -72,7 +70,6 @@ pub fn read(file: &Path, activation: Option<Activation>) -> Result<Converted> {
     Ok(Converted {
         config,
         tensors: to_hf(tensors).with_context(what)?,
-        mean_std: open_clip.as_ref().and_then(mean_std),
         activation_from,
     })
 }
@@ -150,6 +147,11 @@ fn activation_of(
         Activation::QuickGelu,
         "OpenAI's default: a state dict does not say; override with --activation",
     )
+}
+
+/// The image mean and std of the open_clip_config.json beside `file`, when it gives them.
+pub fn open_clip_mean_std(file: &Path) -> Result<Option<([f32; 3], [f32; 3])>> {
+    Ok(open_clip_config(file)?.as_ref().and_then(mean_std))
 }
 
 fn mean_std(cfg: &serde_json::Value) -> Option<([f32; 3], [f32; 3])> {

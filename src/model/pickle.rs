@@ -130,6 +130,18 @@ const ALLOWED: [&str; 3] = [
     "torch._utils._rebuild_parameter",
 ];
 
+/// TorchScript's typed-container helpers (older archives wrap `List[int]` attributes and the
+/// like in them); each returns its first argument, so they are read as that argument.
+const SCRIPT_IDENTITIES: [&str; 7] = [
+    "torch.jit._pickle.build_intlist",
+    "torch.jit._pickle.build_floatlist",
+    "torch.jit._pickle.build_doublelist",
+    "torch.jit._pickle.build_boollist",
+    "torch.jit._pickle.build_tensorlist",
+    "torch.jit._pickle.build_genericlist",
+    "torch.jit._pickle.restore_type_tag",
+];
+
 /// TorchScript's module classes: `__torch__.` then the Python module path and class name.
 const SCRIPT_CLASS: &str = "__torch__.";
 
@@ -209,6 +221,7 @@ impl Machine<'_> {
                     let name = r.line()?;
                     let global = format!("{module}.{name}");
                     if !ALLOWED.contains(&global.as_str())
+                        && !SCRIPT_IDENTITIES.contains(&global.as_str())
                         && storage_kind(&global).is_none()
                         && !global.starts_with(SCRIPT_CLASS)
                     {
@@ -351,6 +364,10 @@ impl Machine<'_> {
         };
         match g.as_str() {
             "collections.OrderedDict" => Ok(Value::Dict(vec![])),
+            g if SCRIPT_IDENTITIES.contains(&g) => args
+                .into_iter()
+                .next()
+                .context("a TorchScript helper without an argument"),
             "torch._utils._rebuild_parameter" => match args.into_iter().next() {
                 Some(Value::Tensor(t)) => Ok(Value::Tensor(t)),
                 _ => bail!("_rebuild_parameter without a tensor"),

@@ -74,7 +74,7 @@ fn worker(cfg: &Config, threads: usize) {
             &Dist::single(),
         )
         .unwrap();
-        optimizer_step(&model, opt, 1e-4, Some(1.0)).unwrap();
+        let _grad_norm = optimizer_step(&model, opt, 1e-4, Some(1.0), None).unwrap();
     };
     step(&mut opt);
     let start = Instant::now();

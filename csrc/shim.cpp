@@ -1,15 +1,31 @@
 // streetclip's C++ shim: what tch does not expose, through a C ABI only.
 // - autocast with a chosen dtype (tch can only toggle CUDA autocast, which then means fp16);
-// - libtorch's fused AdamW kernel (tch binds no fused or foreach optimizer ops).
+// - libtorch's fused AdamW kernel and the foreach ops around it (tch binds no fused or foreach
+//   optimizer ops), and gradients set to none.
 // A tch `C_tensor*` is an `at::Tensor*` (torch-sys's torch_api.h).
 #include <ATen/autocast_mode.h>
+#include <ATen/ops/_foreach_mul.h>
+#include <ATen/ops/_foreach_norm.h>
 #include <ATen/ops/_fused_adamw.h>
 #include <cstdio>
+#include <optional>
 #include <vector>
 #include <c10/core/DeviceType.h>
 #include <c10/core/ScalarType.h>
 
 namespace {
+std::vector<at::Tensor> tensor_list(void** ptrs, int64_t n) {
+  std::vector<at::Tensor> out;
+  out.reserve(n);
+  for (int64_t i = 0; i < n; ++i) out.push_back(*static_cast<at::Tensor*>(ptrs[i]));
+  return out;
+}
+
+int failed(const std::exception& e, char* err, int64_t err_len) {
+  snprintf(err, err_len, "%s", e.what());
+  return -1;
+}
+
 at::DeviceType device_of(int device) { return device == 1 ? at::kCUDA : at::kCPU; }
 at::ScalarType dtype_of(int dtype) { return dtype == 1 ? at::kHalf : at::kBFloat16; }
 }  // namespace
@@ -51,23 +67,49 @@ int sc_autocast_exit(int device, int prev_enabled, int prev_dtype) {
 
 // One AdamW step over `n` parameters with libtorch's fused kernel (torch.optim.AdamW(fused=True)):
 // each array holds `n` tensor pointers; `steps` are float scalars already holding the step
-// number. Returns 0, or -1 if libtorch threw (message in `err`, at most `err_len` bytes).
+// number (the same tensor may appear `n` times). `found_inf` (may be null) is a float scalar on
+// the parameters' device: where it holds 1 the kernel leaves everything untouched, with no host
+// synchronisation. Returns 0, or -1 if libtorch threw (message in `err`, at most `err_len` bytes).
 int sc_fused_adamw(void** params, void** grads, void** exp_avgs, void** exp_avg_sqs, void** steps, int64_t n,
-                   double lr, double beta1, double beta2, double weight_decay, double eps, char* err, int64_t err_len) {
+                   double lr, double beta1, double beta2, double weight_decay, double eps, void* found_inf,
+                   char* err, int64_t err_len) {
   try {
-    auto list = [n](void** ptrs) {
-      std::vector<at::Tensor> out;
-      out.reserve(n);
-      for (int64_t i = 0; i < n; ++i) out.push_back(*static_cast<at::Tensor*>(ptrs[i]));
-      return out;
-    };
-    at::_fused_adamw_(list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), {}, list(steps), lr, beta1, beta2,
-                      weight_decay, eps, /*amsgrad=*/false, /*maximize=*/false);
+    std::optional<at::Tensor> inf;
+    if (found_inf != nullptr) inf = *static_cast<at::Tensor*>(found_inf);
+    at::_fused_adamw_(tensor_list(params, n), tensor_list(grads, n), tensor_list(exp_avgs, n),
+                      tensor_list(exp_avg_sqs, n), {}, tensor_list(steps, n), lr, beta1, beta2, weight_decay, eps,
+                      /*amsgrad=*/false, /*maximize=*/false, /*grad_scale=*/std::nullopt, inf);
     return 0;
   } catch (const std::exception& e) {
-    snprintf(err, err_len, "%s", e.what());
-    return -1;
+    return failed(e, err, err_len);
   }
+}
+
+// torch._foreach_norm(tensors, ord): writes `n` new tensors (owned by the caller, as tch's) to `out`.
+int sc_foreach_norm(void** tensors, int64_t n, double ord, void** out, char* err, int64_t err_len) {
+  try {
+    auto norms = at::_foreach_norm(tensor_list(tensors, n), ord);
+    for (int64_t i = 0; i < n; ++i) out[i] = new at::Tensor(norms[i]);
+    return 0;
+  } catch (const std::exception& e) {
+    return failed(e, err, err_len);
+  }
+}
+
+// torch._foreach_mul_(tensors, scalar): every tensor times the one-element tensor `scalar`, in place.
+int sc_foreach_mul_(void** tensors, int64_t n, void* scalar, char* err, int64_t err_len) {
+  try {
+    auto list = tensor_list(tensors, n);
+    at::_foreach_mul_(list, *static_cast<at::Tensor*>(scalar));
+    return 0;
+  } catch (const std::exception& e) {
+    return failed(e, err, err_len);
+  }
+}
+
+// `param.grad = None` for each tensor (optimizer.zero_grad(set_to_none=True)).
+void sc_set_grads_to_none(void** tensors, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) static_cast<at::Tensor*>(tensors[i])->mutable_grad().reset();
 }
 
 }  // extern "C"

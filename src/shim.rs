@@ -18,9 +18,26 @@ extern "C" {
         beta2: f64,
         weight_decay: f64,
         eps: f64,
+        found_inf: *mut c_void,
         err: *mut c_char,
         err_len: i64,
     ) -> i32;
+    fn sc_foreach_norm(
+        tensors: *mut *mut c_void,
+        n: i64,
+        ord: f64,
+        out: *mut *mut c_void,
+        err: *mut c_char,
+        err_len: i64,
+    ) -> i32;
+    fn sc_foreach_mul_(
+        tensors: *mut *mut c_void,
+        n: i64,
+        scalar: *mut c_void,
+        err: *mut c_char,
+        err_len: i64,
+    ) -> i32;
+    fn sc_set_grads_to_none(tensors: *mut *mut c_void, n: i64);
     fn sc_autocast_enter(
         device: i32,
         dtype: i32,
@@ -76,14 +93,33 @@ pub struct AdamWStep {
     pub eps: f64,
 }
 
+/// The tensors' pointers as the shim's `void**` arrays take them (borrowed for one call).
+fn pointers(ts: &[Tensor]) -> Vec<*mut c_void> {
+    ts.iter().map(|t| t.as_ptr() as *mut c_void).collect()
+}
+
+/// A shim call's return code and error buffer as a Result.
+fn checked(what: &str, rc: i32, err: &[c_char]) -> Result<()> {
+    if rc != 0 {
+        // SAFETY: the shim wrote a NUL-terminated message into `err`.
+        bail!(
+            "libtorch {what} failed: {}",
+            unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy()
+        );
+    }
+    Ok(())
+}
+
 /// One AdamW update of `params` in place with libtorch's fused kernel. All slices have the same
-/// length; `steps` are float scalars holding the (already incremented) step number.
+/// length; `steps` are float scalars holding the (already incremented) step number. Where
+/// `found_inf` (a float scalar on the parameters' device) holds 1 the kernel changes nothing.
 pub fn fused_adamw(
     params: &[Tensor],
     grads: &[Tensor],
     exp_avgs: &[Tensor],
     exp_avg_sqs: &[Tensor],
     steps: &[Tensor],
+    found_inf: Option<&Tensor>,
     h: AdamWStep,
 ) -> Result<()> {
     let n = params.len();
@@ -93,21 +129,17 @@ pub fn fused_adamw(
     {
         bail!("fused_adamw: {n} parameters but lists of other lengths");
     }
-    let ptrs = |ts: &[Tensor]| {
-        ts.iter()
-            .map(|t| t.as_ptr() as *mut c_void)
-            .collect::<Vec<_>>()
-    };
     let (mut p, mut g, mut m, mut v, mut s) = (
-        ptrs(params),
-        ptrs(grads),
-        ptrs(exp_avgs),
-        ptrs(exp_avg_sqs),
-        ptrs(steps),
+        pointers(params),
+        pointers(grads),
+        pointers(exp_avgs),
+        pointers(exp_avg_sqs),
+        pointers(steps),
     );
+    let inf = found_inf.map_or(std::ptr::null_mut(), |t| t.as_ptr() as *mut c_void);
     let mut err = [0 as c_char; 512];
     // SAFETY: each array holds `n` pointers to live tch tensors (at::Tensor*), borrowed for
-    // the call; the kernel updates params and moments in place.
+    // the call, as is `inf` when not null; the kernel updates params and moments in place.
     let rc = unsafe {
         sc_fused_adamw(
             p.as_mut_ptr(),
@@ -121,16 +153,61 @@ pub fn fused_adamw(
             h.betas[1],
             h.weight_decay,
             h.eps,
+            inf,
             err.as_mut_ptr(),
             err.len() as i64,
         )
     };
-    if rc != 0 {
-        // SAFETY: the shim wrote a NUL-terminated message into `err`.
-        bail!(
-            "libtorch fused AdamW failed: {}",
-            unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy()
-        );
-    }
-    Ok(())
+    checked("fused AdamW", rc, &err)
+}
+
+/// `torch._foreach_norm(tensors, ord)`: each tensor's norm, in one call (one kernel per chunk of
+/// tensors on CUDA).
+pub fn foreach_norm(tensors: &[Tensor], ord: f64) -> Result<Vec<Tensor>> {
+    let mut t = pointers(tensors);
+    let mut out = vec![std::ptr::null_mut::<c_void>(); tensors.len()];
+    let mut err = [0 as c_char; 512];
+    // SAFETY: `t` holds pointers to live tensors; `out` has room for one new tensor each.
+    let rc = unsafe {
+        sc_foreach_norm(
+            t.as_mut_ptr(),
+            t.len() as i64,
+            ord,
+            out.as_mut_ptr(),
+            err.as_mut_ptr(),
+            err.len() as i64,
+        )
+    };
+    checked("foreach norm", rc, &err)?;
+    // SAFETY: each pointer is a fresh at::Tensor the shim allocated for us to own.
+    Ok(out
+        .into_iter()
+        .map(|p| unsafe { Tensor::from_ptr(p.cast()) })
+        .collect())
+}
+
+/// `torch._foreach_mul_(tensors, scalar)`: every tensor times the one-element tensor `scalar`,
+/// in place, without reading it on the host.
+pub fn foreach_mul_(tensors: &[Tensor], scalar: &Tensor) -> Result<()> {
+    let mut t = pointers(tensors);
+    let mut err = [0 as c_char; 512];
+    // SAFETY: `t` and `scalar` point to live tensors borrowed for the call.
+    let rc = unsafe {
+        sc_foreach_mul_(
+            t.as_mut_ptr(),
+            t.len() as i64,
+            scalar.as_ptr() as *mut c_void,
+            err.as_mut_ptr(),
+            err.len() as i64,
+        )
+    };
+    checked("foreach mul", rc, &err)
+}
+
+/// Drops the tensors' gradients (`zero_grad(set_to_none=True)`): the next backward writes them
+/// instead of adding to zeros, and no kernel runs now.
+pub fn set_grads_to_none(tensors: &[Tensor]) {
+    let mut t = pointers(tensors);
+    // SAFETY: `t` points to live tensors; resetting a grad is always valid.
+    unsafe { sc_set_grads_to_none(t.as_mut_ptr(), t.len() as i64) }
 }

@@ -200,10 +200,10 @@ fn worker() {
     );
     assert!((s.grad().double_value(&[]) - 5.0).abs() < 1e-6);
     assert!(dist.any(dist.rank == 0).unwrap());
-    assert_eq!(
-        dist.means_over_ranks([r, 1.0]).unwrap(),
-        [(w - 1.0) / 2.0, 1.0]
-    );
+    let means = dist
+        .mean_over_ranks(&Tensor::from_slice(&[r, 1.0]))
+        .unwrap();
+    assert_eq!(Vec::<f64>::try_from(means).unwrap(), [(w - 1.0) / 2.0, 1.0]);
     dist.barrier().unwrap();
     println!("rank {} ok", dist.rank);
 }

@@ -275,6 +275,37 @@ fn non_finite_loss_stops_after_saving_or_skips() {
         "{err}"
     );
     assert!(!streetclip::train::checkpoint::list(&run.join("checkpoints")).is_empty());
+
+    // `skip`: the update of each non-finite step is cancelled on the device (the weights stay
+    // finite), its batch used up; the run reaches its end and counts what it skipped.
+    let run = tmp.path().join("skip");
+    let out = train(&[
+        &"--config",
+        &cfg,
+        &"--out",
+        &run,
+        &"--set",
+        &"optim.lr=1.0e+30",
+        &"--set",
+        &"optim.max_grad_norm=null",
+        &"--set",
+        &"optim.warmup_steps=0",
+        &"--set",
+        &"train.on_nonfinite=skip",
+        &"--set",
+        &"train.epochs=2",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let s = summary(&run);
+    assert_eq!(s["stopped_by"]["reason"], "end_of_training", "{s}");
+    assert_eq!(s["steps"], s["total_steps"]);
+    let skipped = s["skipped_steps"].as_u64().unwrap();
+    assert!(skipped > 0 && skipped < s["steps"].as_u64().unwrap(), "{s}");
+    assert_eq!(err.matches("step skipped").count() as u64, skipped);
+    for (name, t) in final_weights(&run) {
+        assert!(t.isfinite().all().int64_value(&[]) == 1, "{name} is not finite");
+    }
 }
 
 #[test]

@@ -77,7 +77,9 @@ pub enum OnNonFinite {
     /// Save state and stop with a message.
     #[default]
     Stop,
-    /// Drop the step's gradients, count it, go on.
+    /// Leave the weights as they were for that step (its batch is used up and the schedule
+    /// moves on, as with PyTorch's GradScaler), count it in summary.json's `skipped_steps`, go
+    /// on.
     Skip,
 }
 

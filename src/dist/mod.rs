@@ -316,15 +316,14 @@ impl Dist {
         Ok(t.int64_value(&[0]) > 0)
     }
 
-    /// Each number's mean over the ranks (one collective for all of them).
-    pub fn means_over_ranks<const N: usize>(&self, values: [f64; N]) -> Result<[f64; N]> {
+    /// `t`'s mean over the ranks, elementwise, on the device (one collective, no host read).
+    pub fn mean_over_ranks(&self, t: &Tensor) -> Result<Tensor> {
         if self.group.is_none() {
-            return Ok(values);
+            return Ok(t.shallow_clone());
         }
-        let t = Tensor::from_slice(&values).to(self.device);
-        self.all_reduce_sum(&t)?;
-        let w = self.world_size as f64;
-        Ok(std::array::from_fn(|i| t.double_value(&[i as i64]) / w))
+        let sum = t.copy();
+        self.all_reduce_sum(&sum)?;
+        Ok(sum / self.world_size as f64)
     }
 
     /// Rank 0's values of `tensors` everywhere, through flat buckets (one collective per bucket).

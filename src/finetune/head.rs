@@ -88,7 +88,7 @@ impl ClassHead {
         amp: Option<AutocastDtype>,
     ) -> Result<StepStats> {
         let n = micro.len() as f64;
-        let mut stats = StepStats::default();
+        let mut stats = StepStats::zeros(labels.device());
         let mut offset = 0;
         for m in micro {
             let b = m.pixel_values.size()[0];
@@ -100,8 +100,7 @@ impl ClassHead {
             let y = labels.narrow(0, offset, b);
             let loss = logits.cross_entropy_for_logits(&y);
             (&loss / n).backward();
-            stats.loss += loss.double_value(&[]) / n;
-            stats.accuracy += accuracy(&logits, &y).double_value(&[]) / n;
+            stats.add(&loss, &accuracy(&logits, &y), n);
             offset += b;
         }
         Ok(stats)

@@ -63,6 +63,13 @@ impl Progress {
         Self { bar, quiet: false }
     }
 
+    /// Moves the bar (no numbers: those wait for the next log point).
+    pub fn advance(&self, step: u64) {
+        if let Some(b) = &self.bar {
+            b.set_position(step);
+        }
+    }
+
     pub fn update(&self, step: u64, total: u64, line: &str, log: bool) {
         match &self.bar {
             Some(b) => {

@@ -2,9 +2,9 @@
 //! libtorch's fused AdamW kernel (`torch.optim.AdamW(fused=True)`) through the C++ shim.
 
 use crate::config::OptimConfig;
-use crate::shim::{fused_adamw, AdamWStep};
+use crate::shim::{foreach_mul_, foreach_norm, fused_adamw, set_grads_to_none, AdamWStep};
 use anyhow::bail;
-use tch::{nn, Tensor};
+use tch::{nn, Kind, Tensor};
 
 /// Parameters that are not decayed: biases, LayerNorm weights, the class and position
 /// embeddings and the temperature (as open_clip and most CLIP fine-tuning recipes).
@@ -24,14 +24,15 @@ struct Slot {
     param: Tensor,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
-    /// The step count as the fused kernel reads it (a float scalar on the parameter's device).
-    step: Tensor,
     decay: bool,
 }
 
 pub struct AdamW {
     slots: Vec<Slot>,
     pub step: u64,
+    /// The step count as the fused kernel reads it: one float scalar on the parameters' device,
+    /// shared by every parameter (one fill per step, not one per parameter).
+    step_tensor: Tensor,
     betas: [f64; 2],
     eps: f64,
     weight_decay: f64,
@@ -46,13 +47,13 @@ impl AdamW {
             .filter(|(_, t)| t.requires_grad())
             .collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let device = vars.first().map_or(tch::Device::Cpu, |(_, p)| p.device());
         let slots = vars
             .into_iter()
             .map(|(name, param)| Slot {
                 decay: decays(&name),
                 exp_avg: param.zeros_like(),
                 exp_avg_sq: param.zeros_like(),
-                step: Tensor::zeros([], (tch::Kind::Float, param.device())),
                 name,
                 param,
             })
@@ -60,6 +61,7 @@ impl AdamW {
         Self {
             slots,
             step: 0,
+            step_tensor: Tensor::zeros([], (Kind::Float, device)),
             betas: cfg.betas,
             eps: cfg.eps,
             weight_decay: cfg.weight_decay,
@@ -67,13 +69,15 @@ impl AdamW {
     }
 
     /// One update with learning rate `lr` from the gradients in the parameters (those without
-    /// a gradient are left alone, as torch does).
-    pub fn step(&mut self, lr: f64) -> anyhow::Result<()> {
+    /// a gradient are left alone, as torch does). Where `found_inf` (a float scalar on the
+    /// device) holds 1 the kernel changes nothing; the caller then calls `undo_count`.
+    pub fn step(&mut self, lr: f64, found_inf: Option<&Tensor>) -> anyhow::Result<()> {
         self.step += 1;
+        let _ = self.step_tensor.fill_(self.step as f64);
         for decay in [true, false] {
-            let slots: Vec<&mut Slot> = self
+            let slots: Vec<&Slot> = self
                 .slots
-                .iter_mut()
+                .iter()
                 .filter(|s| s.decay == decay && s.param.grad().defined())
                 .collect();
             if slots.is_empty() {
@@ -81,13 +85,12 @@ impl AdamW {
             }
             let mut lists: [Vec<Tensor>; 5] = Default::default();
             for s in slots {
-                let _ = s.step.fill_(self.step as f64);
                 for (list, t) in lists.iter_mut().zip([
                     &s.param,
                     &s.param.grad(),
                     &s.exp_avg,
                     &s.exp_avg_sq,
-                    &s.step,
+                    &self.step_tensor,
                 ]) {
                     list.push(t.shallow_clone());
                 }
@@ -98,15 +101,21 @@ impl AdamW {
                 weight_decay: if decay { self.weight_decay } else { 0.0 },
                 eps: self.eps,
             };
-            tch::no_grad(|| fused_adamw(&lists[0], &lists[1], &lists[2], &lists[3], &lists[4], h))?;
+            let [p, g, m, v, s] = &lists;
+            tch::no_grad(|| fused_adamw(p, g, m, v, s, found_inf, h))?;
         }
         Ok(())
     }
 
+    /// Takes back the count of a step whose update `found_inf` cancelled.
+    pub fn undo_count(&mut self) {
+        self.step -= 1;
+    }
+
+    /// Drops every gradient (`zero_grad(set_to_none=True)`).
     pub fn zero_grad(&mut self) {
-        for s in &mut self.slots {
-            s.param.zero_grad();
-        }
+        let params: Vec<Tensor> = self.slots.iter().map(|s| s.param.shallow_clone()).collect();
+        set_grads_to_none(&params);
     }
 
     /// `exp_avg.NAME`, `exp_avg_sq.NAME` for every parameter, for checkpoints.
@@ -162,24 +171,29 @@ impl AdamW {
     }
 }
 
-/// `torch.nn.utils.clip_grad_norm_`: scales all gradients so their global L2 norm is at most
-/// `max_norm`; returns the norm before clipping.
-pub fn clip_grad_norm<'a>(params: impl Iterator<Item = &'a Tensor>, max_norm: Option<f64>) -> f64 {
+/// `torch.nn.utils.clip_grad_norm_` without a host synchronisation: scales all gradients so
+/// their global L2 norm is at most `max_norm`; returns the norm before clipping as a float
+/// scalar on the device. The scale is computed in float64 and rounded once to float32 (torch
+/// computes it in float32; the two differ by at most one ulp), and applied with one foreach
+/// multiply (by exactly 1 when the norm is under the limit).
+pub fn clip_grad_norm<'a>(
+    params: impl Iterator<Item = &'a Tensor>,
+    max_norm: Option<f64>,
+) -> anyhow::Result<Tensor> {
     let grads: Vec<Tensor> = params.map(|p| p.grad()).filter(|g| g.defined()).collect();
-    if grads.is_empty() {
-        return 0.0;
-    }
-    let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
-    let total = Tensor::stack(&norms, 0).norm().double_value(&[]);
+    let Some(first) = grads.first() else {
+        return Ok(Tensor::zeros([], (Kind::Float, tch::Device::Cpu)));
+    };
+    let device = first.device();
+    let total = Tensor::stack(&foreach_norm(&grads, 2.0)?, 0).norm();
     if let Some(max) = max_norm {
-        let coef = (max / (total + 1e-6)).min(1.0);
-        if coef < 1.0 {
-            tch::no_grad(|| {
-                for mut g in grads {
-                    let _ = g.g_mul_scalar_(coef);
-                }
-            });
-        }
+        let coef = tch::no_grad(|| {
+            let max = Tensor::full([], max, (Kind::Double, device));
+            (max / (total.to_kind(Kind::Double) + 1e-6))
+                .clamp_max(1.0)
+                .to_kind(Kind::Float)
+        });
+        tch::no_grad(|| foreach_mul_(&grads, &coef))?;
     }
-    total
+    Ok(total)
 }

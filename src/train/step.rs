@@ -8,7 +8,7 @@ use crate::dist::Dist;
 use crate::model::ClipModel;
 use crate::shim::{maybe_autocast, AutocastDtype};
 use anyhow::Result;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 pub struct MicroBatch {
     pub pixel_values: Tensor,
@@ -16,15 +16,36 @@ pub struct MicroBatch {
     pub attention_mask: Tensor,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+/// A step's loss and accuracy as float64 scalars on the device. Reading one waits for the GPU
+/// to finish the step, so the trainer reads them once per `train.log_every`, not per step.
+#[derive(Debug)]
 pub struct StepStats {
-    pub loss: f64,
-    /// In-batch image→text retrieval accuracy over the pairs the loss saw.
-    pub accuracy: f64,
-    /// The learning rate the update used (set by the trainer).
-    pub lr: f64,
-    /// The global gradient norm before clipping (set by the trainer).
-    pub grad_norm: f64,
+    pub loss: Tensor,
+    /// In-batch image→text retrieval accuracy (or a classifier's) over what the loss saw.
+    pub accuracy: Tensor,
+}
+
+impl StepStats {
+    pub fn zeros(device: Device) -> Self {
+        let zero = || Tensor::zeros([], (Kind::Double, device));
+        Self {
+            loss: zero(),
+            accuracy: zero(),
+        }
+    }
+
+    /// One micro-batch's share (`1 / n`) of the step's loss and accuracy, added in float64.
+    pub fn add(&mut self, loss: &Tensor, accuracy: &Tensor, n: f64) {
+        let share = |t: &Tensor| t.detach().to_kind(Kind::Double) / n;
+        let _ = self.loss.g_add_(&share(loss));
+        let _ = self.accuracy.g_add_(&share(accuracy));
+    }
+
+    /// 1 where the loss is not finite, else 0: the float scalar the fused AdamW kernel reads
+    /// to leave the parameters untouched, on the device.
+    pub fn found_inf(&self) -> Tensor {
+        self.loss.isfinite().logical_not().to_kind(Kind::Float)
+    }
 }
 
 /// The towers' features, under autocast in `amp` when given (fp32 master weights; features
@@ -57,16 +78,14 @@ pub fn accumulate_gradients(
 ) -> Result<StepStats> {
     match mode {
         Accumulation::PerMicroBatch => {
-            let mut stats = StepStats::default();
+            let mut stats = StepStats::zeros(micro[0].pixel_values.device());
             let n = micro.len() as f64;
             for m in micro {
                 let (image, text) = features(model, m, amp)?;
                 let out = model.logits(&image, &text);
                 let loss = clip_loss(&out.logits_per_text);
                 (&loss / n).backward();
-                stats.loss += loss.double_value(&[]) / n;
-                stats.accuracy +=
-                    pair_accuracy(&out.logits_per_image.detach()).double_value(&[]) / n;
+                stats.add(&loss, &pair_accuracy(&out.logits_per_image.detach()), n);
             }
             Ok(stats)
         }
@@ -91,11 +110,8 @@ pub fn accumulate_gradients(
             let out = model.logits(&image_all, &text_all);
             let loss = clip_loss(&out.logits_per_text);
             loss.backward();
-            let stats = StepStats {
-                loss: loss.double_value(&[]),
-                accuracy: pair_accuracy(&out.logits_per_image.detach()).double_value(&[]),
-                ..StepStats::default()
-            };
+            let mut stats = StepStats::zeros(loss.device());
+            stats.add(&loss, &pair_accuracy(&out.logits_per_image.detach()), 1.0);
             // 3. Each micro-batch again with a graph, back-propagating its share of those
             //    feature gradients: the chain rule gives exactly the full-batch gradient.
             let (image_grad, text_grad) = (image_own.grad(), text_own.grad());
@@ -130,16 +146,19 @@ fn splice_global(dist: &Dist, own: &Tensor) -> Result<Tensor> {
     Ok(Tensor::cat(&[before, own.shallow_clone(), after], 0))
 }
 
-/// Clips, updates, clamps the temperature (≤ 100, as CLIP), clears the gradients.
-/// Returns the gradient norm before clipping.
+/// Clips, updates, clamps the temperature (≤ 100, as CLIP), drops the gradients, all queued
+/// without waiting for the device. Returns the gradient norm before clipping (on the device).
+/// Where `found_inf` holds 1 the update changes nothing (the caller then calls
+/// `opt.undo_count()`).
 pub fn optimizer_step(
     model: &ClipModel,
     opt: &mut AdamW,
     lr: f64,
     max_grad_norm: Option<f64>,
-) -> anyhow::Result<f64> {
-    let norm = clip_grad_norm(opt.parameters(), max_grad_norm);
-    opt.step(lr)?;
+    found_inf: Option<&Tensor>,
+) -> anyhow::Result<Tensor> {
+    let norm = clip_grad_norm(opt.parameters(), max_grad_norm)?;
+    opt.step(lr, found_inf)?;
     tch::no_grad(|| {
         let _ = model.logit_scale().shallow_clone().clamp_(0.0, 100f64.ln());
     });

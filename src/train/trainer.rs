@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
@@ -250,6 +250,17 @@ impl Run<'_> {
     }
 }
 
+/// A completed step's numbers, still on the device until the next log point reads them.
+struct StepRecord {
+    step: u64,
+    lr: f64,
+    /// Samples per second since the run (or resume) started, taken on the host.
+    rate: f64,
+    stats: StepStats,
+    grad_norm: Tensor,
+    logit_scale: Tensor,
+}
+
 /// The held-out samples and what scoring them needs.
 struct Validation {
     samples: Vec<Sample>,
@@ -275,7 +286,9 @@ struct Trainer<'a> {
     total_steps: u64,
     stop_at: u64,
     train_samples: usize,
-    last: Option<StepStats>,
+    /// Completed steps whose numbers are still on the device (read at the next log point).
+    pending: Vec<StepRecord>,
+    last_loss: Option<f64>,
     last_validation: Option<ValMetrics>,
     started: (Instant, u64),
     /// Held for the whole run by the main rank: one writer per run directory.
@@ -389,7 +402,8 @@ impl<'a> Trainer<'a> {
             total_steps,
             stop_at,
             train_samples: train_count,
-            last: None,
+            pending: Vec::new(),
+            last_loss: None,
             last_validation: None,
             _lock: lock,
         })
@@ -425,14 +439,17 @@ impl<'a> Trainer<'a> {
                 .take_dropped_skips(batch.epoch);
             self.count_skips(&dropped);
             self.count_skips(&batch.skipped);
-            if let Some(stats) = self.step(&batch)? {
-                self.after_step(stats)?;
-            }
+            let record = self.step(&batch)?;
+            self.after_step(record)?;
         }
     }
 
-    /// One optimizer step on `batch`; `None` when a non-finite loss skipped it.
-    fn step(&mut self, batch: &Batch) -> Result<Option<StepStats>> {
+    /// One optimizer step on `batch`, queued on the device; `None` when a non-finite loss
+    /// skipped it (its batch is used up and the schedule moves on, as with PyTorch's
+    /// GradScaler; the weights and AdamW's count stay). The one host read of the step (is the
+    /// loss finite?) comes after the update is queued; the kernel itself leaves the weights
+    /// alone when it is not.
+    fn step(&mut self, batch: &Batch) -> Result<Option<StepRecord>> {
         let (dist, t) = (self.run.dist, &self.run.cfg.train);
         let micro = self.micro_batches(batch)?;
         let mut stats =
@@ -446,36 +463,47 @@ impl<'a> Trainer<'a> {
                 &["logit_scale"],
             )?;
             // The same loss on every rank, so they agree on skipping a non-finite step.
-            [stats.loss, stats.accuracy] = dist.means_over_ranks([stats.loss, stats.accuracy])?;
+            let both = dist.mean_over_ranks(&Tensor::stack(&[&stats.loss, &stats.accuracy], 0))?;
+            (stats.loss, stats.accuracy) = (both.get(0), both.get(1));
         }
-        if !stats.loss.is_finite() {
-            self.opt.zero_grad();
+        let found_inf = stats.found_inf();
+        let lr = self.run.cfg.optim.lr_at(self.state.step, self.total_steps);
+        let grad_norm = optimizer_step(
+            &self.clip.model,
+            &mut self.opt,
+            lr,
+            self.run.cfg.optim.max_grad_norm,
+            Some(&found_inf),
+        )?;
+        if found_inf.double_value(&[]) != 0.0 {
+            self.opt.undo_count();
+            let loss = stats.loss.double_value(&[]);
             if t.on_nonfinite == OnNonFinite::Stop {
                 self.save_checkpoint()?;
-                bail!("loss became {} at step {}; state before it saved in {} (lower optim.lr, or set train.on_nonfinite: skip)", stats.loss, self.state.step + 1, self.checkpoints.root.display());
+                bail!("loss became {loss} at step {}; state before it saved in {} (lower optim.lr, or set train.on_nonfinite: skip)", self.state.step + 1, self.checkpoints.root.display());
             }
             self.state.skipped_steps += 1;
+            self.state.step += 1;
             self.state.position = batch.next;
             let line = format!(
-                "step {}: loss is {}; step skipped ({} so far)",
-                self.state.step + 1,
-                stats.loss,
-                self.state.skipped_steps
+                "step {}: loss is {loss}; step skipped ({} so far)",
+                self.state.step, self.state.skipped_steps
             );
             self.progress.println(&line);
             return Ok(None);
         }
-        stats.lr = self.run.cfg.optim.lr_at(self.state.step, self.total_steps);
-        stats.grad_norm = optimizer_step(
-            &self.clip.model,
-            &mut self.opt,
-            stats.lr,
-            self.run.cfg.optim.max_grad_norm,
-        )?;
         self.state.step += 1;
         self.state.samples_seen += (batch.samples.len() * dist.world_size) as u64;
         self.state.position = batch.next;
-        Ok(Some(stats))
+        Ok(Some(StepRecord {
+            step: self.state.step,
+            lr,
+            rate: (self.state.samples_seen - self.started.1) as f64
+                / self.started.0.elapsed().as_secs_f64(),
+            stats,
+            grad_norm,
+            logit_scale: tch::no_grad(|| self.clip.model.logit_scale().exp()),
+        }))
     }
 
     /// The batch as micro-batches on the device.
@@ -499,42 +527,70 @@ impl<'a> Trainer<'a> {
             .collect())
     }
 
-    /// Logging, periodic validation and checkpoints after a completed step.
-    fn after_step(&mut self, stats: StepStats) -> Result<()> {
+    /// Logging, periodic validation and checkpoints after a step (`None`: a skipped one).
+    fn after_step(&mut self, record: Option<StepRecord>) -> Result<()> {
         let t = &self.run.cfg.train;
         let step = self.state.step;
-        let rate = (self.state.samples_seen - self.started.1) as f64
-            / self.started.0.elapsed().as_secs_f64();
-        let scale = self.clip.model.logit_scale().exp().double_value(&[]);
-        if let Some(tb) = self.tensorboard.as_mut() {
-            for (tag, v) in [
-                ("train/loss", stats.loss),
-                ("train/lr", stats.lr),
-                ("train/logit_scale", scale),
-                ("train/grad_norm", stats.grad_norm),
-                ("train/samples_per_s", rate),
-                ("train/batch_accuracy", stats.accuracy),
-            ] {
-                tb.scalar(tag, v, step);
-            }
+        self.pending.extend(record);
+        self.progress.advance(step);
+        if step.is_multiple_of(t.log_every) || step == self.stop_at {
+            self.log_pending(true)?;
         }
-        let line = format!(
-            "loss {:.4} acc {:.3} lr {:.2e} {rate:.1} samples/s",
-            stats.loss, stats.accuracy, stats.lr
-        );
-        self.progress.update(
-            step,
-            self.total_steps,
-            &line,
-            step.is_multiple_of(t.log_every) || step == self.stop_at,
-        );
-        self.last = Some(stats);
         if t.eval_every > 0 && step.is_multiple_of(t.eval_every) {
             self.validate()?;
         }
         if step.is_multiple_of(self.steps_per_epoch) || step.is_multiple_of(t.checkpoint_every) {
             self.save_checkpoint()?;
         }
+        Ok(())
+    }
+
+    /// Reads the pending steps' numbers from the device in one transfer, writes each step's
+    /// TensorBoard scalars and shows the newest (printed as a line when `print`).
+    fn log_pending(&mut self, print: bool) -> Result<()> {
+        let records = std::mem::take(&mut self.pending);
+        let Some(newest) = records.last() else {
+            if let Some(tb) = self.tensorboard.as_mut() {
+                tb.flush();
+            }
+            return Ok(());
+        };
+        let scalars: Vec<Tensor> = records
+            .iter()
+            .flat_map(|r| {
+                [
+                    &r.stats.loss,
+                    &r.stats.accuracy,
+                    &r.grad_norm,
+                    &r.logit_scale,
+                ]
+                .map(|t| t.to_kind(Kind::Double).to_device(tch::Device::Cpu))
+            })
+            .collect();
+        let values = Vec::<f64>::try_from(Tensor::stack(&scalars, 0))?;
+        for (r, v) in records.iter().zip(values.chunks(4)) {
+            let [loss, accuracy, grad_norm, scale] = [v[0], v[1], v[2], v[3]];
+            if let Some(tb) = self.tensorboard.as_mut() {
+                for (tag, value) in [
+                    ("train/loss", loss),
+                    ("train/lr", r.lr),
+                    ("train/logit_scale", scale),
+                    ("train/grad_norm", grad_norm),
+                    ("train/samples_per_s", r.rate),
+                    ("train/batch_accuracy", accuracy),
+                ] {
+                    tb.scalar(tag, value, r.step);
+                }
+            }
+            self.last_loss = Some(loss);
+        }
+        let v = &values[values.len() - 4..];
+        let line = format!(
+            "loss {:.4} acc {:.3} lr {:.2e} {:.1} samples/s",
+            v[0], v[1], newest.lr, newest.rate
+        );
+        self.progress
+            .update(newest.step, self.total_steps, &line, print);
         if let Some(tb) = self.tensorboard.as_mut() {
             tb.flush();
         }
@@ -567,6 +623,7 @@ impl<'a> Trainer<'a> {
     }
 
     fn save_checkpoint(&mut self) -> Result<()> {
+        self.log_pending(false)?;
         self.checkpoints
             .save(self.run.dist, &self.clip, &self.opt, &mut self.state)
     }
@@ -640,7 +697,7 @@ impl<'a> Trainer<'a> {
             total_steps: self.total_steps,
             samples_seen: self.state.samples_seen,
             samples_per_s: (self.state.samples_seen - self.started.1) as f64 / elapsed.max(1e-9),
-            final_loss: self.last.map(|s| s.loss),
+            final_loss: self.last_loss,
             skipped_steps: self.state.skipped_steps,
             skipped_samples: self.state.skipped_samples,
             train_samples: self.train_samples,

@@ -1,5 +1,5 @@
 # streetclip: `make demo` runs the main job on shipped data; `make test` is what CI runs.
-.PHONY: setup build install test demo finetune-demo fixtures bench clean
+.PHONY: setup build install test demo finetune-demo fixtures bench bench-gpu clean
 
 CARGO ?= cargo
 
@@ -52,6 +52,12 @@ fixtures: setup
 
 bench: setup
 	$(CARGO) bench --bench embed_throughput --bench loader_throughput --bench reverse_geocode --bench train_throughput --bench eval_geo
+
+# On a GPU machine: `streetclip bench train` beside transformers' CLIPModel (eager and
+# torch.compile) on ViT-L/14-336 at micro-batch 64, then StreetCLIP's 32 x 12 recipe; prints
+# the table and ratios (README, Performance). Elsewhere: BENCH_GPU_ARGS="--device cpu --tiny".
+bench-gpu: build
+	.venv/bin/python scripts/bench_gpu.py $(BENCH_GPU_ARGS)
 
 clean:
 	$(CARGO) clean

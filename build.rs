@@ -29,7 +29,8 @@ fn main() {
 
 /// csrc/dist.cpp: c10d's TCPStore and ProcessGroupGloo (Gloo's headers from Debian's
 /// libgloo-dev, which `make setup` installs); ProcessGroupNCCL too when the CUDA toolkit and
-/// NCCL headers of the torch wheel's CUDA are in the environment (`nvidia/` in site-packages).
+/// NCCL headers of the torch wheel's CUDA are in the environment (`nvidia/` in site-packages),
+/// and then csrc/cuda.cpp's CUDA queries as well.
 fn compile_dist(libtorch: &std::path::Path) {
     if !std::path::Path::new("/usr/include/gloo/algorithm.h").is_file() {
         panic!("Gloo's headers are missing (/usr/include/gloo): run `make setup`, which installs Debian's libgloo-dev");
@@ -54,8 +55,11 @@ fn compile_dist(libtorch: &std::path::Path) {
     ]
     .iter()
     .all(|h| nvidia.join(h).exists());
+    // csrc/cuda.cpp: device name and peak memory (CUDA facts `bench train` reports).
+    build.file("csrc/cuda.cpp");
     if nccl {
         build.define("USE_C10D_NCCL", None);
+        build.define("STREETCLIP_CUDA", None);
         for dir in &cuda_headers {
             build.include(dir);
         }
@@ -67,4 +71,5 @@ fn compile_dist(libtorch: &std::path::Path) {
     }
     build.compile("streetclip_dist");
     println!("cargo:rerun-if-changed=csrc/dist.cpp");
+    println!("cargo:rerun-if-changed=csrc/cuda.cpp");
 }

@@ -261,6 +261,38 @@ enum Command {
     /// The configuration reference.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Time training steps on synthetic batches already on the device: samples/s, TFLOP/s,
+    /// MFU, peak GPU memory. `make bench-gpu` runs it beside transformers (eager and compiled).
+    #[command(
+        after_help = "Examples:\n  streetclip bench train --config configs/demo.yaml\n  streetclip bench train --set model.preset=ViT-L/14-336 --set model.device=cuda --set train.micro_batch_size=64 --set train.grad_accum_steps=1 --json"
+    )]
+    Train {
+        /// A YAML config (model, train and optim sections); default: the default config.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override a config key: --set model.device=cuda (repeatable).
+        #[arg(long = "set")]
+        sets: Vec<String>,
+        /// Timed optimizer steps.
+        #[arg(long, default_value_t = 10, value_parser = at_least_one::<usize>)]
+        steps: usize,
+        /// Untimed steps first (allocator and kernel warm-up).
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// The device's peak TFLOP/s for MFU (default: dense bf16 of known GPUs).
+        #[arg(long)]
+        peak_tflops: Option<f64>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -338,6 +370,30 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config> {
 // result: long, but one flat table of what the CLI does, which splitting would scatter.
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Bench(BenchCommand::Train {
+            config,
+            sets,
+            steps,
+            warmup,
+            peak_tflops,
+            json,
+        }) => {
+            let cfg = match &config {
+                Some(path) => Config::from_file_with(path, &sets)?,
+                None => Config::from_yaml_with("{}", &sets)?,
+            };
+            let args = streetclip::commands::bench::BenchArgs {
+                steps,
+                warmup,
+                peak_tflops,
+            };
+            let result = streetclip::commands::bench::train(&cfg, &args)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            } else {
+                print!("{}", result.text());
+            }
+        }
         Command::Config(ConfigCommand::Defaults) => {
             print!("{}", streetclip::config::commented_defaults());
         }

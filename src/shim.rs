@@ -38,6 +38,9 @@ extern "C" {
         err_len: i64,
     ) -> i32;
     fn sc_set_grads_to_none(tensors: *mut *mut c_void, n: i64);
+    fn sc_cuda_device_name(device: i32, out: *mut c_char, len: i64) -> i32;
+    fn sc_cuda_peak_allocated(device: i32) -> i64;
+    fn sc_cuda_reset_peak(device: i32) -> i32;
     fn sc_autocast_enter(
         device: i32,
         dtype: i32,
@@ -210,4 +213,39 @@ pub fn set_grads_to_none(tensors: &[Tensor]) {
     let mut t = pointers(tensors);
     // SAFETY: `t` points to live tensors; resetting a grad is always valid.
     unsafe { sc_set_grads_to_none(t.as_mut_ptr(), t.len() as i64) }
+}
+
+/// The CUDA device's name (`NVIDIA H200`); None on the CPU or in a build without CUDA.
+pub fn cuda_device_name(device: Device) -> Option<String> {
+    let Device::Cuda(i) = device else {
+        return None;
+    };
+    let mut name = [0 as c_char; 256];
+    // SAFETY: `name` has room for `len` bytes; the shim writes a NUL-terminated string.
+    let rc = unsafe { sc_cuda_device_name(i as i32, name.as_mut_ptr(), name.len() as i64) };
+    // SAFETY: as above.
+    (rc == 0).then(|| {
+        unsafe { CStr::from_ptr(name.as_ptr()) }
+            .to_string_lossy()
+            .into_owned()
+    })
+}
+
+/// The most bytes tensors have held on the CUDA device since `cuda_reset_peak`
+/// (`torch.cuda.max_memory_allocated`); None on the CPU or in a build without CUDA.
+pub fn cuda_peak_allocated(device: Device) -> Option<u64> {
+    let Device::Cuda(i) = device else {
+        return None;
+    };
+    // SAFETY: a plain integer in and out.
+    let peak = unsafe { sc_cuda_peak_allocated(i as i32) };
+    u64::try_from(peak).ok()
+}
+
+/// Starts `cuda_peak_allocated` afresh (a no-op on the CPU).
+pub fn cuda_reset_peak(device: Device) {
+    if let Device::Cuda(i) = device {
+        // SAFETY: a plain integer in.
+        let _ = unsafe { sc_cuda_reset_peak(i as i32) };
+    }
 }

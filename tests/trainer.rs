@@ -304,7 +304,10 @@ fn non_finite_loss_stops_after_saving_or_skips() {
     assert!(skipped > 0 && skipped < s["steps"].as_u64().unwrap(), "{s}");
     assert_eq!(err.matches("step skipped").count() as u64, skipped);
     for (name, t) in final_weights(&run) {
-        assert!(t.isfinite().all().int64_value(&[]) == 1, "{name} is not finite");
+        assert!(
+            t.isfinite().all().int64_value(&[]) == 1,
+            "{name} is not finite"
+        );
     }
 }
 

@@ -1,6 +1,7 @@
 //! What the CLI subcommands do, as library functions, and how their results are printed;
 //! `main.rs` only parses arguments.
 
+pub mod bench;
 pub mod captions;
 pub mod classify;
 pub mod convert;

@@ -2,6 +2,7 @@
 
 pub mod clip;
 pub mod config;
+mod flops;
 pub mod hub;
 mod init;
 mod layers;

@@ -93,6 +93,14 @@ pub fn build_model(cfg: &Config, device: tch::Device) -> Result<Pretrained> {
     }
 }
 
+/// The autocast `train.precision` asks for on `device` (`auto`: bf16 on CUDA, none on the CPU).
+pub fn autocast_for(precision: Precision, device: tch::Device) -> Option<AutocastDtype> {
+    match (precision, device.is_cuda()) {
+        (Precision::Bf16, _) | (Precision::Auto, true) => Some(AutocastDtype::BFloat16),
+        _ => None,
+    }
+}
+
 /// Locks parameters as `freeze` says and those the objective never uses; returns how many
 /// remain trainable.
 fn apply_freeze(clip: &mut Pretrained, freeze: &FreezeConfig, objective: &dyn Objective) -> usize {
@@ -376,10 +384,7 @@ impl<'a> Trainer<'a> {
         } else {
             Progress::quiet()
         };
-        let amp = match (t.precision, run.device.is_cuda()) {
-            (Precision::Bf16, _) | (Precision::Auto, true) => Some(AutocastDtype::BFloat16),
-            _ => None,
-        };
+        let amp = autocast_for(t.precision, run.device);
         interrupt::install();
         Ok(Self {
             run,

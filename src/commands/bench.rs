@@ -1,0 +1,229 @@
+//! `streetclip bench train`: training steps timed on synthetic in-memory batches (inputs already
+//! on the device, as the Python peer `scripts/bench_train_gpu.py` has them), for any config,
+//! preset and device: samples/s, TFLOP/s from the model's FLOPs per sample, MFU against the
+//! GPU's dense bf16 peak, peak GPU memory.
+
+use crate::config::{Accumulation, Config};
+use crate::model::{parse_device, ClipConfig};
+use crate::shim::{cuda_device_name, cuda_peak_allocated, cuda_reset_peak};
+use crate::train::optim::AdamW;
+use crate::train::step::{accumulate_gradients, optimizer_step, MicroBatch};
+use crate::train::trainer::{autocast_for, build_model};
+use anyhow::{bail, Result};
+use serde::Serialize;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// Dense bf16 tensor-core peaks (TFLOP/s) from NVIDIA's datasheets, by a part of the device
+/// name; the most specific names first.
+const PEAK_BF16_TFLOPS: [(&str, f64); 9] = [
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("GH200", 989.0),
+    ("H200", 989.0),
+    ("H100", 989.0),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+];
+
+/// What to time.
+pub struct BenchArgs {
+    pub steps: usize,
+    pub warmup: usize,
+    /// The device's peak in TFLOP/s, overriding the table (and giving the CPU an MFU).
+    pub peak_tflops: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TrainBench {
+    pub device: String,
+    pub device_name: Option<String>,
+    pub parameters: i64,
+    pub precision: String,
+    pub micro_batch_size: usize,
+    pub grad_accum_steps: usize,
+    pub accumulation: Accumulation,
+    pub steps: usize,
+    pub warmup_steps: usize,
+    pub seconds: f64,
+    pub samples_per_s: f64,
+    /// Training FLOPs per sample: 3 forwards (forward + backward), plus one for `full_batch`.
+    pub flops_per_sample: f64,
+    pub tflops_per_s: f64,
+    pub peak_tflops: Option<f64>,
+    /// Model FLOPs utilisation: achieved / peak TFLOP/s, a fraction.
+    pub mfu: Option<f64>,
+    pub peak_memory_bytes: Option<u64>,
+    pub final_loss: f64,
+    /// The model's Hugging Face `CLIPConfig`, for the Python peer.
+    pub model_config: serde_json::Value,
+}
+
+/// Training FLOPs of one sample under `accumulation`.
+pub fn training_flops(config: &ClipConfig, accumulation: Accumulation) -> f64 {
+    let forwards = match accumulation {
+        Accumulation::PerMicroBatch => 3.0,
+        Accumulation::FullBatch => 4.0,
+    };
+    forwards * config.forward_flops()
+}
+
+fn peak_for(name: Option<&str>) -> Option<f64> {
+    let name = name?;
+    PEAK_BF16_TFLOPS
+        .iter()
+        .find(|(part, _)| name.contains(part))
+        .map(|(_, peak)| *peak)
+}
+
+/// Random pixels and captions of the model's shapes (an end-of-text token at position 20, the
+/// rest of the context attended, as the Python peer does), already on `device`.
+fn synthetic(config: &ClipConfig, micro: i64, accum: usize, device: Device) -> Vec<MicroBatch> {
+    let (v, t) = (&config.vision_config, &config.text_config);
+    let context = t.max_position_embeddings;
+    (0..accum)
+        .map(|_| {
+            let ids =
+                Tensor::randint_low(1, t.vocab_size - 1, [micro, context], (Kind::Int64, device));
+            let _ = ids
+                .narrow(1, 20.min(context - 1), 1)
+                .fill_(t.vocab_size - 1);
+            MicroBatch {
+                pixel_values: Tensor::randn(
+                    [micro, v.num_channels, v.image_size, v.image_size],
+                    (Kind::Float, device),
+                ),
+                input_ids: ids,
+                attention_mask: Tensor::ones([micro, context], (Kind::Int64, device)),
+            }
+        })
+        .collect()
+}
+
+/// Times `args.steps` training steps of `cfg` after `args.warmup` untimed ones.
+pub fn train(cfg: &Config, args: &BenchArgs) -> Result<TrainBench> {
+    if args.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    let t = &cfg.train;
+    let device =
+        parse_device(&cfg.model.device).map_err(|e| anyhow::anyhow!("model.device: {e}"))?;
+    tch::manual_seed(t.seed as i64);
+    let clip = build_model(cfg, device)?;
+    let model = &clip.model;
+    let mut opt = AdamW::new(&model.vs, &cfg.optim);
+    let amp = autocast_for(t.precision, device);
+    let micro = synthetic(
+        &model.config,
+        t.micro_batch_size as i64,
+        t.grad_accum_steps,
+        device,
+    );
+    let dist = crate::dist::Dist::single();
+    let mut step = || -> Result<Tensor> {
+        let stats = accumulate_gradients(model, &micro, t.accumulation, amp, &dist)?;
+        let found_inf = stats.found_inf();
+        let _norm = optimizer_step(
+            model,
+            &mut opt,
+            cfg.optim.lr,
+            cfg.optim.max_grad_norm,
+            Some(&found_inf),
+        )?;
+        Ok(stats.loss)
+    };
+    for _ in 0..args.warmup {
+        step()?.double_value(&[]); // waits for the device
+    }
+    cuda_reset_peak(device);
+    let start = Instant::now();
+    let mut loss = Tensor::zeros([], (Kind::Double, device));
+    for _ in 0..args.steps {
+        loss = step()?;
+    }
+    let final_loss = loss.double_value(&[]); // waits for the last step
+    let seconds = start.elapsed().as_secs_f64();
+    let samples = (args.steps * t.micro_batch_size * t.grad_accum_steps) as f64;
+    let flops_per_sample = training_flops(&model.config, t.accumulation);
+    let samples_per_s = samples / seconds;
+    let tflops_per_s = samples_per_s * flops_per_sample / 1e12;
+    let device_name = cuda_device_name(device);
+    let peak_tflops = args
+        .peak_tflops
+        .or_else(|| peak_for(device_name.as_deref()));
+    Ok(TrainBench {
+        device: format!("{device:?}")
+            .to_lowercase()
+            .replace('(', ":")
+            .replace(')', ""),
+        device_name,
+        parameters: model
+            .vs
+            .trainable_variables()
+            .iter()
+            .map(|v| v.numel() as i64)
+            .sum(),
+        precision: match amp {
+            Some(a) => format!("{a:?} autocast").to_lowercase(),
+            None => "fp32".into(),
+        },
+        micro_batch_size: t.micro_batch_size,
+        grad_accum_steps: t.grad_accum_steps,
+        accumulation: t.accumulation,
+        steps: args.steps,
+        warmup_steps: args.warmup,
+        seconds,
+        samples_per_s,
+        flops_per_sample,
+        tflops_per_s,
+        peak_tflops,
+        mfu: peak_tflops.map(|p| tflops_per_s / p),
+        peak_memory_bytes: cuda_peak_allocated(device),
+        final_loss,
+        model_config: model.config.to_hf_json(),
+    })
+}
+
+impl TrainBench {
+    /// The human report.
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "bench train: {} parameters on {}{}, {}, micro-batch {} x {} ({}), {} steps after {} warm-up\n",
+            self.parameters,
+            self.device,
+            self.device_name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default(),
+            self.precision,
+            self.micro_batch_size,
+            self.grad_accum_steps,
+            serde_json::to_value(self.accumulation).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+            self.steps,
+            self.warmup_steps
+        );
+        out += &format!("  samples/s        {:.1}\n", self.samples_per_s);
+        out += &format!(
+            "  TFLOP/s          {:.3}  ({:.4} GFLOP per sample)\n",
+            self.tflops_per_s,
+            self.flops_per_sample / 1e9
+        );
+        match (self.mfu, self.peak_tflops) {
+            (Some(mfu), Some(peak)) => {
+                out += &format!("  MFU              {:.1}% of {peak} TFLOP/s\n", 100.0 * mfu)
+            }
+            _ => {
+                out += "  MFU              unknown (no peak for this device; give --peak-tflops)\n"
+            }
+        }
+        match self.peak_memory_bytes {
+            Some(b) => {
+                out += &format!(
+                    "  peak GPU memory  {:.2} GiB\n",
+                    b as f64 / (1u64 << 30) as f64
+                )
+            }
+            None => out += "  peak GPU memory  - (not a CUDA device)\n",
+        }
+        out
+    }
+}

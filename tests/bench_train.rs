@@ -1,0 +1,119 @@
+//! `streetclip bench train` on the CPU with the demo's tiny model, its FLOPs per sample against
+//! PyTorch's FlopCounterMode on transformers' CLIPModel (scripts/count_flops.py), and the GPU
+//! comparison script's CPU smoke run (so a lent GPU's minutes are not lost to a script error).
+
+mod common;
+use common::*;
+use std::process::Command;
+use streetclip::model::ClipConfig;
+
+fn counted(config: &ClipConfig) -> (f64, f64) {
+    let tmp = tmpdir();
+    let path = tmp.path().join("config.json");
+    std::fs::write(&path, config.to_hf_json().to_string()).unwrap();
+    let out = run_python([
+        root().join("scripts/count_flops.py").into_os_string(),
+        path.into_os_string(),
+    ]);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    (
+        json["image"].as_f64().unwrap(),
+        json["text"].as_f64().unwrap(),
+    )
+}
+
+fn demo() -> ClipConfig {
+    streetclip::config::Config::from_file(&root().join("configs/demo.yaml"))
+        .unwrap()
+        .model
+        .config
+        .unwrap()
+}
+
+#[test]
+fn forward_flops_equal_pytorchs_flop_counter() {
+    for (name, config) in [
+        ("ViT-L/14-336", ClipConfig::vit_l_14_336()),
+        ("demo", demo()),
+    ] {
+        let (image, text) = counted(&config);
+        assert_eq!(config.image_forward_flops(), image, "{name} image tower");
+        assert_eq!(config.text_forward_flops(), text, "{name} text tower");
+    }
+    // StreetCLIP's model: 1.186 TFLOP per training sample (3 forwards), as ../shared/gpu notes.
+    let l14 = ClipConfig::vit_l_14_336().forward_flops() * 3.0;
+    assert!((l14 / 1e12 - 1.186).abs() < 5e-4, "{l14}");
+}
+
+fn bench(extra: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_streetclip"))
+        .args(["bench", "train", "--config"])
+        .arg(root().join("configs/demo.yaml"))
+        .args(["--steps", "2", "--warmup", "1", "--json"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn bench_train_reports_throughput_flops_and_mfu_on_the_cpu() {
+    let forward = demo().forward_flops();
+    for (mode, forwards) in [("full_batch", 4.0), ("per_micro_batch", 3.0)] {
+        let set = format!("train.accumulation={mode}");
+        let r = bench(&["--set", &set, "--peak-tflops", "2.0"]);
+        assert_eq!(r["device"], "cpu");
+        assert_eq!(
+            r["flops_per_sample"].as_f64().unwrap(),
+            forwards * forward,
+            "{mode}"
+        );
+        let rate = r["samples_per_s"].as_f64().unwrap();
+        assert!(
+            rate > 0.0 && r["final_loss"].as_f64().unwrap().is_finite(),
+            "{r}"
+        );
+        let tflops = r["tflops_per_s"].as_f64().unwrap();
+        assert!((tflops - rate * forwards * forward / 1e12).abs() < 1e-12 * tflops.max(1.0));
+        assert!((r["mfu"].as_f64().unwrap() - tflops / 2.0).abs() < 1e-12);
+        assert!(r["peak_memory_bytes"].is_null(), "no GPU memory on the CPU");
+        assert_eq!(r["parameters"], 7_986_817);
+        assert_eq!(r["model_config"]["vision_config"]["image_size"], 64);
+    }
+    // Without a known peak the MFU is unknown, not invented.
+    assert!(bench(&[])["mfu"].is_null());
+}
+
+#[test]
+fn the_gpu_comparison_script_runs_on_the_cpu() {
+    let tmp = tmpdir();
+    let json = tmp.path().join("bench.json");
+    let out = run_python([
+        root().join("scripts/bench_gpu.py").into_os_string(),
+        "--bin".into(),
+        env!("CARGO_BIN_EXE_streetclip").into(),
+        "--python".into(),
+        python().into_os_string(),
+        "--device".into(),
+        "cpu".into(),
+        "--tiny".into(),
+        "--no-compile".into(),
+        "--steps".into(),
+        "2".into(),
+        "--out".into(),
+        json.clone().into_os_string(),
+    ]);
+    assert!(
+        out.contains("| streetclip, 8 x 1 per_micro_batch |"),
+        "{out}"
+    );
+    assert!(out.contains("x samples/s"), "{out}");
+    let rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 4);
+}

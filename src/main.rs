@@ -634,6 +634,12 @@ fn main() {
     }
 }
 
+/// `--activation`: the names config.json uses (`quick_gelu`, `gelu`, `gelu_new`).
+fn parse_activation(s: &str) -> Result<streetclip::model::Activation, String> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| format!("unknown activation `{s}`: use quick_gelu or gelu"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::Cli;
@@ -669,10 +675,4 @@ mod tests {
     fn the_cli_is_well_formed() {
         Cli::command().debug_assert();
     }
-}
-
-/// `--activation`: the names config.json uses (`quick_gelu`, `gelu`, `gelu_new`).
-fn parse_activation(s: &str) -> Result<streetclip::model::Activation, String> {
-    serde_json::from_value(serde_json::Value::String(s.into()))
-        .map_err(|_| format!("unknown activation `{s}`: use quick_gelu or gelu"))
 }

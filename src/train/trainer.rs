@@ -258,6 +258,20 @@ impl Run<'_> {
     }
 }
 
+/// A batch from the loader and its micro-batches, already on their way to the device.
+struct Staged {
+    batch: Batch,
+    micro: Vec<MicroBatch>,
+}
+
+/// A step whose update is queued on the device, not yet known to have been finite.
+struct Queued {
+    stats: StepStats,
+    found_inf: Tensor,
+    grad_norm: Tensor,
+    lr: f64,
+}
+
 /// A completed step's numbers, still on the device until the next log point reads them.
 struct StepRecord {
     step: u64,
@@ -416,6 +430,8 @@ impl<'a> Trainer<'a> {
 
     /// Steps until something stops the run. Every rank takes the same decisions.
     fn run(&mut self) -> Result<StopReason> {
+        // The next batch, fetched while the current step runs (`Some(None)`: the data ran out).
+        let mut staged: Option<Option<Staged>> = None;
         loop {
             if self.state.step >= self.stop_at {
                 return Ok(if self.stop_at < self.total_steps {
@@ -430,36 +446,54 @@ impl<'a> Trainer<'a> {
                     signal: interrupt::received().unwrap_or(libc::SIGTERM),
                 });
             }
-            let batch = self.loader.as_mut().expect("started").next();
-            // Ranks run out of data together (their shares are equally long), but agree anyway:
-            // a rank that stopped alone would leave the others waiting in a collective.
-            if self.run.dist.any(batch.is_none())? {
+            let next = match staged.take() {
+                Some(next) => next,
+                None => self.fetch()?,
+            };
+            let Some(current) = next else {
                 return Ok(StopReason::DataExhausted);
-            }
-            let batch = batch.expect("checked above")?;
+            };
             let dropped = self
                 .loader
                 .as_ref()
                 .expect("started")
-                .take_dropped_skips(batch.epoch);
+                .take_dropped_skips(current.batch.epoch);
             self.count_skips(&dropped);
-            self.count_skips(&batch.skipped);
-            let record = self.step(&batch)?;
+            self.count_skips(&current.batch.skipped);
+            let queued = self.queue_step(&current)?;
+            // The next batch's tokenising and host-to-device copies overlap this step's kernels.
+            if self.state.step + 1 < self.stop_at {
+                staged = Some(self.fetch()?);
+            }
+            let record = self.finish_step(queued, &current.batch)?;
             self.after_step(record)?;
         }
     }
 
-    /// One optimizer step on `batch`, queued on the device; `None` when a non-finite loss
-    /// skipped it (its batch is used up and the schedule moves on, as with PyTorch's
-    /// GradScaler; the weights and AdamW's count stay). The one host read of the step (is the
-    /// loss finite?) comes after the update is queued; the kernel itself leaves the weights
-    /// alone when it is not.
-    fn step(&mut self, batch: &Batch) -> Result<Option<StepRecord>> {
-        let (dist, t) = (self.run.dist, &self.run.cfg.train);
-        let micro = self.micro_batches(batch)?;
-        let mut stats =
-            self.objective
-                .accumulate(&self.clip.model, &micro, &batch.samples, self.amp, dist)?;
+    /// The loader's next batch as micro-batches on their way to the device; None when the data
+    /// ran out. Ranks run out together (their shares are equally long) but agree anyway: a rank
+    /// that stopped alone would leave the others waiting in a collective.
+    fn fetch(&mut self) -> Result<Option<Staged>> {
+        let batch = self.loader.as_mut().expect("started").next();
+        if self.run.dist.any(batch.is_none())? {
+            return Ok(None);
+        }
+        let batch = batch.expect("checked above")?;
+        let micro = self.micro_batches(&batch)?;
+        Ok(Some(Staged { batch, micro }))
+    }
+
+    /// Queues one optimizer step on the device: gradients, the ranks' reduction, clipping and
+    /// the update, which the fused kernel cancels by itself when the loss is not finite.
+    fn queue_step(&mut self, staged: &Staged) -> Result<Queued> {
+        let dist = self.run.dist;
+        let mut stats = self.objective.accumulate(
+            &self.clip.model,
+            &staged.micro,
+            &staged.batch.samples,
+            self.amp,
+            dist,
+        )?;
         if dist.world_size > 1 {
             all_reduce_gradients(
                 dist,
@@ -480,9 +514,22 @@ impl<'a> Trainer<'a> {
             self.run.cfg.optim.max_grad_norm,
             Some(&found_inf),
         )?;
-        if found_inf.double_value(&[]) != 0.0 {
+        Ok(Queued {
+            stats,
+            found_inf,
+            grad_norm,
+            lr,
+        })
+    }
+
+    /// The step's one host read (was the loss finite?) and its bookkeeping; `None` when a
+    /// non-finite loss skipped it (its batch is used up and the schedule moves on, as with
+    /// PyTorch's GradScaler; the weights and AdamW's count stay).
+    fn finish_step(&mut self, q: Queued, batch: &Batch) -> Result<Option<StepRecord>> {
+        let (dist, t) = (self.run.dist, &self.run.cfg.train);
+        if q.found_inf.double_value(&[]) != 0.0 {
             self.opt.undo_count();
-            let loss = stats.loss.double_value(&[]);
+            let loss = q.stats.loss.double_value(&[]);
             if t.on_nonfinite == OnNonFinite::Stop {
                 self.save_checkpoint()?;
                 bail!("loss became {loss} at step {}; state before it saved in {} (lower optim.lr, or set train.on_nonfinite: skip)", self.state.step + 1, self.checkpoints.root.display());
@@ -502,11 +549,11 @@ impl<'a> Trainer<'a> {
         self.state.position = batch.next;
         Ok(Some(StepRecord {
             step: self.state.step,
-            lr,
+            lr: q.lr,
             rate: (self.state.samples_seen - self.started.1) as f64
                 / self.started.0.elapsed().as_secs_f64(),
-            stats,
-            grad_norm,
+            stats: q.stats,
+            grad_norm: q.grad_norm,
             logit_scale: tch::no_grad(|| self.clip.model.logit_scale().exp()),
         }))
     }
@@ -524,9 +571,9 @@ impl<'a> Trainer<'a> {
             .map(|s| {
                 let b = size.min(n - s);
                 MicroBatch {
-                    pixel_values: pixels.narrow(0, s, b).to(device),
-                    input_ids: ids.narrow(0, s, b).to(device),
-                    attention_mask: mask.narrow(0, s, b).to(device),
+                    pixel_values: to_device(&pixels.narrow(0, s, b), device),
+                    input_ids: to_device(&ids.narrow(0, s, b), device),
+                    attention_mask: to_device(&mask.narrow(0, s, b), device),
                 }
             })
             .collect())
@@ -733,6 +780,16 @@ impl<'a> Trainer<'a> {
         let summary = previous.unwrap_or_else(|| self.summary(reason, None));
         self.run.dist.final_barrier()?;
         Ok((summary, self.clip))
+    }
+}
+
+/// `t` on `device`; to a GPU through pinned host memory, copied without blocking the host (the
+/// copy is ordered before the kernels that read it on the same stream).
+fn to_device(t: &Tensor, device: tch::Device) -> Tensor {
+    if device.is_cuda() {
+        t.pin_memory(device).to_device_(device, t.kind(), true, false)
+    } else {
+        t.to_device(device)
     }
 }
 

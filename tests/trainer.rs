@@ -208,6 +208,108 @@ fn a_killed_run_resumes_where_it_stopped() {
     }
 }
 
+/// The temporary directory of a checkpoint write in progress, if there is one.
+fn partial_checkpoint(root: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(root)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with('.') && name.contains(".tmp.")
+        })
+}
+
+/// SIGKILL while a checkpoint is being written in the background (a 233 MB one, so the write is
+/// caught in progress): the partial directory is never taken for a checkpoint, the next run
+/// removes it and resumes from the previous complete one, and ends with the weights of an
+/// uninterrupted run, bit for bit.
+#[test]
+fn a_kill_during_a_background_checkpoint_write_resumes_exactly() {
+    let tmp = tmpdir();
+    let cfg = write_config(tmp.path(), "");
+    let big = [
+        "--set",
+        "model.config.text_config.hidden_size=384",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "train.checkpoint_every=2",
+    ];
+    let (killed, whole) = (tmp.path().join("killed"), tmp.path().join("whole"));
+    let root = killed.join("checkpoints");
+    let list = streetclip::train::checkpoint::list;
+    let mut caught = false;
+    for _attempt in 0..5 {
+        let _ = std::fs::remove_dir_all(&killed);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_streetclip"))
+            .args(["train", "--config"])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(&killed)
+            .args(big)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        while child.try_wait().unwrap().is_none()
+            && (list(&root).is_empty() || partial_checkpoint(&root).is_none())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
+        if !list(&root).is_empty() && partial_checkpoint(&root).is_some() {
+            caught = true;
+            break;
+        }
+    }
+    assert!(caught, "no kill landed during a checkpoint write in 5 runs");
+    let newest = list(&root).pop().unwrap();
+    let out = train(&[
+        &"--config",
+        &cfg,
+        &"--out",
+        &killed,
+        &big[0],
+        &big[1],
+        &big[2],
+        &big[3],
+        &big[4],
+        &big[5],
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("resuming from {}", newest.display())),
+        "{err}"
+    );
+    assert!(err.contains("did not finish writing"), "{err}");
+    assert!(
+        partial_checkpoint(&root).is_none(),
+        "the partial write was left"
+    );
+    let out = train(&[
+        &"--config",
+        &cfg,
+        &"--out",
+        &whole,
+        &big[0],
+        &big[1],
+        &big[2],
+        &big[3],
+        &big[4],
+        &big[5],
+    ]);
+    assert!(out.status.success());
+    let (a, b) = (final_weights(&killed), final_weights(&whole));
+    for ((na, ta), (_, tb)) in a.iter().zip(&b) {
+        assert!(
+            ta.equal(tb),
+            "{na} differs after a kill mid-write and resume"
+        );
+    }
+    assert_eq!(losses(&killed).last(), losses(&whole).last());
+}
+
 #[test]
 fn bad_configs_name_the_key() {
     let tmp = tmpdir();

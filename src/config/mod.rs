@@ -112,7 +112,8 @@ pub struct TrainConfig {
     pub max_steps: Option<u64>,
     /// Seeds the validation split, the sample order, augmentation and random initialisation.
     pub seed: u64,
-    /// Save a checkpoint every N steps (and at epoch ends and on stop).
+    /// Save a checkpoint every N steps, at an epoch end when the newest is N steps old, and on
+    /// stop. Written in the background from a host copy of the state.
     pub checkpoint_every: u64,
     /// Checkpoints kept (oldest removed first).
     pub keep_checkpoints: usize,

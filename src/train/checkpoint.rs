@@ -2,7 +2,8 @@
 //! the optimizer moments (`optimizer.safetensors`), `state.json` (step, data position,
 //! counters), the resolved `config.yaml` and `checksums.json` (each file's size and BLAKE3 hash,
 //! written last). Written into a temporary directory private to the writing process, synced,
-//! then renamed, so a checkpoint directory is complete or absent. Resuming verifies the newest
+//! then renamed, so a checkpoint directory is complete or absent; from a host copy of the state
+//! (`Snapshot`) on a background thread (`Writer`), so training goes on meanwhile. Resuming verifies the newest
 //! checkpoint against its checksums and falls back to the previous one, with a warning, when a
 //! file was damaged after it was written.
 
@@ -13,6 +14,7 @@ use crate::tensor_io::{self, write_atomic};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use tch::Tensor;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TrainState {
@@ -43,48 +45,160 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// Saves a checkpoint under `root` and keeps only the newest `keep`.
-pub fn save(
-    root: &Path,
-    model: &ClipModel,
-    opt: &AdamW,
-    state: &TrainState,
-    config_yaml: &str,
-    keep: usize,
-) -> Result<PathBuf> {
-    std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
-    let final_dir = root.join(dir_name(state.step));
-    // Private to this process: a second writer (which the run lock should prevent) could not
-    // mix its files into this checkpoint.
-    let tmp = root.join(format!(
-        ".{}.tmp.{}",
-        dir_name(state.step),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    weights::save(&model.vs, &tmp)?;
-    write_atomic(
-        &tmp.join("config.json"),
-        &serde_json::to_vec_pretty(&model.config.to_hf_json())?,
-    )?;
-    tensor_io::write(&tmp.join("optimizer.safetensors"), &opt.state())?;
-    write_atomic(&tmp.join("config.yaml"), config_yaml.as_bytes())?;
-    write_atomic(&tmp.join("state.json"), &serde_json::to_vec_pretty(state)?)?;
-    write_atomic(
-        &tmp.join(CHECKSUMS),
-        &serde_json::to_vec_pretty(&checksums(&tmp)?)?,
-    )?;
-    sync_dir(&tmp);
-    let _ = std::fs::remove_dir_all(&final_dir);
-    std::fs::rename(&tmp, &final_dir)
-        .with_context(|| format!("cannot move checkpoint into {}", final_dir.display()))?;
-    sync_dir(root);
-    let all = list(root);
-    for old in all.iter().take(all.len().saturating_sub(keep.max(1))) {
-        let _ = std::fs::remove_dir_all(old);
+/// What a checkpoint holds, copied off the device and away from the tensors training goes on
+/// changing, so it can be written while the next steps run.
+pub struct Snapshot {
+    model: Vec<(String, Tensor)>,
+    config_json: Vec<u8>,
+    optimizer: Vec<(String, Tensor)>,
+    state: TrainState,
+    config_yaml: String,
+}
+
+impl Snapshot {
+    /// Copies the weights and optimizer moments to host memory (waiting for the device's queued
+    /// work, so the copy is the state after the last step).
+    pub fn take(
+        model: &ClipModel,
+        opt: &AdamW,
+        state: &TrainState,
+        config_yaml: &str,
+    ) -> Result<Self> {
+        let host = |named: Vec<(String, Tensor)>| -> Vec<(String, Tensor)> {
+            tch::no_grad(|| {
+                named
+                    .into_iter()
+                    .map(|(n, t)| {
+                        let t = t.detach();
+                        let copy = match t.device() {
+                            tch::Device::Cpu => t.copy(),
+                            _ => t.to_device(tch::Device::Cpu),
+                        };
+                        (n, copy)
+                    })
+                    .collect()
+            })
+        };
+        Ok(Self {
+            model: host(weights::named_tensors(&model.vs)),
+            config_json: serde_json::to_vec_pretty(&model.config.to_hf_json())?,
+            optimizer: host(opt.state()),
+            state: state.clone(),
+            config_yaml: config_yaml.to_string(),
+        })
     }
-    Ok(final_dir)
+
+    pub fn step(&self) -> u64 {
+        self.state.step
+    }
+
+    /// Writes the checkpoint under `root` and keeps only the newest `keep`.
+    pub fn write(&self, root: &Path, keep: usize) -> Result<PathBuf> {
+        std::fs::create_dir_all(root)
+            .with_context(|| format!("cannot create {}", root.display()))?;
+        let final_dir = root.join(dir_name(self.state.step));
+        // Private to this process: a second writer (which the run lock should prevent) could
+        // not mix its files into this checkpoint.
+        let tmp = root.join(format!(
+            ".{}.tmp.{}",
+            dir_name(self.state.step),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        tensor_io::write(&tmp.join(weights::WEIGHTS_FILE), &self.model)?;
+        write_atomic(&tmp.join("config.json"), &self.config_json)?;
+        tensor_io::write(&tmp.join("optimizer.safetensors"), &self.optimizer)?;
+        write_atomic(&tmp.join("config.yaml"), self.config_yaml.as_bytes())?;
+        write_atomic(
+            &tmp.join("state.json"),
+            &serde_json::to_vec_pretty(&self.state)?,
+        )?;
+        write_atomic(
+            &tmp.join(CHECKSUMS),
+            &serde_json::to_vec_pretty(&checksums(&tmp)?)?,
+        )?;
+        sync_dir(&tmp);
+        let _ = std::fs::remove_dir_all(&final_dir);
+        std::fs::rename(&tmp, &final_dir)
+            .with_context(|| format!("cannot move checkpoint into {}", final_dir.display()))?;
+        sync_dir(root);
+        let all = list(root);
+        for old in all.iter().take(all.len().saturating_sub(keep.max(1))) {
+            let _ = std::fs::remove_dir_all(old);
+        }
+        Ok(final_dir)
+    }
+}
+
+/// Writes snapshots on a thread of its own, one at a time, so training does not wait for the
+/// disk: a new snapshot first waits for the previous write; `finish` and dropping the writer
+/// wait for the last. Each write is still atomic (a temporary directory renamed when complete),
+/// so a kill at any moment leaves the previous complete checkpoint.
+pub struct Writer {
+    root: PathBuf,
+    keep: usize,
+    pending: Option<std::thread::JoinHandle<Result<PathBuf>>>,
+}
+
+impl Writer {
+    pub fn new(root: PathBuf, keep: usize) -> Self {
+        Self {
+            root,
+            keep,
+            pending: None,
+        }
+    }
+
+    /// Starts writing `snapshot` once the previous write is done (its error, if any, is this
+    /// call's).
+    pub fn submit(&mut self, snapshot: Snapshot) -> Result<()> {
+        self.finish()?;
+        let (root, keep) = (self.root.clone(), self.keep);
+        self.pending = Some(std::thread::spawn(move || snapshot.write(&root, keep)));
+        Ok(())
+    }
+
+    /// Waits for the write in flight; its checkpoint directory.
+    pub fn finish(&mut self) -> Result<Option<PathBuf>> {
+        match self.pending.take() {
+            None => Ok(None),
+            Some(handle) => handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("the checkpoint writer thread panicked"))?
+                .map(Some),
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Err(e) = self.finish() {
+            eprintln!("warning: the last checkpoint was not written: {e:#}");
+        }
+    }
+}
+
+/// Removes the temporary directories (`.step-N.tmp.PID`) of writes a killed run left behind.
+/// Only for the process that holds the run directory's lock.
+pub fn remove_partial(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.starts_with(&format!(".{PREFIX}")) && name.contains(".tmp.") {
+            eprintln!(
+                "removing {}, a checkpoint an earlier run did not finish writing",
+                path.display()
+            );
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
 }
 
 /// Complete checkpoint directories, oldest first.

@@ -138,14 +138,17 @@ fn apply_freeze(clip: &mut Pretrained, freeze: &FreezeConfig, objective: &dyn Ob
 struct Checkpoints<'a> {
     root: PathBuf,
     config_yaml: &'a str,
-    keep: usize,
+    /// Rank 0's background writer.
+    writer: checkpoint::Writer,
+    /// The step of the newest checkpoint (written or being written).
+    last_step: u64,
 }
 
 impl Checkpoints<'_> {
-    /// Every rank's loader position gathered to rank 0, which writes the checkpoint. All ranks
-    /// call this at the same steps.
+    /// Every rank's loader position gathered to rank 0, which copies the state to host memory
+    /// and writes it in the background. All ranks call this at the same steps.
     fn save(
-        &self,
+        &mut self,
         dist: &Dist,
         clip: &Pretrained,
         opt: &AdamW,
@@ -165,16 +168,16 @@ impl Checkpoints<'_> {
                 .collect();
         }
         if dist.is_main() {
-            checkpoint::save(
-                &self.root,
-                &clip.model,
-                opt,
-                state,
-                self.config_yaml,
-                self.keep,
-            )?;
+            let snapshot = checkpoint::Snapshot::take(&clip.model, opt, state, self.config_yaml)?;
+            self.writer.submit(snapshot)?;
         }
+        self.last_step = state.step;
         Ok(())
+    }
+
+    /// Waits until the newest checkpoint is on disk.
+    fn wait(&mut self) -> Result<()> {
+        self.writer.finish().map(|_| ())
     }
 }
 
@@ -357,12 +360,17 @@ impl<'a> Trainer<'a> {
             .unwrap_or(total_steps)
             .min(total_steps);
         let mut opt = AdamW::new(&clip.model.vs, &cfg.optim);
+        let root = run.out.join("checkpoints");
+        if dist.is_main() {
+            checkpoint::remove_partial(&root);
+        }
+        let state = resume(run, &root, &mut clip, &mut opt)?;
         let checkpoints = Checkpoints {
-            root: run.out.join("checkpoints"),
+            writer: checkpoint::Writer::new(root.clone(), t.keep_checkpoints),
+            root,
             config_yaml: run.config_yaml,
-            keep: t.keep_checkpoints,
+            last_step: state.step,
         };
-        let state = resume(run, &checkpoints.root, &mut clip, &mut opt)?;
         if dist.world_size > 1 {
             // Identical starting weights everywhere, fresh or resumed.
             let tensors: Vec<Tensor> = weights::named_tensors(&clip.model.vs)
@@ -532,6 +540,7 @@ impl<'a> Trainer<'a> {
             let loss = q.stats.loss.double_value(&[]);
             if t.on_nonfinite == OnNonFinite::Stop {
                 self.save_checkpoint()?;
+                self.checkpoints.wait()?;
                 bail!("loss became {loss} at step {}; state before it saved in {} (lower optim.lr, or set train.on_nonfinite: skip)", self.state.step + 1, self.checkpoints.root.display());
             }
             self.state.skipped_steps += 1;
@@ -591,7 +600,12 @@ impl<'a> Trainer<'a> {
         if t.eval_every > 0 && step.is_multiple_of(t.eval_every) {
             self.validate()?;
         }
-        if step.is_multiple_of(self.steps_per_epoch) || step.is_multiple_of(t.checkpoint_every) {
+        // An epoch end adds a checkpoint only when the newest is checkpoint_every steps old: a
+        // short epoch should not stall on writes (they go on in the background, but the host
+        // copy of the state still waits for the device).
+        let epoch_end = step.is_multiple_of(self.steps_per_epoch)
+            && step >= self.checkpoints.last_step + t.checkpoint_every;
+        if step.is_multiple_of(t.checkpoint_every) || epoch_end {
             self.save_checkpoint()?;
         }
         Ok(())
@@ -697,6 +711,7 @@ impl<'a> Trainer<'a> {
         drop(loader);
         self.count_skips(&dropped);
         self.save_checkpoint()?;
+        self.checkpoints.wait()?;
         let main = self.run.dist.is_main();
         let mut export = None;
         if matches!(
@@ -787,7 +802,8 @@ impl<'a> Trainer<'a> {
 /// copy is ordered before the kernels that read it on the same stream).
 fn to_device(t: &Tensor, device: tch::Device) -> Tensor {
     if device.is_cuda() {
-        t.pin_memory(device).to_device_(device, t.kind(), true, false)
+        t.pin_memory(device)
+            .to_device_(device, t.kind(), true, false)
     } else {
         t.to_device(device)
     }

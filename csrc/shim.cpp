@@ -1,17 +1,21 @@
 // streetclip's C++ shim: what tch does not expose, through a C ABI only.
 // - autocast with a chosen dtype (tch can only toggle CUDA autocast, which then means fp16);
 // - libtorch's fused AdamW kernel and the foreach ops around it (tch binds no fused or foreach
-//   optimizer ops), and gradients set to none.
+//   optimizer ops), and gradients set to none;
+// - PyTorch's profiler (Kineto), writing Chrome-trace JSON.
 // A tch `C_tensor*` is an `at::Tensor*` (torch-sys's torch_api.h).
 #include <ATen/autocast_mode.h>
 #include <ATen/ops/_foreach_mul.h>
 #include <ATen/ops/_foreach_norm.h>
 #include <ATen/ops/_fused_adamw.h>
 #include <cstdio>
+#include <cstdlib>
 #include <optional>
 #include <vector>
 #include <c10/core/DeviceType.h>
 #include <c10/core/ScalarType.h>
+#include <set>
+#include <torch/csrc/autograd/profiler_kineto.h>
 
 namespace {
 std::vector<at::Tensor> tensor_list(void** ptrs, int64_t n) {
@@ -110,6 +114,35 @@ int sc_foreach_mul_(void** tensors, int64_t n, void* scalar, char* err, int64_t 
 // `param.grad = None` for each tensor (optimizer.zero_grad(set_to_none=True)).
 void sc_set_grads_to_none(void** tensors, int64_t n) {
   for (int64_t i = 0; i < n; ++i) static_cast<at::Tensor*>(tensors[i])->mutable_grad().reset();
+}
+
+// Starts PyTorch's profiler (Kineto, as torch.profiler.profile): CPU operators with their
+// input shapes, and CUDA kernels too when `cuda` is 1. Returns 0, or -1 (message in `err`).
+int sc_profiler_start(int cuda, char* err, int64_t err_len) {
+  try {
+    namespace impl = torch::profiler::impl;
+    // Kineto logs stages, and an "error" for the GPU API a CPU-only machine lacks: quiet it
+    // (failures still throw; a user's own KINETO_LOG_LEVEL wins).
+    setenv("KINETO_LOG_LEVEL", "5", 0);
+    impl::ProfilerConfig config(impl::ProfilerState::KINETO, /*report_input_shapes=*/true);
+    std::set<impl::ActivityType> activities{impl::ActivityType::CPU};
+    if (cuda != 0) activities.insert(impl::ActivityType::CUDA);
+    torch::autograd::profiler::prepareProfiler(config, activities);
+    torch::autograd::profiler::enableProfiler(config, activities);
+    return 0;
+  } catch (const std::exception& e) {
+    return failed(e, err, err_len);
+  }
+}
+
+// Stops the profiler sc_profiler_start started and writes its Chrome trace to `path`.
+int sc_profiler_stop(const char* path, char* err, int64_t err_len) {
+  try {
+    torch::autograd::profiler::disableProfiler()->save(path);
+    return 0;
+  } catch (const std::exception& e) {
+    return failed(e, err, err_len);
+  }
 }
 
 }  // extern "C"

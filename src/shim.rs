@@ -38,6 +38,8 @@ extern "C" {
         err_len: i64,
     ) -> i32;
     fn sc_set_grads_to_none(tensors: *mut *mut c_void, n: i64);
+    fn sc_profiler_start(cuda: i32, err: *mut c_char, err_len: i64) -> i32;
+    fn sc_profiler_stop(path: *const c_char, err: *mut c_char, err_len: i64) -> i32;
     fn sc_cuda_device_name(device: i32, out: *mut c_char, len: i64) -> i32;
     fn sc_cuda_peak_allocated(device: i32) -> i64;
     fn sc_cuda_reset_peak(device: i32) -> i32;
@@ -248,4 +250,28 @@ pub fn cuda_reset_peak(device: Device) {
         // SAFETY: a plain integer in.
         let _ = unsafe { sc_cuda_reset_peak(i as i32) };
     }
+}
+
+/// Starts PyTorch's profiler (Kineto): operators with input shapes, and the kernels of `device`
+/// when it is a GPU. One profile at a time per process.
+pub fn profiler_start(device: Device) -> Result<()> {
+    let mut err = [0 as c_char; 512];
+    // SAFETY: an integer and an error buffer of the stated length.
+    let rc = unsafe {
+        sc_profiler_start(
+            i32::from(device.is_cuda()),
+            err.as_mut_ptr(),
+            err.len() as i64,
+        )
+    };
+    checked("profiler start", rc, &err)
+}
+
+/// Stops the profiler and writes its Chrome-trace JSON (chrome://tracing, Perfetto) to `path`.
+pub fn profiler_stop(path: &std::path::Path) -> Result<()> {
+    let c_path = std::ffi::CString::new(path.to_string_lossy().as_bytes())?;
+    let mut err = [0 as c_char; 512];
+    // SAFETY: a NUL-terminated path and an error buffer of the stated length.
+    let rc = unsafe { sc_profiler_stop(c_path.as_ptr(), err.as_mut_ptr(), err.len() as i64) };
+    checked("profiler stop", rc, &err)
 }

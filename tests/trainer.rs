@@ -310,6 +310,43 @@ fn a_kill_during_a_background_checkpoint_write_resumes_exactly() {
     assert_eq!(losses(&killed).last(), losses(&whole).last());
 }
 
+/// `train.profile: N` writes PyTorch's profiler trace of N steps after the first as
+/// Chrome-trace JSON; a run that stops first writes what it has.
+#[test]
+fn profile_writes_a_chrome_trace_of_the_chosen_steps() {
+    let tmp = tmpdir();
+    let cfg = write_config(tmp.path(), "");
+    for (name, profile, steps, said) in [
+        ("two", "2", "5", "steps 2..3"),
+        ("cut", "5", "3", "steps 2..3"),
+    ] {
+        let run = tmp.path().join(name);
+        let set = format!("train.profile={profile}");
+        let out = train(&[
+            &"--config",
+            &cfg,
+            &"--out",
+            &run,
+            &"--max-steps",
+            &steps,
+            &"--set",
+            &set,
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(err.contains(&format!("profile of {said} written")), "{err}");
+        let trace: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join("profile/trace-rank0.json")).unwrap())
+                .unwrap();
+        let events = trace["traceEvents"].as_array().unwrap();
+        let matmuls = events
+            .iter()
+            .filter(|e| e["name"].as_str().is_some_and(|n| n.ends_with("mm")))
+            .count();
+        assert!(matmuls > 10, "{matmuls} matrix products in the trace");
+    }
+}
+
 #[test]
 fn bad_configs_name_the_key() {
     let tmp = tmpdir();

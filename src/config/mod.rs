@@ -130,6 +130,9 @@ pub struct TrainConfig {
     pub freeze: FreezeConfig,
     /// Arithmetic of the forward and backward passes.
     pub precision: Precision,
+    /// Profile this many steps (after one warm-up step) with PyTorch's profiler and write the
+    /// Chrome-trace JSON to RUN_DIR/profile/ (open in Perfetto or chrome://tracing); 0: off.
+    pub profile: u64,
 }
 
 #[derive(
@@ -179,6 +182,7 @@ impl Default for TrainConfig {
             on_nonfinite: OnNonFinite::Stop,
             freeze: FreezeConfig::default(),
             precision: Precision::Auto,
+            profile: 0,
         }
     }
 }

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 /// Keys (or sections, by prefix) that do not change what is trained.
 const OBSERVATIONAL: &[&str] = &[
     "train.log_every",
+    "train.profile",
     "train.eval_every",
     "train.checkpoint_every",
     "train.keep_checkpoints",

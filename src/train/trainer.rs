@@ -261,6 +261,16 @@ impl Run<'_> {
     }
 }
 
+/// `train.profile`: the steps this process profiles (after the warm-up step) and where the trace
+/// goes.
+struct Profiling {
+    /// Profiling starts when `state.step` is `from` and stops when it reaches `to`.
+    from: u64,
+    to: u64,
+    active: bool,
+    path: PathBuf,
+}
+
 /// A batch from the loader and its micro-batches, already on their way to the device.
 struct Staged {
     batch: Batch,
@@ -316,6 +326,7 @@ struct Trainer<'a> {
     last_loss: Option<f64>,
     last_validation: Option<ValMetrics>,
     started: (Instant, u64),
+    profiling: Option<Profiling>,
     /// Held for the whole run by the main rank: one writer per run directory.
     _lock: Option<std::fs::File>,
 }
@@ -408,7 +419,17 @@ impl<'a> Trainer<'a> {
         };
         let amp = autocast_for(t.precision, run.device);
         interrupt::install();
+        let profiling = (t.profile > 0).then(|| Profiling {
+            from: state.step + 1,
+            to: state.step + 1 + t.profile,
+            active: false,
+            path: run
+                .out
+                .join("profile")
+                .join(format!("trace-rank{}.json", dist.rank)),
+        });
         Ok(Self {
+            profiling,
             run,
             objective,
             params: weights::named_tensors(&clip.model.vs),
@@ -468,6 +489,7 @@ impl<'a> Trainer<'a> {
                 .take_dropped_skips(current.batch.epoch);
             self.count_skips(&dropped);
             self.count_skips(&current.batch.skipped);
+            self.profile(false)?;
             let queued = self.queue_step(&current)?;
             // The next batch's tokenising and host-to-device copies overlap this step's kernels.
             if self.state.step + 1 < self.stop_at {
@@ -476,6 +498,33 @@ impl<'a> Trainer<'a> {
             let record = self.finish_step(queued, &current.batch)?;
             self.after_step(record)?;
         }
+    }
+
+    /// Starts or stops `train.profile`'s profiler when its steps begin or end (`end`: the run
+    /// stops, so a profile in progress is written now).
+    fn profile(&mut self, end: bool) -> Result<()> {
+        let Some(p) = self.profiling.as_mut() else {
+            return Ok(());
+        };
+        let step = self.state.step;
+        if !p.active && !end && step == p.from {
+            crate::shim::profiler_start(self.run.device)?;
+            p.active = true;
+        } else if p.active && (end || step >= p.to) {
+            if let Some(dir) = p.path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            crate::shim::profiler_stop(&p.path)?;
+            let line = format!(
+                "profile of steps {}..{step} written to {} (open it in https://ui.perfetto.dev)",
+                p.from + 1,
+                p.path.display()
+            );
+            self.progress.println(&line);
+            self.profiling = None;
+        }
+        Ok(())
     }
 
     /// The loader's next batch as micro-batches on their way to the device; None when the data
@@ -706,6 +755,7 @@ impl<'a> Trainer<'a> {
     /// Saves, validates and exports as `reason` allows, writes the summary; a signal or a
     /// short data set is an error after that (non-zero exit).
     fn finish(mut self, reason: StopReason) -> Result<(Summary, Pretrained)> {
+        self.profile(true)?;
         let loader = self.loader.take().expect("started");
         let dropped = loader.take_dropped_skips(u64::MAX);
         drop(loader);

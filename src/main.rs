@@ -289,6 +289,10 @@ enum BenchCommand {
         /// The device's peak TFLOP/s for MFU (default: dense bf16 of known GPUs).
         #[arg(long)]
         peak_tflops: Option<f64>,
+        /// Train on the config's data through the training loader (decoding, augmentation,
+        /// tokenising and the copy to the device timed too) instead of synthetic batches.
+        #[arg(long)]
+        data: bool,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -376,6 +380,7 @@ fn run(cli: Cli) -> Result<()> {
             steps,
             warmup,
             peak_tflops,
+            data,
             json,
         }) => {
             let cfg = match &config {
@@ -386,6 +391,7 @@ fn run(cli: Cli) -> Result<()> {
                 steps,
                 warmup,
                 peak_tflops,
+                data,
             };
             let result = streetclip::commands::bench::train(&cfg, &args)?;
             if json {

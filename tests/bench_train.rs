@@ -86,7 +86,13 @@ fn bench_train_reports_throughput_flops_and_mfu_on_the_cpu() {
         assert_eq!(r["model_config"]["vision_config"]["image_size"], 64);
     }
     // Without a known peak the MFU is unknown, not invented.
-    assert!(bench(&[])["mfu"].is_null());
+    let synthetic = bench(&[]);
+    assert!(synthetic["mfu"].is_null());
+    assert_eq!(synthetic["batches"], "synthetic");
+    // The config's data through the training loader (the demo's scenes, drawn if missing).
+    let loaded = bench(&["--data"]);
+    assert_eq!(loaded["batches"], "loader");
+    assert!(loaded["samples_per_s"].as_f64().unwrap() > 0.0);
 }
 
 #[test]

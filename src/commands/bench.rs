@@ -1,16 +1,22 @@
 //! `streetclip bench train`: training steps timed on synthetic in-memory batches (inputs already
-//! on the device, as the Python peer `scripts/bench_train_gpu.py` has them), for any config,
-//! preset and device: samples/s, TFLOP/s from the model's FLOPs per sample, MFU against the
-//! GPU's dense bf16 peak, peak GPU memory.
+//! on the device, as the Python peer `scripts/bench_train_gpu.py` has them), or on the config's
+//! data through the training loader (`--data`), for any config, preset and device: samples/s,
+//! TFLOP/s from the model's FLOPs per sample, MFU against the GPU's dense bf16 peak, peak GPU
+//! memory.
 
 use crate::config::{Accumulation, Config};
+use crate::data::loader::{Loader, Position};
+use crate::data::Dataset;
+use crate::geo::Gazetteer;
 use crate::model::{parse_device, ClipConfig};
 use crate::shim::{cuda_device_name, cuda_peak_allocated, cuda_reset_peak};
+use crate::text::Captioner;
 use crate::train::optim::AdamW;
 use crate::train::step::{accumulate_gradients, optimizer_step, MicroBatch};
-use crate::train::trainer::{autocast_for, build_model};
-use anyhow::{bail, Result};
+use crate::train::trainer::{autocast_for, build_model, micro_batches};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -34,12 +40,17 @@ pub struct BenchArgs {
     pub warmup: usize,
     /// The device's peak in TFLOP/s, overriding the table (and giving the CPU an MFU).
     pub peak_tflops: Option<f64>,
+    /// Batches from the config's data through the training loader (decoding, augmentation,
+    /// captions, tokenising and the copy to the device included), not synthetic ones.
+    pub data: bool,
 }
 
 #[derive(Debug, Serialize)]
 pub struct TrainBench {
     pub device: String,
     pub device_name: Option<String>,
+    /// `synthetic` (on the device already) or `loader` (the config's data).
+    pub batches: String,
     pub parameters: i64,
     pub precision: String,
     pub micro_batch_size: usize,
@@ -102,6 +113,24 @@ fn synthetic(config: &ClipConfig, micro: i64, accum: usize, device: Device) -> V
         .collect()
 }
 
+/// The training loader over all of `cfg`'s data (drawn first when the config asks for
+/// synthetic scenes).
+fn start_loader(cfg: &Config, clip: &crate::pretrained::Pretrained) -> Result<Loader> {
+    let gazetteer = Gazetteer::bundled()?;
+    crate::synth::draw_if_missing(&cfg.data, gazetteer)?;
+    let (data, report) = Dataset::load(&cfg.data, gazetteer)?;
+    eprintln!("data: {}", report.summary());
+    let captioner = Arc::new(Captioner::new(&cfg.captions)?);
+    crate::train::trainer::start_loader(
+        cfg,
+        &crate::dist::Dist::single(),
+        data.samples,
+        &captioner,
+        clip,
+        Position::default(),
+    )
+}
+
 /// Times `args.steps` training steps of `cfg` after `args.warmup` untimed ones.
 pub fn train(cfg: &Config, args: &BenchArgs) -> Result<TrainBench> {
     if args.steps == 0 {
@@ -115,15 +144,29 @@ pub fn train(cfg: &Config, args: &BenchArgs) -> Result<TrainBench> {
     let model = &clip.model;
     let mut opt = AdamW::new(&model.vs, &cfg.optim);
     let amp = autocast_for(t.precision, device);
-    let micro = synthetic(
+    let synthetic = synthetic(
         &model.config,
         t.micro_batch_size as i64,
         t.grad_accum_steps,
         device,
     );
+    let mut loader = if args.data {
+        Some(start_loader(cfg, &clip)?)
+    } else {
+        None
+    };
     let dist = crate::dist::Dist::single();
     let mut step = || -> Result<Tensor> {
-        let stats = accumulate_gradients(model, &micro, t.accumulation, amp, &dist)?;
+        let loaded;
+        let micro = match loader.as_mut() {
+            None => &synthetic,
+            Some(l) => {
+                let batch = l.next().context("the data ran out before the benchmark's steps: lower --steps or --warmup, or raise train.epochs")??;
+                loaded = micro_batches(&clip, &batch, t.micro_batch_size, device)?;
+                &loaded
+            }
+        };
+        let stats = accumulate_gradients(model, micro, t.accumulation, amp, &dist)?;
         let found_inf = stats.found_inf();
         let _norm = optimizer_step(
             model,
@@ -159,6 +202,7 @@ pub fn train(cfg: &Config, args: &BenchArgs) -> Result<TrainBench> {
             .replace('(', ":")
             .replace(')', ""),
         device_name,
+        batches: if args.data { "loader" } else { "synthetic" }.into(),
         parameters: model
             .vs
             .trainable_variables()
@@ -190,7 +234,7 @@ impl TrainBench {
     /// The human report.
     pub fn text(&self) -> String {
         let mut out = format!(
-            "bench train: {} parameters on {}{}, {}, micro-batch {} x {} ({}), {} steps after {} warm-up\n",
+            "bench train: {} parameters on {}{}, {}, micro-batch {} x {} ({}), {} batches, {} steps after {} warm-up\n",
             self.parameters,
             self.device,
             self.device_name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default(),
@@ -198,6 +242,7 @@ impl TrainBench {
             self.micro_batch_size,
             self.grad_accum_steps,
             serde_json::to_value(self.accumulation).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+            self.batches,
             self.steps,
             self.warmup_steps
         );

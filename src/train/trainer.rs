@@ -405,7 +405,7 @@ impl<'a> Trainer<'a> {
         let captioner = Arc::new(Captioner::new(&cfg.captions)?);
         let train_count = train_samples.len();
         let loader = (state.step < stop_at)
-            .then(|| start_loader(run, train_samples, &captioner, &clip, state.position))
+            .then(|| start_loader(cfg, dist, train_samples, &captioner, &clip, state.position))
             .transpose()?;
         let tensorboard = if dist.is_main() {
             Some(TensorBoard::new(&run.out.join("tensorboard"))?)
@@ -616,25 +616,9 @@ impl<'a> Trainer<'a> {
         }))
     }
 
-    /// The batch as micro-batches on the device.
     fn micro_batches(&self, batch: &Batch) -> Result<Vec<MicroBatch>> {
-        let (h, w) = self.clip.preprocess.output_size();
-        let n = batch.samples.len() as i64;
-        let pixels = Tensor::from_slice(&batch.pixels).view([n, 3, h as i64, w as i64]);
-        let (ids, mask) = self.clip.tokenize(&batch.captions)?;
-        let size = self.run.cfg.train.micro_batch_size as i64;
-        let device = self.run.device;
-        Ok((0..n)
-            .step_by(size as usize)
-            .map(|s| {
-                let b = size.min(n - s);
-                MicroBatch {
-                    pixel_values: to_device(&pixels.narrow(0, s, b), device),
-                    input_ids: to_device(&ids.narrow(0, s, b), device),
-                    attention_mask: to_device(&mask.narrow(0, s, b), device),
-                }
-            })
-            .collect())
+        let micro = self.run.cfg.train.micro_batch_size;
+        micro_batches(&self.clip, batch, micro, self.run.device)
     }
 
     /// Logging, periodic validation and checkpoints after a step (`None`: a skipped one).
@@ -848,6 +832,31 @@ impl<'a> Trainer<'a> {
     }
 }
 
+/// A loader batch as micro-batches of `micro` rows on `device` (tokenised here).
+pub fn micro_batches(
+    clip: &Pretrained,
+    batch: &Batch,
+    micro: usize,
+    device: tch::Device,
+) -> Result<Vec<MicroBatch>> {
+    let (h, w) = clip.preprocess.output_size();
+    let n = batch.samples.len() as i64;
+    let pixels = Tensor::from_slice(&batch.pixels).view([n, 3, h as i64, w as i64]);
+    let (ids, mask) = clip.tokenize(&batch.captions)?;
+    let size = micro as i64;
+    Ok((0..n)
+        .step_by(micro)
+        .map(|s| {
+            let b = size.min(n - s);
+            MicroBatch {
+                pixel_values: to_device(&pixels.narrow(0, s, b), device),
+                input_ids: to_device(&ids.narrow(0, s, b), device),
+                attention_mask: to_device(&mask.narrow(0, s, b), device),
+            }
+        })
+        .collect())
+}
+
 /// `t` on `device`; to a GPU through pinned host memory, copied without blocking the host (the
 /// copy is ordered before the kernels that read it on the same stream).
 fn to_device(t: &Tensor, device: tch::Device) -> Tensor {
@@ -908,14 +917,16 @@ fn resume(run: &Run, root: &Path, clip: &mut Pretrained, opt: &mut AdamW) -> Res
     Ok(state)
 }
 
-fn start_loader(
-    run: &Run,
+/// The training loader of `cfg` for this rank, from `from`.
+pub fn start_loader(
+    cfg: &Config,
+    dist: &Dist,
     samples: Vec<Sample>,
     captioner: &Arc<Captioner>,
     clip: &Pretrained,
     from: Position,
 ) -> Result<Loader> {
-    let (cfg, t, dist) = (run.cfg, &run.cfg.train, run.dist);
+    let t = &cfg.train;
     let loader_cfg = LoaderConfig {
         batch_size: t.micro_batch_size * t.grad_accum_steps,
         workers: cfg.data.workers,

@@ -81,11 +81,12 @@ with tempfile.TemporaryDirectory() as tmp:
         rows += [ours, *peers]
 
 name = rows[0].get("device_name") or a.device
-print(f"Training throughput on {name} ({a.preset if not a.tiny else 'demo tiny model'}, bf16 autocast over fp32 weights on a GPU)\n")
+precision = "fp32" if a.device == "cpu" else "bf16 autocast over fp32 weights"
+print(f"Training throughput on {name} ({a.preset if not a.tiny else 'demo tiny model'}, {precision})\n")
 print("| run | samples/s | TFLOP/s | peak memory (GiB) |")
 print("|---|---|---|---|")
 for r in rows:
-    print(f"| {r['run']} | {r['samples_per_s']:.1f} | {r['tflops_per_s']:.1f} | {gib(r.get('peak_memory_bytes'))} |")
+    print(f"| {r['run']} | {r['samples_per_s']:.1f} | {r['tflops_per_s']:.3g} | {gib(r.get('peak_memory_bytes'))} |")
 print()
 for line in ratios:
     print(line)

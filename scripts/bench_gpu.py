@@ -27,6 +27,13 @@ a = p.parse_args()
 here = os.path.dirname(os.path.abspath(__file__))
 
 
+def run_json(cmd):
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr}")
+    return json.loads(out.stdout)
+
+
 def streetclip(micro, accum, mode, steps):
     model = ["--config", os.path.join(here, "../configs/demo.yaml")] if a.tiny else ["--set", f"model.preset={a.preset}"]
     precision = "fp32" if a.device == "cpu" else "bf16"
@@ -34,10 +41,7 @@ def streetclip(micro, accum, mode, steps):
            "--set", f"train.grad_accum_steps={accum}", "--set", f"train.accumulation={mode}",
            "--set", f"train.precision={precision}", "--set", "optim.lr=1.0e-6", "--set", "optim.max_grad_norm=1.0",
            "--steps", str(steps), "--warmup", "3", "--json"]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr}")
-    r = json.loads(out.stdout)
+    r = run_json(cmd)
     r["run"] = f"streetclip, {micro} x {accum} {mode}"
     return r
 
@@ -47,10 +51,7 @@ def peer(config_file, micro, accum, steps, compile_):
     cmd = [a.python, os.path.join(here, "bench_train_gpu.py"), config_file, "--micro", str(micro), "--accum", str(accum),
            "--steps", str(steps), "--warmup", "3", "--device", a.device, "--precision", precision]
     cmd += ["--compile"] if compile_ else []
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr}")
-    r = json.loads(out.stdout)
+    r = run_json(cmd)
     r["run"] = f"{r['peer']}, {micro} x {accum} per_micro_batch"
     return r
 

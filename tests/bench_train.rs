@@ -92,8 +92,17 @@ fn bench_train_reports_throughput_flops_and_mfu_on_the_cpu() {
     // The config's data through the training loader (a few of the demo's scenes, drawn into
     // a temporary folder).
     let tmp = tmpdir();
-    let manifest = format!("data.manifest={}", tmp.path().join("manifest.csv").display());
-    let loaded = bench(&["--data", "--set", &manifest, "--set", "data.synth.per_city=3"]);
+    let manifest = format!(
+        "data.manifest={}",
+        tmp.path().join("manifest.csv").display()
+    );
+    let loaded = bench(&[
+        "--data",
+        "--set",
+        &manifest,
+        "--set",
+        "data.synth.per_city=3",
+    ]);
     assert_eq!(loaded["batches"], "loader");
     assert!(loaded["samples_per_s"].as_f64().unwrap() > 0.0);
 }

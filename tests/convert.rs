@@ -132,6 +132,20 @@ fn a_pickle_that_names_os_system_is_refused_and_runs_nothing() {
     assert!(!marker.exists() && !tmp.path().join("never").exists());
 }
 
+/// `dir/NAME.EXT`: `pickle` as `NAME/data.pkl` in a zip, laid out as torch.save writes it.
+fn pickle_zip(dir: &Path, name: &str, ext: &str, pickle: &[u8]) -> PathBuf {
+    let path = dir.join(format!("{name}.{ext}"));
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+    zip.start_file(
+        format!("{name}/data.pkl"),
+        zip::write::FileOptions::default(),
+    )
+    .unwrap();
+    std::io::Write::write_all(&mut zip, pickle).unwrap();
+    zip.finish().unwrap();
+    path
+}
+
 /// Malformed pickles are one error, never a panic: a stack popped below its MARK, an unknown
 /// opcode, a pickle cut short (each in a zip laid out as torch.save writes it).
 #[test]
@@ -142,16 +156,7 @@ fn malformed_pickles_are_errors_not_panics() {
         ("opcode", &b"\x80\x02\xff."[..]),
         ("short", &b"\x80\x02X\xff\x00\x00\x00ab"[..]),
     ] {
-        let path = tmp.path().join(format!("{name}.bin"));
-        let file = std::fs::File::create(&path).unwrap();
-        let mut zip = zip::ZipWriter::new(file);
-        zip.start_file(
-            format!("{name}/data.pkl"),
-            zip::write::FileOptions::default(),
-        )
-        .unwrap();
-        std::io::Write::write_all(&mut zip, pickle).unwrap();
-        zip.finish().unwrap();
+        let path = pickle_zip(tmp.path(), name, "bin", pickle);
         let Err(err) = streetclip::model::pickle::read(&path) else {
             panic!("{name}: a malformed pickle was accepted");
         };
@@ -167,18 +172,7 @@ fn malformed_pickles_are_errors_not_panics() {
 #[test]
 fn torchscript_list_helpers_are_read_as_their_argument() {
     let tmp = tmpdir();
-    let write = |name: &str, pickle: &[u8]| {
-        let path = tmp.path().join(format!("{name}.pt"));
-        let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
-        zip.start_file(
-            format!("{name}/data.pkl"),
-            zip::write::FileOptions::default(),
-        )
-        .unwrap();
-        std::io::Write::write_all(&mut zip, pickle).unwrap();
-        zip.finish().unwrap();
-        path
-    };
+    let write = |name: &str, pickle: &[u8]| pickle_zip(tmp.path(), name, "pt", pickle);
     // {"sizes": build_intlist([1, 2])}
     let helper = write(
         "helper",

@@ -264,18 +264,13 @@ fn a_kill_during_a_background_checkpoint_write_resumes_exactly() {
     }
     assert!(caught, "no kill landed during a checkpoint write in 5 runs");
     let newest = list(&root).pop().unwrap();
-    let out = train(&[
-        &"--config",
-        &cfg,
-        &"--out",
-        &killed,
-        &big[0],
-        &big[1],
-        &big[2],
-        &big[3],
-        &big[4],
-        &big[5],
-    ]);
+    let train_big = |out: &Path| {
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"--config", &cfg, &"--out"];
+        args.push(&out);
+        args.extend(big.iter().map(|a| a as &dyn AsRef<std::ffi::OsStr>));
+        train(&args)
+    };
+    let out = train_big(&killed);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
@@ -287,19 +282,7 @@ fn a_kill_during_a_background_checkpoint_write_resumes_exactly() {
         partial_checkpoint(&root).is_none(),
         "the partial write was left"
     );
-    let out = train(&[
-        &"--config",
-        &cfg,
-        &"--out",
-        &whole,
-        &big[0],
-        &big[1],
-        &big[2],
-        &big[3],
-        &big[4],
-        &big[5],
-    ]);
-    assert!(out.status.success());
+    assert!(train_big(&whole).status.success());
     let (a, b) = (final_weights(&killed), final_weights(&whole));
     for ((na, ta), (_, tb)) in a.iter().zip(&b) {
         assert!(
@@ -394,19 +377,22 @@ fn non_finite_loss_stops_after_saving_or_skips() {
     let tmp = tmpdir();
     let cfg = write_config(tmp.path(), "");
     // An absurd learning rate drives the weights to inf within a few steps.
-    let run = tmp.path().join("nan");
-    let out = train(&[
-        &"--config",
-        &cfg,
-        &"--out",
-        &run,
-        &"--set",
-        &"optim.lr=1.0e+30",
-        &"--set",
-        &"optim.max_grad_norm=null",
-        &"--set",
-        &"optim.warmup_steps=0",
-    ]);
+    let diverging = |name: &str, extra: &[&str]| {
+        let run = tmp.path().join(name);
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"--config", &cfg, &"--out", &run];
+        for set in [
+            "optim.lr=1.0e+30",
+            "optim.max_grad_norm=null",
+            "optim.warmup_steps=0",
+        ]
+        .iter()
+        .chain(extra)
+        {
+            args.extend([&"--set" as &dyn AsRef<std::ffi::OsStr>, set]);
+        }
+        (train(&args), run.clone())
+    };
+    let (out, run) = diverging("nan", &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -417,23 +403,7 @@ fn non_finite_loss_stops_after_saving_or_skips() {
 
     // `skip`: the update of each non-finite step is cancelled on the device (the weights stay
     // finite), its batch used up; the run reaches its end and counts what it skipped.
-    let run = tmp.path().join("skip");
-    let out = train(&[
-        &"--config",
-        &cfg,
-        &"--out",
-        &run,
-        &"--set",
-        &"optim.lr=1.0e+30",
-        &"--set",
-        &"optim.max_grad_norm=null",
-        &"--set",
-        &"optim.warmup_steps=0",
-        &"--set",
-        &"train.on_nonfinite=skip",
-        &"--set",
-        &"train.epochs=2",
-    ]);
+    let (out, run) = diverging("skip", &["train.on_nonfinite=skip", "train.epochs=2"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     let s = summary(&run);

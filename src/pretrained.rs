@@ -196,6 +196,31 @@ pub struct ExportedHead {
 }
 
 impl ExportedHead {
+    /// The head a `finetune` export in `dir` carries, unless `zero_shot`. `conflict` is a flag
+    /// the user gave that only zero-shot ranking reads (`--labels`, `--template`): with a head
+    /// that is an error asking which was meant, never a silent choice. `decides` (said on
+    /// stderr when the head is used) names what the head decides.
+    pub fn unless_zero_shot(
+        dir: &Path,
+        clip: &Pretrained,
+        zero_shot: bool,
+        conflict: Option<&str>,
+        decides: &str,
+    ) -> Result<Option<Self>> {
+        if zero_shot {
+            return Ok(None);
+        }
+        let Some(head) = Self::read(dir, clip.model.config.projection_dim)? else {
+            return Ok(None);
+        };
+        let (n, names) = (head.classes.len(), head.classes.join(", "));
+        if let Some(flag) = conflict {
+            anyhow::bail!("{} carries a fine-tuned classifier over {n} classes ({names}): omit {flag} to use it, or add --zero-shot to rank by caption similarity", dir.display());
+        }
+        eprintln!("{}: using its fine-tuned classifier head ({n} classes) for {decides}; --zero-shot ranks by caption similarity instead", dir.display());
+        Ok(Some(head))
+    }
+
     /// The head in `dir`, or `None` when it has no `head.safetensors`; a head whose files do not
     /// fit together or the model is an error naming the file.
     pub fn read(dir: &Path, projection_dim: i64) -> Result<Option<Self>> {

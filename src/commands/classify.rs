@@ -10,7 +10,7 @@ use crate::eval::classification::{
 };
 use crate::eval::text::{class_text_embeddings, probabilities};
 use crate::pretrained::{ExportedHead, Pretrained};
-use anyhow::{bail, Result};
+use anyhow::Result;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
@@ -23,33 +23,16 @@ pub enum Classifier<'a> {
     ZeroShot { templates: &'a [String] },
 }
 
-/// The classifier head a `finetune` export in `dir` carries (said on stderr), unless
-/// `zero_shot`; templates given for a model with a head are a question to the user, not a
-/// silent choice.
+/// The classifier head a `finetune` export in `dir` carries, unless `zero_shot`; templates
+/// given for a model with a head are a question to the user.
 pub fn head(
     dir: &Path,
     clip: &Pretrained,
     zero_shot: bool,
     templates_given: bool,
 ) -> Result<Option<ExportedHead>> {
-    if zero_shot {
-        return Ok(None);
-    }
-    let head = ExportedHead::read(dir, clip.model.config.projection_dim)?;
-    match &head {
-        Some(h) if templates_given => bail!(
-            "{} carries a fine-tuned classifier over {} classes: omit --template to use it, or add --zero-shot to classify by caption similarity",
-            dir.display(),
-            h.classes.len()
-        ),
-        Some(h) => eprintln!(
-            "{}: classifying with its fine-tuned classifier head ({} classes); --zero-shot classifies by caption similarity instead",
-            dir.display(),
-            h.classes.len()
-        ),
-        None => {}
-    }
-    Ok(head)
+    let conflict = templates_given.then_some("--template");
+    ExportedHead::unless_zero_shot(dir, clip, zero_shot, conflict, "classification")
 }
 
 /// Zero-shot predictions (class index, probability) for `paths`, `batch` images at a time.

@@ -11,25 +11,13 @@ use crate::pretrained::{ExportedHead, Pretrained};
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 
-/// The classifier head a `finetune` export in `dir` carries (said on stderr), unless
-/// `zero_shot`.
+/// The country classifier a `finetune` export in `dir` carries, unless `zero_shot`.
 pub fn country_head(
     dir: &Path,
     clip: &Pretrained,
     zero_shot: bool,
 ) -> Result<Option<ExportedHead>> {
-    if zero_shot {
-        return Ok(None);
-    }
-    let head = ExportedHead::read(dir, clip.model.config.projection_dim)?;
-    if let Some(h) = &head {
-        eprintln!(
-            "{}: the country comes from its fine-tuned classifier head ({} countries); --zero-shot ranks every country by caption instead",
-            dir.display(),
-            h.classes.len()
-        );
-    }
-    Ok(head)
+    ExportedHead::unless_zero_shot(dir, clip, zero_shot, None, "the country")
 }
 
 /// Guesses for `images` by the model in `model_dir` (its country head unless `zero_shot`).

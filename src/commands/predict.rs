@@ -56,18 +56,11 @@ impl Ranker {
         labels: Option<&str>,
         zero_shot: bool,
     ) -> Result<Self> {
-        let head = match zero_shot {
-            true => None,
-            false => ExportedHead::read(model_dir, clip.model.config.projection_dim)?,
-        };
+        let conflict = labels.map(|_| "--labels");
+        let head =
+            ExportedHead::unless_zero_shot(model_dir, clip, zero_shot, conflict, "the ranking")?;
         match (head, labels) {
-            (Some(head), None) => Ok(Ranker::Head(head)),
-            (Some(head), Some(_)) => bail!(
-                "{} carries a fine-tuned classifier over {} classes ({}): omit --labels to use it, or add --zero-shot to rank your labels by caption similarity",
-                model_dir.display(),
-                head.classes.len(),
-                head.classes.join(", ")
-            ),
+            (Some(head), _) => Ok(Ranker::Head(head)),
             (None, Some(list)) => Ok(Ranker::Labels(parse_labels(list)?)),
             (None, None) => bail!(
                 "--labels is required: {} has no fine-tuned classifier head, so give the labels to rank, e.g. --labels \"France,Japan,Brazil\"",

@@ -557,7 +557,8 @@ fn eval_classify_and_geolocate_use_the_head(out: &Path, method: &str) {
 
     let photo = &split[0][0];
     let geo = cli(&["geolocate", "--json", "--model", export_s, photo]);
-    assert!(String::from_utf8_lossy(&geo.stderr).contains("classifier head (3 classes) for the country"));
+    assert!(String::from_utf8_lossy(&geo.stderr)
+        .contains("classifier head (3 classes) for the country"));
     let guess: serde_json::Value = serde_json::from_slice(&geo.stdout).unwrap();
     let top = guess[0]["guess"]["top_countries"]
         .as_array()

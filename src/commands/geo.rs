@@ -32,10 +32,8 @@ pub fn geolocate(
     crate::encode::check_files(images)?;
     let g = Gazetteer::bundled()?;
     let encoder = text_cache::for_model(clip, cfg.geo.cache)?;
-    let mut locator = Geolocator::new(&encoder, g, cfg.geo.clone())?;
-    if let Some(head) = country_head(model_dir, clip, zero_shot)? {
-        locator = locator.with_country_head(head)?;
-    }
+    let head = country_head(model_dir, clip, zero_shot)?;
+    let locator = Geolocator::with_country_head(&encoder, g, cfg.geo.clone(), head)?;
     let guesses = locator.locate(&crate::encode::Encoder::new(clip, batch).files(images)?)?;
     Ok(images.iter().cloned().zip(guesses).collect())
 }

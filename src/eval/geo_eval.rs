@@ -60,10 +60,7 @@ pub fn evaluate(
         anyhow::bail!("no sample has coordinates to evaluate against");
     }
     let encoder = text_cache::for_model(clip, cfg.geo.cache)?;
-    let mut locator = Geolocator::new(&encoder, g, cfg.geo.clone())?;
-    if let Some(head) = country_head {
-        locator = locator.with_country_head(head)?;
-    }
+    let locator = Geolocator::with_country_head(&encoder, g, cfg.geo.clone(), country_head)?;
     let images = Encoder::new(clip, batch);
     let bar = crate::encode::progress(samples.len(), "images");
     let (mut predictions, mut errors, mut correct) = (Vec::new(), Vec::new(), Vec::new());

@@ -70,6 +70,52 @@ pub fn country_embeddings(
     })
 }
 
+/// `cfg.countries`, or every country with cities and a reference point.
+fn candidate_countries(g: &Gazetteer, cfg: &GeoConfig) -> Result<Vec<usize>> {
+    let items: Vec<usize> = match &cfg.countries {
+        Some(names) => names
+            .iter()
+            .map(|n| {
+                g.country(n)
+                    .ok_or_else(|| anyhow::anyhow!("geo.countries: unknown country `{n}`"))
+            })
+            .collect::<Result<_>>()?,
+        None => (0..g.countries.len())
+            .filter(|&c| g.countries[c].lat.is_finite() && !g.largest_cities(c, 1).is_empty())
+            .collect(),
+    };
+    if let Some(&c) = items
+        .iter()
+        .find(|&&c| !g.countries[c].lat.is_finite() && g.largest_cities(c, 1).is_empty())
+    {
+        bail!(
+            "geo.countries: {} has neither cities nor a reference point in the gazetteer",
+            g.countries[c].name
+        );
+    }
+    if items.is_empty() {
+        bail!("no candidate countries");
+    }
+    Ok(items)
+}
+
+/// The gazetteer countries a classifier head's classes name.
+fn head_countries(g: &Gazetteer, head: &ExportedHead) -> Result<Vec<usize>> {
+    head.classes
+        .iter()
+        .map(|class| {
+            let c = g
+                .country(class)
+                .or_else(|| g.country(&caption_name(class)))
+                .with_context(|| format!("the model's classifier head has class `{class}`, which is not a country in the gazetteer: geolocation uses a head over countries only (add --zero-shot to ignore the head)"))?;
+            if !g.countries[c].lat.is_finite() && g.largest_cities(c, 1).is_empty() {
+                bail!("the classifier head's class {} has neither cities nor a reference point in the gazetteer", g.countries[c].name);
+            }
+            Ok(c)
+        })
+        .collect()
+}
+
 /// `items` with their probabilities `[n]`, best first (ties keep candidate order).
 fn ranked(items: &[usize], probs: Tensor) -> Vec<(usize, f64)> {
     let p = Vec::<f64>::try_from(probs.to_kind(Kind::Double)).expect("probabilities");
@@ -80,7 +126,21 @@ fn ranked(items: &[usize], probs: Tensor) -> Vec<(usize, f64)> {
 }
 
 impl<'a, E: TextEncoder> Geolocator<'a, E> {
+    /// Zero-shot at every stage.
     pub fn new(encoder: &'a E, g: &'a Gazetteer, cfg: GeoConfig) -> Result<Self> {
+        Self::with_country_head(encoder, g, cfg, None)
+    }
+
+    /// The country chosen by `head` (a `finetune` export's classifier) when given, else
+    /// zero-shot among `cfg.countries`; regions and cities zero-shot. The head's classes must
+    /// name gazetteer countries (by name or code, `_` read as a space); with a head the country
+    /// prompts are never encoded.
+    pub fn with_country_head(
+        encoder: &'a E,
+        g: &'a Gazetteer,
+        cfg: GeoConfig,
+        head: Option<ExportedHead>,
+    ) -> Result<Self> {
         for (key, list) in [
             ("country_prompts", &cfg.country_prompts),
             ("region_prompts", &cfg.region_prompts),
@@ -90,63 +150,26 @@ impl<'a, E: TextEncoder> Geolocator<'a, E> {
                 bail!("geo.{key} is empty");
             }
         }
-        let items: Vec<usize> = match &cfg.countries {
-            Some(names) => names
-                .iter()
-                .map(|n| {
-                    g.country(n)
-                        .ok_or_else(|| anyhow::anyhow!("geo.countries: unknown country `{n}`"))
-                })
-                .collect::<Result<_>>()?,
-            None => (0..g.countries.len())
-                .filter(|&c| g.countries[c].lat.is_finite() && !g.largest_cities(c, 1).is_empty())
-                .collect(),
+        let countries = match &head {
+            Some(head) => Stage {
+                items: head_countries(g, head)?,
+                text: Tensor::zeros([0], (Kind::Float, tch::Device::Cpu)),
+            },
+            None => {
+                let items = candidate_countries(g, &cfg)?;
+                let text = country_embeddings(encoder, g, &items, &cfg.country_prompts)?;
+                Stage { items, text }
+            }
         };
-        if let Some(&c) = items
-            .iter()
-            .find(|&&c| !g.countries[c].lat.is_finite() && g.largest_cities(c, 1).is_empty())
-        {
-            bail!(
-                "geo.countries: {} has neither cities nor a reference point in the gazetteer",
-                g.countries[c].name
-            );
-        }
-        if items.is_empty() {
-            bail!("no candidate countries");
-        }
-        let text = country_embeddings(encoder, g, &items, &cfg.country_prompts)?;
         Ok(Self {
             encoder,
             g,
             cfg,
-            countries: Stage { items, text },
-            country_head: None,
+            countries,
+            country_head: head,
             regions: Default::default(),
             cities: Default::default(),
         })
-    }
-
-    /// Chooses the country with `head` (a `finetune` export's classifier) instead of zero-shot;
-    /// each of its classes must name a gazetteer country (by name or code, `_` read as a space).
-    pub fn with_country_head(mut self, head: ExportedHead) -> Result<Self> {
-        let g = self.g;
-        let items = head
-            .classes
-            .iter()
-            .map(|class| {
-                let c = g
-                    .country(class)
-                    .or_else(|| g.country(&caption_name(class)))
-                    .with_context(|| format!("the model's classifier head has class `{class}`, which is not a country in the gazetteer: geolocation uses a head over countries only (add --zero-shot to ignore the head)"))?;
-                if !g.countries[c].lat.is_finite() && g.largest_cities(c, 1).is_empty() {
-                    bail!("the classifier head's class {} has neither cities nor a reference point in the gazetteer", g.countries[c].name);
-                }
-                Ok(c)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        self.countries.items = items;
-        self.country_head = Some(head);
-        Ok(self)
     }
 
     /// The country stage for one image, best first: the head's probabilities when there is one.

@@ -51,7 +51,7 @@ fixtures: setup
 	.venv/bin/python scripts/make_fixtures.py
 
 bench: setup
-	$(CARGO) bench --bench embed_throughput --bench loader_throughput --bench reverse_geocode --bench train_throughput --bench eval_geo
+	$(CARGO) bench --bench embed_throughput --bench loader_throughput --bench reverse_geocode --bench train_throughput --bench eval_geo --bench geocells
 
 # On a GPU machine: `streetclip bench train` beside transformers' CLIPModel (eager and
 # torch.compile) on ViT-L/14-336 at micro-batch 64, then StreetCLIP's 32 x 12 recipe; prints

@@ -264,6 +264,28 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Geocells of a manifest's coordinates: admin-1 regions, small ones merged into their
+    /// nearest neighbour, large ones split by spherical k-means; written as JSON to inspect.
+    #[command(
+        after_help = "Example:\n  streetclip geocells --manifest ../shared/data/im2gps3k-sample/meta.csv --min-samples 5 --max-samples 50 --out geocells.json"
+    )]
+    Geocells {
+        /// A CSV/JSONL manifest with lat and lon columns (IM2GPS3K's IMG_ID,LAT,LON works).
+        #[arg(long)]
+        manifest: PathBuf,
+        /// A region with fewer samples joins the nearest region of its country (else of any).
+        #[arg(long, default_value_t = 50, value_parser = at_least_one::<usize>)]
+        min_samples: usize,
+        /// A region with more samples is split into ceil(n / max) clusters.
+        #[arg(long, default_value_t = 2000, value_parser = at_least_one::<usize>)]
+        max_samples: usize,
+        /// Seeds the k-means initialisation.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The JSON file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -399,6 +421,26 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 print!("{}", result.text());
             }
+        }
+        Command::Geocells {
+            manifest,
+            min_samples,
+            max_samples,
+            seed,
+            out,
+        } => {
+            let sizes = streetclip::geo::geocells::CellSizes {
+                min_samples,
+                max_samples,
+                seed,
+            };
+            let (cells, without) = commands::geocells::from_manifest(&manifest, sizes)?;
+            commands::geocells::write(&out, &cells, sizes)?;
+            if without > 0 {
+                eprintln!("{without} samples without coordinates left out");
+            }
+            print!("{}", commands::geocells::summary(&cells));
+            eprintln!("wrote {}", out.display());
         }
         Command::Config(ConfigCommand::Defaults) => {
             print!("{}", streetclip::config::commented_defaults());

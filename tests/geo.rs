@@ -1,5 +1,7 @@
-//! Gazetteer, haversine and reverse geocoding.
+//! Gazetteer, haversine, reverse geocoding and geocells.
 
+mod common;
+use common::*;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use streetclip::geo::{haversine_km, Gazetteer, EARTH_RADIUS_KM};
@@ -151,4 +153,41 @@ fn reverse_geocoding_known_places() {
     );
     let suva = &g.cities[g.nearest_city(-18.14, 178.44)];
     assert_eq!(g.countries[suva.country].iso2, "FJ");
+}
+
+/// `streetclip geocells` on the IM2GPS3K sample's coordinates: every photo in one cell, cells
+/// merged up to the minimum, the JSON names each cell's country and regions.
+#[test]
+fn geocells_of_a_manifest_cover_every_photo() {
+    let tmp = tmpdir();
+    let out = tmp.path().join("cells.json");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_streetclip"))
+        .args([
+            "geocells",
+            "--min-samples",
+            "5",
+            "--max-samples",
+            "40",
+            "--manifest",
+        ])
+        .arg(im2gps3k_sample().join("meta.csv"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("from 300 samples"), "{stdout}");
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let cells = json["cells"].as_array().unwrap();
+    let total: u64 = cells.iter().map(|c| c["samples"].as_u64().unwrap()).sum();
+    assert_eq!(total, 300);
+    assert!(
+        cells.iter().all(|c| c["samples"].as_u64().unwrap() >= 5),
+        "merged up to the minimum"
+    );
+    assert!(cells
+        .iter()
+        .all(|c| !c["regions"].as_array().unwrap().is_empty() || c["name"] == c["country"]));
+    assert_eq!(json["sizes"]["min_samples"], 5);
 }

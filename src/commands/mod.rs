@@ -8,5 +8,6 @@ pub mod convert;
 pub mod embed;
 pub mod export;
 pub mod geo;
+pub mod geocells;
 pub mod predict;
 pub mod train;

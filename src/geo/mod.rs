@@ -1,7 +1,8 @@
-//! Geography: great-circle distance, the GeoNames gazetteer, reverse geocoding.
+//! Geography: great-circle distance, the GeoNames gazetteer, reverse geocoding, geocells.
 
 pub mod distance;
 pub mod gazetteer;
+pub mod geocells;
 
 pub use distance::{haversine_km, EARTH_RADIUS_KM};
 pub use gazetteer::{City, Country, Gazetteer, Region};

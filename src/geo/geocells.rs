@@ -1,0 +1,372 @@
+//! Geocells for classification-based geolocation (PIGEON's recipe): cells that follow
+//! administrative borders, built from a data set's coordinates. Every sample is
+//! reverse-geocoded to its (country, admin-1 region); a region with fewer than `min_samples`
+//! is merged into the nearest region of the same country (else of any country); a region with
+//! more than `max_samples` is split by spherical k-means. Deterministic for a seed.
+
+use super::distance::unit_vector;
+use super::gazetteer::Gazetteer;
+use anyhow::{bail, Result};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// How cells are sized.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CellSizes {
+    /// A region with fewer samples joins its nearest neighbour.
+    pub min_samples: usize,
+    /// A region with more samples is split into ceil(n / max_samples) clusters.
+    pub max_samples: usize,
+    /// Seeds the k-means initialisation.
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cell {
+    /// "Bayern, Germany" (GeoNames' admin-1 name), "Bayern, Germany #2" for the second cluster
+    /// of a split region.
+    pub name: String,
+    pub country: String,
+    /// The admin-1 regions merged into this cell (one unless small ones joined it).
+    pub regions: Vec<String>,
+    /// The members' mean on the unit sphere, in degrees.
+    pub lat: f64,
+    pub lon: f64,
+    pub samples: usize,
+}
+
+/// The cells and each input point's cell.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Geocells {
+    pub cells: Vec<Cell>,
+    pub cell_of: Vec<usize>,
+}
+
+/// A cell under construction: its members and the sum of their unit vectors.
+struct Group {
+    country: usize,
+    name: String,
+    regions: Vec<String>,
+    members: Vec<usize>,
+    sum: [f64; 3],
+}
+
+fn normalized(v: [f64; 3]) -> [f64; 3] {
+    let n = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt().max(1e-300);
+    [v[0] / n, v[1] / n, v[2] / n]
+}
+
+fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
+    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+}
+
+fn add(a: &mut [f64; 3], b: [f64; 3]) {
+    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+}
+
+/// (latitude, longitude) in degrees of a unit vector.
+fn lat_lon(v: [f64; 3]) -> (f64, f64) {
+    (
+        v[2].clamp(-1.0, 1.0).asin().to_degrees(),
+        v[1].atan2(v[0]).to_degrees(),
+    )
+}
+
+/// Builds the cells of `points` (latitude, longitude in degrees).
+pub fn build(g: &Gazetteer, points: &[(f64, f64)], sizes: CellSizes) -> Result<Geocells> {
+    if points.is_empty() {
+        bail!("no coordinates to build geocells from");
+    }
+    if sizes.min_samples == 0 || sizes.max_samples < sizes.min_samples.max(1) {
+        bail!(
+            "geocells need 1 <= min_samples <= max_samples (got {} and {})",
+            sizes.min_samples,
+            sizes.max_samples
+        );
+    }
+    let vectors: Vec<[f64; 3]> = points.iter().map(|&(la, lo)| unit_vector(la, lo)).collect();
+    let mut groups = regions(g, points, &vectors);
+    merge_small(&mut groups, sizes.min_samples);
+    let mut cells = Vec::new();
+    let mut cell_of = vec![usize::MAX; points.len()];
+    for (i, group) in groups.iter().enumerate() {
+        let seed = sizes.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        for (k, members) in split(group, &vectors, sizes.max_samples, seed)
+            .into_iter()
+            .enumerate()
+        {
+            let mut sum = [0.0; 3];
+            for &m in &members {
+                add(&mut sum, vectors[m]);
+                cell_of[m] = cells.len();
+            }
+            let (lat, lon) = lat_lon(normalized(sum));
+            let suffix = if k == 0 {
+                String::new()
+            } else {
+                format!(" #{}", k + 1)
+            };
+            cells.push(Cell {
+                name: format!("{}{suffix}", group.name),
+                country: g.countries[group.country].name.clone(),
+                regions: group.regions.clone(),
+                lat,
+                lon,
+                samples: members.len(),
+            });
+        }
+    }
+    Ok(Geocells { cells, cell_of })
+}
+
+/// One group per (country, admin-1 region) of the points' nearest cities (looked up on every
+/// core), in gazetteer order.
+fn regions(g: &Gazetteer, points: &[(f64, f64)], vectors: &[[f64; 3]]) -> Vec<Group> {
+    use rayon::prelude::*;
+    let nearest: Vec<usize> = points
+        .par_iter()
+        .map(|&(lat, lon)| g.nearest_city(lat, lon))
+        .collect();
+    let mut by_key: std::collections::BTreeMap<(usize, Option<usize>), Group> = Default::default();
+    for (i, &c) in nearest.iter().enumerate() {
+        let city = &g.cities[c];
+        let group = by_key
+            .entry((city.country, city.region))
+            .or_insert_with(|| {
+                let country = &g.countries[city.country].name;
+                let region = city.region.map(|r| g.regions[r].name.clone());
+                Group {
+                    country: city.country,
+                    name: region
+                        .as_ref()
+                        .map_or(country.clone(), |r| format!("{r}, {country}")),
+                    regions: region.into_iter().collect(),
+                    members: Vec::new(),
+                    sum: [0.0; 3],
+                }
+            });
+        group.members.push(i);
+        add(&mut group.sum, vectors[i]);
+    }
+    by_key.into_values().collect()
+}
+
+/// Merges the smallest group under `min` into its nearest neighbour (same country first) until
+/// none is under `min` or one group is left.
+fn merge_small(groups: &mut Vec<Group>, min: usize) {
+    while groups.len() > 1 {
+        let Some(small) = (0..groups.len())
+            .filter(|&i| groups[i].members.len() < min)
+            .min_by_key(|&i| (groups[i].members.len(), i))
+        else {
+            return;
+        };
+        let here = normalized(groups[small].sum);
+        let nearest = |same_country: bool| {
+            (0..groups.len())
+                .filter(|&j| j != small)
+                .filter(|&j| !same_country || groups[j].country == groups[small].country)
+                .max_by(|&a, &b| {
+                    let (da, db) = (
+                        dot(here, normalized(groups[a].sum)),
+                        dot(here, normalized(groups[b].sum)),
+                    );
+                    da.total_cmp(&db).then(b.cmp(&a))
+                })
+        };
+        let target = nearest(true)
+            .or_else(|| nearest(false))
+            .expect("another group");
+        let merged = groups.remove(small);
+        let target = if target > small { target - 1 } else { target };
+        let t = &mut groups[target];
+        t.members.extend(merged.members);
+        add(&mut t.sum, merged.sum);
+        t.regions.extend(merged.regions);
+    }
+}
+
+/// The group's members in ceil(n / max) spherical k-means clusters (k-means++ initialisation
+/// from `seed`), largest first, empty ones dropped; one cluster when it is small enough.
+fn split(group: &Group, vectors: &[[f64; 3]], max: usize, seed: u64) -> Vec<Vec<usize>> {
+    let n = group.members.len();
+    let k = n.div_ceil(max);
+    if k <= 1 {
+        return vec![group.members.clone()];
+    }
+    let points: Vec<[f64; 3]> = group.members.iter().map(|&m| vectors[m]).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut centres = vec![points[rng.random_range(0..n)]];
+    while centres.len() < k {
+        // k-means++: the next centre with probability ∝ squared chord distance to the nearest.
+        let d2: Vec<f64> = points
+            .iter()
+            .map(|p| {
+                centres
+                    .iter()
+                    .map(|c| 2.0 - 2.0 * dot(*p, *c))
+                    .fold(f64::INFINITY, f64::min)
+                    .max(0.0)
+            })
+            .collect();
+        let total: f64 = d2.iter().sum();
+        let mut r = rng.random::<f64>() * total;
+        let pick = d2.iter().position(|&d| {
+            r -= d;
+            r <= 0.0
+        });
+        centres.push(points[pick.unwrap_or(n - 1)]);
+    }
+    let mut assign = vec![0usize; n];
+    for _ in 0..100 {
+        let mut changed = false;
+        for (i, p) in points.iter().enumerate() {
+            let best = (0..k)
+                .max_by(|&a, &b| {
+                    dot(*p, centres[a])
+                        .total_cmp(&dot(*p, centres[b]))
+                        .then(b.cmp(&a))
+                })
+                .expect("k > 1");
+            changed |= best != assign[i];
+            assign[i] = best;
+        }
+        let mut sums = vec![[0.0; 3]; k];
+        for (i, p) in points.iter().enumerate() {
+            add(&mut sums[assign[i]], *p);
+        }
+        for (c, s) in centres.iter_mut().zip(sums) {
+            if s != [0.0; 3] {
+                *c = normalized(s);
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let mut clusters = vec![Vec::new(); k];
+    for (i, &a) in assign.iter().enumerate() {
+        clusters[a].push(group.members[i]);
+    }
+    clusters.retain(|c| !c.is_empty());
+    clusters.sort_by(|a, b| b.len().cmp(&a.len()).then(a[0].cmp(&b[0])));
+    clusters
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` points scattered by up to `spread` degrees around a place, deterministically.
+    fn around(lat: f64, lon: f64, n: usize, spread: f64) -> Vec<(f64, f64)> {
+        (0..n)
+            .map(|i| {
+                let t = i as f64 * 2.399_963; // golden angle: an even spiral
+                let r = spread * ((i as f64 + 0.5) / n as f64).sqrt();
+                (lat + r * t.sin(), lon + r * t.cos())
+            })
+            .collect()
+    }
+
+    fn sizes(min: usize, max: usize) -> CellSizes {
+        CellSizes {
+            min_samples: min,
+            max_samples: max,
+            seed: 7,
+        }
+    }
+
+    fn check_partition(cells: &Geocells, n: usize) {
+        assert_eq!(cells.cell_of.len(), n);
+        assert!(
+            cells.cell_of.iter().all(|&c| c < cells.cells.len()),
+            "every sample in a cell"
+        );
+        let mut counts = vec![0; cells.cells.len()];
+        cells.cell_of.iter().for_each(|&c| counts[c] += 1);
+        for (cell, count) in cells.cells.iter().zip(counts) {
+            assert_eq!(cell.samples, count, "{}", cell.name);
+            assert!(count > 0, "{} is empty", cell.name);
+        }
+    }
+
+    #[test]
+    fn small_regions_join_the_nearest_region_of_their_country() {
+        let g = Gazetteer::bundled().unwrap();
+        // Munich (Bavaria) and Berlin: many; Stuttgart (Baden-Württemberg): few, nearer Munich.
+        let mut points = around(48.14, 11.58, 60, 0.1);
+        points.extend(around(52.52, 13.40, 60, 0.1));
+        points.extend(around(48.78, 9.18, 5, 0.05));
+        let cells = build(g, &points, sizes(20, 1000)).unwrap();
+        check_partition(&cells, points.len());
+        assert_eq!(cells.cells.len(), 2, "{:?}", cells.cells);
+        let munich = &cells.cells[cells.cell_of[0]];
+        assert_eq!(munich.country, "Germany");
+        assert_eq!(munich.samples, 65, "Stuttgart's five joined Munich's cell");
+        assert_eq!(munich.regions.len(), 2);
+        assert!(munich.name.starts_with("Bayern"), "{}", munich.name);
+        assert_eq!(
+            cells.cell_of[124], cells.cell_of[0],
+            "a Stuttgart sample is in Munich's cell"
+        );
+    }
+
+    #[test]
+    fn a_country_with_one_small_region_joins_the_nearest_other_country() {
+        let g = Gazetteer::bundled().unwrap();
+        // Luxembourg's few samples have no other region of their own country to join.
+        let mut points = around(49.61, 6.13, 4, 0.02);
+        points.extend(around(50.85, 4.35, 50, 0.02)); // Brussels
+        points.extend(around(40.42, -3.70, 50, 0.02)); // Madrid
+        let cells = build(g, &points, sizes(10, 1000)).unwrap();
+        check_partition(&cells, points.len());
+        assert_eq!(cells.cells.len(), 2, "{:?}", cells.cells);
+        assert_eq!(
+            cells.cell_of[0], cells.cell_of[4],
+            "Luxembourg joined Brussels"
+        );
+        assert_ne!(cells.cell_of[0], cells.cell_of[60]);
+    }
+
+    #[test]
+    fn large_regions_split_by_spherical_k_means_deterministically() {
+        let g = Gazetteer::bundled().unwrap();
+        // Two clusters inside Bavaria (GeoNames: Bayern): around Munich and around Nuremberg.
+        let mut points = around(48.14, 11.58, 300, 0.15);
+        points.extend(around(49.45, 11.08, 300, 0.15));
+        let cells = build(g, &points, sizes(10, 400)).unwrap();
+        check_partition(&cells, points.len());
+        assert_eq!(cells.cells.len(), 2);
+        let (a, b) = (cells.cell_of[0], cells.cell_of[300]);
+        assert_ne!(a, b);
+        assert!(
+            cells.cell_of[..300].iter().all(|&c| c == a),
+            "Munich's cluster is whole"
+        );
+        assert!(
+            cells.cell_of[300..].iter().all(|&c| c == b),
+            "Nuremberg's cluster is whole"
+        );
+        let names: Vec<&str> = cells.cells.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["Bayern, Germany", "Bayern, Germany #2"]);
+        let munich = &cells.cells[a];
+        assert!(
+            (munich.lat - 48.14).abs() < 0.05 && (munich.lon - 11.58).abs() < 0.05,
+            "{munich:?}"
+        );
+        assert_eq!(
+            build(g, &points, sizes(10, 400)).unwrap(),
+            cells,
+            "deterministic"
+        );
+    }
+
+    #[test]
+    fn bad_sizes_and_no_points_are_errors() {
+        let g = Gazetteer::bundled().unwrap();
+        assert!(build(g, &[], sizes(1, 2)).is_err());
+        assert!(build(g, &[(0.0, 0.0)], sizes(0, 2)).is_err());
+        assert!(build(g, &[(0.0, 0.0)], sizes(5, 2)).is_err());
+    }
+}

@@ -2,7 +2,7 @@
 //! together and written back in the layout `CLIPModel` / `CLIPProcessor.from_pretrained` read.
 
 use crate::data::preprocess::{PreprocessConfig, PREPROCESSOR_FILE};
-use crate::model::{openai, weights, ClipModel};
+use crate::model::{openai, weights, Activation, ClipModel};
 use crate::tensor_io::write_atomic;
 use crate::text::ClipTokenizer;
 use anyhow::{Context, Result};
@@ -32,22 +32,39 @@ impl Pretrained {
     /// A Hugging Face CLIP directory, a hub id (`org/name`) in the local Hugging Face cache, or
     /// an OpenAI / open_clip checkpoint (`model::openai`).
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
+        Ok(Self::open(dir, None, device)?.0)
+    }
+
+    /// `load`, and for an OpenAI / open_clip checkpoint where its activation came from;
+    /// `activation` overrides that checkpoint's (a Hugging Face directory's config.json sets
+    /// its own, so giving one for it is an error).
+    pub fn open(
+        dir: &Path,
+        activation: Option<Activation>,
+        device: Device,
+    ) -> Result<(Self, Option<&'static str>)> {
         let dir = &crate::model::hub::resolve(dir)?;
-        if let Some(file) = openai::checkpoint_file(dir) {
-            return Self::from_converted(dir, openai::read(&file, None)?, device);
+        match (openai::checkpoint_file(dir), activation) {
+            (Some(file), _) => {
+                let converted = openai::read(&file, activation)?;
+                let from = converted.activation_from;
+                Ok((Self::from_converted(dir, converted, device)?, Some(from)))
+            }
+            (None, Some(_)) => anyhow::bail!(
+                "--activation is for OpenAI and open_clip checkpoints; {} is a Hugging Face directory, whose config.json sets it",
+                dir.display()
+            ),
+            (None, None) => {
+                let mut clip = Self::skeleton(dir, device)?;
+                weights::load_into(&mut clip.model.vs, dir)?;
+                Ok((clip, None))
+            }
         }
-        let mut clip = Self::skeleton(dir, device)?;
-        weights::load_into(&mut clip.model.vs, dir)?;
-        Ok(clip)
     }
 
     /// A converted OpenAI / open_clip checkpoint read from `source`, with the processing
     /// `load_processing` gives it.
-    pub fn from_converted(
-        source: &Path,
-        converted: openai::Converted,
-        device: Device,
-    ) -> Result<Self> {
+    fn from_converted(source: &Path, converted: openai::Converted, device: Device) -> Result<Self> {
         let (tokenizer, preprocess, _) = Self::load_processing(source, &converted.config)?;
         let mut clip = Self {
             model: ClipModel::new(converted.config, device)?,

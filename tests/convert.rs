@@ -81,14 +81,7 @@ fn pytorch_bin_single_and_sharded_read_as_the_safetensors_and_convert() {
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "{stderr}");
         assert!(stderr.contains("tensors)"), "{stderr}");
-        for file in [
-            "config.json",
-            "model.safetensors",
-            "tokenizer.json",
-            "preprocessor_config.json",
-        ] {
-            assert!(out.join(file).is_file(), "{source}: {file}");
-        }
+        assert_hf_directory(&out);
         assert_same_tensors(&tensors(&out), &reference, &format!("{source} converted"));
     }
 }

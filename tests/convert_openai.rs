@@ -85,14 +85,7 @@ fn openai_and_open_clip_checkpoints_convert_and_equal_their_packages() {
         let converted = dir.join(format!("converted-{i}"));
         let stderr = convert(&source, &converted);
         assert!(stderr.contains(activation), "{source:?}: {stderr}");
-        for file in [
-            "config.json",
-            "model.safetensors",
-            "tokenizer.json",
-            "preprocessor_config.json",
-        ] {
-            assert!(converted.join(file).is_file(), "{source:?}: {file}");
-        }
+        assert_hf_directory(&converted);
         let embedded = dir.join(format!("embed-{i}.safetensors"));
         embed(&converted, &embedded);
         cases.push(serde_json::json!({"kind": kind, "source": source, "converted": converted, "embed": embedded}));

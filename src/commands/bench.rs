@@ -131,37 +131,39 @@ fn start_loader(cfg: &Config, clip: &crate::pretrained::Pretrained) -> Result<Lo
     )
 }
 
+/// Where the timed steps' batches come from.
+enum Batches {
+    /// The same micro-batches, already on the device, every step.
+    Synthetic(Vec<MicroBatch>),
+    /// The config's data through the training loader.
+    Loader(Loader),
+}
+
 /// Times `args.steps` training steps of `cfg` after `args.warmup` untimed ones.
 pub fn train(cfg: &Config, args: &BenchArgs) -> Result<TrainBench> {
     if args.steps == 0 {
         bail!("--steps must be at least 1");
     }
     let t = &cfg.train;
-    let device =
-        parse_device(&cfg.model.device).map_err(|e| anyhow::anyhow!("model.device: {e}"))?;
+    let device = parse_device(&cfg.model.device).context("model.device")?;
     tch::manual_seed(t.seed as i64);
     let clip = build_model(cfg, device)?;
     let model = &clip.model;
     let mut opt = AdamW::new(&model.vs, &cfg.optim);
     let amp = autocast_for(t.precision, device);
-    let synthetic = synthetic(
-        &model.config,
-        t.micro_batch_size as i64,
-        t.grad_accum_steps,
-        device,
-    );
-    let mut loader = if args.data {
-        Some(start_loader(cfg, &clip)?)
+    let mut batches = if args.data {
+        Batches::Loader(start_loader(cfg, &clip)?)
     } else {
-        None
+        let micro = t.micro_batch_size as i64;
+        Batches::Synthetic(synthetic(&model.config, micro, t.grad_accum_steps, device))
     };
     let dist = crate::dist::Dist::single();
     let mut step = || -> Result<Tensor> {
         let loaded;
-        let micro = match loader.as_mut() {
-            None => &synthetic,
-            Some(l) => {
-                let batch = l.next().context("the data ran out before the benchmark's steps: lower --steps or --warmup, or raise train.epochs")??;
+        let micro = match &mut batches {
+            Batches::Synthetic(micro) => &*micro,
+            Batches::Loader(loader) => {
+                let batch = loader.next().context("the data ran out before the benchmark's steps: lower --steps or --warmup, or raise train.epochs")??;
                 loaded = micro_batches(&clip, &batch, t.micro_batch_size, device)?;
                 &loaded
             }

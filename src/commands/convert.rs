@@ -3,9 +3,9 @@
 //! an OpenAI / open_clip state dict — written as a complete Hugging Face safetensors directory
 //! that `CLIPModel` / `CLIPProcessor.from_pretrained` load.
 
-use crate::model::{openai, weights::named_tensors, Activation};
+use crate::model::{weights::named_tensors, Activation};
 use crate::pretrained::Pretrained;
-use anyhow::{bail, Result};
+use anyhow::Result;
 use std::path::Path;
 
 /// What `run` did, for the user.
@@ -17,23 +17,11 @@ pub struct Report {
 
 /// Converts `from` into `out`; `activation` overrides an OpenAI / open_clip checkpoint's.
 pub fn run(from: &Path, out: &Path, activation: Option<Activation>) -> Result<Report> {
-    let device = tch::Device::Cpu;
-    let source = crate::model::hub::resolve(from)?;
-    let (clip, activation) = match openai::checkpoint_file(&source) {
-        Some(file) => {
-            let converted = openai::read(&file, activation)?;
-            let act = (converted.config.text_config.hidden_act, converted.activation_from);
-            (Pretrained::from_converted(&source, converted, device)?, Some(act))
-        }
-        None if activation.is_some() => bail!(
-            "--activation is for OpenAI and open_clip checkpoints; {} is a Hugging Face directory, whose config.json sets it",
-            source.display()
-        ),
-        None => (Pretrained::load(&source, device)?, None),
-    };
+    let (clip, activation_from) = Pretrained::open(from, activation, tch::Device::Cpu)?;
     clip.save(out)?;
+    let act = clip.model.config.text_config.hidden_act;
     Ok(Report {
         tensors: named_tensors(&clip.model.vs).len(),
-        activation,
+        activation: activation_from.map(|from| (act, from)),
     })
 }

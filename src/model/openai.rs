@@ -8,8 +8,7 @@
 //! module classes, else OpenAI's choices (64-wide heads, QuickGELU).
 
 use super::config::{Activation, ClipConfig, TextConfig, VisionConfig};
-use super::pickle;
-use crate::tensor_io;
+use super::weights;
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -46,14 +45,8 @@ pub fn checkpoint_file(path: &Path) -> Option<PathBuf> {
 
 /// Reads `file` and converts it; `activation` overrides what the checkpoint says.
 pub fn read(file: &Path, activation: Option<Activation>) -> Result<Converted> {
-    let (tensors, classes) = match file.extension().and_then(|e| e.to_str()) {
-        Some("safetensors") => (tensor_io::read(file)?, BTreeSet::new()),
-        _ => {
-            let pickled = pickle::read(file)?;
-            (pickled.tensors, pickled.classes)
-        }
-    };
-    let tensors = unwrap(tensors);
+    let read = weights::read_file_with_classes(file)?;
+    let (tensors, classes) = (unwrap(read.tensors), read.classes);
     let open_clip = open_clip_config(file)?;
     let what = || {
         format!(

@@ -14,6 +14,9 @@ use std::io::Read;
 use std::path::Path;
 use tch::{Kind, Tensor};
 
+/// A checkpoint's pickle holds names, shapes and storage keys, never tensor data: far below this.
+const MAX_PICKLE_BYTES: u64 = 1 << 30;
+
 /// What a pickle archive holds: its tensors, nested dicts and module attributes flattened to
 /// dotted names (`visual.conv1.weight`), and the TorchScript module classes it names (empty for
 /// a `torch.save` file), e.g. `__torch__.clip.model.QuickGELU`.
@@ -38,7 +41,7 @@ pub fn read(path: &Path) -> Result<Pickled> {
         .find(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1)
         .with_context(|| format!("{}: no data.pkl in the archive", path.display()))?;
     let prefix = pkl.trim_end_matches("data.pkl").to_string();
-    let pickle = entry(&mut archive, &pkl)?;
+    let pickle = entry(&mut archive, &pkl, MAX_PICKLE_BYTES)?;
     let mut machine = Machine {
         archive: &mut archive,
         prefix,
@@ -56,12 +59,23 @@ pub fn read(path: &Path) -> Result<Pickled> {
     })
 }
 
-fn entry(archive: &mut zip::ZipArchive<std::fs::File>, name: &str) -> Result<Vec<u8>> {
-    let mut f = archive
+/// An archive member of at most `max` bytes (its header's size is not trusted for more: a
+/// hostile archive could claim terabytes).
+fn entry(archive: &mut zip::ZipArchive<std::fs::File>, name: &str, max: u64) -> Result<Vec<u8>> {
+    let f = archive
         .by_name(name)
         .with_context(|| format!("no {name} in the archive"))?;
+    if f.size() > max {
+        bail!(
+            "{name} is {} bytes, more than the {max} it can hold",
+            f.size()
+        );
+    }
     let mut bytes = Vec::with_capacity(f.size() as usize);
-    f.read_to_end(&mut bytes)?;
+    f.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        bail!("{name} holds more than the {max} bytes it can");
+    }
     Ok(bytes)
 }
 
@@ -345,9 +359,16 @@ impl Machine<'_> {
         if let Some(t) = self.storages.get(key) {
             return Ok(Value::Storage(t.shallow_clone()));
         }
-        let bytes = entry(self.archive, &format!("{}data/{key}", self.prefix))?;
-        let element = kind.elt_size_in_bytes();
-        if bytes.len() != *numel as usize * element {
+        let expected = usize::try_from(*numel)
+            .ok()
+            .and_then(|n| n.checked_mul(kind.elt_size_in_bytes()))
+            .with_context(|| format!("storage {key} claims {numel} elements"))?;
+        let bytes = entry(
+            self.archive,
+            &format!("{}data/{key}", self.prefix),
+            expected as u64,
+        )?;
+        if bytes.len() != expected {
             bail!(
                 "storage {key} has {} bytes for {numel} elements of {kind:?}",
                 bytes.len()

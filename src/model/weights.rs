@@ -55,9 +55,18 @@ fn shards(index: &Path) -> Result<Vec<PathBuf>> {
 
 /// A checkpoint file's tensors: safetensors, or a `torch.save` pickle read without Python.
 pub fn read_file(file: &Path) -> Result<Vec<(String, Tensor)>> {
+    Ok(read_file_with_classes(file)?.tensors)
+}
+
+/// A checkpoint file's tensors and the TorchScript module classes it names (none for
+/// safetensors or a `torch.save` state dict).
+pub fn read_file_with_classes(file: &Path) -> Result<super::pickle::Pickled> {
     match file.extension().and_then(|e| e.to_str()) {
-        Some("safetensors") => tensor_io::read(file),
-        _ => Ok(super::pickle::read(file)?.tensors),
+        Some("safetensors") => Ok(super::pickle::Pickled {
+            tensors: tensor_io::read(file)?,
+            classes: Default::default(),
+        }),
+        _ => super::pickle::read(file),
     }
 }
 

@@ -648,48 +648,47 @@ impl<'a> Trainer<'a> {
     /// TensorBoard scalars and shows the newest (printed as a line when `print`).
     fn log_pending(&mut self, print: bool) -> Result<()> {
         let records = std::mem::take(&mut self.pending);
-        let Some(newest) = records.last() else {
-            if let Some(tb) = self.tensorboard.as_mut() {
-                tb.flush();
-            }
-            return Ok(());
-        };
-        let scalars: Vec<Tensor> = records
-            .iter()
-            .flat_map(|r| {
-                [
-                    &r.stats.loss,
-                    &r.stats.accuracy,
-                    &r.grad_norm,
-                    &r.logit_scale,
-                ]
-                .map(|t| t.to_kind(Kind::Double).to_device(tch::Device::Cpu))
-            })
-            .collect();
-        let values = Vec::<f64>::try_from(Tensor::stack(&scalars, 0))?;
-        for (r, v) in records.iter().zip(values.chunks(4)) {
-            let [loss, accuracy, grad_norm, scale] = [v[0], v[1], v[2], v[3]];
-            if let Some(tb) = self.tensorboard.as_mut() {
-                for (tag, value) in [
-                    ("train/loss", loss),
-                    ("train/lr", r.lr),
-                    ("train/logit_scale", scale),
-                    ("train/grad_norm", grad_norm),
-                    ("train/samples_per_s", r.rate),
-                    ("train/batch_accuracy", accuracy),
-                ] {
-                    tb.scalar(tag, value, r.step);
+        if let Some(newest) = records.last() {
+            // Stacked on the device, then one copy to the host (one wait for the device).
+            let device = self.run.device;
+            let scalars: Vec<Tensor> = records
+                .iter()
+                .flat_map(|r| {
+                    [
+                        &r.stats.loss,
+                        &r.stats.accuracy,
+                        &r.grad_norm,
+                        &r.logit_scale,
+                    ]
+                    .map(|t| t.to_kind(Kind::Double).to_device(device))
+                })
+                .collect();
+            let values =
+                Vec::<f64>::try_from(Tensor::stack(&scalars, 0).to_device(tch::Device::Cpu))?;
+            for (r, v) in records.iter().zip(values.chunks(4)) {
+                let [loss, accuracy, grad_norm, scale] = [v[0], v[1], v[2], v[3]];
+                if let Some(tb) = self.tensorboard.as_mut() {
+                    for (tag, value) in [
+                        ("train/loss", loss),
+                        ("train/lr", r.lr),
+                        ("train/logit_scale", scale),
+                        ("train/grad_norm", grad_norm),
+                        ("train/samples_per_s", r.rate),
+                        ("train/batch_accuracy", accuracy),
+                    ] {
+                        tb.scalar(tag, value, r.step);
+                    }
                 }
+                self.last_loss = Some(loss);
             }
-            self.last_loss = Some(loss);
+            let v = &values[values.len() - 4..];
+            let line = format!(
+                "loss {:.4} acc {:.3} lr {:.2e} {:.1} samples/s",
+                v[0], v[1], newest.lr, newest.rate
+            );
+            self.progress
+                .update(newest.step, self.total_steps, &line, print);
         }
-        let v = &values[values.len() - 4..];
-        let line = format!(
-            "loss {:.4} acc {:.3} lr {:.2e} {:.1} samples/s",
-            v[0], v[1], newest.lr, newest.rate
-        );
-        self.progress
-            .update(newest.step, self.total_steps, &line, print);
         if let Some(tb) = self.tensorboard.as_mut() {
             tb.flush();
         }

@@ -206,3 +206,15 @@ pub fn assert_rates_are_fractions(what: &str, json: &serde_json::Value) -> usize
     walk(what, json, false, &mut seen);
     seen
 }
+
+/// The files `streetclip convert`/`export` write for `CLIPModel`/`CLIPProcessor.from_pretrained`.
+pub fn assert_hf_directory(dir: &std::path::Path) {
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "preprocessor_config.json",
+    ] {
+        assert!(dir.join(file).is_file(), "{}: no {file}", dir.display());
+    }
+}

@@ -125,22 +125,26 @@ fn a_pickle_that_names_os_system_is_refused_and_runs_nothing() {
     assert!(!marker.exists() && !tmp.path().join("never").exists());
 }
 
-/// `dir/NAME.EXT`: `pickle` as `NAME/data.pkl` in a zip, laid out as torch.save writes it.
+/// `dir/NAME.EXT`: `pickle` as `NAME/data.pkl` in a zip laid out as torch.save writes it, with
+/// four bytes of storage `0` (`NAME/data/0`) beside it.
 fn pickle_zip(dir: &Path, name: &str, ext: &str, pickle: &[u8]) -> PathBuf {
     let path = dir.join(format!("{name}.{ext}"));
     let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
-    zip.start_file(
-        format!("{name}/data.pkl"),
-        zip::write::FileOptions::default(),
-    )
-    .unwrap();
-    std::io::Write::write_all(&mut zip, pickle).unwrap();
+    for (member, bytes) in [("data.pkl", pickle), ("data/0", &[0u8; 4][..])] {
+        zip.start_file(
+            format!("{name}/{member}"),
+            zip::write::FileOptions::default(),
+        )
+        .unwrap();
+        std::io::Write::write_all(&mut zip, bytes).unwrap();
+    }
     zip.finish().unwrap();
     path
 }
 
 /// Malformed pickles are one error, never a panic: a stack popped below its MARK, an unknown
-/// opcode, a pickle cut short (each in a zip laid out as torch.save writes it).
+/// opcode, a pickle cut short, a storage of a negative size (each in a zip laid out as
+/// torch.save writes it).
 #[test]
 fn malformed_pickles_are_errors_not_panics() {
     let tmp = tmpdir();
@@ -148,6 +152,11 @@ fn malformed_pickles_are_errors_not_panics() {
         ("below-mark", &b"\x80\x02}NN(st."[..]),
         ("opcode", &b"\x80\x02\xff."[..]),
         ("short", &b"\x80\x02X\xff\x00\x00\x00ab"[..]),
+        // A storage of -1 elements (its size must not overflow into an allocation).
+        (
+            "storage",
+            &b"\x80\x02(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuJ\xff\xff\xff\xfftQ."[..],
+        ),
     ] {
         let path = pickle_zip(tmp.path(), name, "bin", pickle);
         let Err(err) = streetclip::model::pickle::read(&path) else {

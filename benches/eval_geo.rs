@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 use streetclip::config::Config;
 use streetclip::eval::geo_eval::evaluate as eval_geo;
+use streetclip::eval::geo_model::GeoModel;
 use streetclip::pretrained::Pretrained;
 
 const BATCH: usize = 32;
@@ -32,8 +33,10 @@ fn main() {
 
     let start = Instant::now();
     let clip = Pretrained::load(&model_dir, tch::Device::Cpu).unwrap();
-    let predictions = eval_geo(&clip, None, &cfg, "tiny", None, BATCH)
+    let model = GeoModel::Hierarchical(None);
+    let predictions = eval_geo(&clip, &model, &cfg, "tiny", None, BATCH)
         .unwrap()
+        .remove(0)
         .predictions;
     let ours = predictions.len() as f64 / start.elapsed().as_secs_f64();
 

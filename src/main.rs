@@ -151,13 +151,20 @@ enum Command {
         master_port: Option<u16>,
     },
     /// Fine-tune for a classification task (zero_shot, linear_probe, contrastive, classifier)
-    /// and compare the methods on the same test split.
+    /// and compare the methods on the same test split, or for geolocation by geocells.
     #[command(
         after_help = "Example:\n  streetclip finetune --config configs/finetune/demo-country.yaml --out runs/finetune-demo"
     )]
     Finetune {
         #[command(flatten)]
         run: RunArgs,
+        /// Start N data-parallel workers on this machine (method `geocells` only; the
+        /// classification methods run as one process).
+        #[arg(long, value_parser = at_least_one::<usize>)]
+        nproc_per_node: Option<usize>,
+        /// The launcher's rendezvous port (default: a free one).
+        #[arg(long, requires = "nproc_per_node")]
+        master_port: Option<u16>,
     },
     /// Write a checkpoint as a Hugging Face CLIP directory.
     #[command(
@@ -435,11 +442,11 @@ fn run(cli: Cli) -> Result<()> {
                 seed,
             };
             let (cells, without) = commands::geocells::from_manifest(&manifest, sizes)?;
-            commands::geocells::write(&out, &cells, sizes)?;
+            cells.write(&out, sizes)?;
             if without > 0 {
                 eprintln!("{without} samples without coordinates left out");
             }
-            print!("{}", commands::geocells::summary(&cells));
+            print!("{}", cells.summary());
             eprintln!("wrote {}", out.display());
         }
         Command::Config(ConfigCommand::Defaults) => {
@@ -500,10 +507,22 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             }
         }
-        Command::Finetune { run } => {
+        Command::Finetune {
+            run,
+            nproc_per_node,
+            master_port,
+        } => {
             let (cfg, out) = run.resolve()?;
+            if let Some(n) = nproc_per_node {
+                if cfg.finetune.method != [streetclip::config::Method::Geocells] {
+                    anyhow::bail!("--nproc-per-node: only finetune.method geocells trains data-parallel; the classification methods run as one process");
+                }
+                return streetclip::dist::launch::run(n, &worker_args(), master_port);
+            }
             streetclip::finetune::methods::run(&cfg, &cfg.to_yaml(), &out, &run.options())?;
-            print!("{}", std::fs::read_to_string(out.join("comparison.md"))?);
+            if streetclip::dist::DistEnv::from_env()?.rank == 0 {
+                print!("{}", std::fs::read_to_string(out.join("comparison.md"))?);
+            }
         }
         Command::Convert {
             from,

@@ -335,6 +335,37 @@ fn bad_configs_are_clear_errors() {
         &["--set", "finetune.label_column=continent"],
         &["continent"],
     );
+    // Geocells: alone, with a positive tau, on images with coordinates, and the classification
+    // methods stay one process.
+    let mixed = config(tmp.path(), "[zero_shot, geocells]", "");
+    check(
+        &mixed,
+        &[],
+        &["run it alone (method: geocells)", "eval geo"],
+    );
+    let cells = config(tmp.path(), "geocells", "");
+    check(
+        &cells,
+        &["--set", "finetune.geocells.tau_km=0"],
+        &["finetune.geocells.tau_km = 0"],
+    );
+    let unlocated = tmp.path().join("unlocated.csv");
+    std::fs::write(
+        &unlocated,
+        format!("image,country\n{},KE\n", photos[0].display()),
+    )
+    .unwrap();
+    let set = format!("finetune.train={}", unlocated.display());
+    check(
+        &cells,
+        &["--set", &set],
+        &["finetune.train", "no row has coordinates", "lat and lon"],
+    );
+    check(
+        &folders,
+        &["--nproc-per-node", "2"],
+        &["only finetune.method geocells trains data-parallel"],
+    );
 }
 
 #[test]
@@ -593,5 +624,224 @@ fn eval_classify_and_geolocate_use_the_head(out: &Path, method: &str) {
     assert_eq!(
         guess[0]["guess"]["top_countries"].as_array().unwrap().len(),
         3
+    );
+}
+
+/// `streetclip ARGS`, which must succeed.
+fn cli(args: &[&str]) -> Output {
+    let o = Command::new(env!("CARGO_BIN_EXE_streetclip"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+const GEOCELLS: &str = "  geocells: {min_samples: 4, max_samples: 12, tau_km: 75}";
+
+#[test]
+fn geocells_train_export_geolocate_and_are_evaluated() {
+    let tmp = tmpdir();
+    let cfg = config(tmp.path(), "geocells", GEOCELLS);
+    let out = tmp.path().join("run");
+    let o = finetune(&cfg, &out, &[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let comparison = std::fs::read_to_string(out.join("comparison.md")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), comparison);
+    assert!(
+        comparison.contains("| metric | `geocells` | `geocells-centroid` |"),
+        "{comparison}"
+    );
+    let dir = out.join("geocells");
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap();
+    assert!(assert_rates_are_fractions("geocells metrics.json", &m) >= 20);
+    let (train, test) = (
+        m["train_images"].as_u64().unwrap(),
+        m["test_images"].as_u64().unwrap(),
+    );
+    assert_eq!(train + test + m["val_images"].as_u64().unwrap(), 84);
+    assert_eq!(m["training"]["steps"], m["training"]["total_steps"]);
+    assert!(!streetclip::train::checkpoint::list(&dir.join("checkpoints")).is_empty());
+    for f in [
+        "test.csv",
+        "val.csv",
+        "test/report.md",
+        "test/geocells/predictions.csv",
+        "export/config.json",
+        "export/model.safetensors",
+        "export/head.safetensors",
+        "export/head.json",
+        "export/geocells.json",
+        "export/index.safetensors",
+    ] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+    // The cells: from the training split's coordinates, every training image in one of them.
+    let cells: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("export/geocells.json")).unwrap())
+            .unwrap();
+    let cells = cells["cells"].as_array().unwrap();
+    let members: u64 = cells.iter().map(|c| c["samples"].as_u64().unwrap()).sum();
+    assert_eq!(
+        (members, m["cells"].as_u64().unwrap()),
+        (train, cells.len() as u64)
+    );
+    assert!(cells.len() >= 3, "{} cells", cells.len());
+    let head: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("export/head.json")).unwrap())
+            .unwrap();
+    assert_eq!(head["classes"].as_array().unwrap().len(), cells.len());
+    let index: std::collections::HashMap<String, Tensor> =
+        streetclip::tensor_io::read(&dir.join("export/index.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    assert_eq!(index["embeddings"].size(), [train as i64, 32]);
+    assert_eq!(index["coords"].size(), [train as i64, 2]);
+    // It learned the three countries (chance: a third).
+    let refined = &m["test"]["geocells"];
+    let accuracy = refined["country_accuracy"].as_f64().unwrap();
+    eprintln!(
+        "geocells: country accuracy {accuracy:.3}, median {} km",
+        refined["median_km"]
+    );
+    assert!(accuracy > 1.0 / 3.0 + 0.15, "{accuracy}");
+    assert!(m["test"]["geocells-centroid"]["median_km"].is_number());
+
+    // `geolocate` and `eval geo` use the export by themselves, and say so.
+    let export = dir.join("export");
+    let export_s = export.to_str().unwrap();
+    let photo = csv::Reader::from_path(dir.join("test.csv"))
+        .unwrap()
+        .records()
+        .next()
+        .unwrap()
+        .unwrap()[0]
+        .to_string();
+    let geo = cli(&["geolocate", "--json", "--model", export_s, &photo]);
+    assert!(String::from_utf8_lossy(&geo.stderr).contains(&format!(
+        "geocell model ({} cells), guesses refined by the 16 nearest of {train} training images in the top 5 cells",
+        cells.len()
+    )));
+    let guess: serde_json::Value = serde_json::from_slice(&geo.stdout).unwrap();
+    let top = guess[0]["guess"]["top_cells"].as_array().unwrap();
+    assert_eq!(top.len(), 3);
+    assert!(assert_rates_are_fractions("geolocate --json", &guess) >= 3);
+    let zero = cli(&[
+        "geolocate",
+        "--json",
+        "--zero-shot",
+        "--model",
+        export_s,
+        &photo,
+    ]);
+    let zero: serde_json::Value = serde_json::from_slice(&zero.stdout).unwrap();
+    assert!(zero[0]["guess"].get("top_cells").is_none());
+    let eval_out = tmp.path().join("eval");
+    let test_csv = dir.join("test.csv");
+    let eval = cli(&[
+        "eval",
+        "geo",
+        "--model",
+        export_s,
+        "--manifest",
+        test_csv.to_str().unwrap(),
+        "--out",
+        eval_out.to_str().unwrap(),
+    ]);
+    let by_name: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    // The same numbers as finetune's own evaluation of the test split.
+    assert_eq!(by_name["geocells-export"], m["test"]["geocells"]);
+    assert_eq!(
+        by_name["geocells-export-centroid"],
+        m["test"]["geocells-centroid"]
+    );
+    let refine_off = tmp.path().join("no-refine.yaml");
+    std::fs::write(&refine_off, "geo: {geocells: {refine: false}}\n").unwrap();
+    let plain = cli(&[
+        "eval",
+        "geo",
+        "--model",
+        export_s,
+        "--manifest",
+        test_csv.to_str().unwrap(),
+        "--config",
+        refine_off.to_str().unwrap(),
+    ]);
+    let plain: serde_json::Value = serde_json::from_slice(&plain.stdout).unwrap();
+    assert_eq!(plain, m["test"]["geocells-centroid"]);
+}
+
+#[test]
+fn geocells_resume_and_train_data_parallel_like_one_process() {
+    let tmp = tmpdir();
+    let cfg = config(tmp.path(), "geocells", GEOCELLS);
+    let one = tmp.path().join("one");
+    let first = finetune(
+        &cfg,
+        &one,
+        &[
+            "--max-steps",
+            "2",
+            "--set",
+            "train.grad_accum_steps=2",
+            "--set",
+            "train.micro_batch_size=4",
+        ],
+    );
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let two = tmp.path().join("two");
+    let o = finetune(
+        &cfg,
+        &two,
+        &[
+            "--max-steps",
+            "2",
+            "--set",
+            "train.micro_batch_size=4",
+            "--nproc-per-node",
+            "2",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("data parallel: 2 ranks"), "{stderr}");
+    let last = |run: &Path| {
+        let dir = streetclip::train::checkpoint::list(&run.join("geocells/checkpoints"))
+            .pop()
+            .unwrap();
+        streetclip::tensor_io::read(&dir.join("model.safetensors")).unwrap()
+    };
+    let (a, b) = (last(&one), last(&two));
+    assert!(a.iter().any(|(n, _)| n == "classifier_head.weight"));
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        let d = max_diff(x, y);
+        assert!(d <= 1e-5, "{name} differs by {d:e}");
+    }
+    // The stopped one-process run resumes to the end.
+    let again = finetune(
+        &cfg,
+        &one,
+        &[
+            "--set",
+            "train.grad_accum_steps=2",
+            "--set",
+            "train.micro_batch_size=4",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        again.status.success() && stderr.contains("resuming from") && stderr.contains("(step 2)"),
+        "{stderr}"
     );
 }

@@ -191,3 +191,42 @@ fn geocells_of_a_manifest_cover_every_photo() {
         .all(|c| !c["regions"].as_array().unwrap().is_empty() || c["name"] == c["country"]));
     assert_eq!(json["sizes"]["min_samples"], 5);
 }
+
+#[test]
+fn smoothed_geocell_targets_match_an_independent_python_computation() {
+    let tmp = tmpdir();
+    let file = tmp.path().join("targets.json");
+    run_python([
+        root().join("scripts/geocell_targets.py").into_os_string(),
+        file.clone().into_os_string(),
+    ]);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let matrix = |v: &serde_json::Value| -> tch::Tensor {
+        let rows: Vec<Vec<f64>> = serde_json::from_value(v.clone()).unwrap();
+        let (n, d) = (rows.len() as i64, rows[0].len() as i64);
+        tch::Tensor::from_slice(&rows.concat()).view([n, d])
+    };
+    let cases = json["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 3);
+    for case in cases {
+        let tau = case["tau_km"].as_f64().unwrap();
+        let truth: Vec<i64> = serde_json::from_value(case["true"].clone()).unwrap();
+        let expected = matrix(&case["targets"]);
+        let ours = streetclip::geo::cell_targets::smoothed_targets(
+            &matrix(&case["points"]),
+            &tch::Tensor::from_slice(&truth),
+            &matrix(&case["centroids"]),
+            tau,
+        );
+        let d = max_diff(&ours, &expected);
+        // Spread over the cells, not one-hot: the comparison tests the smoothing itself.
+        let shared = Vec::<f64>::try_from(expected.max_dim(1, false).0).unwrap();
+        eprintln!(
+            "tau {tau} km: max |diff| {d:.1e}; smallest top target {:.3}",
+            shared.iter().cloned().fold(1.0, f64::min)
+        );
+        assert!(shared.iter().any(|&m| m < 0.9), "tau {tau}: no smoothing");
+        assert!(d <= 1e-6, "tau {tau} km: {d:e}");
+    }
+}

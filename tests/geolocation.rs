@@ -490,3 +490,124 @@ fn geolocate_prints_places_and_fractions() {
         listed
     );
 }
+
+/// A geocell model over `cells` (name, centroid) whose head scores cell `i` by `logits[i]` for
+/// every image, with an index of `index` (embedding, coordinates, cell).
+fn geocell_model(
+    cells: &[(&str, f64, f64)],
+    logits: &[f32],
+    index: &[(Vec<f32>, (f64, f64), usize)],
+    scale: f64,
+) -> streetclip::eval::geocell_locate::GeocellModel {
+    use streetclip::eval::geocell_locate::{GeocellModel, RetrievalIndex};
+    let d = index[0].0.len() as i64;
+    let k = cells.len() as i64;
+    let embeddings: Vec<f32> = index.iter().flat_map(|r| r.0.clone()).collect();
+    GeocellModel {
+        head: streetclip::pretrained::ExportedHead {
+            classes: cells.iter().map(|c| c.0.to_string()).collect(),
+            weight: Tensor::zeros([k, d], (Kind::Float, tch::Device::Cpu)),
+            bias: Tensor::from_slice(logits),
+        },
+        cells: cells
+            .iter()
+            .map(|&(name, lat, lon)| streetclip::geo::geocells::Cell {
+                name: name.into(),
+                country: "Nigeria".into(),
+                regions: vec![name.into()],
+                lat,
+                lon,
+                samples: 1,
+            })
+            .collect(),
+        index: Some(RetrievalIndex::new(
+            &Tensor::from_slice(&embeddings).view([index.len() as i64, d]),
+            index.iter().map(|r| r.1).collect(),
+            index.iter().map(|r| r.2).collect(),
+            tch::Device::Cpu,
+        )),
+        scale,
+    }
+}
+
+#[test]
+fn refinement_finds_the_close_neighbour_in_a_large_cell() {
+    use streetclip::config::RefineConfig;
+    use streetclip::eval::geocell_locate::GeocellLocator;
+    let g = Gazetteer::bundled().unwrap();
+    let unit = |i: usize| {
+        let mut v = vec![0f32; 4];
+        v[i] = 1.0;
+        v
+    };
+    // One large cell centred at (9, 8) whose training images lie far apart; the photo looks like
+    // the one at (12.5, 4.5), 540 km from the centroid. A second, improbable cell elsewhere.
+    let model = geocell_model(
+        &[("North", 9.0, 8.0), ("South", 5.0, 7.0)],
+        &[3.0, 0.0],
+        &[
+            (unit(0), (12.5, 4.5), 0),
+            (unit(1), (6.0, 12.0), 0),
+            (unit(2), (11.0, 13.0), 0),
+            (unit(3), (5.2, 7.1), 1),
+        ],
+        100.0,
+    );
+    let truth = (12.45, 4.52);
+    let photo = Tensor::from_slice(&[0.98f32, 0.1, 0.1, 0.1]);
+    let photo = (&photo / photo.norm()).view([1, 4]);
+    let locate = |refine: bool| {
+        let cfg = RefineConfig {
+            refine,
+            top_cells: 2,
+            neighbours: 4,
+        };
+        let guess = GeocellLocator::new(&model, g, cfg, 3)
+            .unwrap()
+            .locate(&photo)
+            .unwrap()
+            .remove(0);
+        assert_eq!(guess.top_cells[0].label, "North");
+        assert_eq!(guess.country_code, "NG");
+        haversine_km(truth.0, truth.1, guess.lat, guess.lon)
+    };
+    let (centroid, refined) = (locate(false), locate(true));
+    eprintln!("error at the centroid {centroid:.0} km, refined {refined:.1} km");
+    assert!(centroid > 500.0, "{centroid}");
+    assert!(refined < 10.0, "{refined}");
+}
+
+#[test]
+fn the_index_search_is_exact_across_chunks_and_respects_the_cells() {
+    use streetclip::eval::geocell_locate::RetrievalIndex;
+    // More rows than one chunk of the search (65,536), in 7 cells.
+    let n = 70_000i64;
+    tch::manual_seed(3);
+    let embeddings = Tensor::randn([n, 8], (Kind::Float, tch::Device::Cpu));
+    let cells: Vec<usize> = (0..n as usize).map(|i| (i * 7919) % 7).collect();
+    let index = RetrievalIndex::new(
+        &embeddings,
+        vec![(0.0, 0.0); n as usize],
+        cells.clone(),
+        tch::Device::Cpu,
+    );
+    let images = Tensor::randn([3, 8], (Kind::Float, tch::Device::Cpu));
+    let allowed = Tensor::from_slice(&[
+        true, false, false, false, false, false, true, // image 0: cells 0 and 6
+        false, false, false, true, false, false, false, // image 1: cell 3
+        true, true, true, true, true, true, true, // image 2: all
+    ])
+    .view([3, 7]);
+    let (sims, rows) = index.nearest(&images, &allowed, 5);
+    let full = images.matmul(&embeddings.tr());
+    let cell_ids = Tensor::from_slice(&cells.iter().map(|&c| c as i64).collect::<Vec<_>>());
+    let admitted = allowed.index_select(1, &cell_ids);
+    let (want, want_rows) = full
+        .masked_fill(&admitted.logical_not(), f64::NEG_INFINITY)
+        .topk(5, 1, true, true);
+    assert_eq!(max_diff(&sims, &want), 0.0);
+    assert_eq!(
+        Vec::<Vec<i64>>::try_from(rows).unwrap(),
+        Vec::<Vec<i64>>::try_from(want_rows).unwrap()
+    );
+}

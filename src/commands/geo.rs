@@ -3,24 +3,17 @@
 
 use crate::config::Config;
 use crate::eval::geo_eval::{self, GeoEval};
-use crate::eval::geolocate::{Geolocator, Guess};
+use crate::eval::geo_model::GeoModel;
+use crate::eval::geolocate::Guess;
 use crate::eval::ranking::Ranked;
 use crate::eval::{report, text_cache};
 use crate::geo::Gazetteer;
-use crate::pretrained::{ExportedHead, Pretrained};
+use crate::pretrained::Pretrained;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 
-/// The country classifier a `finetune` export in `dir` carries, unless `zero_shot`.
-pub fn country_head(
-    dir: &Path,
-    clip: &Pretrained,
-    zero_shot: bool,
-) -> Result<Option<ExportedHead>> {
-    ExportedHead::unless_zero_shot(dir, clip, zero_shot, None, "the country")
-}
-
-/// Guesses for `images` by the model in `model_dir` (its country head unless `zero_shot`).
+/// Guesses for `images` by the model in `model_dir`: by its geocells or its country head when
+/// it has them, unless `zero_shot`.
 pub fn geolocate(
     model_dir: &Path,
     clip: &Pretrained,
@@ -31,15 +24,20 @@ pub fn geolocate(
 ) -> Result<Vec<(PathBuf, Guess)>> {
     crate::encode::check_files(images)?;
     let g = Gazetteer::bundled()?;
-    let encoder = text_cache::for_model(clip, cfg.geo.cache)?;
-    let head = country_head(model_dir, clip, zero_shot)?;
-    let locator = Geolocator::with_country_head(&encoder, g, cfg.geo.clone(), head)?;
-    let guesses = locator.locate(&crate::encode::Encoder::new(clip, batch).files(images)?)?;
+    let model = GeoModel::read(model_dir, clip, zero_shot, &cfg.geo)?;
+    let encoder = match model.needs_text() {
+        true => Some(text_cache::for_model(clip, cfg.geo.cache)?),
+        false => None,
+    };
+    let locators = model.locators(encoder.as_ref(), g, &cfg.geo)?;
+    let embeddings = crate::encode::Encoder::new(clip, batch).files(images)?;
+    let guesses = locators[0].1.locate(&embeddings)?;
     Ok(images.iter().cloned().zip(guesses).collect())
 }
 
 /// Evaluates each model directory on `cfg`'s data (one report, or a comparison when there are
-/// several, in `out`); a model's country head is used unless `zero_shot`.
+/// several evaluations, in `out`); a model's geocells or country head are used unless
+/// `zero_shot`.
 pub fn eval_geo(
     models: &[PathBuf],
     zero_shot: bool,
@@ -53,8 +51,8 @@ pub fn eval_geo(
     let mut evals = Vec::new();
     for (dir, name) in models.iter().zip(geo_eval::model_names(models)) {
         let clip = Pretrained::load(dir, device)?;
-        let head = country_head(dir, &clip, zero_shot)?;
-        evals.push(geo_eval::evaluate(&clip, head, cfg, &name, limit, batch)?);
+        let model = GeoModel::read(dir, &clip, zero_shot, &cfg.geo)?;
+        evals.extend(geo_eval::evaluate(&clip, &model, cfg, &name, limit, batch)?);
     }
     match (out, evals.as_slice()) {
         (Some(out), [one]) => report::write_outputs(out, one, Gazetteer::bundled()?)?,
@@ -92,7 +90,11 @@ pub fn print_guesses(guesses: &[(PathBuf, Guess)], json: bool) -> Result<()> {
         if !g.top_regions.is_empty() {
             println!("  regions:   {}", top(&g.top_regions));
         }
-        println!("  cities:    {}", top(&g.top_cities));
+        if g.top_cells.is_empty() {
+            println!("  cities:    {}", top(&g.top_cities));
+        } else {
+            println!("  cells:     {}", top(&g.top_cells));
+        }
     }
     Ok(())
 }

@@ -30,35 +30,3 @@ pub fn from_manifest(manifest: &Path, sizes: CellSizes) -> Result<(Geocells, usi
     let without = dataset.samples.len() - points.len();
     Ok((build(g, &points, sizes)?, without))
 }
-
-/// `{"sizes": ..., "cells": [...]}`, written atomically.
-pub fn write(path: &Path, cells: &Geocells, sizes: CellSizes) -> Result<()> {
-    let json = serde_json::json!({"sizes": sizes, "cells": cells.cells});
-    crate::tensor_io::write_atomic(path, &serde_json::to_vec_pretty(&json)?)
-}
-
-/// A few lines for the terminal: how many cells, their sizes, the largest.
-pub fn summary(cells: &Geocells) -> String {
-    let mut sizes: Vec<usize> = cells.cells.iter().map(|c| c.samples).collect();
-    sizes.sort_unstable();
-    let countries: std::collections::BTreeSet<&str> =
-        cells.cells.iter().map(|c| c.country.as_str()).collect();
-    let mut out = format!(
-        "{} cells in {} countries from {} samples; samples per cell: min {}, median {}, max {}\n",
-        cells.cells.len(),
-        countries.len(),
-        cells.cell_of.len(),
-        sizes[0],
-        sizes[sizes.len() / 2],
-        sizes[sizes.len() - 1]
-    );
-    let mut largest: Vec<_> = cells.cells.iter().collect();
-    largest.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.name.cmp(&b.name)));
-    for c in largest.iter().take(5) {
-        out += &format!(
-            "  {:>7}  {} ({:.2}, {:.2})\n",
-            c.samples, c.name, c.lat, c.lon
-        );
-    }
-    out
-}

@@ -18,6 +18,9 @@ pub enum Method {
     Contrastive,
     /// A linear head initialised from the class captions, trained with cross-entropy.
     Classifier,
+    /// Geolocation by a head over geocells built from the training coordinates, trained
+    /// against haversine-smoothed targets (PIGEON's recipe); exports a retrieval index.
+    Geocells,
 }
 
 impl Method {
@@ -27,6 +30,7 @@ impl Method {
             Method::LinearProbe => "linear_probe",
             Method::Contrastive => "contrastive",
             Method::Classifier => "classifier",
+            Method::Geocells => "geocells",
         }
     }
 }
@@ -47,7 +51,7 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Method>, D:
         .iter()
         .map(|n| {
             Method::deserialize(serde::de::value::StrDeserializer::<serde::de::value::Error>::new(n))
-                .map_err(|_| serde::de::Error::custom(format!("unknown method `{n}`: choose from zero_shot, linear_probe, contrastive, classifier")))
+                .map_err(|_| serde::de::Error::custom(format!("unknown method `{n}`: choose from zero_shot, linear_probe, contrastive, classifier, geocells")))
         })
         .collect()
 }
@@ -80,6 +84,31 @@ pub struct FinetuneConfig {
     /// WiSE-FT mixing weights exported besides the fine-tuned model (0: the initial weights,
     /// 1: the fine-tuned ones), for `contrastive` and `classifier`.
     pub wise_ft: Vec<f64>,
+    /// The `geocells` method: how cells are built and how the targets are smoothed.
+    pub geocells: GeocellsConfig,
+}
+
+/// `finetune.geocells`: cells from the training split's coordinates (see `geo::geocells`) and
+/// the label smoothing of the head's targets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeocellsConfig {
+    /// An admin-1 region with fewer training images joins its nearest neighbour.
+    pub min_samples: usize,
+    /// A region with more training images is split by spherical k-means.
+    pub max_samples: usize,
+    /// Distance scale of the targets: y_n ∝ exp(−(hav(c_n, x) − hav(c_true, x)) / tau_km).
+    pub tau_km: f64,
+}
+
+impl Default for GeocellsConfig {
+    fn default() -> Self {
+        Self {
+            min_samples: 50,
+            max_samples: 2000,
+            tau_km: 75.0,
+        }
+    }
 }
 
 impl Default for FinetuneConfig {
@@ -96,6 +125,7 @@ impl Default for FinetuneConfig {
             class_names: BTreeMap::new(),
             c_grid: vec![1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0],
             wise_ft: vec![],
+            geocells: GeocellsConfig::default(),
         }
     }
 }

@@ -21,6 +21,32 @@ pub struct GeoConfig {
     pub top_k: usize,
     /// Keep candidate text embeddings on disk (see `text_cache`), keyed by model and prompts.
     pub cache: bool,
+    /// How a geocell model (a `finetune` export of method `geocells`) places an image.
+    pub geocells: RefineConfig,
+}
+
+/// A geocell model's guess: the top cell's centroid, or with `refine` (when the export has a
+/// retrieval index) the similarity-weighted spherical mean of the `neighbours` training images
+/// nearest in embedding space among those of the `top_cells` most probable cells.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct RefineConfig {
+    /// Refine the guess by retrieval (when the export has `index.safetensors`).
+    pub refine: bool,
+    /// How many of the most probable cells the neighbours are searched in.
+    pub top_cells: usize,
+    /// How many nearest training images (by embedding) the refined guess weighs.
+    pub neighbours: usize,
+}
+
+impl Default for RefineConfig {
+    fn default() -> Self {
+        Self {
+            refine: true,
+            top_cells: 5,
+            neighbours: 16,
+        }
+    }
 }
 
 impl Default for GeoConfig {
@@ -34,6 +60,7 @@ impl Default for GeoConfig {
             countries: None,
             top_k: 3,
             cache: true,
+            geocells: RefineConfig::default(),
         }
     }
 }

@@ -16,8 +16,8 @@ mod geo;
 mod optim;
 mod reference;
 pub use dist::{BackendChoice, DistConfig};
-pub use finetune::{FinetuneConfig, Method};
-pub use geo::GeoConfig;
+pub use finetune::{FinetuneConfig, GeocellsConfig, Method};
+pub use geo::{GeoConfig, RefineConfig};
 pub use optim::{OptimConfig, Schedule};
 pub use reference::commented_defaults;
 

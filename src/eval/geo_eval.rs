@@ -1,7 +1,7 @@
-//! `eval geo`'s evaluation: zero-shot geolocation of every sample with coordinates, its
+//! `eval geo`'s evaluation: geolocation of every sample with coordinates, its
 //! great-circle error, whether the country was right, and the metrics over them.
 
-use super::geolocate::Geolocator;
+use super::geo_model::GeoModel;
 use super::metrics::{geo_metrics, GeoMetrics};
 use super::text_cache;
 use crate::config::Config;
@@ -9,7 +9,7 @@ use crate::data::decode::decode;
 use crate::data::{Dataset, Sample};
 use crate::encode::Encoder;
 use crate::geo::{haversine_km, Gazetteer};
-use crate::pretrained::{ExportedHead, Pretrained};
+use crate::pretrained::Pretrained;
 use anyhow::{Context, Result};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -37,16 +37,25 @@ pub struct GeoEval {
     pub predictions: Vec<GeoPrediction>,
 }
 
-/// Evaluates `clip` on the samples of `cfg.data` that have coordinates; with `country_head`
-/// (a `finetune` export's classifier over countries) the country comes from it.
+/// One way of placing the images, filling its own evaluation.
+struct Scored {
+    name: String,
+    predictions: Vec<GeoPrediction>,
+    errors: Vec<f64>,
+    correct: Vec<Option<bool>>,
+}
+
+/// Evaluates `clip` the way `model` geolocates on the samples of `cfg.data` that have
+/// coordinates, embedding each image once: one evaluation named `name`, and for a refining
+/// geocell model a second, `name-centroid`, of its unrefined guesses.
 pub fn evaluate(
     clip: &Pretrained,
-    country_head: Option<ExportedHead>,
+    model: &GeoModel,
     cfg: &Config,
     name: &str,
     limit: Option<usize>,
     batch: usize,
-) -> Result<GeoEval> {
+) -> Result<Vec<GeoEval>> {
     let g = Gazetteer::bundled()?;
     let (data, report) = Dataset::load(&cfg.data, g)?;
     eprintln!("data: {}", report.summary());
@@ -59,11 +68,22 @@ pub fn evaluate(
     if samples.is_empty() {
         anyhow::bail!("no sample has coordinates to evaluate against");
     }
-    let encoder = text_cache::for_model(clip, cfg.geo.cache)?;
-    let locator = Geolocator::with_country_head(&encoder, g, cfg.geo.clone(), country_head)?;
+    let encoder = match model.needs_text() {
+        true => Some(text_cache::for_model(clip, cfg.geo.cache)?),
+        false => None,
+    };
+    let locators = model.locators(encoder.as_ref(), g, &cfg.geo)?;
+    let mut scored: Vec<Scored> = locators
+        .iter()
+        .map(|(suffix, _)| Scored {
+            name: format!("{name}{suffix}"),
+            predictions: vec![],
+            errors: vec![],
+            correct: vec![],
+        })
+        .collect();
     let images = Encoder::new(clip, batch);
     let bar = crate::encode::progress(samples.len(), "images");
-    let (mut predictions, mut errors, mut correct) = (Vec::new(), Vec::new(), Vec::new());
     for chunk in samples.chunks(batch.max(1)) {
         let decoded = chunk
             .par_iter()
@@ -74,46 +94,61 @@ pub fn evaluate(
                     .with_context(|| format!("cannot decode image {}", s.image))
             })
             .collect::<Result<Vec<_>>>()?;
-        for (s, guess) in chunk.iter().zip(locator.locate(&images.images(decoded)?)?) {
-            let (lat, lon) = (
-                s.place.lat.unwrap_or_default(),
-                s.place.lon.unwrap_or_default(),
-            );
-            let error_km = haversine_km(lat, lon, guess.lat, guess.lon);
-            errors.push(error_km);
-            correct.push(s.place.country.map(|c| c == guess.country_index));
-            predictions.push(GeoPrediction {
-                image: s.image.to_string(),
-                lat,
-                lon,
-                pred_lat: guess.lat,
-                pred_lon: guess.lon,
-                pred_country: guess.country_code,
-                pred_region: guess.region.unwrap_or_default(),
-                pred_city: guess.city.unwrap_or_default(),
-                true_country: s
-                    .place
-                    .country
-                    .map(|c| g.countries[c].iso2.clone())
-                    .unwrap_or_default(),
-                error_km,
-            });
+        let embeddings = images.images(decoded)?;
+        for ((_, locator), out) in locators.iter().zip(&mut scored) {
+            for (s, guess) in chunk.iter().zip(locator.locate(&embeddings)?) {
+                out.add(s, guess, g);
+            }
         }
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    if encoder.hits.get() + encoder.misses.get() > 0 {
-        eprintln!(
-            "text embeddings: {} prompt lists from the cache, {} encoded",
-            encoder.hits.get(),
-            encoder.misses.get()
-        );
+    if let Some(encoder) = &encoder {
+        if encoder.hits.get() + encoder.misses.get() > 0 {
+            eprintln!(
+                "text embeddings: {} prompt lists from the cache, {} encoded",
+                encoder.hits.get(),
+                encoder.misses.get()
+            );
+        }
     }
-    Ok(GeoEval {
-        name: name.to_string(),
-        metrics: geo_metrics(&errors, &correct),
-        predictions,
-    })
+    Ok(scored
+        .into_iter()
+        .map(|s| GeoEval {
+            metrics: geo_metrics(&s.errors, &s.correct),
+            name: s.name,
+            predictions: s.predictions,
+        })
+        .collect())
+}
+
+impl Scored {
+    fn add(&mut self, s: &Sample, guess: super::geolocate::Guess, g: &Gazetteer) {
+        let (lat, lon) = (
+            s.place.lat.unwrap_or_default(),
+            s.place.lon.unwrap_or_default(),
+        );
+        let error_km = haversine_km(lat, lon, guess.lat, guess.lon);
+        self.errors.push(error_km);
+        self.correct
+            .push(s.place.country.map(|c| c == guess.country_index));
+        self.predictions.push(GeoPrediction {
+            image: s.image.to_string(),
+            lat,
+            lon,
+            pred_lat: guess.lat,
+            pred_lon: guess.lon,
+            pred_country: guess.country_code,
+            pred_region: guess.region.unwrap_or_default(),
+            pred_city: guess.city.unwrap_or_default(),
+            true_country: s
+                .place
+                .country
+                .map(|c| g.countries[c].iso2.clone())
+                .unwrap_or_default(),
+            error_km,
+        });
+    }
 }
 
 /// Display names for model directories: their last path component (with the run's folder

@@ -26,6 +26,9 @@ pub struct Guess {
     pub top_countries: Vec<Ranked>,
     pub top_regions: Vec<Ranked>,
     pub top_cities: Vec<Ranked>,
+    /// A geocell model's most probable cells (empty for hierarchical geolocation).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub top_cells: Vec<Ranked>,
     #[serde(skip)]
     pub country_index: usize,
 }
@@ -42,7 +45,7 @@ pub struct Geolocator<'a, E: TextEncoder> {
     cfg: GeoConfig,
     countries: Stage,
     /// A fine-tuned classifier over countries that replaces the zero-shot country stage.
-    country_head: Option<ExportedHead>,
+    country_head: Option<&'a ExportedHead>,
     regions: std::cell::RefCell<HashMap<usize, Option<Stage>>>,
     cities: std::cell::RefCell<HashMap<(usize, Option<usize>), Option<Stage>>>,
 }
@@ -139,7 +142,7 @@ impl<'a, E: TextEncoder> Geolocator<'a, E> {
         encoder: &'a E,
         g: &'a Gazetteer,
         cfg: GeoConfig,
-        head: Option<ExportedHead>,
+        head: Option<&'a ExportedHead>,
     ) -> Result<Self> {
         for (key, list) in [
             ("country_prompts", &cfg.country_prompts),
@@ -150,7 +153,7 @@ impl<'a, E: TextEncoder> Geolocator<'a, E> {
                 bail!("geo.{key} is empty");
             }
         }
-        let countries = match &head {
+        let countries = match head {
             Some(head) => Stage {
                 items: head_countries(g, head)?,
                 text: Tensor::zeros([0], (Kind::Float, tch::Device::Cpu)),
@@ -319,6 +322,7 @@ impl<'a, E: TextEncoder> Geolocator<'a, E> {
                     .collect(),
                 top_regions,
                 top_cities,
+                top_cells: vec![],
                 country_index: country,
             });
         }

@@ -1,8 +1,10 @@
-//! Evaluation: hierarchical zero-shot geolocation, zero-shot classification, their metrics,
+//! Evaluation: hierarchical zero-shot and geocell geolocation, zero-shot classification, their metrics,
 //! reports and plots.
 
 pub mod classification;
 pub mod geo_eval;
+pub mod geo_model;
+pub mod geocell_locate;
 pub mod geolocate;
 pub mod metrics;
 pub mod plots;

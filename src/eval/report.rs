@@ -78,6 +78,24 @@ fn metric_rows(evals: &[&GeoEval]) -> String {
     md
 }
 
+/// The metrics of several evaluations as a Markdown table, one column each (and their
+/// difference for two).
+pub fn metric_table(evals: &[&GeoEval]) -> String {
+    let names: Vec<String> = evals.iter().map(|e| format!("`{}`", e.name)).collect();
+    let delta = if evals.len() == 2 {
+        " | Δ (2nd − 1st)"
+    } else {
+        ""
+    };
+    let mut md = format!(
+        "| metric | {}{delta} |\n|---|{}\n",
+        names.join(" | "),
+        "---|".repeat(evals.len() + usize::from(evals.len() == 2))
+    );
+    md += &metric_rows(evals);
+    md
+}
+
 /// `metrics.json`, `predictions.csv`, `report.md`, `error_curve.png` and `map.png` in `dir`.
 pub fn write_outputs(dir: &Path, e: &GeoEval, g: &Gazetteer) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -124,19 +142,7 @@ pub fn write_comparison(dir: &Path, evals: &[GeoEval]) -> Result<()> {
         evals.len(),
         evals[0].metrics.n
     );
-    let names: Vec<String> = evals.iter().map(|e| format!("`{}`", e.name)).collect();
-    let delta = if evals.len() == 2 {
-        " | Δ (2nd − 1st)"
-    } else {
-        ""
-    };
-    let _ = writeln!(
-        md,
-        "| metric | {}{delta} |\n|---|{}",
-        names.join(" | "),
-        "---|".repeat(evals.len() + usize::from(evals.len() == 2))
-    );
-    md += &metric_rows(&evals.iter().collect::<Vec<_>>());
+    md += &metric_table(&evals.iter().collect::<Vec<_>>());
     let mut json = serde_json::Map::new();
     for e in evals {
         let sub = slug(&e.name);

@@ -79,12 +79,14 @@ impl ClassHead {
     }
 
     /// Cross-entropy over the step's micro-batches (each micro-batch's mean, averaged), its
-    /// gradients left in the parameters.
+    /// gradients left in the parameters: against `labels` `[B]`, or against the distributions
+    /// `soft` `[B, K]` when given (`labels` then only score the accuracy).
     pub fn accumulate_gradients(
         &self,
         model: &ClipModel,
         micro: &[MicroBatch],
         labels: &Tensor,
+        soft: Option<&Tensor>,
         amp: Option<AutocastDtype>,
     ) -> Result<StepStats> {
         let n = micro.len() as f64;
@@ -98,7 +100,15 @@ impl ClassHead {
             .to_kind(Kind::Float);
             let logits = self.logits(&crate::model::normalize(&features));
             let y = labels.narrow(0, offset, b);
-            let loss = logits.cross_entropy_for_logits(&y);
+            let loss = match soft {
+                None => logits.cross_entropy_for_logits(&y),
+                Some(targets) => {
+                    let log_p = logits.log_softmax(-1, Kind::Float);
+                    -(targets.narrow(0, offset, b) * log_p)
+                        .sum_dim_intlist(-1, false, Kind::Float)
+                        .mean(Kind::Float)
+                }
+            };
             (&loss / n).backward();
             stats.add(&loss, &accuracy(&logits, &y), n);
             offset += b;
@@ -156,6 +166,7 @@ impl Objective for Classifier {
             model,
             micro,
             &labels.to(micro[0].pixel_values.device()),
+            None,
             amp,
         )
     }

@@ -88,15 +88,28 @@ pub fn run(
 ) -> Result<Vec<MethodResult>> {
     let methods = cfg.finetune.method.clone();
     if methods.is_empty() {
-        bail!("finetune.method lists no method: choose from zero_shot, linear_probe, contrastive, classifier");
+        bail!("finetune.method lists no method: choose from zero_shot, linear_probe, contrastive, classifier, geocells");
     }
-    let splits = split::load(&cfg.finetune, cfg.train.seed)?;
+    if methods.contains(&Method::Geocells) && methods.len() > 1 {
+        bail!("finetune.method: geocells geolocates rather than classifies, so it is not compared with the classification methods; run it alone (method: geocells) and compare it with zero-shot models by `streetclip eval geo`");
+    }
     let (env, dist, device) = join_job(cfg)?;
-    if dist.world_size > 1 {
-        bail!("finetune runs as one process (this is rank {} of {}): launch it without torchrun/--nproc-per-node", env.rank, env.world_size);
-    }
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create run directory {}", out.display()))?;
+    if methods == [Method::Geocells] {
+        eprintln!("finetune: geocells");
+        let dir = out.join(Method::Geocells.name());
+        // Every rank trains; rank 0 alone exports and evaluates.
+        let evals = super::geocells::run(cfg, config_yaml, &dir, options, (&env, &dist, device))?;
+        if env.rank == 0 {
+            write_geocells_summary(out, &evals)?;
+        }
+        return Ok(vec![]);
+    }
+    if dist.world_size > 1 {
+        bail!("the classification methods run as one process (this is rank {} of {}): launch them without torchrun/--nproc-per-node", env.rank, env.world_size);
+    }
+    let splits = split::load(&cfg.finetune, cfg.train.seed)?;
     write_atomic(
         &out.join("split.json"),
         &serde_json::to_vec_pretty(&splits.sizes())?,
@@ -124,6 +137,7 @@ pub fn run(
             Method::ZeroShot => task.zero_shot(&dir)?,
             Method::LinearProbe => task.linear_probe(&dir)?,
             Method::Contrastive | Method::Classifier => task.fine_tune(method, &dir)?,
+            Method::Geocells => unreachable!("geocells runs alone, above"),
         };
         let about = format!(
             "Method `{}` on {} test images of {} classes.",
@@ -460,6 +474,17 @@ impl FinetuneRun<'_> {
             ..self.result(method, val, test, dir.join("export"))
         })
     }
+}
+
+/// `comparison.md` for a geocells run: its test evaluations side by side (refined, centroid).
+fn write_geocells_summary(out: &Path, evals: &[crate::eval::geo_eval::GeoEval]) -> Result<()> {
+    let refs: Vec<&crate::eval::geo_eval::GeoEval> = evals.iter().collect();
+    let md = format!(
+        "# Fine-tuning: geocells on the test split ({} images)\n\n{}\nFull evaluation: `geocells/test/report.md`; compare with zero-shot models by `streetclip eval geo --manifest geocells/test.csv`.\n",
+        evals.first().map_or(0, |e| e.metrics.n),
+        crate::eval::report::metric_table(&refs)
+    );
+    write_atomic(&out.join("comparison.md"), md.as_bytes())
 }
 
 /// `comparison.md` and `comparison.json` over every method's `metrics.json` in `out`.

@@ -60,42 +60,40 @@ impl Splits {
     }
 }
 
-/// Moves `fraction` of each class (rounded, at least one when the class has two or more images
-/// and the fraction is positive) out of `items`.
-fn take_fraction(
-    items: &mut Vec<LabelledImage>,
-    classes: usize,
+/// Moves `fraction` of each group (rounded, at least one when the group has two or more items
+/// and the fraction is positive) out of `items`, the group of an item being `group(item)` in
+/// `0..groups`; each group shuffled by its own seed, so a group's draw never depends on another.
+pub fn take_fraction<T>(
+    items: &mut Vec<T>,
+    group: impl Fn(&T) -> usize,
+    groups: usize,
     fraction: f64,
     seed: u64,
     salt: u64,
-) -> Vec<LabelledImage> {
+) -> Vec<T> {
+    let mut by_group: Vec<Vec<T>> = (0..groups).map(|_| Vec::new()).collect();
+    for item in items.drain(..) {
+        by_group[group(&item)].push(item);
+    }
     let mut taken = Vec::new();
-    let mut kept = Vec::new();
-    for class in 0..classes {
-        let mut of_class: Vec<LabelledImage> =
-            items.iter().filter(|i| i.class == class).cloned().collect();
-        of_class.shuffle(&mut ChaCha8Rng::seed_from_u64(sample_seed(
-            seed,
-            salt,
-            class as u64,
+    for (g, mut of_group) in by_group.into_iter().enumerate() {
+        of_group.shuffle(&mut ChaCha8Rng::seed_from_u64(sample_seed(
+            seed, salt, g as u64,
         )));
-        let n = of_class.len();
+        let n = of_group.len();
         let k = if fraction > 0.0 && n >= 2 {
             ((n as f64 * fraction).round() as usize).clamp(1, n - 1)
         } else {
             0
         };
-        taken.extend(of_class.drain(..k));
-        kept.extend(of_class);
+        taken.extend(of_group.drain(..k));
+        items.extend(of_group);
     }
-    *items = kept;
     taken
 }
 
-pub fn load(cfg: &FinetuneConfig, seed: u64) -> Result<Splits> {
-    let Some(train_path) = &cfg.train else {
-        bail!("finetune.train is not set: give an ImageFolder directory or a manifest with a `{}` column", cfg.label_column)
-    };
+/// `val_fraction` and `test_fraction` are fractions in [0, 1).
+pub fn check_fractions(cfg: &FinetuneConfig) -> Result<()> {
     for (key, f) in [
         ("finetune.val_fraction", cfg.val_fraction),
         ("finetune.test_fraction", cfg.test_fraction),
@@ -104,6 +102,14 @@ pub fn load(cfg: &FinetuneConfig, seed: u64) -> Result<Splits> {
             bail!("{key} = {f} must be in [0, 1)");
         }
     }
+    Ok(())
+}
+
+pub fn load(cfg: &FinetuneConfig, seed: u64) -> Result<Splits> {
+    let Some(train_path) = &cfg.train else {
+        bail!("finetune.train is not set: give an ImageFolder directory or a manifest with a `{}` column", cfg.label_column)
+    };
+    check_fractions(cfg)?;
     let train_data =
         Labelled::load(train_path, Some(&cfg.label_column)).context("finetune.train")?;
     if train_data.classes.len() < 2 {
@@ -126,7 +132,14 @@ pub fn load(cfg: &FinetuneConfig, seed: u64) -> Result<Splits> {
                 .and_then(|d| d.aligned_to(&classes))
                 .with_context(|| format!("finetune.{key}"))?
                 .items),
-            None => Ok(take_fraction(train, classes.len(), fraction, seed, salt)),
+            None => Ok(take_fraction(
+                train,
+                |i: &LabelledImage| i.class,
+                classes.len(),
+                fraction,
+                seed,
+                salt,
+            )),
         }
     };
     let test = other(

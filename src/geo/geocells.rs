@@ -4,7 +4,7 @@
 //! is merged into the nearest region of the same country (else of any country); a region with
 //! more than `max_samples` is split by spherical k-means. Deterministic for a seed.
 
-use super::distance::unit_vector;
+use super::distance::{lat_lon, unit_vector};
 use super::gazetteer::Gazetteer;
 use anyhow::{bail, Result};
 use rand::{RngExt, SeedableRng};
@@ -43,6 +43,45 @@ pub struct Geocells {
     pub cell_of: Vec<usize>,
 }
 
+impl Geocells {
+    /// `{"sizes": ..., "cells": [...]}`, written atomically (`geocells.json`).
+    pub fn write(&self, path: &std::path::Path, sizes: CellSizes) -> Result<()> {
+        let json = serde_json::json!({"sizes": sizes, "cells": self.cells});
+        crate::tensor_io::write_atomic(path, &serde_json::to_vec_pretty(&json)?)
+    }
+
+    /// The first line of [`summary`](Self::summary): how many cells and their sizes.
+    pub fn counts(&self) -> String {
+        let mut sizes: Vec<usize> = self.cells.iter().map(|c| c.samples).collect();
+        sizes.sort_unstable();
+        let countries: std::collections::BTreeSet<&str> =
+            self.cells.iter().map(|c| c.country.as_str()).collect();
+        format!(
+            "{} cells in {} countries from {} samples; samples per cell: min {}, median {}, max {}",
+            self.cells.len(),
+            countries.len(),
+            self.cell_of.len(),
+            sizes[0],
+            sizes[sizes.len() / 2],
+            sizes[sizes.len() - 1]
+        )
+    }
+
+    /// A few lines for the terminal: how many cells, their sizes, the largest.
+    pub fn summary(&self) -> String {
+        let mut out = self.counts() + "\n";
+        let mut largest: Vec<_> = self.cells.iter().collect();
+        largest.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.name.cmp(&b.name)));
+        for c in largest.iter().take(5) {
+            out += &format!(
+                "  {:>7}  {} ({:.2}, {:.2})\n",
+                c.samples, c.name, c.lat, c.lon
+            );
+        }
+        out
+    }
+}
+
 /// A cell under construction: its members and the sum of their unit vectors.
 struct Group {
     country: usize,
@@ -63,14 +102,6 @@ fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
 
 fn add(a: &mut [f64; 3], b: [f64; 3]) {
     a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-}
-
-/// (latitude, longitude) in degrees of a unit vector.
-fn lat_lon(v: [f64; 3]) -> (f64, f64) {
-    (
-        v[2].clamp(-1.0, 1.0).asin().to_degrees(),
-        v[1].atan2(v[0]).to_degrees(),
-    )
 }
 
 /// Builds the cells of `points` (latitude, longitude in degrees).

@@ -1,5 +1,6 @@
 //! Geography: great-circle distance, the GeoNames gazetteer, reverse geocoding, geocells.
 
+pub mod cell_targets;
 pub mod distance;
 pub mod gazetteer;
 pub mod geocells;

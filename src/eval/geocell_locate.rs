@@ -1,0 +1,378 @@
+//! Geolocation by a geocell model (a `finetune` export of method `geocells`): the head's
+//! probabilities over the cells, and the guess at the top cell's centroid or, refined, at the
+//! similarity-weighted spherical mean of the training images nearest in embedding space among
+//! those of the top cells (PIGEON's retrieval refinement). The search is batched on the
+//! model's device, a bounded chunk of the index at a time.
+
+use super::geolocate::Guess;
+use super::ranking::{best_first, Ranked};
+use crate::config::RefineConfig;
+use crate::geo::distance::spherical_mean;
+use crate::geo::geocells::Cell;
+use crate::geo::Gazetteer;
+use crate::pretrained::{ExportedHead, Pretrained};
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+/// The cells beside the export: `{"sizes": ..., "cells": [...]}` as `streetclip geocells` writes.
+pub const CELLS_FILE: &str = "geocells.json";
+/// The retrieval index beside the export: training embeddings, coordinates and cells.
+pub const INDEX_FILE: &str = "index.safetensors";
+
+/// Index rows compared with a batch of images at once: bounds the similarity matrix
+/// (B × 65,536 floats) whatever the index's size.
+const INDEX_CHUNK: i64 = 65_536;
+
+/// Training images as the refinement searches them.
+pub struct RetrievalIndex {
+    /// L2-normalised image embeddings `[N, d]`: float32 on the CPU, float16 on a GPU (as stored).
+    pub embeddings: Tensor,
+    /// Each row's cell `[N]`, int64, beside the embeddings (the search masks by it).
+    cells: Tensor,
+    /// Each row's (latitude, longitude) in degrees and cell, on the host.
+    pub coords: Vec<(f64, f64)>,
+    pub cell_of: Vec<usize>,
+}
+
+impl RetrievalIndex {
+    /// Rows of `embeddings` `[N, d]` at `coords` in cells `cell_of`, kept on `device` in the
+    /// precision its matrix products run in there.
+    pub fn new(
+        embeddings: &Tensor,
+        coords: Vec<(f64, f64)>,
+        cell_of: Vec<usize>,
+        device: Device,
+    ) -> Self {
+        let kind = if device.is_cuda() {
+            Kind::Half
+        } else {
+            Kind::Float
+        };
+        let ids: Vec<i64> = cell_of.iter().map(|&c| c as i64).collect();
+        Self {
+            embeddings: embeddings.to_device(device).to_kind(kind),
+            cells: Tensor::from_slice(&ids).to_device(device),
+            coords,
+            cell_of,
+        }
+    }
+
+    /// Writes the index with float16 embeddings (half the size; similarities change by ~1e-3).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let flat: Vec<f64> = self.coords.iter().flat_map(|&(a, b)| [a, b]).collect();
+        crate::tensor_io::write(
+            path,
+            &[
+                ("embeddings".into(), self.embeddings.to_kind(Kind::Half)),
+                (
+                    "coords".into(),
+                    Tensor::from_slice(&flat).view([self.len(), 2]),
+                ),
+                ("cells".into(), self.cells.to(Device::Cpu)),
+            ],
+        )
+    }
+
+    /// The index in `path`, checked against `cells` cells of `dim`-d embeddings.
+    pub fn read(path: &Path, cells: usize, dim: i64, device: Device) -> Result<Self> {
+        let map: std::collections::HashMap<String, Tensor> =
+            crate::tensor_io::read(path)?.into_iter().collect();
+        let get = |name: &str| {
+            map.get(name).with_context(|| {
+                format!(
+                    "{} has no `{name}` tensor: rewrite it with `streetclip finetune`",
+                    path.display()
+                )
+            })
+        };
+        let (e, c, k) = (get("embeddings")?, get("coords")?, get("cells")?);
+        let n = e.size()[0];
+        if e.size() != [n, dim] || c.size() != [n, 2] || k.size() != [n] || n == 0 {
+            bail!("{}: embeddings {:?}, coords {:?} and cells {:?} do not describe one non-empty index of {dim}-d embeddings", path.display(), e.size(), c.size(), k.size());
+        }
+        let (lo, hi) = (k.min().int64_value(&[]), k.max().int64_value(&[]));
+        if lo < 0 || hi >= cells as i64 {
+            bail!(
+                "{}: cell ids {lo}..={hi} outside the {cells} cells of {CELLS_FILE}",
+                path.display()
+            );
+        }
+        let flat = Vec::<f64>::try_from(c.to_kind(Kind::Double).flatten(0, 1))?;
+        let coords = flat.chunks(2).map(|p| (p[0], p[1])).collect();
+        let cell_of = Vec::<i64>::try_from(k.to_kind(Kind::Int64))?
+            .into_iter()
+            .map(|c| c as usize)
+            .collect();
+        Ok(Self::new(e, coords, cell_of, device))
+    }
+
+    pub fn len(&self) -> i64 {
+        self.embeddings.size()[0]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// For each image `[B, d]`, the `n` rows most similar to it among those whose cell
+    /// `allowed` `[B, K]` admits: `(similarities, rows)`, each `[B, n]` on the CPU, best first;
+    /// a similarity is −inf where fewer than `n` rows are admitted.
+    pub fn nearest(&self, images: &Tensor, allowed: &Tensor, n: i64) -> (Tensor, Tensor) {
+        let device = self.embeddings.device();
+        let images = images.to_device(device).to_kind(self.embeddings.kind());
+        let allowed = allowed.to_device(device);
+        let b = images.size()[0];
+        let mut best = Tensor::full([b, 0], f64::NEG_INFINITY, (Kind::Float, device));
+        let mut rows = Tensor::zeros([b, 0], (Kind::Int64, device));
+        let mut start = 0;
+        while start < self.len() {
+            let len = INDEX_CHUNK.min(self.len() - start);
+            let sims = images
+                .matmul(&self.embeddings.narrow(0, start, len).tr())
+                .to_kind(Kind::Float);
+            let admitted = allowed.index_select(1, &self.cells.narrow(0, start, len));
+            let sims = sims.masked_fill(&admitted.logical_not(), f64::NEG_INFINITY);
+            let (v, i) = sims.topk(n.min(len), 1, true, true);
+            let (all_v, all_i) = (
+                Tensor::cat(&[best, v], 1),
+                Tensor::cat(&[rows, i + start], 1),
+            );
+            let (v, pick) = all_v.topk(n.min(all_v.size()[1]), 1, true, true);
+            best = v;
+            rows = all_i.gather(1, &pick, false);
+            start += len;
+        }
+        (best.to(Device::Cpu), rows.to(Device::Cpu))
+    }
+}
+
+/// A geocell export: its head over the cells, the cells, and the index when it has one.
+pub struct GeocellModel {
+    pub head: ExportedHead,
+    pub cells: Vec<Cell>,
+    pub index: Option<RetrievalIndex>,
+    /// CLIP's learned temperature (`logit_scale.exp()`), the sharpness of the refinement's
+    /// similarity weights.
+    pub scale: f64,
+}
+
+impl GeocellModel {
+    /// The geocell model in `dir`, or `None` when it has no `geocells.json`; files that do not
+    /// fit together are an error naming them.
+    pub fn read(dir: &Path, clip: &Pretrained) -> Result<Option<Self>> {
+        let (projection_dim, device) = (clip.model.config.projection_dim, clip.device());
+        let dir = &crate::model::hub::resolve(dir)?;
+        let cells_file = dir.join(CELLS_FILE);
+        if !cells_file.is_file() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&cells_file)
+            .with_context(|| format!("cannot read {}", cells_file.display()))?;
+        let cells: Vec<Cell> = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| serde_json::from_value(v["cells"].clone()).ok())
+            .with_context(|| {
+                format!(
+                    "{}: expected {{\"cells\": [...]}} as `streetclip geocells` writes",
+                    cells_file.display()
+                )
+            })?;
+        let head = ExportedHead::read(dir, projection_dim)?.with_context(|| {
+            format!(
+                "{} has {CELLS_FILE} but no classifier head over its cells ({})",
+                dir.display(),
+                crate::pretrained::HEAD_FILE
+            )
+        })?;
+        let names: Vec<&String> = cells.iter().map(|c| &c.name).collect();
+        if head.classes.iter().collect::<Vec<_>>() != names {
+            bail!(
+                "{}: the head's {} classes are not the {} cells of {CELLS_FILE} in order",
+                dir.display(),
+                head.classes.len(),
+                cells.len()
+            );
+        }
+        let index_file = dir.join(INDEX_FILE);
+        let index = match index_file.is_file() {
+            true => Some(RetrievalIndex::read(
+                &index_file,
+                cells.len(),
+                projection_dim,
+                device,
+            )?),
+            false => None,
+        };
+        let scale = clip.model.logit_scale().exp().double_value(&[]);
+        Ok(Some(Self {
+            head,
+            cells,
+            index,
+            scale,
+        }))
+    }
+}
+
+/// Places images with a [`GeocellModel`].
+pub struct GeocellLocator<'a> {
+    model: &'a GeocellModel,
+    g: &'a Gazetteer,
+    cfg: RefineConfig,
+    /// Candidates listed in a guess (`geo.top_k`).
+    top_k: usize,
+}
+
+impl<'a> GeocellLocator<'a> {
+    /// Refines when `cfg.refine` asks and the model has an index.
+    pub fn new(
+        model: &'a GeocellModel,
+        g: &'a Gazetteer,
+        cfg: RefineConfig,
+        top_k: usize,
+    ) -> Result<Self> {
+        if cfg.refine && (cfg.top_cells == 0 || cfg.neighbours == 0) {
+            bail!("geo.geocells.top_cells and geo.geocells.neighbours must be at least 1 to refine (or set geo.geocells.refine: false)");
+        }
+        Ok(Self {
+            model,
+            g,
+            cfg,
+            top_k: top_k.max(1),
+        })
+    }
+
+    pub fn refines(&self) -> bool {
+        self.cfg.refine && self.model.index.is_some()
+    }
+
+    /// Guesses for L2-normalised image embeddings `[B, d]`.
+    pub fn locate(&self, images: &Tensor) -> Result<Vec<Guess>> {
+        let images = images.to_kind(Kind::Float);
+        let probs = self
+            .model
+            .head
+            .probabilities(&images.to(Device::Cpu))
+            .to_kind(Kind::Double);
+        let rows: Vec<Vec<f64>> = Vec::<Vec<f64>>::try_from(probs)?;
+        let orders: Vec<Vec<usize>> = rows.iter().map(|p| best_first(p)).collect();
+        let points = match (&self.model.index, self.refines()) {
+            (Some(index), true) => self.refined(index, &images, &rows, &orders)?,
+            _ => orders.iter().map(|o| self.centroid(o[0])).collect(),
+        };
+        Ok(rows
+            .iter()
+            .zip(&orders)
+            .zip(points)
+            .map(|((p, order), point)| self.guess(p, order, point))
+            .collect())
+    }
+
+    fn centroid(&self, cell: usize) -> (f64, f64) {
+        let c = &self.model.cells[cell];
+        (c.lat, c.lon)
+    }
+
+    /// The refined point of each image. Its `neighbours` nearest training images within its top
+    /// cells each weigh their cell's probability times exp(scale · similarity) (CLIP's own
+    /// kernel, taken relative to the nearest so it never overflows); the cell with the most
+    /// weight wins, and the guess is the weighted spherical mean of its neighbours — never an
+    /// average of distant places. The top cell's centroid when no neighbour is found.
+    fn refined(
+        &self,
+        index: &RetrievalIndex,
+        images: &Tensor,
+        probs: &[Vec<f64>],
+        orders: &[Vec<usize>],
+    ) -> Result<Vec<(f64, f64)>> {
+        let k = self.model.cells.len();
+        let mut allowed = vec![false; orders.len() * k];
+        for (b, order) in orders.iter().enumerate() {
+            for &cell in order.iter().take(self.cfg.top_cells) {
+                allowed[b * k + cell] = true;
+            }
+        }
+        let allowed = Tensor::from_slice(&allowed).view([orders.len() as i64, k as i64]);
+        let (sims, rows) = index.nearest(images, &allowed, self.cfg.neighbours as i64);
+        let sims = Vec::<Vec<f64>>::try_from(sims.to_kind(Kind::Double))?;
+        let rows = Vec::<Vec<i64>>::try_from(rows)?;
+        Ok((0..orders.len())
+            .map(|b| {
+                let found: Vec<(f64, usize)> = sims[b]
+                    .iter()
+                    .zip(&rows[b])
+                    .filter(|(s, _)| s.is_finite())
+                    .map(|(&s, &r)| (s, r as usize))
+                    .collect();
+                let Some(&(best, _)) = found.first() else {
+                    return self.centroid(orders[b][0]);
+                };
+                let weight = |&(s, r): &(f64, usize)| {
+                    probs[b][index.cell_of[r]] * (self.model.scale * (s - best)).exp()
+                };
+                let mut mass: BTreeMap<usize, f64> = BTreeMap::new();
+                for f in &found {
+                    *mass.entry(index.cell_of[f.1]).or_default() += weight(f);
+                }
+                let cell = mass
+                    .iter()
+                    .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(a.0)))
+                    .map(|(&c, _)| c)
+                    .expect("a neighbour was found");
+                let chosen: Vec<&(f64, usize)> = found
+                    .iter()
+                    .filter(|f| index.cell_of[f.1] == cell)
+                    .collect();
+                let points: Vec<(f64, f64)> = chosen.iter().map(|f| index.coords[f.1]).collect();
+                let weights: Vec<f64> = chosen.iter().map(|f| weight(f)).collect();
+                spherical_mean(&points, &weights)
+            })
+            .collect())
+    }
+
+    /// One image's guess from its cell probabilities `p` (`order`: best first) and its point.
+    fn guess(&self, p: &[f64], order: &[usize], (lat, lon): (f64, f64)) -> Guess {
+        let (g, cells) = (self.g, &self.model.cells);
+        let top = &cells[order[0]];
+        let mut by_country: BTreeMap<&str, f64> = BTreeMap::new();
+        for (cell, &q) in cells.iter().zip(p) {
+            *by_country.entry(cell.country.as_str()).or_default() += q;
+        }
+        let mut countries: Vec<(&str, f64)> = by_country.into_iter().collect();
+        countries.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let country_index = g.country(&top.country);
+        let city = g.nearest_city(lat, lon);
+        Guess {
+            country: top.country.clone(),
+            country_code: country_index
+                .map(|c| g.countries[c].iso2.clone())
+                .unwrap_or_default(),
+            region: top.regions.first().cloned(),
+            // The nearest gazetteer city to the guess, when it lies in the top cell's country.
+            city: (Some(g.cities[city].country) == country_index)
+                .then(|| g.cities[city].name.clone()),
+            lat,
+            lon,
+            top_countries: countries
+                .iter()
+                .take(self.top_k)
+                .map(|&(c, q)| Ranked {
+                    label: c.to_string(),
+                    probability: q,
+                })
+                .collect(),
+            top_regions: vec![],
+            top_cities: vec![],
+            top_cells: order
+                .iter()
+                .take(self.top_k)
+                .map(|&i| Ranked {
+                    label: cells[i].name.clone(),
+                    probability: p[i],
+                })
+                .collect(),
+            country_index: country_index.unwrap_or(usize::MAX),
+        }
+    }
+}

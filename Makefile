@@ -1,5 +1,5 @@
 # streetclip: `make demo` runs the main job on shipped data; `make test` is what CI runs.
-.PHONY: setup build install test demo finetune-demo fixtures bench bench-gpu clean
+.PHONY: setup build install test demo finetune-demo finetune-geocells-demo fixtures bench bench-gpu clean
 
 CARGO ?= cargo
 
@@ -44,6 +44,15 @@ finetune-demo: build
 	@test -d runs/demo/export || { echo "run 'make demo' first: it trains runs/demo/export"; exit 1; }
 	rm -rf runs/finetune-demo
 	./target/release/streetclip finetune --config configs/finetune/demo-country.yaml --out runs/finetune-demo
+
+# Geolocation by geocells on the demo's scenes from the demo's model (run `make demo` first),
+# then the test split scored by the zero-shot demo model and the geocell export side by side.
+finetune-geocells-demo: build
+	@test -d runs/demo/export || { echo "run 'make demo' first: it trains runs/demo/export"; exit 1; }
+	rm -rf runs/finetune-geocells
+	./target/release/streetclip finetune --config configs/finetune/demo-geocells.yaml --out runs/finetune-geocells
+	./target/release/streetclip eval geo --config configs/finetune/demo-geocells.yaml --model runs/demo/export --model runs/finetune-geocells/geocells/export --manifest runs/finetune-geocells/geocells/test.csv --out runs/finetune-geocells/vs-zero-shot > /dev/null
+	@sed -n '5,16p' runs/finetune-geocells/vs-zero-shot/report.md
 
 # Regenerates the committed parity fixtures and the tokenizer files from the reference stack.
 fixtures: setup

@@ -259,13 +259,13 @@ impl<'a> GeocellLocator<'a> {
         let orders: Vec<Vec<usize>> = rows.iter().map(|p| best_first(p)).collect();
         let points = match (&self.model.index, self.refines()) {
             (Some(index), true) => self.refined(index, &images, &rows, &orders)?,
-            _ => orders.iter().map(|o| self.centroid(o[0])).collect(),
+            _ => orders.iter().map(|o| (self.centroid(o[0]), o[0])).collect(),
         };
         Ok(rows
             .iter()
             .zip(&orders)
             .zip(points)
-            .map(|((p, order), point)| self.guess(p, order, point))
+            .map(|((p, order), (point, cell))| self.guess(p, order, point, cell))
             .collect())
     }
 
@@ -278,14 +278,15 @@ impl<'a> GeocellLocator<'a> {
     /// cells each weigh their cell's probability times exp(scale · similarity) (CLIP's own
     /// kernel, taken relative to the nearest so it never overflows); the cell with the most
     /// weight wins, and the guess is the weighted spherical mean of its neighbours — never an
-    /// average of distant places. The top cell's centroid when no neighbour is found.
+    /// average of distant places. The top cell's centroid when no neighbour is found. Returns
+    /// each point and the cell it lies in.
     fn refined(
         &self,
         index: &RetrievalIndex,
         images: &Tensor,
         probs: &[Vec<f64>],
         orders: &[Vec<usize>],
-    ) -> Result<Vec<(f64, f64)>> {
+    ) -> Result<Vec<((f64, f64), usize)>> {
         let k = self.model.cells.len();
         let mut allowed = vec![false; orders.len() * k];
         for (b, order) in orders.iter().enumerate() {
@@ -306,7 +307,7 @@ impl<'a> GeocellLocator<'a> {
                     .map(|(&s, &r)| (s, r as usize))
                     .collect();
                 let Some(&(best, _)) = found.first() else {
-                    return self.centroid(orders[b][0]);
+                    return (self.centroid(orders[b][0]), orders[b][0]);
                 };
                 let weight = |&(s, r): &(f64, usize)| {
                     probs[b][index.cell_of[r]] * (self.model.scale * (s - best)).exp()
@@ -326,15 +327,17 @@ impl<'a> GeocellLocator<'a> {
                     .collect();
                 let points: Vec<(f64, f64)> = chosen.iter().map(|f| index.coords[f.1]).collect();
                 let weights: Vec<f64> = chosen.iter().map(|f| weight(f)).collect();
-                spherical_mean(&points, &weights)
+                (spherical_mean(&points, &weights), cell)
             })
             .collect())
     }
 
-    /// One image's guess from its cell probabilities `p` (`order`: best first) and its point.
-    fn guess(&self, p: &[f64], order: &[usize], (lat, lon): (f64, f64)) -> Guess {
+    /// One image's guess from its cell probabilities `p` (`order`: best first), its point and
+    /// the cell that lies in (the top cell, or the one refinement chose), which names the
+    /// country and region.
+    fn guess(&self, p: &[f64], order: &[usize], (lat, lon): (f64, f64), cell: usize) -> Guess {
         let (g, cells) = (self.g, &self.model.cells);
-        let top = &cells[order[0]];
+        let top = &cells[cell];
         let mut by_country: BTreeMap<&str, f64> = BTreeMap::new();
         for (cell, &q) in cells.iter().zip(p) {
             *by_country.entry(cell.country.as_str()).or_default() += q;
@@ -349,7 +352,7 @@ impl<'a> GeocellLocator<'a> {
                 .map(|c| g.countries[c].iso2.clone())
                 .unwrap_or_default(),
             region: top.regions.first().cloned(),
-            // The nearest gazetteer city to the guess, when it lies in the top cell's country.
+            // The nearest gazetteer city to the guess, when it lies in the cell's country.
             city: (Some(g.cities[city].country) == country_index)
                 .then(|| g.cities[city].name.clone()),
             lat,

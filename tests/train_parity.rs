@@ -287,3 +287,31 @@ fn bf16_autocast_matches_torch_autocast() {
         1e-4,
     );
 }
+
+#[test]
+fn soft_cross_entropy_matches_torch() {
+    // The geocell head's loss: torch's F.cross_entropy with probability targets, and its
+    // gradient, on seeded logits and smoothed-looking targets.
+    let tmp = tmpdir();
+    let file = tmp.path().join("soft.safetensors");
+    run_python([
+        "-c",
+        "import sys, torch; from safetensors.torch import save_file\n\
+         g = torch.Generator().manual_seed(7)\n\
+         logits = (torch.randn(6, 9, generator=g) * 3).requires_grad_()\n\
+         targets = torch.softmax(torch.randn(6, 9, generator=g) * 4, dim=1)\n\
+         loss = torch.nn.functional.cross_entropy(logits, targets)\n\
+         loss.backward()\n\
+         save_file({'logits': logits.detach(), 'targets': targets, 'loss': loss.detach().reshape(1), 'grad': logits.grad}, sys.argv[1])",
+        file.to_str().unwrap(),
+    ]);
+    let e: std::collections::HashMap<String, Tensor> = streetclip::tensor_io::read(&file)
+        .unwrap()
+        .into_iter()
+        .collect();
+    let logits = e["logits"].copy().set_requires_grad(true);
+    let loss = streetclip::train::loss::soft_cross_entropy(&logits, &e["targets"]);
+    loss.backward();
+    assert_close("loss", &loss.reshape([1]), &e["loss"], 1e-6);
+    assert_close("gradient", &logits.grad(), &e["grad"], 1e-7);
+}

@@ -9,7 +9,7 @@ use crate::eval::text::class_text_embeddings;
 use crate::model::ClipModel;
 use crate::pretrained::Pretrained;
 use crate::shim::AutocastDtype;
-use crate::train::loss::accuracy;
+use crate::train::loss::{accuracy, soft_cross_entropy};
 use crate::train::objective::Objective;
 use crate::train::step::{MicroBatch, StepStats};
 use anyhow::{Context, Result};
@@ -102,12 +102,7 @@ impl ClassHead {
             let y = labels.narrow(0, offset, b);
             let loss = match soft {
                 None => logits.cross_entropy_for_logits(&y),
-                Some(targets) => {
-                    let log_p = logits.log_softmax(-1, Kind::Float);
-                    -(targets.narrow(0, offset, b) * log_p)
-                        .sum_dim_intlist(-1, false, Kind::Float)
-                        .mean(Kind::Float)
-                }
+                Some(targets) => soft_cross_entropy(&logits, &targets.narrow(0, offset, b)),
             };
             (&loss / n).backward();
             stats.add(&loss, &accuracy(&logits, &y), n);

@@ -1,4 +1,5 @@
-//! The contrastive objective of CLIP, as `transformers`' `clip_loss`.
+//! The contrastive objective of CLIP, as `transformers`' `clip_loss`; cross-entropy against
+//! distributions (the geocell head's smoothed targets).
 
 use tch::{Kind, Tensor};
 
@@ -12,6 +13,12 @@ fn contrastive(logits: &Tensor) -> Tensor {
 /// Symmetric InfoNCE: the mean of the text→image and image→text cross-entropies.
 pub fn clip_loss(logits_per_text: &Tensor) -> Tensor {
     (contrastive(logits_per_text) + contrastive(&logits_per_text.tr())) / 2.0
+}
+
+/// Mean cross-entropy of `logits` `[B, K]` against distributions `targets` `[B, K]` (rows
+/// summing to 1): torch's `F.cross_entropy` with class-probability targets.
+pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor) -> Tensor {
+    logits.cross_entropy_loss::<Tensor>(targets, None, tch::Reduction::Mean, -100, 0.0)
 }
 
 /// Top-1 accuracy of `logits` `[B, K]` against class indices `targets` `[B]`, as a 0-d double

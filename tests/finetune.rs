@@ -114,6 +114,15 @@ fn finetune(cfg: &Path, out: &Path, extra: &[&str]) -> Output {
     run_command("finetune", cfg, out, extra)
 }
 
+/// A finetune run that must succeed; returns `comparison.md`, which it must have printed.
+fn finetune_comparison(cfg: &Path, out: &Path) -> String {
+    let o = finetune(cfg, out, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let comparison = std::fs::read_to_string(out.join("comparison.md")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), comparison);
+    comparison
+}
+
 fn metrics(dir: &Path) -> serde_json::Value {
     let m =
         serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap();
@@ -151,12 +160,8 @@ fn every_method_runs_learns_exports_and_is_compared() {
         "  wise_ft: [0.0, 0.5, 1.0]",
     );
     let out = tmp.path().join("run");
-    let o = finetune(&cfg, &out, &[]);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{stderr}");
-    // The printed comparison is the file's, one row per method and WiSE-FT mix.
-    let comparison = std::fs::read_to_string(out.join("comparison.md")).unwrap();
-    assert_eq!(String::from_utf8_lossy(&o.stdout), comparison);
+    // One row per method and WiSE-FT mix.
+    let comparison = finetune_comparison(&cfg, &out);
     let comparison_json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("comparison.json")).unwrap()).unwrap();
     assert!(assert_rates_are_fractions("comparison.json", &comparison_json) >= 18);
@@ -553,18 +558,6 @@ fn eval_classify_and_geolocate_use_the_head(out: &Path, method: &str) {
         w.write_record([&r[0], &r[1]]).unwrap();
     }
     w.flush().unwrap();
-    let cli = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_streetclip"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        o
-    };
     let (export_s, manifest_s) = (export.to_str().unwrap(), manifest.to_str().unwrap());
     let classify = [
         "eval", "classify", "--model", export_s, "--data", manifest_s,
@@ -648,11 +641,7 @@ fn geocells_train_export_geolocate_and_are_evaluated() {
     let tmp = tmpdir();
     let cfg = config(tmp.path(), "geocells", GEOCELLS);
     let out = tmp.path().join("run");
-    let o = finetune(&cfg, &out, &[]);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{stderr}");
-    let comparison = std::fs::read_to_string(out.join("comparison.md")).unwrap();
-    assert_eq!(String::from_utf8_lossy(&o.stdout), comparison);
+    let comparison = finetune_comparison(&cfg, &out);
     assert!(
         comparison.contains("| metric | `geocells` | `geocells-centroid` |"),
         "{comparison}"
@@ -743,19 +732,13 @@ fn geocells_train_export_geolocate_and_are_evaluated() {
     ]);
     let zero: serde_json::Value = serde_json::from_slice(&zero.stdout).unwrap();
     assert!(zero[0]["guess"].get("top_cells").is_none());
-    let eval_out = tmp.path().join("eval");
     let test_csv = dir.join("test.csv");
-    let eval = cli(&[
-        "eval",
-        "geo",
-        "--model",
-        export_s,
-        "--manifest",
-        test_csv.to_str().unwrap(),
-        "--out",
-        eval_out.to_str().unwrap(),
-    ]);
-    let by_name: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    let eval_geo = |extra: &[&str]| -> serde_json::Value {
+        let args = ["eval", "geo", "--model", export_s, "--manifest"];
+        let o = cli(&[&args[..], &[test_csv.to_str().unwrap()], extra].concat());
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let by_name = eval_geo(&[]);
     // The same numbers as finetune's own evaluation of the test split.
     assert_eq!(by_name["geocells-export"], m["test"]["geocells"]);
     assert_eq!(
@@ -764,17 +747,7 @@ fn geocells_train_export_geolocate_and_are_evaluated() {
     );
     let refine_off = tmp.path().join("no-refine.yaml");
     std::fs::write(&refine_off, "geo: {geocells: {refine: false}}\n").unwrap();
-    let plain = cli(&[
-        "eval",
-        "geo",
-        "--model",
-        export_s,
-        "--manifest",
-        test_csv.to_str().unwrap(),
-        "--config",
-        refine_off.to_str().unwrap(),
-    ]);
-    let plain: serde_json::Value = serde_json::from_slice(&plain.stdout).unwrap();
+    let plain = eval_geo(&["--config", refine_off.to_str().unwrap()]);
     assert_eq!(plain, m["test"]["geocells-centroid"]);
 }
 
@@ -782,18 +755,14 @@ fn geocells_train_export_geolocate_and_are_evaluated() {
 fn geocells_resume_and_train_data_parallel_like_one_process() {
     let tmp = tmpdir();
     let cfg = config(tmp.path(), "geocells", GEOCELLS);
+    // One process with 2 micro-batches of 4 a step; two ranks with one each.
+    let micro = ["--set", "train.micro_batch_size=4"];
+    let one_process = [&micro[..], &["--set", "train.grad_accum_steps=2"]].concat();
     let one = tmp.path().join("one");
     let first = finetune(
         &cfg,
         &one,
-        &[
-            "--max-steps",
-            "2",
-            "--set",
-            "train.grad_accum_steps=2",
-            "--set",
-            "train.micro_batch_size=4",
-        ],
+        &[&one_process[..], &["--max-steps", "2"]].concat(),
     );
     assert!(
         first.status.success(),
@@ -801,18 +770,8 @@ fn geocells_resume_and_train_data_parallel_like_one_process() {
         String::from_utf8_lossy(&first.stderr)
     );
     let two = tmp.path().join("two");
-    let o = finetune(
-        &cfg,
-        &two,
-        &[
-            "--max-steps",
-            "2",
-            "--set",
-            "train.micro_batch_size=4",
-            "--nproc-per-node",
-            "2",
-        ],
-    );
+    let ranks = ["--max-steps", "2", "--nproc-per-node", "2"];
+    let o = finetune(&cfg, &two, &[&micro[..], &ranks].concat());
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{stderr}");
     assert!(stderr.contains("data parallel: 2 ranks"), "{stderr}");
@@ -829,16 +788,7 @@ fn geocells_resume_and_train_data_parallel_like_one_process() {
         assert!(d <= 1e-5, "{name} differs by {d:e}");
     }
     // The stopped one-process run resumes to the end.
-    let again = finetune(
-        &cfg,
-        &one,
-        &[
-            "--set",
-            "train.grad_accum_steps=2",
-            "--set",
-            "train.micro_batch_size=4",
-        ],
-    );
+    let again = finetune(&cfg, &one, &one_process);
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(
         again.status.success() && stderr.contains("resuming from") && stderr.contains("(step 2)"),

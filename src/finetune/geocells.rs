@@ -6,7 +6,7 @@
 //! coordinates and cells) for retrieval refinement. The held-out splits are scored the way
 //! `eval geo` scores them, refined and at the top cell's centroid.
 
-use super::head::{ClassHead, HEAD_INFO};
+use super::head::{HeadObjective, HeadTargets, HEAD_INFO};
 use crate::config::{Config, Method};
 use crate::data::dataset::DataConfig;
 use crate::data::{Dataset, ImageRef, Sample};
@@ -18,12 +18,8 @@ use crate::eval::report;
 use crate::geo::cell_targets::smoothed_targets;
 use crate::geo::geocells::{self, CellSizes, Geocells};
 use crate::geo::Gazetteer;
-use crate::model::ClipModel;
 use crate::pretrained::Pretrained;
-use crate::shim::AutocastDtype;
 use crate::tensor_io::write_atomic;
-use crate::train::objective::Objective;
-use crate::train::step::{MicroBatch, StepStats};
 use crate::train::trainer::{Run, RunOptions};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -117,12 +113,9 @@ fn caption_name(name: &str) -> String {
     name.split(" #").next().unwrap_or(name).to_string()
 }
 
-/// The haversine-smoothed cross-entropy of a [`ClassHead`] over the cells (initialised as the
-/// zero-shot classifier of the cells' captions); `points` / `cells` hold each training sample's
-/// coordinates and cell.
-pub struct GeocellLoss {
-    captions: Vec<String>,
-    templates: Vec<String>,
+/// PIGEON's haversine-smoothed targets of the training samples: their coordinates, cells and
+/// the cells' centroids.
+pub struct SmoothedCells {
     /// `[N, 2]` degrees, float64.
     points: Tensor,
     /// `[N]`, int64.
@@ -130,16 +123,10 @@ pub struct GeocellLoss {
     /// `[K, 2]` degrees, float64.
     centroids: Tensor,
     tau_km: f64,
-    head: Option<ClassHead>,
 }
 
-impl GeocellLoss {
-    pub fn new(
-        cells: &Geocells,
-        points: &[(f64, f64)],
-        templates: Vec<String>,
-        tau_km: f64,
-    ) -> Self {
+impl SmoothedCells {
+    pub fn new(cells: &Geocells, points: &[(f64, f64)], tau_km: f64) -> Self {
         let flat = |p: &[(f64, f64)]| -> Tensor {
             let v: Vec<f64> = p.iter().flat_map(|&(a, b)| [a, b]).collect();
             Tensor::from_slice(&v).view([p.len() as i64, 2])
@@ -147,54 +134,26 @@ impl GeocellLoss {
         let centroids: Vec<(f64, f64)> = cells.cells.iter().map(|c| (c.lat, c.lon)).collect();
         let ids: Vec<i64> = cells.cell_of.iter().map(|&c| c as i64).collect();
         Self {
-            captions: cells.cells.iter().map(|c| caption_name(&c.name)).collect(),
-            templates,
             points: flat(points),
             cells: Tensor::from_slice(&ids),
             centroids: flat(&centroids),
             tau_km,
-            head: None,
         }
     }
 }
 
-impl Objective for GeocellLoss {
-    fn prepare(&mut self, clip: &mut Pretrained) -> Result<()> {
-        self.head = Some(ClassHead::attach(clip, &self.captions, &self.templates)?);
-        Ok(())
-    }
-
-    fn unused(&self, name: &str) -> bool {
-        name.starts_with("text_") || name == "logit_scale"
-    }
-
-    fn accumulate(
-        &self,
-        model: &ClipModel,
-        micro: &[MicroBatch],
-        samples: &[usize],
-        amp: Option<AutocastDtype>,
-        _dist: &Dist,
-    ) -> Result<StepStats> {
-        let head = self
-            .head
-            .as_ref()
-            .context("GeocellLoss::prepare was not called")?;
-        let device = micro[0].pixel_values.device();
+impl HeadTargets for SmoothedCells {
+    fn targets(&self, samples: &[usize], device: Device) -> (Tensor, Option<Tensor>) {
         let rows = Tensor::from_slice(&samples.iter().map(|&i| i as i64).collect::<Vec<_>>());
         let cells = self.cells.index_select(0, &rows).to(device);
-        let targets = smoothed_targets(
+        let soft = smoothed_targets(
             &self.points.index_select(0, &rows).to(device),
             &cells,
             &self.centroids.to(device),
             self.tau_km,
         )
         .to_kind(Kind::Float);
-        head.accumulate_gradients(model, micro, &cells, Some(&targets), amp)
-    }
-
-    fn averages_ranks(&self) -> bool {
-        true
+        (cells, Some(soft))
     }
 }
 
@@ -232,19 +191,26 @@ pub fn run(
         test.len(),
         cells.counts()
     );
-    let mut loss = GeocellLoss::new(&cells, &points, cfg.finetune.templates.clone(), gc.tau_km);
+    // The head starts as the zero-shot classifier of the cells' captions.
+    let captions: Vec<String> = cells.cells.iter().map(|c| caption_name(&c.name)).collect();
+    let templates = cfg.finetune.templates.clone();
     let samples = train
         .iter()
         .zip(&cells.cell_of)
         .map(|(l, &c)| Sample {
             image: ImageRef::File(l.path.clone()),
             place: crate::data::places::Place {
-                caption: Some(cfg.finetune.templates[0].replace("{}", &loss.captions[c])),
+                caption: Some(templates[0].replace("{}", &captions[c])),
                 ..Default::default()
             },
             origin: l.path.display().to_string(),
         })
         .collect();
+    let mut loss = HeadObjective::new(
+        captions,
+        templates,
+        SmoothedCells::new(&cells, &points, gc.tau_km),
+    );
     let run = Run {
         cfg,
         config_yaml,

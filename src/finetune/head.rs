@@ -112,28 +112,49 @@ impl ClassHead {
     }
 }
 
-/// Cross-entropy of a [`ClassHead`] on the image embeddings, the head initialised as the
-/// zero-shot classifier of `names` through `templates`; `labels[i]` is training sample `i`'s
-/// class. The text tower and the temperature take no part.
-pub struct Classifier {
+/// What a head objective trains against, row by row of the training set.
+pub trait HeadTargets {
+    /// For the dataset rows `samples`, on `device`: class labels `[B]` (the accuracy's, and the
+    /// loss's unless distributions are given) and optionally distributions `[B, K]` to train
+    /// against instead.
+    fn targets(&self, samples: &[usize], device: tch::Device) -> (Tensor, Option<Tensor>);
+}
+
+/// Each training sample's class.
+pub struct ClassLabels(pub Vec<i64>);
+
+impl HeadTargets for ClassLabels {
+    fn targets(&self, samples: &[usize], device: tch::Device) -> (Tensor, Option<Tensor>) {
+        let labels = samples.iter().map(|&i| self.0[i]).collect::<Vec<_>>();
+        (Tensor::from_slice(&labels).to(device), None)
+    }
+}
+
+/// Cross-entropy of a [`ClassHead`] on the image embeddings against `T`'s targets, the head
+/// initialised as the zero-shot classifier of `names` through `templates`. The text tower and
+/// the temperature take no part.
+pub struct HeadObjective<T> {
     names: Vec<String>,
     templates: Vec<String>,
-    labels: Vec<i64>,
+    targets: T,
     head: Option<ClassHead>,
 }
 
-impl Classifier {
-    pub fn new(names: Vec<String>, templates: Vec<String>, labels: Vec<i64>) -> Self {
+/// The `classifier` method's objective.
+pub type Classifier = HeadObjective<ClassLabels>;
+
+impl<T> HeadObjective<T> {
+    pub fn new(names: Vec<String>, templates: Vec<String>, targets: T) -> Self {
         Self {
             names,
             templates,
-            labels,
+            targets,
             head: None,
         }
     }
 }
 
-impl Objective for Classifier {
+impl<T: HeadTargets> Objective for HeadObjective<T> {
     fn prepare(&mut self, clip: &mut Pretrained) -> Result<()> {
         self.head = Some(ClassHead::attach(clip, &self.names, &self.templates)?);
         Ok(())
@@ -154,16 +175,11 @@ impl Objective for Classifier {
         let head = self
             .head
             .as_ref()
-            .context("Classifier::prepare was not called")?;
-        let labels =
-            Tensor::from_slice(&samples.iter().map(|&i| self.labels[i]).collect::<Vec<_>>());
-        head.accumulate_gradients(
-            model,
-            micro,
-            &labels.to(micro[0].pixel_values.device()),
-            None,
-            amp,
-        )
+            .context("HeadObjective::prepare was not called")?;
+        let (labels, soft) = self
+            .targets
+            .targets(samples, micro[0].pixel_values.device());
+        head.accumulate_gradients(model, micro, &labels, soft.as_ref(), amp)
     }
 
     fn averages_ranks(&self) -> bool {

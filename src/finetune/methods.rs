@@ -2,8 +2,8 @@
 //! (checkpoints, TensorBoard, `export/` with the head beside the HF model, `metrics.json`, the
 //! test report) and keeps `RUN_DIR/comparison.md` / `.json` comparing every method run there.
 
-use super::head::Classifier;
 use super::head::{ClassHead, HEAD_INFO};
+use super::head::{ClassLabels, Classifier};
 use super::split::{self, Splits};
 use super::{logistic, wise};
 use crate::config::Config;
@@ -405,7 +405,7 @@ impl FinetuneRun<'_> {
             Method::Classifier => Box::new(Classifier::new(
                 self.names().to_vec(),
                 self.templates().to_vec(),
-                self.splits.train.iter().map(|i| i.class as i64).collect(),
+                ClassLabels(self.splits.train.iter().map(|i| i.class as i64).collect()),
             )),
             _ => Box::new(Contrastive {
                 accumulation: self.cfg.train.accumulation,

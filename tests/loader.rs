@@ -248,6 +248,20 @@ fn bad_images_are_skipped_and_counted_or_fail() {
         batches.iter().all(|b| b.samples.len() == 4),
         "batches stay full"
     );
+    // Every image sits in its own row of the batch, also after a skipped one freed a slot.
+    let pre = PreprocessConfig::for_size(32);
+    let per = pre.output_len();
+    for b in &batches {
+        for (row, &i) in b.samples.iter().enumerate() {
+            let streetclip::data::ImageRef::File(p) = &f.data.samples[i].image else {
+                panic!()
+            };
+            assert_eq!(
+                &b.pixels[row * per..(row + 1) * per],
+                &pre.load(p).unwrap()[..]
+            );
+        }
+    }
     let mut failing = Loader::start(
         f.data.clone(),
         captioner(),

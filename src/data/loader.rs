@@ -258,27 +258,35 @@ impl Producer {
     }
 
     /// The next full batch from `pos` (or the last partial one when kept); None at epoch end.
+    /// Each worker writes its image straight into the batch's slot for it.
     fn batch(&self, order: &[usize], pos: Position) -> Result<Option<Batch>> {
         let want = self.cfg.batch_size;
-        let (h, w) = self.pre.output_size();
-        // Sized once: growing a batch of tens of megabytes by doubling would copy it repeatedly.
-        let mut pixels = Vec::with_capacity(want * 3 * (h * w) as usize);
+        let per = self.pre.output_len();
+        // Zeroed pages come lazily, touched first by the workers that fill them.
+        let mut pixels = vec![0f32; want * per];
         let (mut captions, mut samples, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
         let mut next = pos.index;
         while samples.len() < want && next < order.len() {
             let take = (want - samples.len()).min(order.len() - next);
             let chosen = &order[next..next + take];
-            let results: Vec<Result<(Vec<f32>, String)>> = self.pool.install(|| {
+            let first = samples.len();
+            let slots = &mut pixels[first * per..(first + take) * per];
+            let results: Vec<Result<String>> = self.pool.install(|| {
                 use rayon::prelude::*;
                 chosen
                     .par_iter()
-                    .map(|&i| self.sample(i, pos.epoch))
+                    .zip(slots.par_chunks_mut(per))
+                    .map(|(&i, slot)| self.sample(i, pos.epoch, slot))
                     .collect()
             });
-            for (&i, r) in chosen.iter().zip(results) {
+            for ((slot, &i), r) in (first..).zip(chosen).zip(results) {
                 match r {
-                    Ok((p, caption)) => {
-                        pixels.extend(p);
+                    Ok(caption) => {
+                        // A skipped sample before this one left its slot free.
+                        let to = samples.len();
+                        if slot != to {
+                            pixels.copy_within(slot * per..(slot + 1) * per, to * per);
+                        }
                         captions.push(caption);
                         samples.push(i);
                     }
@@ -293,6 +301,7 @@ impl Producer {
             }
             next += take;
         }
+        pixels.truncate(samples.len() * per);
         if samples.is_empty() || (samples.len() < want && self.cfg.drop_last) {
             // No batch carries these skips: the consumer still has to count them.
             let mut dropped = self.dropped_skips.lock().expect("not poisoned");
@@ -312,7 +321,8 @@ impl Producer {
         }))
     }
 
-    fn sample(&self, i: usize, epoch: u64) -> Result<(Vec<f32>, String)> {
+    /// Sample `i`'s caption; its pixels go to `out`.
+    fn sample(&self, i: usize, epoch: u64, out: &mut [f32]) -> Result<String> {
         let s = &self.data.samples[i];
         let caption = match &s.place.caption {
             Some(c) => c.clone(),
@@ -325,13 +335,13 @@ impl Producer {
             decode(&s.image.read()?).with_context(|| format!("cannot decode image {}", s.image))?;
         let aug = &self.cfg.augment;
         let mut rng = ChaCha8Rng::seed_from_u64(sample_seed(self.cfg.seed, epoch, i as u64));
-        let mut pixels = match aug.random_resized_crop {
-            Some(scale) => self.pre.apply_random_crop(&img, scale, &mut rng)?,
-            None => self.pre.apply(&img)?,
+        match aug.random_resized_crop {
+            Some(scale) => self.pre.apply_random_crop(&img, scale, &mut rng, out)?,
+            None => self.pre.apply_into(&img, out)?,
         };
         if aug.hflip > 0.0 && rand::RngExt::random_bool(&mut rng, aug.hflip) {
-            self.pre.hflip(&mut pixels);
+            self.pre.hflip(out);
         }
-        Ok((pixels, caption))
+        Ok(caption)
     }
 }

@@ -151,6 +151,19 @@ impl PreprocessConfig {
     /// (zero-padded where the image is smaller, as transformers pads), rescale, normalise.
     /// Only the pixels the crop keeps are resized, so the cost is bounded by the crop.
     pub fn apply(&self, rgb: &RgbImage) -> Result<Vec<f32>> {
+        let mut out = vec![0.0; self.output_len()];
+        self.apply_into(rgb, &mut out)?;
+        Ok(out)
+    }
+
+    /// The number of floats one preprocessed image holds (3 × height × width).
+    pub fn output_len(&self) -> usize {
+        let (h, w) = self.output_size();
+        3 * (h * w) as usize
+    }
+
+    /// [`apply`](Self::apply) into `out` (`output_len()` floats), e.g. a batch's slot.
+    pub fn apply_into(&self, rgb: &RgbImage, out: &mut [f32]) -> Result<()> {
         let (w, h) = rgb.dimensions();
         let (rw, rh) = if self.do_resize {
             match self.size {
@@ -184,7 +197,8 @@ impl PreprocessConfig {
             top: pad(top),
             left: pad(left),
         };
-        Ok(self.to_chw(&kept, &block, ch, cw))
+        self.to_chw(&kept, &block, out);
+        Ok(())
     }
 
     /// Training augmentation: a random crop of `scale` (fraction of the area, aspect ratio
@@ -194,7 +208,8 @@ impl PreprocessConfig {
         rgb: &RgbImage,
         scale: [f64; 2],
         rng: &mut impl rand::Rng,
-    ) -> Result<Vec<f32>> {
+        out: &mut [f32],
+    ) -> Result<()> {
         use rand::RngExt;
         let (w, h) = rgb.dimensions();
         let area = (w as f64) * (h as f64) * rng.random_range(scale[0]..=scale[1]);
@@ -207,17 +222,14 @@ impl PreprocessConfig {
         let region = image::imageops::crop_imm(rgb, left, top, cw, ch).to_image();
         let (oh, ow) = self.output_size();
         let resized = resize_bicubic(region.as_raw(), cw, ch, ow, oh, &Window::all(ow, oh));
-        Ok(self.to_chw(
-            &resized,
-            &Block {
-                w: ow,
-                h: oh,
-                top: 0,
-                left: 0,
-            },
-            oh,
-            ow,
-        ))
+        let whole = Block {
+            w: ow,
+            h: oh,
+            top: 0,
+            left: 0,
+        };
+        self.to_chw(&resized, &whole, out);
+        Ok(())
     }
 
     /// Mirrors preprocessed CHW pixels left to right.
@@ -228,16 +240,19 @@ impl PreprocessConfig {
         }
     }
 
-    /// Rescale and normalize into a `ch x cw` CHW canvas, with transformers' arithmetic:
-    /// rescale in f64 then cast to f32, normalize in f32. Pixels outside `block` are padding
-    /// (value 0 before rescaling, as transformers' zero padding).
-    fn to_chw(&self, rgb: &[u8], block: &Block, ch: u32, cw: u32) -> Vec<f32> {
+    /// Rescale and normalize into the CHW canvas `out` (`output_len()` floats), with
+    /// transformers' arithmetic: rescale in f64 then cast to f32, normalize in f32. Pixels
+    /// outside `block` are padding (value 0 before rescaling, as transformers' zero padding).
+    fn to_chw(&self, rgb: &[u8], block: &Block, out: &mut [f32]) {
+        let (ch, cw) = self.output_size();
         let lut: Vec<[f32; 3]> = (0..=255).map(|v| self.normalized(v)).collect();
         let plane = (ch * cw) as usize;
-        // Sized once (a flat_map would grow it by doubling); level 0 is transformers' padding.
-        let mut out = Vec::with_capacity(3 * plane);
-        for c in 0..3 {
-            out.extend(std::iter::repeat_n(lut[0][c], plane));
+        assert_eq!(out.len(), 3 * plane, "a preprocessed image's slot");
+        if (block.w, block.h) != (cw, ch) {
+            // Level 0 is transformers' padding.
+            for (c, channel) in out.chunks_exact_mut(plane).enumerate() {
+                channel.fill(lut[0][c]);
+            }
         }
         for y in 0..block.h as usize {
             let src = &rgb[y * block.w as usize * 3..][..block.w as usize * 3];
@@ -248,7 +263,6 @@ impl PreprocessConfig {
                 }
             }
         }
-        out
     }
 
     /// One 8-bit level after rescaling and normalisation, per channel.

@@ -20,6 +20,7 @@ use anyhow::{bail, Result};
 use image::{DynamicImage, ImageBuffer, Rgb, RgbImage};
 use std::ffi::CStr;
 use std::io::Cursor;
+use std::ops::Range;
 use turbojpeg_sys as tj;
 
 /// Pillow refuses images over `2 * Image.MAX_IMAGE_PIXELS` (a `DecompressionBombError`); so
@@ -33,7 +34,7 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage> {
         if !jpeg_is_complete(bytes) {
             bail!("JPEG data ends before its end-of-image marker (truncated file)");
         }
-        return decode_jpeg(bytes);
+        return decode_jpeg(bytes, None).map(|r| r.image);
     }
     let reader = image::ImageReader::new(Cursor::new(bytes)).with_guessed_format()?;
     let Some(format) = reader.format() else {
@@ -151,9 +152,92 @@ impl Decompressor {
     }
 }
 
-fn decode_jpeg(jpeg: &[u8]) -> Result<RgbImage> {
+/// A decoded part of an image: `image` holds the pixels from column `x`, row `y` of the whole
+/// `full_w x full_h` image.
+pub struct Region {
+    pub image: RgbImage,
+    pub x: u32,
+    pub y: u32,
+    pub full_w: u32,
+    pub full_h: u32,
+}
+
+/// Decodes at least the columns and rows `wanted(width, height)` names: a JPEG only about
+/// them (libjpeg-turbo skips the IDCT, upsampling and colour conversion of the rest, and the
+/// pixels are those of a whole decode), any other image whole. Same checks as [`decode`].
+pub fn decode_region(
+    bytes: &[u8],
+    wanted: impl Fn(u32, u32) -> Result<(Range<u32>, Range<u32>)>,
+) -> Result<Region> {
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        if !jpeg_is_complete(bytes) {
+            bail!("JPEG data ends before its end-of-image marker (truncated file)");
+        }
+        return decode_jpeg(bytes, Some(&wanted));
+    }
+    let image = decode(bytes)?;
+    let (full_w, full_h) = image.dimensions();
+    Ok(Region {
+        image,
+        x: 0,
+        y: 0,
+        full_w,
+        full_h,
+    })
+}
+
+/// The rectangle to decode for `cols` x `rows` of a `w x h` JPEG with subsampling `subsamp`:
+/// widened by one iMCU on every side (libjpeg-turbo's fancy upsampling treats a cropped
+/// region's left and right edges as the image's, so the outermost columns may differ from a
+/// whole decode), the left edge on an iMCU boundary as libjpeg-turbo requires. `None` when
+/// that is the whole image or the subsampling is unknown.
+fn crop_rect(
+    w: u32,
+    h: u32,
+    subsamp: i32,
+    cols: Range<u32>,
+    rows: Range<u32>,
+) -> Option<tj::tjregion> {
+    // turbojpeg.h's tjMCUWidth / tjMCUHeight (header-only tables) by TJSAMP value.
+    const MCU: [(u32, u32); 7] = [(8, 8), (16, 8), (16, 16), (8, 8), (8, 16), (32, 8), (8, 32)];
+    let (mw, mh) = *MCU.get(usize::try_from(subsamp).ok()?)?;
+    let x0 = cols.start.saturating_sub(mw) / mw * mw;
+    let x1 = (cols.end + mw).min(w);
+    let y0 = rows.start.saturating_sub(mh);
+    let y1 = (rows.end + mh).min(h);
+    if (x0, y0, x1, y1) == (0, 0, w, h) || x1 <= x0 || y1 <= y0 {
+        return None;
+    }
+    Some(tj::tjregion {
+        x: x0 as i32,
+        y: y0 as i32,
+        w: (x1 - x0) as i32,
+        h: (y1 - y0) as i32,
+    })
+}
+
+type Wanted<'a> = &'a dyn Fn(u32, u32) -> Result<(Range<u32>, Range<u32>)>;
+
+fn decode_jpeg(jpeg: &[u8], wanted: Option<Wanted>) -> Result<Region> {
     let mut d = Decompressor::new()?;
-    let (w, h, colorspace) = d.header(jpeg)?;
+    let (full_w, full_h, colorspace) = d.header(jpeg)?;
+    let crop = match wanted {
+        Some(f) => {
+            let (cols, rows) = f(full_w as u32, full_h as u32)?;
+            // SAFETY: valid handle, known parameter id.
+            let subsamp = unsafe { tj::tj3Get(d.0, tj::TJPARAM_TJPARAM_SUBSAMP as i32) };
+            crop_rect(full_w as u32, full_h as u32, subsamp, cols, rows)
+        }
+        None => None,
+    };
+    // SAFETY: valid handle; the region lies inside the image, its left edge on an iMCU
+    // boundary (checked again by libjpeg-turbo, which refuses to crop some kinds of JPEG, such
+    // as lossless ones: those are decoded whole, as before).
+    let cropped = crop.filter(|&r| unsafe { tj::tj3SetCroppingRegion(d.0, r) } == 0);
+    let (x, y, w, h) = match cropped {
+        Some(r) => (r.x as usize, r.y as usize, r.w as usize, r.h as usize),
+        None => (0, 0, full_w, full_h),
+    };
     let rgb = match colorspace as u32 {
         tj::TJCS_TJCS_GRAY => {
             let gray = d.decompress(jpeg, w, h, tj::TJPF_TJPF_GRAY, 1)?;
@@ -167,7 +251,13 @@ fn decode_jpeg(jpeg: &[u8]) -> Result<RgbImage> {
         }
         _ => d.decompress(jpeg, w, h, tj::TJPF_TJPF_RGB, 3)?,
     };
-    Ok(RgbImage::from_raw(w as u32, h as u32, rgb).expect("w * h * 3 bytes"))
+    Ok(Region {
+        image: RgbImage::from_raw(w as u32, h as u32, rgb).expect("w * h * 3 bytes"),
+        x: x as u32,
+        y: y as u32,
+        full_w: full_w as u32,
+        full_h: full_h as u32,
+    })
 }
 
 /// Pillow's `MULDIV255`: `a * b / 255`, rounded, in integers.
@@ -241,6 +331,21 @@ fn to_rgb(img: DynamicImage) -> RgbImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crop_rects_keep_an_imcu_of_margin_and_start_on_an_imcu() {
+        let r = |x, y, w, h| Some((x, y, w, h));
+        let got = |subsamp, cols, rows| {
+            crop_rect(1024, 768, subsamp, cols, rows).map(|t| (t.x, t.y, t.w, t.h))
+        };
+        // 4:2:0 (16 x 16 iMCUs): columns 122..902 of every row.
+        assert_eq!(got(2, 122..902, 0..768), r(96, 0, 822, 768));
+        // 4:4:4 (8 x 8): rows too.
+        assert_eq!(got(0, 130..900, 100..700), r(120, 92, 788, 616));
+        // Everything, or an unknown subsampling: decode whole.
+        assert_eq!(got(2, 10..1020, 0..768), None);
+        assert_eq!(got(-1, 122..902, 0..768), None);
+    }
 
     #[test]
     fn compositing_matches_pillows_integer_formula() {

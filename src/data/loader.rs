@@ -331,13 +331,16 @@ impl Producer {
                 None => bail!("the caption template needs a name this sample does not have"),
             },
         };
-        let img =
-            decode(&s.image.read()?).with_context(|| format!("cannot decode image {}", s.image))?;
+        let bytes = s.image.read()?;
+        let cannot = || format!("cannot decode image {}", s.image);
         let aug = &self.cfg.augment;
         let mut rng = ChaCha8Rng::seed_from_u64(sample_seed(self.cfg.seed, epoch, i as u64));
         match aug.random_resized_crop {
-            Some(scale) => self.pre.apply_random_crop(&img, scale, &mut rng, out)?,
-            None => self.pre.apply_into(&img, out)?,
+            Some(scale) => {
+                let img = decode(&bytes).with_context(cannot)?;
+                self.pre.apply_random_crop(&img, scale, &mut rng, out)?
+            }
+            None => self.pre.apply_bytes(&bytes, out).with_context(cannot)?,
         };
         if aug.hflip > 0.0 && rand::RngExt::random_bool(&mut rng, aug.hflip) {
             self.pre.hflip(out);

@@ -5,8 +5,8 @@
 //! and the crop, rescale and normalisation are transformers' arithmetic, so pixel values equal
 //! `CLIPImageProcessorPil` on `PIL.Image.open(f)` to float32 rounding (tests/preprocess_parity.rs).
 
-use super::decode::decode;
-use super::resample::{resize_bicubic, Window};
+use super::decode::decode_region;
+use super::resample::{resize_bicubic, resize_bicubic_part, source_span, Part, Window};
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
@@ -141,10 +141,10 @@ impl PreprocessConfig {
     pub fn load(&self, path: &Path) -> Result<Vec<f32>> {
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
-        let img =
-            decode(&bytes).with_context(|| format!("cannot decode image {}", path.display()))?;
-        self.apply(&img)
-            .with_context(|| format!("cannot preprocess image {}", path.display()))
+        let mut out = vec![0.0; self.output_len()];
+        self.apply_bytes(&bytes, &mut out)
+            .with_context(|| format!("cannot decode image {}", path.display()))?;
+        Ok(out)
     }
 
     /// Preprocesses a decoded image into CHW float32: resize the shortest edge, centre crop
@@ -165,6 +165,33 @@ impl PreprocessConfig {
     /// [`apply`](Self::apply) into `out` (`output_len()` floats), e.g. a batch's slot.
     pub fn apply_into(&self, rgb: &RgbImage, out: &mut [f32]) -> Result<()> {
         let (w, h) = rgb.dimensions();
+        let whole = Part { x: 0, y: 0, w, h };
+        self.apply_part(rgb.as_raw(), &whole, w, h, out)
+    }
+
+    /// Decodes and preprocesses an image file's bytes into `out`, decoding a JPEG only about
+    /// the part its centre crop reads (the same pixels as decoding it whole).
+    pub fn apply_bytes(&self, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+        let region = decode_region(bytes, |w, h| {
+            let g = self.geometry(w, h)?;
+            Ok((
+                source_span(w, g.resized.0, g.window.cols.clone()),
+                source_span(h, g.resized.1, g.window.rows.clone()),
+            ))
+        })?;
+        let part = Part {
+            x: region.x,
+            y: region.y,
+            w: region.image.width(),
+            h: region.image.height(),
+        };
+        let raw = region.image.as_raw();
+        self.apply_part(raw, &part, region.full_w, region.full_h, out)
+    }
+
+    /// Resize and crop of a `w x h` image: the resized size, the kept window of the resized
+    /// image and where it sits in the output canvas.
+    fn geometry(&self, w: u32, h: u32) -> Result<Geometry> {
         let (rw, rh) = if self.do_resize {
             match self.size {
                 ResizeTo::ShortestEdge { shortest_edge } => {
@@ -187,7 +214,6 @@ impl PreprocessConfig {
             rows: clamp(top, rh)..clamp(top + ch as i64, rh),
             cols: clamp(left, rw)..clamp(left + cw as i64, rw),
         };
-        let kept = resize_bicubic(rgb.as_raw(), w, h, rw, rh, &window);
         // Where the crop is larger than the image, the kept block sits at transformers' padding
         // offset ceil((crop - resized) / 2) inside a zero canvas.
         let pad = |offset: i64| (-offset).max(0) as u32;
@@ -197,7 +223,19 @@ impl PreprocessConfig {
             top: pad(top),
             left: pad(left),
         };
-        self.to_chw(&kept, &block, out);
+        Ok(Geometry {
+            resized: (rw, rh),
+            window,
+            block,
+        })
+    }
+
+    /// The centre crop of a `w x h` image of which `src` holds `part`, into `out`.
+    fn apply_part(&self, src: &[u8], part: &Part, w: u32, h: u32, out: &mut [f32]) -> Result<()> {
+        let g = self.geometry(w, h)?;
+        let (rw, rh) = g.resized;
+        let kept = resize_bicubic_part(src, part, w, h, rw, rh, &g.window);
+        self.to_chw(&kept, &g.block, out);
         Ok(())
     }
 
@@ -280,6 +318,14 @@ impl PreprocessConfig {
             }
         })
     }
+}
+
+/// How an image becomes the output: resized to `resized` (width, height), the `window` of
+/// that kept, placed as `block` in the canvas.
+struct Geometry {
+    resized: (u32, u32),
+    window: Window,
+    block: Block,
 }
 
 /// Where the kept pixels (`w x h`, packed RGB) sit in the output canvas.

@@ -115,22 +115,71 @@ pub fn resize_bicubic(
     out_h: u32,
     window: &Window,
 ) -> Vec<u8> {
-    debug_assert_eq!(src.len(), (w * h * 3) as usize);
+    let whole = Part { x: 0, y: 0, w, h };
+    resize_bicubic_part(src, &whole, w, h, out_w, out_h, window)
+}
+
+/// A rectangle of a larger image: `w x h` pixels from column `x`, row `y`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Part {
+    pub x: u32,
+    pub y: u32,
+    pub w: u32,
+    pub h: u32,
+}
+
+/// The source indices `0..in_size` that the output indices `keep` of an `in_size -> out_size`
+/// resize read: what a caller must decode of the image.
+pub fn source_span(in_size: u32, out_size: u32, keep: Range<u32>) -> Range<u32> {
+    if in_size == out_size {
+        return keep;
+    }
+    let span = Taps::new(in_size, out_size, keep).span();
+    span.start as u32..span.end as u32
+}
+
+/// [`resize_bicubic`] of a `full_w x full_h` image of which `src` holds only `part` (at least
+/// the source pixels the window reads: see [`source_span`]).
+pub fn resize_bicubic_part(
+    src: &[u8],
+    part: &Part,
+    full_w: u32,
+    full_h: u32,
+    out_w: u32,
+    out_h: u32,
+    window: &Window,
+) -> Vec<u8> {
+    let (w, h) = (full_w, full_h);
+    debug_assert_eq!(src.len(), (part.w * part.h * 3) as usize);
     // Pillow skips a pass whose size does not change (with a = -0.5 the identity taps would give
     // the same bytes anyway).
     let horizontal = (out_w != w).then(|| Taps::new(w, out_w, window.cols.clone()));
     let vertical = (out_h != h).then(|| Taps::new(h, out_h, window.rows.clone()));
     let source = Plane {
         px: src,
-        w: w as usize,
+        w: part.w as usize,
+    };
+    let (x0, y0) = (part.x as usize, part.y as usize);
+    // Source indices relative to `part`. The kept output indices are source indices only on an
+    // axis that is not resized (where the passes read them).
+    let local = |r: &Range<usize>, o: usize| r.start - o..r.end - o;
+    let (keep_rows, keep_cols) = (
+        window.rows.start as usize..window.rows.end as usize,
+        window.cols.start as usize..window.cols.end as usize,
+    );
+    let unresized_rows = || match vertical {
+        None => local(&keep_rows, y0),
+        Some(_) => 0..0,
+    };
+    let unresized_cols = || match horizontal {
+        None => local(&keep_cols, x0),
+        Some(_) => 0..0,
     };
     // Pillow 13 runs the vertical pass first when the height shrinks more than twice as much as
     // the width; the 8-bit intermediate rounds differently, so the order is part of the result.
     let vertical_first = h > out_h && (h as i64 - out_h as i64) > (w as i64 - out_w as i64) * 2;
-    let keep_rows = window.rows.start as usize..window.rows.end as usize;
-    let keep_cols = window.cols.start as usize..window.cols.end as usize;
     if horizontal.is_none() && vertical.is_none() {
-        return copy_window(&source, keep_rows, keep_cols);
+        return copy_window(&source, local(&keep_rows, y0), local(&keep_cols, x0));
     }
     if vertical_first {
         // The kept output rows over the source columns the kept output columns read.
@@ -138,9 +187,9 @@ pub fn resize_bicubic(
         let mid = pass_vertical(
             &source,
             vertical.as_ref(),
-            0,
-            keep_rows.clone(),
-            cols.clone(),
+            y0,
+            unresized_rows(),
+            local(&cols, x0),
         );
         let mid = Plane {
             px: &mid,
@@ -160,9 +209,9 @@ pub fn resize_bicubic(
         let mid = pass_horizontal(
             &source,
             horizontal.as_ref(),
-            rows.clone(),
-            keep_cols.clone(),
-            0,
+            local(&rows, y0),
+            unresized_cols(),
+            x0,
         );
         let mid = Plane {
             px: &mid,

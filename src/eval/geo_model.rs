@@ -66,7 +66,7 @@ impl GeoModel {
                 let encoder = encoder.expect("hierarchical geolocation reads captions");
                 let locator =
                     Geolocator::with_country_head(encoder, g, cfg.clone(), head.as_ref())?;
-                Ok(vec![("", Locator::Hierarchical(locator))])
+                Ok(vec![("", Locator::Hierarchical(Box::new(locator)))])
             }
             Self::Geocells(model) => {
                 let main = GeocellLocator::new(model, g, cfg.geocells.clone(), cfg.top_k)?;
@@ -89,7 +89,7 @@ impl GeoModel {
 }
 
 pub enum Locator<'a> {
-    Hierarchical(Geolocator<'a, CachedText<'a, Pretrained>>),
+    Hierarchical(Box<Geolocator<'a, CachedText<'a, Pretrained>>>),
     Geocells(GeocellLocator<'a>),
 }
 

@@ -6,7 +6,7 @@ use crate::eval::geo_eval::{self, GeoEval};
 use crate::eval::geo_model::GeoModel;
 use crate::eval::geolocate::Guess;
 use crate::eval::ranking::Ranked;
-use crate::eval::{report, text_cache};
+use crate::eval::report;
 use crate::geo::Gazetteer;
 use crate::pretrained::Pretrained;
 use anyhow::Result;
@@ -25,10 +25,7 @@ pub fn geolocate(
     crate::encode::check_files(images)?;
     let g = Gazetteer::bundled()?;
     let model = GeoModel::read(model_dir, clip, zero_shot, &cfg.geo)?;
-    let encoder = match model.needs_text() {
-        true => Some(text_cache::for_model(clip, cfg.geo.cache)?),
-        false => None,
-    };
+    let encoder = model.text_encoder(clip, cfg.geo.cache)?;
     let locators = model.locators(encoder.as_ref(), g, &cfg.geo)?;
     let embeddings = crate::encode::Encoder::new(clip, batch).files(images)?;
     let guesses = locators[0].1.locate(&embeddings)?;

@@ -30,10 +30,6 @@ pub const MAX_PIXELS: u64 = 2 * 89_478_485;
 /// Decodes an image file's bytes to RGB as PIL + transformers' `convert_to_rgb` do.
 pub fn decode(bytes: &[u8]) -> Result<RgbImage> {
     if bytes.starts_with(&[0xFF, 0xD8]) {
-        // PIL refuses a JPEG cut short ("image file is truncated"); libjpeg would only warn.
-        if !jpeg_is_complete(bytes) {
-            bail!("JPEG data ends before its end-of-image marker (truncated file)");
-        }
         return decode_jpeg(bytes, None).map(|r| r.image);
     }
     let reader = image::ImageReader::new(Cursor::new(bytes)).with_guessed_format()?;
@@ -170,9 +166,6 @@ pub fn decode_region(
     wanted: impl Fn(u32, u32) -> Result<(Range<u32>, Range<u32>)>,
 ) -> Result<Region> {
     if bytes.starts_with(&[0xFF, 0xD8]) {
-        if !jpeg_is_complete(bytes) {
-            bail!("JPEG data ends before its end-of-image marker (truncated file)");
-        }
         return decode_jpeg(bytes, Some(&wanted));
     }
     let image = decode(bytes)?;
@@ -219,6 +212,10 @@ fn crop_rect(
 type Wanted<'a> = &'a dyn Fn(u32, u32) -> Result<(Range<u32>, Range<u32>)>;
 
 fn decode_jpeg(jpeg: &[u8], wanted: Option<Wanted>) -> Result<Region> {
+    // PIL refuses a JPEG cut short ("image file is truncated"); libjpeg would only warn.
+    if !jpeg_is_complete(jpeg) {
+        bail!("JPEG data ends before its end-of-image marker (truncated file)");
+    }
     let mut d = Decompressor::new()?;
     let (full_w, full_h, colorspace) = d.header(jpeg)?;
     let crop = match wanted {

@@ -3,7 +3,6 @@
 
 use super::geo_model::GeoModel;
 use super::metrics::{geo_metrics, GeoMetrics};
-use super::text_cache;
 use crate::config::Config;
 use crate::data::decode::decode;
 use crate::data::{Dataset, Sample};
@@ -68,10 +67,7 @@ pub fn evaluate(
     if samples.is_empty() {
         anyhow::bail!("no sample has coordinates to evaluate against");
     }
-    let encoder = match model.needs_text() {
-        true => Some(text_cache::for_model(clip, cfg.geo.cache)?),
-        false => None,
-    };
+    let encoder = model.text_encoder(clip, cfg.geo.cache)?;
     let locators = model.locators(encoder.as_ref(), g, &cfg.geo)?;
     let mut scored: Vec<Scored> = locators
         .iter()

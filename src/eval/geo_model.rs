@@ -47,14 +47,22 @@ impl GeoModel {
         Ok(Self::Hierarchical(head))
     }
 
-    /// Whether its locators read candidate captions (and so need a text encoder).
-    pub fn needs_text(&self) -> bool {
-        matches!(self, Self::Hierarchical(_))
+    /// The text encoder its locators read candidate captions with (cached on disk when
+    /// `cache`): for hierarchical geolocation only.
+    pub fn text_encoder<'c>(
+        &self,
+        clip: &'c Pretrained,
+        cache: bool,
+    ) -> Result<Option<CachedText<'c, Pretrained>>> {
+        match self {
+            Self::Hierarchical(_) => Ok(Some(super::text_cache::for_model(clip, cache)?)),
+            Self::Geocells(_) => Ok(None),
+        }
     }
 
     /// The ways it places images, by name suffix: one, or for a refining geocell model also
     /// `-centroid` (its top cell's centroid), so one evaluation shows what refinement adds.
-    /// `encoder` is required when [`needs_text`](Self::needs_text).
+    /// `encoder` is [`text_encoder`](Self::text_encoder)'s.
     pub fn locators<'a>(
         &'a self,
         encoder: Option<&'a CachedText<'a, Pretrained>>,

@@ -220,6 +220,10 @@ pub struct GeocellLocator<'a> {
     model: &'a GeocellModel,
     g: &'a Gazetteer,
     cfg: RefineConfig,
+    /// The cells' countries, sorted, and each cell's index among them (the country ranking sums
+    /// the cells' probabilities by these, per image).
+    countries: Vec<&'a str>,
+    country_of: Vec<usize>,
     /// Candidates listed in a guess (`geo.top_k`).
     top_k: usize,
 }
@@ -235,10 +239,28 @@ impl<'a> GeocellLocator<'a> {
         if cfg.refine && (cfg.top_cells == 0 || cfg.neighbours == 0) {
             bail!("geo.geocells.top_cells and geo.geocells.neighbours must be at least 1 to refine (or set geo.geocells.refine: false)");
         }
+        let countries: Vec<&str> = model
+            .cells
+            .iter()
+            .map(|c| c.country.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let country_of = model
+            .cells
+            .iter()
+            .map(|c| {
+                countries
+                    .binary_search(&c.country.as_str())
+                    .expect("collected above")
+            })
+            .collect();
         Ok(Self {
             model,
             g,
             cfg,
+            countries,
+            country_of,
             top_k: top_k.max(1),
         })
     }
@@ -338,12 +360,14 @@ impl<'a> GeocellLocator<'a> {
     fn guess(&self, p: &[f64], order: &[usize], (lat, lon): (f64, f64), cell: usize) -> Guess {
         let (g, cells) = (self.g, &self.model.cells);
         let top = &cells[cell];
-        let mut by_country: BTreeMap<&str, f64> = BTreeMap::new();
-        for (cell, &q) in cells.iter().zip(p) {
-            *by_country.entry(cell.country.as_str()).or_default() += q;
+        let mut by_country = vec![0.0; self.countries.len()];
+        for (&c, &q) in self.country_of.iter().zip(p) {
+            by_country[c] += q;
         }
-        let mut countries: Vec<(&str, f64)> = by_country.into_iter().collect();
-        countries.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let countries: Vec<(&str, f64)> = best_first(&by_country)
+            .into_iter()
+            .map(|c| (self.countries[c], by_country[c]))
+            .collect();
         let country_index = g.country(&top.country);
         let city = g.nearest_city(lat, lon);
         Guess {

@@ -225,7 +225,7 @@ pub fn run(
         return Ok(vec![]);
     }
     let export = dir.join("export");
-    write_export(&tuned, &export, cfg, &cells, &train)?;
+    write_export(&tuned, &export, cfg, (&cells, sizes), &train)?;
     let model = GeoModel::read(&export, &tuned, false, &cfg.geo)?;
     let score = |items: &[Located], name: &str| -> Result<Vec<GeoEval>> {
         if items.is_empty() {
@@ -291,7 +291,7 @@ fn write_export(
     clip: &Pretrained,
     out: &Path,
     cfg: &Config,
-    cells: &Geocells,
+    (cells, sizes): (&Geocells, CellSizes),
     train: &[Located],
 ) -> Result<()> {
     clip.save(out)?;
@@ -304,11 +304,6 @@ fn write_export(
         "input": "L2-normalised CLIP image embeddings (CLIPModel image_embeds); logits = head.weight @ x + head.bias over the cells of geocells.json",
     });
     write_atomic(&out.join(HEAD_INFO), &serde_json::to_vec_pretty(&info)?)?;
-    let sizes = CellSizes {
-        min_samples: cfg.finetune.geocells.min_samples,
-        max_samples: cfg.finetune.geocells.max_samples,
-        seed: cfg.train.seed,
-    };
     cells.write(&out.join(CELLS_FILE), sizes)?;
     eprintln!(
         "geocells: embedding {} training images for the retrieval index",

@@ -234,24 +234,18 @@ fn bad_images_are_skipped_and_counted_or_fail() {
         std::fs::write(p, b"\xff\xd8broken").unwrap();
         broken.push(p.clone());
     }
-    let batches = run(
-        &f.data,
-        LoaderConfig {
-            epochs: Some(1),
-            ..config(4)
-        },
-        Position::default(),
-    );
-    let skipped: Vec<&String> = batches.iter().flat_map(|b| &b.skipped).collect();
-    assert_eq!(skipped.len(), 2, "{skipped:?}");
-    assert!(
-        batches.iter().all(|b| b.samples.len() == 4),
-        "batches stay full"
-    );
-    // Every image sits in its own row of the batch, also after a skipped one freed a slot.
+    // Every image sits in its own row of the batch, also after a skipped one freed a slot, and
+    // also in the second epoch, whose batches reuse the first's buffers (checked as they come,
+    // each batch dropped before the next, so that its buffer goes back to the loader).
     let pre = PreprocessConfig::for_size(32);
     let per = pre.output_len();
-    for b in &batches {
+    let (mut skipped, mut buffers, mut reused) = (vec![], HashSet::new(), 0);
+    let mut loader = start(&f, config(4));
+    for b in loader.by_ref() {
+        let b = b.unwrap();
+        assert_eq!(b.samples.len(), 4, "batches stay full");
+        skipped.extend(b.skipped.clone());
+        reused += usize::from(!buffers.insert(b.pixels.as_ptr() as usize));
         for (row, &i) in b.samples.iter().enumerate() {
             let streetclip::data::ImageRef::File(p) = &f.data.samples[i].image else {
                 panic!()
@@ -262,6 +256,9 @@ fn bad_images_are_skipped_and_counted_or_fail() {
             );
         }
     }
+    skipped.extend(loader.take_dropped_skips(2));
+    assert_eq!(skipped.len(), 4, "two per epoch: {skipped:?}");
+    assert!(reused > 0, "batch buffers are reused");
     let mut failing = Loader::start(
         f.data.clone(),
         captioner(),

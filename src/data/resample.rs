@@ -14,6 +14,9 @@ use std::ops::Range;
 /// Fixed-point fraction bits (Pillow: `32 - 8 - 2`).
 const PRECISION_BITS: u32 = 22;
 
+/// Where every sum starts: one half, so that the shift rounds.
+const ROUND: i32 = 1 << (PRECISION_BITS - 1);
+
 /// Pillow's bicubic kernel (a = -0.5), in the same arithmetic order.
 fn bicubic(x: f64) -> f64 {
     const A: f64 = -0.5;
@@ -258,9 +261,7 @@ fn span(taps: &Option<Taps>, keep: &Range<usize>) -> Range<usize> {
 }
 
 /// The horizontal pass over `rows` of `src`, whose column 0 is source column `col0`: each row's
-/// kept output columns, or its columns `cols` when the width is not resized. Run as the vertical
-/// pass on the transposed image, so that both passes are sums of whole contiguous rows (which
-/// vectorise); integer sums, so the result is Pillow's whatever the order of the terms.
+/// kept output columns, or its columns `cols` when the width is not resized.
 fn pass_horizontal(
     src: &Plane,
     taps: Option<&Taps>,
@@ -271,42 +272,192 @@ fn pass_horizontal(
     let Some(taps) = taps else {
         return copy_window(src, rows, cols);
     };
-    let span = taps.span();
-    let n = rows.len();
-    // One row per source column the taps read, each holding that column's `rows`.
-    let columns = transpose(src, rows, span.start - col0..span.end - col0);
-    let columns = Plane { px: &columns, w: n };
-    let out_columns = pass_vertical(&columns, Some(taps), span.start, 0..0, 0..n);
-    transpose(
-        &Plane {
-            px: &out_columns,
-            w: n,
-        },
-        0..taps.first.len(),
-        0..n,
-    )
+    let taps = RowTaps::new(taps, col0);
+    let stride = taps.first.len() * 3;
+    let mut out = vec![0u8; rows.len() * stride];
+    for (y, line) in rows.zip(out.chunks_exact_mut(stride)) {
+        // The rest of the plane from this row on: the vector loads may read past the row's
+        // end (with zero weights) but never past the plane's.
+        taps.convolve(&src.px[y * src.w * 3..], line);
+    }
+    out
 }
 
-/// Rows `rows`, columns `cols` of `src`, transposed: one packed row per column.
-fn transpose(src: &Plane, rows: Range<usize>, cols: Range<usize>) -> Vec<u8> {
-    const BLOCK: usize = 32;
-    let (h, w) = (rows.len(), cols.len());
-    let mut out = vec![[0u8; 3]; h * w];
-    // Blocks of 32 x 32 pixels keep both sides in cache; whole pixels are moved at once.
-    for by in (0..h).step_by(BLOCK) {
-        for bx in (0..w).step_by(BLOCK) {
-            let bx_end = (bx + BLOCK).min(w);
-            for y in by..(by + BLOCK).min(h) {
-                let line =
-                    &src.row(rows.start + y)[(cols.start + bx) * 3..(cols.start + bx_end) * 3];
-                let (pixels, _) = line.as_chunks::<3>();
-                for (column, px) in out[bx * h..].chunks_exact_mut(h).zip(pixels) {
-                    column[y] = *px;
-                }
-            }
+/// Horizontal taps with one tap count `k` for every output pixel (fewer taps padded with zero
+/// weights), relative to the first source column of the plane they read.
+struct RowTaps {
+    first: Vec<usize>,
+    k: usize,
+    /// `k` weights per output pixel.
+    weights: Vec<i32>,
+    /// The same weights for the AVX2 kernel: per output pixel, `k.div_ceil(4)` groups of four
+    /// taps, each as two 16-bit vectors (the weight's bits 11 and up, then its low 11 bits)
+    /// laid out as [`QUAD_SHUFFLE`] lays out the pixels.
+    #[cfg(target_arch = "x86_64")]
+    quads: Vec<[[i16; 16]; 2]>,
+}
+
+impl RowTaps {
+    fn new(taps: &Taps, col0: usize) -> Self {
+        let k = taps.weights.iter().map(Vec::len).max().unwrap_or(0);
+        let end = taps.span().end;
+        let (mut first, mut weights) = (Vec::new(), Vec::new());
+        for (&f, w) in taps.first.iter().zip(&taps.weights) {
+            // Near the right edge the window moves left over zero weights, so that it stays
+            // inside the span (the output with the most taps ends inside it, so it fits).
+            let start = f.min(end - k);
+            first.push(start - col0);
+            let lead = f - start;
+            weights.extend((0..k).map(|j| match j.checked_sub(lead) {
+                Some(i) if i < w.len() => w[i],
+                _ => 0,
+            }));
+        }
+        #[cfg(target_arch = "x86_64")]
+        let quads = weights
+            .chunks(k.max(1))
+            .flat_map(|w| w.chunks(4).map(quad_weights))
+            .collect();
+        Self {
+            first,
+            k,
+            weights,
+            #[cfg(target_arch = "x86_64")]
+            quads,
         }
     }
-    out.into_flattened()
+
+    /// One row's output pixels into `out` from `row` (packed RGB from the row's first column on).
+    fn convolve(&self, row: &[u8], out: &mut [u8]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2.
+            return unsafe { self.convolve_avx2(row, out) };
+        }
+        for (x, px) in out.chunks_exact_mut(3).enumerate() {
+            px.copy_from_slice(&self.pixel(row, x));
+        }
+    }
+
+    /// Output pixel `x`: Pillow's sums, rounded, shifted and clamped.
+    #[inline(always)]
+    fn pixel(&self, row: &[u8], x: usize) -> [u8; 3] {
+        let src = &row[self.first[x] * 3..][..self.k * 3];
+        let w = &self.weights[x * self.k..][..self.k];
+        let mut sums = [ROUND; 3];
+        for (p, &weight) in src.chunks_exact(3).zip(w) {
+            for c in 0..3 {
+                sums[c] += p[c] as i32 * weight;
+            }
+        }
+        sums.map(clip8)
+    }
+
+    /// [`convolve`](Self::convolve) with 16-bit multiply-adds: four taps of one output pixel
+    /// per vector, each weight in two parts of at most 12 bits, so every product and sum is
+    /// exact in 32 bits ([`quad_weights`]); four output pixels at a time, their sums shifted,
+    /// clamped and packed together. The same integer sums as [`pixel`](Self::pixel), in another
+    /// order.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn convolve_avx2(&self, row: &[u8], out: &mut [u8]) {
+        use std::arch::x86_64::*;
+        let quads = self.k.div_ceil(4);
+        // Each group's load reads 16 bytes, 4 past its four pixels; the windows only move
+        // right, so the pixels from the first whose loads would leave `row` are done one by one.
+        let vector = self
+            .first
+            .partition_point(|&f| f * 3 + 12 * quads + 4 <= row.len());
+        // Bytes 0..3 of each of four 4-byte pixels, packed.
+        let pack = _mm_setr_epi8(0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1);
+        let mut fours = out[..vector / 4 * 12].chunks_exact_mut(12);
+        for (q, px) in fours.by_ref().enumerate() {
+            // SAFETY: the four windows' loads lie inside `row` (`vector` above).
+            let [a, b, c, d] = unsafe { self.sums_avx2(row, 4 * q) };
+            let bytes = _mm_packus_epi16(_mm_packs_epi32(a, b), _mm_packs_epi32(c, d));
+            let mut packed = [0u8; 16];
+            // SAFETY: 16 bytes into a 16-byte array.
+            unsafe { _mm_storeu_si128(packed.as_mut_ptr().cast(), _mm_shuffle_epi8(bytes, pack)) };
+            px.copy_from_slice(&packed[..12]);
+        }
+        for (x, px) in out.chunks_exact_mut(3).enumerate().skip(vector / 4 * 4) {
+            px.copy_from_slice(&self.pixel(row, x));
+        }
+    }
+
+    /// The three channel sums of output pixels `x..x + 4`, rounded and shifted, in lanes 0..3
+    /// of each (four at once, so that their multiplies overlap).
+    ///
+    /// # Safety
+    /// AVX2; the loads (`first[x + i] * 3 + 12 * k.div_ceil(4) + 4` bytes) lie inside `row`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn sums_avx2(&self, row: &[u8], x: usize) -> [std::arch::x86_64::__m128i; 4] {
+        use std::arch::x86_64::*;
+        let quads = self.k.div_ceil(4);
+        let base: [*const u8; 4] = std::array::from_fn(|i| row.as_ptr().add(self.first[x + i] * 3));
+        let weights = &self.quads[x * quads..][..4 * quads];
+        let shuffle = _mm256_loadu_si256(QUAD_SHUFFLE.as_ptr().cast());
+        let mut high = [_mm256_setzero_si256(); 4];
+        let mut low = [_mm256_setr_epi32(ROUND, ROUND, ROUND, 0, 0, 0, 0, 0); 4];
+        for m in 0..quads {
+            for i in 0..4 {
+                let bytes = _mm_loadu_si128(base[i].add(12 * m).cast());
+                let v = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(bytes), shuffle);
+                let [wh, wl] = &weights[i * quads + m];
+                let (wh, wl) = (
+                    _mm256_loadu_si256(wh.as_ptr().cast()),
+                    _mm256_loadu_si256(wl.as_ptr().cast()),
+                );
+                high[i] = _mm256_add_epi32(high[i], _mm256_madd_epi16(v, wh));
+                low[i] = _mm256_add_epi32(low[i], _mm256_madd_epi16(v, wl));
+            }
+        }
+        // The last two taps of each group (lanes 3..6) onto the first two.
+        let second = _mm256_setr_epi32(3, 4, 5, 7, 7, 7, 7, 7);
+        let mut sums = [_mm_setzero_si128(); 4];
+        for ((s, h), l) in sums.iter_mut().zip(high).zip(low) {
+            let a = _mm256_add_epi32(_mm256_slli_epi32::<WEIGHT_LOW_BITS>(h), l);
+            let sum = _mm256_add_epi32(a, _mm256_permutevar8x32_epi32(a, second));
+            *s = _mm_srai_epi32::<{ PRECISION_BITS as i32 }>(_mm256_castsi256_si128(sum));
+        }
+        sums
+    }
+}
+
+/// How the AVX2 kernel lays out four packed RGB pixels (12 of 16 bytes loaded into both
+/// halves of a vector) as 16-bit lanes, channel by channel in pairs of taps, so that a
+/// multiply-add of pairs gives 32-bit lanes `[r01, g01, b01, r23, g23, b23, 0, 0]`
+/// (`r01`: red of taps 0 and 1). -1 gives a zero byte.
+#[cfg(target_arch = "x86_64")]
+const QUAD_SHUFFLE: [i8; 32] = [
+    0, -1, 3, -1, 1, -1, 4, -1, 2, -1, 5, -1, 6, -1, 9, -1, // r0 r1 g0 g1 b0 b1 r2 r3
+    7, -1, 10, -1, 8, -1, 11, -1, -1, -1, -1, -1, -1, -1, -1, -1, // g2 g3 b2 b3 0 0 0 0
+];
+
+/// Low bits of a weight in the second 16-bit part: a weight `w` (at most 2^23 in magnitude)
+/// is `(w >> 11) * 2^11 + (w & 0x7ff)`, both parts fit 16 bits, and each part's sums of up
+/// to thousands of 8-bit pixels times it fit 32 bits.
+#[cfg(target_arch = "x86_64")]
+const WEIGHT_LOW_BITS: i32 = 11;
+
+/// Up to four taps' weights as [`QUAD_SHUFFLE`] lays out their pixels: high parts, low parts.
+#[cfg(target_arch = "x86_64")]
+fn quad_weights(w: &[i32]) -> [[i16; 16]; 2] {
+    let tap = |j: usize| w.get(j).copied().unwrap_or(0);
+    let order = [0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3];
+    let part = |f: fn(i32) -> i16| {
+        let mut lanes = [0i16; 16];
+        for (lane, &j) in lanes.iter_mut().zip(&order) {
+            *lane = f(tap(j));
+        }
+        lanes
+    };
+    [
+        part(|w| (w >> WEIGHT_LOW_BITS) as i16),
+        part(|w| (w & ((1 << WEIGHT_LOW_BITS) - 1)) as i16),
+    ]
 }
 
 /// The vertical pass over columns `cols` of `src`, whose row 0 is source row `row0`: the kept
@@ -337,7 +488,7 @@ fn convolve_rows(src: &Plane, taps: &Taps, row0: usize, cols: Range<usize>) -> V
     let mut out = Vec::with_capacity(taps.first.len() * stride);
     let mut sums = vec![0i32; stride];
     for (first, k) in taps.first.iter().zip(&taps.weights) {
-        sums.fill(1 << (PRECISION_BITS - 1));
+        sums.fill(ROUND);
         for (j, &weight) in k.iter().enumerate() {
             let row = &src.row(first - row0 + j)[cols.start * 3..cols.end * 3];
             for (s, &p) in sums.iter_mut().zip(row) {
@@ -450,6 +601,58 @@ mod tests {
                 cols: 6..20,
             },
         ); // downscale, vertical first
+    }
+
+    /// RowTaps (equal tap counts, windows moved left at the right edge, the AVX2 kernel where
+    /// the CPU has one, the one-by-one pixels where its loads would leave the row) against
+    /// Pillow's sums written straight from the taps.
+    #[test]
+    fn row_taps_equal_the_direct_sums() {
+        let cases = [
+            (1024, 448, 56..392), // CLIP 336 on a 1024 x 768 photo
+            (37, 19, 3..17),
+            (13, 300, 0..300),   // upscaling: four taps
+            (4000, 336, 0..336), // 48 taps
+            (5, 2, 0..2),
+            (2, 7, 0..7),
+            (640, 336, 0..336),
+        ];
+        for (in_w, out_w, keep) in cases {
+            // Extremes next to each other, so that sums overshoot and get clamped.
+            let src: Vec<u8> = (0..in_w * 3)
+                .map(|i| match i % 7 {
+                    0 | 3 => 255,
+                    1 => 0,
+                    _ => (i * i * 7 + 13) as u8,
+                })
+                .collect();
+            let taps = Taps::new(in_w as u32, out_w, keep.clone());
+            let expected: Vec<u8> = taps
+                .first
+                .iter()
+                .zip(&taps.weights)
+                .flat_map(|(f, w)| {
+                    let sum = |c: usize| {
+                        w.iter()
+                            .enumerate()
+                            .fold(ROUND, |s, (j, &wt)| s + src[(f + j) * 3 + c] as i32 * wt)
+                    };
+                    [0, 1, 2].map(|c| clip8(sum(c)))
+                })
+                .collect();
+            let span = taps.span();
+            let row_taps = RowTaps::new(&taps, span.start);
+            // Exactly the span (no bytes after it to read) and the span with the rest after it.
+            for row in [&src[span.start * 3..span.end * 3], &src[span.start * 3..]] {
+                let mut out = vec![0; expected.len()];
+                row_taps.convolve(row, &mut out);
+                assert_eq!(out, expected, "{in_w} -> {out_w}, {keep:?}");
+                let one_by_one: Vec<u8> = (0..keep.len())
+                    .flat_map(|x| row_taps.pixel(row, x))
+                    .collect();
+                assert_eq!(one_by_one, expected, "{in_w} -> {out_w}, {keep:?}");
+            }
+        }
     }
 
     #[test]

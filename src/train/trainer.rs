@@ -840,7 +840,7 @@ pub fn micro_batches(
 ) -> Result<Vec<MicroBatch>> {
     let (h, w) = clip.preprocess.output_size();
     let n = batch.samples.len() as i64;
-    let pixels = Tensor::from_slice(&batch.pixels).view([n, 3, h as i64, w as i64]);
+    let pixels = Tensor::from_slice(&batch.pixels[..]).view([n, 3, h as i64, w as i64]);
     let (ids, mask) = clip.tokenize(&batch.captions)?;
     let size = micro as i64;
     Ok((0..n)

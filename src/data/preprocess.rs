@@ -292,13 +292,21 @@ impl PreprocessConfig {
                 channel.fill(lut[0][c]);
             }
         }
-        for y in 0..block.h as usize {
-            let src = &rgb[y * block.w as usize * 3..][..block.w as usize * 3];
-            let row = (block.top as usize + y) * cw as usize + block.left as usize;
-            for (x, px) in src.chunks_exact(3).enumerate() {
-                for c in 0..3 {
-                    out[c * plane + row + x] = lut[px[c] as usize][c];
-                }
+        let (r, rest) = out.split_at_mut(plane);
+        let (g, b) = rest.split_at_mut(plane);
+        let (bw, left) = (block.w as usize, block.left as usize);
+        let rows = rgb.chunks_exact(bw * 3).take(block.h as usize);
+        for (y, src) in rows.enumerate() {
+            let at = (block.top as usize + y) * cw as usize + left;
+            let (r, g, b) = (
+                &mut r[at..at + bw],
+                &mut g[at..at + bw],
+                &mut b[at..at + bw],
+            );
+            for (((px, r), g), b) in src.chunks_exact(3).zip(r).zip(g).zip(b) {
+                *r = lut[px[0] as usize][0];
+                *g = lut[px[1] as usize][1];
+                *b = lut[px[2] as usize][2];
             }
         }
     }

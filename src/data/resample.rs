@@ -354,10 +354,9 @@ impl RowTaps {
     }
 
     /// [`convolve`](Self::convolve) with 16-bit multiply-adds: four taps of one output pixel
-    /// per vector, each weight in two parts of at most 12 bits, so every product and sum is
-    /// exact in 32 bits ([`quad_weights`]); four output pixels at a time, their sums shifted,
-    /// clamped and packed together. The same integer sums as [`pixel`](Self::pixel), in another
-    /// order.
+    /// per vector, each weight in two 16-bit parts ([`WEIGHT_LOW_BITS`]); four output pixels
+    /// at a time, their sums shifted, clamped and packed together. The same integer sums as
+    /// [`pixel`](Self::pixel), in another order.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     fn convolve_avx2(&self, row: &[u8], out: &mut [u8]) {
@@ -436,9 +435,10 @@ const QUAD_SHUFFLE: [i8; 32] = [
     7, -1, 10, -1, 8, -1, 11, -1, -1, -1, -1, -1, -1, -1, -1, -1, // g2 g3 b2 b3 0 0 0 0
 ];
 
-/// Low bits of a weight in the second 16-bit part: a weight `w` (at most 2^23 in magnitude)
-/// is `(w >> 11) * 2^11 + (w & 0x7ff)`, both parts fit 16 bits, and each part's sums of up
-/// to thousands of 8-bit pixels times it fit 32 bits.
+/// Low bits of a weight in the second 16-bit part. A weight `w` (a normalised coefficient,
+/// under 2^23 in magnitude) is `(w >> 11) * 2^11 + (w & 0x7ff)`: both parts fit 16 bits, so
+/// every multiply-add is exact, and the parts' 32-bit sums, combined with wrapping arithmetic
+/// (a ring modulo 2^32), give Pillow's sum exactly, which fits 32 bits.
 #[cfg(target_arch = "x86_64")]
 const WEIGHT_LOW_BITS: i32 = 11;
 

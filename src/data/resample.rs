@@ -339,18 +339,21 @@ impl RowTaps {
         }
     }
 
-    /// Output pixel `x`: Pillow's sums, rounded, shifted and clamped.
+    /// Output pixel `x`: Pillow's sums, rounded, shifted and clamped. Four lanes (the fourth
+    /// unused), so that a CPU with 4 x 32-bit vectors (NEON, SSE4.1) does a tap in one
+    /// multiply-add.
     #[inline(always)]
     fn pixel(&self, row: &[u8], x: usize) -> [u8; 3] {
         let src = &row[self.first[x] * 3..][..self.k * 3];
         let w = &self.weights[x * self.k..][..self.k];
-        let mut sums = [ROUND; 3];
+        let mut sums = [ROUND; 4];
         for (p, &weight) in src.chunks_exact(3).zip(w) {
-            for c in 0..3 {
+            let p = [p[0], p[1], p[2], 0];
+            for c in 0..4 {
                 sums[c] += p[c] as i32 * weight;
             }
         }
-        sums.map(clip8)
+        [clip8(sums[0]), clip8(sums[1]), clip8(sums[2])]
     }
 
     /// [`convolve`](Self::convolve) with 16-bit multiply-adds: four taps of one output pixel

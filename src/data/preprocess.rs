@@ -295,6 +295,9 @@ impl PreprocessConfig {
         let (r, rest) = out.split_at_mut(plane);
         let (g, b) = rest.split_at_mut(plane);
         let (bw, left) = (block.w as usize, block.left as usize);
+        if bw == 0 {
+            return; // all padding
+        }
         let rows = rgb.chunks_exact(bw * 3).take(block.h as usize);
         for (y, src) in rows.enumerate() {
             let at = (block.top as usize + y) * cw as usize + left;

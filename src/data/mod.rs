@@ -4,6 +4,7 @@ pub mod classes;
 pub mod dataset;
 pub mod decode;
 pub mod image_ref;
+pub mod levels;
 pub mod loader;
 pub mod manifest;
 pub mod places;

@@ -6,6 +6,7 @@
 //! `CLIPImageProcessorPil` on `PIL.Image.open(f)` to float32 rounding (tests/preprocess_parity.rs).
 
 use super::decode::decode_region;
+use super::levels::Levels;
 use super::resample::{resize_bicubic, resize_bicubic_part, source_span, Part, Window};
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
@@ -283,13 +284,13 @@ impl PreprocessConfig {
     /// outside `block` are padding (value 0 before rescaling, as transformers' zero padding).
     fn to_chw(&self, rgb: &[u8], block: &Block, out: &mut [f32]) {
         let (ch, cw) = self.output_size();
-        let lut: Vec<[f32; 3]> = (0..=255).map(|v| self.normalized(v)).collect();
+        let levels = Levels::new(|v| self.normalized(v));
         let plane = (ch * cw) as usize;
         assert_eq!(out.len(), 3 * plane, "a preprocessed image's slot");
         if (block.w, block.h) != (cw, ch) {
             // Level 0 is transformers' padding.
             for (c, channel) in out.chunks_exact_mut(plane).enumerate() {
-                channel.fill(lut[0][c]);
+                channel.fill(levels.get(c, 0));
             }
         }
         let (r, rest) = out.split_at_mut(plane);
@@ -301,16 +302,13 @@ impl PreprocessConfig {
         let rows = rgb.chunks_exact(bw * 3).take(block.h as usize);
         for (y, src) in rows.enumerate() {
             let at = (block.top as usize + y) * cw as usize + left;
-            let (r, g, b) = (
-                &mut r[at..at + bw],
-                &mut g[at..at + bw],
-                &mut b[at..at + bw],
+            let span = at..at + bw;
+            levels.row(
+                src,
+                &mut r[span.clone()],
+                &mut g[span.clone()],
+                &mut b[span],
             );
-            for (((px, r), g), b) in src.chunks_exact(3).zip(r).zip(g).zip(b) {
-                *r = lut[px[0] as usize][0];
-                *g = lut[px[1] as usize][1];
-                *b = lut[px[2] as usize][2];
-            }
         }
     }
 

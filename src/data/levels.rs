@@ -50,27 +50,13 @@ impl Levels {
     fn row_avx2(&self, rgb: &[u8], r: &mut [f32], g: &mut [f32], b: &mut [f32]) -> usize {
         use std::arch::x86_64::*;
         let n = (rgb.len() / 3).min(r.len()).min(g.len()).min(b.len()) / 8 * 8;
-        // Channel c's bytes of pixels 0..6 from bytes 0..16, and of 5..8 from bytes 8..24.
-        let pick = |c: i8| {
-            let mut first = [-1i8; 16];
-            let mut second = [-1i8; 16];
-            for p in 0..8i8 {
-                let at = 3 * p + c;
-                if at < 16 {
-                    first[p as usize] = at;
-                } else {
-                    second[p as usize] = at - 8;
-                }
-            }
-            // SAFETY: 16 bytes from 16-byte arrays.
-            unsafe {
-                (
-                    _mm_loadu_si128(first.as_ptr().cast()),
-                    _mm_loadu_si128(second.as_ptr().cast()),
-                )
-            }
-        };
-        let picks = [pick(0), pick(1), pick(2)];
+        // SAFETY: 16 bytes from each 16-byte array.
+        let picks = CHANNEL_BYTES.map(|[first, second]| unsafe {
+            (
+                _mm_loadu_si128(first.as_ptr().cast()),
+                _mm_loadu_si128(second.as_ptr().cast()),
+            )
+        });
         let planes = [r.as_mut_ptr(), g.as_mut_ptr(), b.as_mut_ptr()];
         for i in (0..n).step_by(8) {
             // SAFETY: pixels i..i + 8 are bytes 3i..3i + 24 of `rgb` and floats i..i + 8 of
@@ -91,6 +77,28 @@ impl Levels {
         n
     }
 }
+
+/// Shuffles picking channel `c`'s bytes of eight packed RGB pixels: from bytes 0..16 (the
+/// first load) those there, from bytes 8..24 (the second) the rest; -1 gives a zero byte.
+#[cfg(target_arch = "x86_64")]
+const CHANNEL_BYTES: [[[i8; 16]; 2]; 3] = {
+    let mut picks = [[[-1i8; 16]; 2]; 3];
+    let mut c = 0;
+    while c < 3 {
+        let mut p = 0;
+        while p < 8 {
+            let at = 3 * p + c;
+            if at < 16 {
+                picks[c][0][p] = at as i8;
+            } else {
+                picks[c][1][p] = (at - 8) as i8;
+            }
+            p += 1;
+        }
+        c += 1;
+    }
+    picks
+};
 
 #[cfg(test)]
 mod tests {

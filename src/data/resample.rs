@@ -30,6 +30,35 @@ fn bicubic(x: f64) -> f64 {
     }
 }
 
+/// Pillow's filter geometry for `in_size -> out_size`.
+struct Axis {
+    in_size: u32,
+    scale: f64,
+    filterscale: f64,
+}
+
+impl Axis {
+    fn new(in_size: u32, out_size: u32) -> Self {
+        let scale = in_size as f64 / out_size as f64;
+        Self {
+            in_size,
+            scale,
+            filterscale: scale.max(1.0),
+        }
+    }
+
+    /// Output index `xx`'s filter centre and the source indices `xmin..xmax` it reads; both
+    /// ends only grow with `xx`.
+    fn window(&self, xx: u32) -> (f64, i64, i64) {
+        let support = 2.0 * self.filterscale;
+        let center = (xx as f64 + 0.5) * self.scale;
+        // C's (int) truncates toward zero; so does `as`.
+        let xmin = ((center - support + 0.5) as i64).max(0);
+        let xmax = ((center + support + 0.5) as i64).min(self.in_size as i64);
+        (center, xmin, xmax)
+    }
+}
+
 /// The taps of one axis for the output indices in `keep`: for each, the first source index and
 /// its fixed-point weights.
 struct Taps {
@@ -40,16 +69,11 @@ struct Taps {
 impl Taps {
     /// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for `in_size -> out_size`.
     fn new(in_size: u32, out_size: u32, keep: Range<u32>) -> Self {
-        let scale = in_size as f64 / out_size as f64;
-        let filterscale = scale.max(1.0);
-        let support = 2.0 * filterscale;
-        let inv_filterscale = 1.0 / filterscale;
+        let axis = Axis::new(in_size, out_size);
+        let inv_filterscale = 1.0 / axis.filterscale;
         let (mut first, mut weights) = (Vec::new(), Vec::new());
         for xx in keep {
-            let center = (xx as f64 + 0.5) * scale;
-            // C's (int) truncates toward zero; so does `as`.
-            let xmin = ((center - support + 0.5) as i64).max(0);
-            let xmax = ((center + support + 0.5) as i64).min(in_size as i64);
+            let (center, xmin, xmax) = axis.window(xx);
             let k: Vec<f64> = (xmin..xmax)
                 .map(|x| bicubic((x as f64 - center + 0.5) * inv_filterscale))
                 .collect();
@@ -134,11 +158,14 @@ pub struct Part {
 /// The source indices `0..in_size` that the output indices `keep` of an `in_size -> out_size`
 /// resize read: what a caller must decode of the image.
 pub fn source_span(in_size: u32, out_size: u32, keep: Range<u32>) -> Range<u32> {
-    if in_size == out_size {
+    if in_size == out_size || keep.is_empty() {
         return keep;
     }
-    let span = Taps::new(in_size, out_size, keep).span();
-    span.start as u32..span.end as u32
+    // The windows only move right: the span runs from the first's start to the last's end.
+    let axis = Axis::new(in_size, out_size);
+    let (_, start, _) = axis.window(keep.start);
+    let (_, _, end) = axis.window(keep.end - 1);
+    start as u32..end as u32
 }
 
 /// [`resize_bicubic`] of a `full_w x full_h` image of which `src` holds only `part` (at least
@@ -655,6 +682,22 @@ mod tests {
                     .collect();
                 assert_eq!(one_by_one, expected, "{in_w} -> {out_w}, {keep:?}");
             }
+        }
+    }
+
+    /// The span from the first and last windows equals the span of all the taps.
+    #[test]
+    fn source_spans_are_the_taps_spans() {
+        for (in_size, out_size, keep) in [
+            (1024, 448, 56..392),
+            (37, 19, 3..17),
+            (13, 300, 0..300),
+            (4000, 336, 10..20),
+            (5, 2, 1..2),
+        ] {
+            let taps = Taps::new(in_size, out_size, keep.clone()).span();
+            let span = source_span(in_size, out_size, keep);
+            assert_eq!(span, taps.start as u32..taps.end as u32);
         }
     }
 

@@ -36,8 +36,8 @@ pub fn check_files(paths: &[PathBuf]) -> Result<()> {
                 p.display()
             );
         }
-        if !p.is_file() {
-            bail!("image {} does not exist", p.display());
+        if let Some(why) = crate::data::not_a_file(p) {
+            bail!("image {} {why}", p.display());
         }
     }
     Ok(())
@@ -53,6 +53,8 @@ pub trait TextEncoder {
     fn encode(&self, texts: &[String]) -> Result<Tensor>;
     /// The softmax temperature (CLIP's `logit_scale.exp()`).
     fn scale(&self) -> f64;
+    /// `d`, the width of every embedding `encode` returns.
+    fn dim(&self) -> i64;
 }
 
 impl TextEncoder for Pretrained {
@@ -61,6 +63,9 @@ impl TextEncoder for Pretrained {
     }
     fn scale(&self) -> f64 {
         self.model.logit_scale().exp().double_value(&[])
+    }
+    fn dim(&self) -> i64 {
+        self.model.config.projection_dim
     }
 }
 

@@ -63,19 +63,37 @@ impl RunArgs {
 #[derive(clap::Args)]
 struct Runtime {
     /// Images per forward pass.
-    #[arg(long, default_value_t = 16, value_parser = at_least_one::<usize>)]
+    #[arg(long, default_value_t = 16, value_parser = batch_size)]
     batch_size: usize,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
 }
 
-/// A count that must be at least 1 (`--top-k 0` would print nothing).
-fn at_least_one<T: std::str::FromStr + PartialOrd + From<u8>>(s: &str) -> Result<T, String> {
-    match s.parse::<T>() {
-        Ok(n) if n >= T::from(1) => Ok(n),
-        Ok(_) => Err("must be at least 1".into()),
-        Err(_) => Err(format!("`{s}` is not a whole number")),
+/// A count from 1 to `streetclip::config::MAX_COUNT` (`--top-k 0` would print nothing; a count
+/// of 2^63 would become a negative size).
+fn at_least_one<T: std::str::FromStr + PartialOrd + From<u8> + TryFrom<u64>>(
+    s: &str,
+) -> Result<T, String> {
+    in_range(s, streetclip::config::MAX_COUNT)
+}
+
+/// Images per forward pass: 1 to `streetclip::config::MAX_BATCH`.
+fn batch_size(s: &str) -> Result<usize, String> {
+    in_range(s, streetclip::config::MAX_BATCH)
+}
+
+fn in_range<T: std::str::FromStr + PartialOrd + From<u8> + TryFrom<u64>>(
+    s: &str,
+    max: u64,
+) -> Result<T, String> {
+    let too_large = || format!("`{s}` is too large: at most {max}");
+    match (s.parse::<T>(), T::try_from(max)) {
+        (Ok(n), _) if n < T::from(1) => Err("must be at least 1".into()),
+        (Ok(n), Ok(m)) if n > m => Err(too_large()),
+        (Ok(n), _) => Ok(n),
+        (Err(_), _) if s.parse::<u128>().is_ok() => Err(too_large()),
+        (Err(_), _) => Err(format!("`{s}` is not a whole number")),
     }
 }
 

@@ -136,10 +136,37 @@ impl Pretrained {
     }
 
     /// Writes `config.json`, `model.safetensors`, the tokenizer files and
-    /// `preprocessor_config.json` into `out` (created if needed), and `head.safetensors` when the
-    /// model carries a classification head. Each file is written atomically.
+    /// `preprocessor_config.json` into the folder `out`, and `head.safetensors` when the model
+    /// carries a classification head. The folder is written whole beside `out` and swapped in
+    /// (`tensor_io::write_dir_atomic`): an interrupted export leaves the previous one or none.
     pub fn save(&self, out: &Path) -> Result<()> {
-        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+        self.save_with(out, &[], |_| Ok(()))
+    }
+
+    /// `save`, with `more` writing the files named `extra` (a fine-tune's `head.json`, a
+    /// geocell model's cells and index) into the same folder before it is swapped in.
+    pub fn save_with(
+        &self,
+        out: &Path,
+        extra: &[&str],
+        more: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<()> {
+        let mut replaceable = vec![
+            "config.json",
+            weights::WEIGHTS_FILE,
+            HEAD_FILE,
+            PREPROCESSOR_FILE,
+            crate::data::preprocess::PROCESSOR_FILE,
+        ];
+        replaceable.extend(TOKENIZER_FILES);
+        replaceable.extend(extra);
+        crate::tensor_io::write_dir_atomic(out, &replaceable, |dir| {
+            self.write_files(dir)?;
+            more(dir)
+        })
+    }
+
+    fn write_files(&self, out: &Path) -> Result<()> {
         let config = serde_json::to_vec_pretty(&self.model.config.to_hf_json())?;
         write_atomic(&out.join("config.json"), &config)?;
         // A classification head, when there is one, goes beside the model, not into it.
@@ -157,9 +184,30 @@ impl Pretrained {
         )
     }
 
+    /// Whether `dir` holds a complete export as `save` writes it: its config, its weights (every
+    /// tensor's bytes present), its preprocessing and a tokenizer. The reason when not.
+    pub fn check_export(dir: &Path) -> Result<()> {
+        let config = dir.join("config.json");
+        let text =
+            std::fs::read(&config).with_context(|| format!("cannot read {}", config.display()))?;
+        serde_json::from_slice::<serde_json::Value>(&text)
+            .with_context(|| format!("{} is not valid JSON", config.display()))?;
+        crate::tensor_io::read(&dir.join(weights::WEIGHTS_FILE))?;
+        if !dir.join(PREPROCESSOR_FILE).is_file() {
+            anyhow::bail!("{} has no {PREPROCESSOR_FILE}", dir.display());
+        }
+        if !["tokenizer.json", "vocab.json"]
+            .iter()
+            .any(|f| dir.join(f).is_file())
+        {
+            anyhow::bail!("{} has no tokenizer", dir.display());
+        }
+        Ok(())
+    }
+
     fn save_tokenizer(&self, out: &Path) -> Result<()> {
         match &self.tokenizer_dir {
-            Some(src) if src != out => {
+            Some(src) => {
                 for name in TOKENIZER_FILES.iter().filter(|f| src.join(f).is_file()) {
                     let bytes = std::fs::read(src.join(name))
                         .with_context(|| format!("cannot read {}", src.join(name).display()))?;
@@ -167,7 +215,6 @@ impl Pretrained {
                 }
                 Ok(())
             }
-            Some(_) => Ok(()),
             None => {
                 write_atomic(&out.join("tokenizer.json"), BUNDLED_TOKENIZER_JSON)?;
                 write_atomic(&out.join("tokenizer_config.json"), BUNDLED_TOKENIZER_CONFIG)
@@ -267,6 +314,11 @@ impl ExportedHead {
             .and_then(|v| serde_json::from_value(v["classes"].clone()).ok())
             .with_context(|| format!("{}: expected a \"classes\" list of names", info.display()))?;
         let k = classes.len() as i64;
+        for (name, t) in [("weight", &weight), ("bias", &bias)] {
+            if let Some(row) = crate::tensor_io::first_non_finite_row(t) {
+                anyhow::bail!("{}: {HEAD_PREFIX}.{name} holds a value that is not finite (row {row}): the head is damaged; export it again", file.display());
+            }
+        }
         if weight.size() != [k, projection_dim] || bias.size() != [k] {
             anyhow::bail!(
                 "{}: the head's weight {:?} and bias {:?} do not fit {k} classes ({}) on {projection_dim}-d embeddings",

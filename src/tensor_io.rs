@@ -38,6 +38,11 @@ fn dtype_of(kind: Kind) -> Result<Dtype> {
 
 /// Every tensor of a safetensors file, on the CPU, in the file's dtype.
 pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    Ok(read_with_metadata(path)?.0)
+}
+
+/// `read`, with the file's metadata (string pairs; empty when it has none).
+pub fn read_with_metadata(path: &Path) -> Result<(Vec<(String, Tensor)>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let st = SafeTensors::deserialize(&bytes).with_context(|| {
         format!(
@@ -58,7 +63,23 @@ pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>> {
         out.push((name, Tensor::from_data_size(view.data(), &shape, kind)));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+    let (_, header) = SafeTensors::read_metadata(&bytes)?;
+    Ok((out, header.metadata().clone().unwrap_or_default()))
+}
+
+/// The first row (the first index of dimension 0) of `t` that holds a NaN or an infinity.
+pub fn first_non_finite_row(t: &Tensor) -> Option<i64> {
+    if t.numel() == 0 {
+        return None;
+    }
+    let bad = t
+        .isfinite()
+        .logical_not()
+        .view([t.size()[0], -1])
+        .any_dim(1, false);
+    bool::try_from(bad.any())
+        .unwrap_or(true)
+        .then(|| bad.to_kind(Kind::Uint8).argmax(0, false).int64_value(&[]))
 }
 
 /// A tensor copied to contiguous CPU bytes, ready for safetensors.
@@ -105,11 +126,21 @@ impl View for &Bytes {
 /// Writes `tensors` (contiguous, on the CPU) to `path` atomically: a temporary file in the same
 /// directory, fsync, rename. Metadata `{"format": "pt"}` is what transformers expects.
 pub fn write(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    write_with_metadata(path, tensors, &[])
+}
+
+/// `write`, with `extra` metadata pairs beside `{"format": "pt"}`.
+pub fn write_with_metadata(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    extra: &[(&str, String)],
+) -> Result<()> {
     let owned = tensors
         .iter()
         .map(|(n, t)| Ok((n.clone(), Bytes::of(t)?)))
         .collect::<Result<Vec<_>>>()?;
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let mut metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    metadata.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
     let buf = safetensors::serialize(owned.iter().map(|(n, b)| (n.as_str(), b)), Some(metadata))
         .with_context(|| format!("cannot serialize tensors for {}", path.display()))?;
     write_atomic(path, &buf)
@@ -139,4 +170,162 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result.with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Fills a fresh directory beside `out` (`.NAME.tmp.PID`) with `fill`, syncs it and swaps it in
+/// for `out` whole, so a reader (or a rerun) finds the old directory or the new one, never a mix
+/// of both nor a half-written one. An existing `out` is replaced only when every entry in it is
+/// one of `replaceable` (the files such a directory holds): anything else in it would be lost, so
+/// that is an error naming it. Temporaries that dead processes left beside `out` or inside it
+/// are removed first.
+pub fn write_dir_atomic(
+    out: &Path,
+    replaceable: &[&str],
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = out
+        .file_name()
+        .with_context(|| format!("{} is not a folder path", out.display()))?
+        .to_string_lossy()
+        .into_owned();
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    remove_dead_temps(parent, Some(&name));
+    if out.exists() {
+        check_replaceable(out, replaceable)?;
+        remove_dead_temps(out, None);
+    }
+    let tmp = parent.join(format!(".{name}.tmp.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let written = std::fs::create_dir(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))
+        .and_then(|_| fill(&tmp))
+        .and_then(|_| {
+            sync_dir(&tmp);
+            swap_in(&tmp, out)
+        });
+    let _ = std::fs::remove_dir_all(&tmp);
+    written?;
+    sync_dir(parent);
+    Ok(())
+}
+
+/// Moves the complete directory `tmp` to `out`. An existing `out` is exchanged with `tmp` in one
+/// step (`renameat2(RENAME_EXCHANGE)`, so `tmp` then holds the old one); where the file system
+/// cannot, the old one is first moved aside.
+fn swap_in(tmp: &Path, out: &Path) -> Result<()> {
+    let context = || format!("cannot move the new {} into place", out.display());
+    if !out.exists() {
+        return std::fs::rename(tmp, out).with_context(context);
+    }
+    if exchange(tmp, out).is_ok() {
+        return Ok(());
+    }
+    let name = out.file_name().unwrap_or_default().to_string_lossy();
+    let aside = out.with_file_name(format!(".{name}.old.tmp.{}", std::process::id()));
+    std::fs::rename(out, &aside).with_context(context)?;
+    if let Err(e) = std::fs::rename(tmp, out) {
+        let _ = std::fs::rename(&aside, out);
+        return Err(e).with_context(context);
+    }
+    let _ = std::fs::remove_dir_all(&aside);
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c =
+        |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: two NUL-terminated paths that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    match rc {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_: &Path, _: &Path) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
+
+/// `out` may be replaced: a folder whose entries are all `replaceable` (or temporaries).
+fn check_replaceable(out: &Path, replaceable: &[&str]) -> Result<()> {
+    if !out.is_dir() {
+        bail!(
+            "{} exists and is not a folder: choose another output path",
+            out.display()
+        );
+    }
+    let entries =
+        std::fs::read_dir(out).with_context(|| format!("cannot read {}", out.display()))?;
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !replaceable.contains(&name.as_str()) && temp_owner(&name).is_none() {
+            bail!(
+                "{} already holds `{name}`, which is not part of what is written there; it would be lost when the folder is replaced: choose a new or empty folder, or move it away",
+                out.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The process id in a temporary name this crate writes (`.X.tmpPID`, `.X.tmp.PID`).
+fn temp_owner(name: &str) -> Option<i32> {
+    let (_, pid) = name.strip_prefix('.')?.rsplit_once(".tmp")?;
+    pid.trim_start_matches('.').parse().ok()
+}
+
+/// Removes the temporaries in `dir` (only those of `.NAME.` when `name` is given) whose writing
+/// process is gone: a kill -9 mid-write leaves them, and nothing else would.
+pub fn remove_dead_temps(dir: &Path, name: Option<&str>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let ours = name.is_none_or(|n| file.starts_with(&format!(".{n}.")));
+        match temp_owner(&file) {
+            Some(pid) if ours && !process_alive(pid) => {
+                let path = entry.path();
+                let _ = match path.is_dir() {
+                    true => std::fs::remove_dir_all(&path),
+                    false => std::fs::remove_file(&path),
+                };
+            }
+            _ => {}
+        }
+    }
+}
+
+fn process_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only asks whether the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// fsync of a directory, so a rename in it survives a power loss (best effort: some file systems
+/// refuse).
+pub fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
 }

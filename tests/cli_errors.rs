@@ -427,3 +427,131 @@ fn a_hub_id_is_read_from_the_local_cache_or_names_the_download_command() {
     assert!(String::from_utf8_lossy(&cached.stdout)
         .starts_with(&format!("{}\n", demo_image().display())));
 }
+
+#[test]
+fn integer_extremes_are_refused_not_wrapped() {
+    let model = fixture("tiny-p14-336");
+    let image = demo_image();
+    for value in ["9223372036854775808", "18446744073709551616", "65537"] {
+        assert_message(
+            &[
+                &"predict",
+                &"--model",
+                &model,
+                &"--labels",
+                &"a,b",
+                &"--batch-size",
+                &value,
+                &image,
+            ],
+            2,
+            &["--batch-size", "too large", "65536"],
+        );
+    }
+    let tmp = tmpdir();
+    let manifest = tmp.path().join("m.csv");
+    std::fs::write(
+        &manifest,
+        format!("image,lat,lon\n{},48.85,2.35\n", image.display()),
+    )
+    .unwrap();
+    for (section, key) in [
+        (
+            "{geocells: {neighbours: 18446744073709551615}}",
+            "geo.geocells.neighbours",
+        ),
+        ("{top_k: 10000000000}", "geo.top_k"),
+    ] {
+        let cfg = tmp.path().join("geo.yaml");
+        std::fs::write(&cfg, format!("geo: {section}\n")).unwrap();
+        assert_message(
+            &[
+                &"eval",
+                &"geo",
+                &"--model",
+                &model,
+                &"--manifest",
+                &manifest,
+                &"--config",
+                &cfg,
+            ],
+            1,
+            &[key, "at most"],
+        );
+    }
+}
+
+#[test]
+fn hostile_model_configs_are_refused_before_any_tensor_is_built() {
+    for (edit, must) in [
+        (r#""hidden_size": -768"#, "hidden_size = -768"),
+        (
+            r#""hidden_size": 1099511627776"#,
+            "hidden_size = 1099511627776",
+        ),
+        (
+            r#""num_hidden_layers": 1000000000"#,
+            "num_hidden_layers = 1000000000",
+        ),
+        (r#""num_channels": 0"#, "num_channels = 0"),
+        (r#""image_size": 0"#, "image_size = 0"),
+        (r#""projection_dim": 0"#, "projection_dim = 0"),
+        (
+            r#""num_hidden_layers": 600"#,
+            "its weights (model.safetensors) hold only",
+        ),
+    ] {
+        let tmp = model_copy();
+        let path = tmp.path().join("config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let (key, value) = edit.split_once(": ").unwrap();
+        let key = key.trim_matches('"');
+        let value: serde_json::Value = serde_json::from_str(value).unwrap();
+        let section = if key == "projection_dim" {
+            &mut config
+        } else {
+            &mut config["vision_config"]
+        };
+        section[key] = value;
+        std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+        assert_clean_failure(tmp.path(), "a,b", &demo_image(), &[must]);
+    }
+}
+
+#[test]
+fn a_zero_image_std_is_named_not_called_damaged_weights() {
+    let tmp = model_copy();
+    let path = tmp.path().join("preprocessor_config.json");
+    let mut pre: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    pre["image_std"] = serde_json::json!([0.0, 0.0, 0.0]);
+    std::fs::write(&path, serde_json::to_vec(&pre).unwrap()).unwrap();
+    assert_clean_failure(
+        tmp.path(),
+        "a,b",
+        &demo_image(),
+        &["preprocessor_config.json", "image_std", "> 0"],
+    );
+}
+
+#[test]
+fn pipes_and_devices_are_named_for_what_they_are() {
+    let model = fixture("tiny-p14-336");
+    assert_clean_failure(
+        &model,
+        "a,b",
+        Path::new("/dev/zero"),
+        &["/dev/zero", "is a device"],
+    );
+    let tmp = tmpdir();
+    let fifo = tmp.path().join("fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    assert_clean_failure(&model, "a,b", &fifo, &["fifo", "is a pipe"]);
+    assert_message(
+        &[&"eval", &"geo", &"--model", &model, &"--manifest", &fifo],
+        1,
+        &["fifo", "is a pipe"],
+    );
+}

@@ -90,6 +90,9 @@ impl TextEncoder for OneHot {
     fn scale(&self) -> f64 {
         100.0
     }
+    fn dim(&self) -> i64 {
+        self.names.len() as i64 + 1
+    }
 }
 
 fn image_like(enc: &OneHot, names: &[&str]) -> Tensor {
@@ -385,6 +388,9 @@ impl TextEncoder for Counting {
     fn scale(&self) -> f64 {
         1.0
     }
+    fn dim(&self) -> i64 {
+        2
+    }
 }
 
 #[test]
@@ -514,6 +520,7 @@ fn geocell_model(
             .map(|&(name, lat, lon)| streetclip::geo::geocells::Cell {
                 name: name.into(),
                 country: "Nigeria".into(),
+                countries: vec![],
                 regions: vec![name.into()],
                 lat,
                 lon,
@@ -610,4 +617,250 @@ fn the_index_search_is_exact_across_chunks_and_respects_the_cells() {
         Vec::<Vec<i64>>::try_from(rows).unwrap(),
         Vec::<Vec<i64>>::try_from(want_rows).unwrap()
     );
+}
+
+#[test]
+fn a_tampered_text_cache_entry_is_recomputed_not_trusted() {
+    use streetclip::eval::text_cache::CachedText;
+    let tmp = tmpdir();
+    let inner = Counting {
+        calls: Default::default(),
+    };
+    let prompts = vec![
+        "A Street View photo in France.".to_string(),
+        "A Street View photo in Japan.".to_string(),
+    ];
+    let truth = CachedText::new(&inner, "m".into(), Some(tmp.path()))
+        .encode(&prompts)
+        .unwrap();
+    let entry = std::fs::read_dir(tmp.path().join("text-embeddings"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let good = std::fs::read(&entry).unwrap();
+    let write =
+        |t: Tensor| streetclip::tensor_io::write(&entry, &[("embeddings".to_string(), t)]).unwrap();
+    let tamperings: Vec<(&str, Box<dyn Fn()>)> = vec![
+        ("NaN", Box::new(|| write(truth.full_like(f64::NAN)))),
+        ("zeros", Box::new(|| write(truth.zeros_like()))),
+        (
+            "a wrong shape",
+            Box::new(|| write(Tensor::ones([2, 3], (Kind::Float, tch::Device::Cpu)))),
+        ),
+        (
+            "three flipped exponent bits",
+            Box::new(|| {
+                let mut bytes = good.clone();
+                let n = bytes.len();
+                // The last three floats' high bytes (little-endian): sign and exponent bits.
+                for k in [1, 5, 9] {
+                    bytes[n - k] ^= 0x08;
+                }
+                std::fs::write(&entry, bytes).unwrap();
+            }),
+        ),
+    ];
+    for (what, tamper) in tamperings {
+        tamper();
+        let calls = inner.calls.get();
+        let cached = CachedText::new(&inner, "m".into(), Some(tmp.path()));
+        let got = cached.encode(&prompts).unwrap();
+        assert_eq!(max_diff(&got, &truth), 0.0, "{what}");
+        assert_eq!(
+            (inner.calls.get(), cached.misses.get()),
+            (calls + 1, 1),
+            "{what}: recomputed"
+        );
+        let reread = CachedText::new(&inner, "m".into(), Some(tmp.path()));
+        assert_eq!(max_diff(&reread.encode(&prompts).unwrap(), &truth), 0.0);
+        assert_eq!(reread.hits.get(), 1, "{what}: replaced by a good entry");
+    }
+}
+
+/// A geocell export beside a copy of the tiny model: 2 cells, an index of 3 rows.
+fn geocell_export(dir: &std::path::Path) {
+    for entry in std::fs::read_dir(fixture("tiny-p32-224")).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+    }
+    let d = 40;
+    streetclip::tensor_io::write(
+        &dir.join("head.safetensors"),
+        &[
+            (
+                "classifier_head.weight".into(),
+                Tensor::zeros([2, d], (Kind::Float, tch::Device::Cpu)),
+            ),
+            (
+                "classifier_head.bias".into(),
+                Tensor::from_slice(&[1.0f32, 0.0]),
+            ),
+        ],
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("head.json"),
+        r#"{"method": "geocells", "classes": ["Bayern, Germany", "Tokyo, Japan"]}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("geocells.json"),
+        r#"{"cells": [
+            {"name": "Bayern, Germany", "country": "Germany", "regions": ["Bayern"], "lat": 48.1, "lon": 11.6, "samples": 2},
+            {"name": "Tokyo, Japan", "country": "Japan", "regions": ["Tokyo"], "lat": 35.7, "lon": 139.7, "samples": 1}]}"#,
+    )
+    .unwrap();
+    write_index(
+        dir,
+        &[48.1, 11.6, 48.2, 11.5, 35.7, 139.7],
+        &[0, 0, 1],
+        None,
+    );
+}
+
+fn write_index(dir: &std::path::Path, coords: &[f64], cells: &[i64], embedding: Option<f32>) {
+    let n = cells.len() as i64;
+    let e = Tensor::ones([n, 40], (Kind::Float, tch::Device::Cpu)) / (40f64).sqrt();
+    let e = match embedding {
+        Some(v) => e.index_fill(0, &Tensor::from_slice(&[1i64]), v as f64),
+        None => e,
+    };
+    streetclip::tensor_io::write(
+        &dir.join("index.safetensors"),
+        &[
+            ("embeddings".into(), e.to_kind(Kind::Half)),
+            ("coords".into(), Tensor::from_slice(coords).view([n, 2])),
+            ("cells".into(), Tensor::from_slice(cells)),
+        ],
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_damaged_geocell_export_is_an_error_naming_the_file_and_row() {
+    use streetclip::eval::geocell_locate::GeocellModel;
+    let tmp = tmpdir();
+    let dir = tmp.path();
+    geocell_export(dir);
+    let clip = streetclip::pretrained::Pretrained::load(dir, tch::Device::Cpu).unwrap();
+    assert!(
+        GeocellModel::read(dir, &clip).unwrap().is_some(),
+        "the intact export reads"
+    );
+    let expect_error = |must: &[&str]| {
+        let e = format!(
+            "{:#}",
+            GeocellModel::read(dir, &clip).err().expect("an error")
+        );
+        for m in must {
+            assert!(e.contains(m), "`{m}` in: {e}");
+        }
+        geocell_export(dir);
+    };
+    let ok = [48.1, 11.6, 48.2, 11.5, 35.7, 139.7];
+    write_index(
+        dir,
+        &[48.1, 11.6, f64::NAN, 11.5, 35.7, 139.7],
+        &[0, 0, 1],
+        None,
+    );
+    expect_error(&["index.safetensors", "row 1", "coords"]);
+    write_index(
+        dir,
+        &[48.1, 11.6, 1000.0, 1000.0, 35.7, 139.7],
+        &[0, 0, 1],
+        None,
+    );
+    expect_error(&["index.safetensors", "row 1", "(1000, 1000)"]);
+    write_index(dir, &ok, &[0, 0, 7], None);
+    expect_error(&["index.safetensors", "row 2", "cell id 7"]);
+    write_index(dir, &ok, &[0, 0, 1], Some(f32::NAN));
+    expect_error(&["index.safetensors", "row 1", "embeddings", "not finite"]);
+    let cells = std::fs::read_to_string(dir.join("geocells.json")).unwrap();
+    std::fs::write(
+        dir.join("geocells.json"),
+        cells.replace("\"lat\": 35.7, \"lon\": 139.7", "\"lat\": 91, \"lon\": 540"),
+    )
+    .unwrap();
+    expect_error(&["geocells.json", "cell 1 (Tokyo, Japan)", "(91, 540)"]);
+    let head = dir.join("head.safetensors");
+    streetclip::tensor_io::write(
+        &head,
+        &[
+            (
+                "classifier_head.weight".into(),
+                Tensor::zeros([2, 40], (Kind::Float, tch::Device::Cpu)),
+            ),
+            (
+                "classifier_head.bias".into(),
+                Tensor::from_slice(&[f32::NAN, 0.0]),
+            ),
+        ],
+    )
+    .unwrap();
+    expect_error(&["head.safetensors", "not finite"]);
+}
+
+#[test]
+fn a_geocell_guess_names_the_place_it_points_at() {
+    use streetclip::config::RefineConfig;
+    use streetclip::eval::geocell_locate::GeocellLocator;
+    let g = Gazetteer::bundled().unwrap();
+    // Both cells say Nigeria, but the first one's centroid lies at Niamey, in Niger.
+    let mut model = geocell_model(
+        &[("North", 13.51, 2.11), ("South", 6.45, 3.39)],
+        &[3.0, 0.0],
+        &[
+            (vec![1.0, 0.0], (13.5, 2.1), 0),
+            (vec![0.0, 1.0], (6.5, 3.4), 1),
+        ],
+        100.0,
+    );
+    let photo = Tensor::from_slice(&[1.0f32, 0.0]).view([1, 2]);
+    let cfg = RefineConfig {
+        refine: false,
+        top_cells: 1,
+        neighbours: 1,
+    };
+    let guess = GeocellLocator::new(&model, g, cfg.clone(), 3)
+        .unwrap()
+        .locate(&photo)
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        (guess.country.as_str(), guess.country_code.as_str()),
+        ("Niger", "NE")
+    );
+    assert_eq!(guess.city.as_deref(), Some("Niamey"));
+    assert_eq!(guess.top_countries[0].label, "Nigeria");
+    let note = guess.note.expect("the contradiction is explained");
+    assert!(
+        note.contains("lies in Niger") && note.contains("Nigeria") && note.contains("North"),
+        "{note}"
+    );
+    // A cell merged across a border ranks each country by its share of the cell's samples.
+    use streetclip::geo::geocells::CountryShare;
+    model.cells[0].countries = vec![
+        CountryShare {
+            country: "Niger".into(),
+            samples: 30,
+        },
+        CountryShare {
+            country: "Nigeria".into(),
+            samples: 10,
+        },
+    ];
+    let guess = GeocellLocator::new(&model, g, cfg, 3)
+        .unwrap()
+        .locate(&photo)
+        .unwrap()
+        .remove(0);
+    // The head's softmax runs in float32.
+    let p_north = 3f64.exp() / (3f64.exp() + 1.0);
+    assert_eq!(guess.top_countries[0].label, "Niger");
+    assert!((guess.top_countries[0].probability - 0.75 * p_north).abs() < 1e-6);
+    assert!((guess.top_countries[1].probability - (0.25 * p_north + 1.0 - p_north)).abs() < 1e-6);
+    assert!(guess.note.is_none(), "no contradiction: {:?}", guess.note);
 }

@@ -141,6 +141,32 @@ fn out_of_range_numbers_are_config_errors() {
             "train.freeze={vision: true, text: true}",
             "train.freeze.vision",
         ),
+        // Integer extremes: refused by range, never wrapped into a small step count or a
+        // negative timeout.
+        ("train.epochs=558992244657865201", "train.epochs"),
+        (
+            "train.micro_batch_size=9223372036854775808",
+            "train.micro_batch_size",
+        ),
+        ("dist.timeout_s=18446744073709551615", "dist.timeout_s"),
+        (
+            "dist.heartbeat_timeout_s=18446744073709551615",
+            "dist.heartbeat_timeout_s",
+        ),
+        // Prompts that cannot tell candidates apart.
+        (
+            "geo.country_prompts=['A Street View photo.']",
+            "geo.country_prompts",
+        ),
+        (
+            "geo.city_prompts=['A photo of {town}.']",
+            "geo.city_prompts",
+        ),
+        // A typo inside an inline model config.
+        (
+            "model.config.vision_config.num_hidden_layer=1",
+            "num_hidden_layer",
+        ),
     ] {
         let out = train(&cfg, &tmp.path().join("r"), &["--set", set]);
         assert_fails_cleanly(&out, &[key]);
@@ -149,6 +175,168 @@ fn out_of_range_numbers_are_config_errors() {
         !tmp.path().join("r/checkpoints").exists(),
         "nothing may be trained"
     );
+}
+
+#[test]
+fn yaml_bombs_and_deep_keys_are_refused_without_exhausting_memory() {
+    let tmp = tmpdir();
+    let cfg = write_config(tmp.path());
+    // One 20 KB anchor repeated by 300,000 aliases: 2 MB of YAML that expands to ~6 GB.
+    let mut bomb = String::from("x: &a [");
+    bomb.push_str(&vec!["1234567890"; 2000].join(", "));
+    bomb.push_str("]\ny: [");
+    bomb.push_str(&vec!["*a"; 300_000].join(", "));
+    bomb.push_str("]\n");
+    let bomb_file = tmp.path().join("bomb.yaml");
+    std::fs::write(&bomb_file, bomb).unwrap();
+    let out = train(&bomb_file, &tmp.path().join("r"), &[]);
+    assert_fails_cleanly(&out, &["bomb.yaml", "anchors and aliases"]);
+    let deep = format!("train{}=1", ".x".repeat(20_000));
+    let out = train(&cfg, &tmp.path().join("r"), &["--set", &deep]);
+    assert_fails_cleanly(&out, &["--set train.x.x...", "dotted parts"]);
+}
+
+#[test]
+fn an_interrupted_final_export_is_redone_from_the_final_checkpoint() {
+    let tmp = tmpdir();
+    let cfg = write_config(tmp.path());
+    let run = tmp.path().join("run");
+    let first = train(&cfg, &run, &[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let export = run.join("export");
+    let weights = std::fs::read(export.join("model.safetensors")).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+    // A temporary name of a process that is gone (a kill -9 mid-write leaves such a file).
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let leftover = export.join(format!(".model.safetensors.tmp{dead}"));
+    type Damage = fn(&Path, &Path);
+    let damages: [(&str, Damage); 3] = [
+        ("killed while writing the weights", |run, export| {
+            std::fs::remove_file(run.join("summary.json")).unwrap();
+            std::fs::remove_file(export.join("model.safetensors")).unwrap();
+        }),
+        ("weights cut short, summary written", |_, export| {
+            let file = export.join("model.safetensors");
+            let bytes = std::fs::read(&file).unwrap();
+            std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+        }),
+        ("no export folder at all", |_, export| {
+            std::fs::remove_dir_all(export).unwrap();
+        }),
+    ];
+    for (what, damage) in damages {
+        damage(&run, &export);
+        if export.exists() {
+            std::fs::write(&leftover, &weights[..1000]).unwrap();
+        }
+        let again = train(&cfg, &run, &[]);
+        let err = stderr(&again);
+        assert!(again.status.success(), "{what}: {err}");
+        assert!(err.contains("exporting it again"), "{what}: {err}");
+        assert_eq!(
+            std::fs::read(export.join("model.safetensors")).unwrap(),
+            weights,
+            "{what}: the export is the final checkpoint's, bit for bit"
+        );
+        assert!(
+            !leftover.exists(),
+            "{what}: the dead process's temporary file is removed"
+        );
+        let redone: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(redone["stopped_by"], summary["stopped_by"], "{what}");
+        assert_eq!(redone["steps"], summary["steps"], "{what}");
+        assert_eq!(redone["validation"], summary["validation"], "{what}");
+    }
+    // Complete again: a rerun rewrites nothing.
+    let again = train(&cfg, &run, &[]);
+    assert!(
+        stderr(&again).contains("nothing to train"),
+        "{}",
+        stderr(&again)
+    );
+}
+
+#[test]
+fn an_export_replaces_a_model_folder_whole_or_not_at_all() {
+    let tmp = tmpdir();
+    let clip = streetclip::pretrained::Pretrained::load(&fixture("tiny-p32-224"), tch::Device::Cpu)
+        .unwrap();
+    let out = tmp.path().join("model");
+    clip.save(&out).unwrap();
+    let before: Vec<(std::ffi::OsString, Vec<u8>)> = files(&out);
+    // A failure after some files are written (a full disk, say) leaves the old folder as it was
+    // and no temporary folder beside it.
+    let failed = clip.save_with(&out, &[], |_| anyhow::bail!("no space left on device"));
+    assert!(failed.is_err());
+    assert_eq!(files(&out), before, "the old export is untouched");
+    let names: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["model"], "nothing left beside it");
+    // A dead process's half-written folder beside the target is removed by the next export.
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale = tmp.path().join(format!(".model.tmp.{dead}"));
+    std::fs::create_dir(&stale).unwrap();
+    std::fs::write(stale.join("config.json"), b"{}").unwrap();
+    clip.save(&out).unwrap();
+    assert!(!stale.exists());
+    assert_eq!(files(&out), before);
+    // A folder holding anything an export does not write is not replaced: it would be lost.
+    std::fs::write(out.join("notes.txt"), b"mine").unwrap();
+    let refused = clip.save(&out).unwrap_err();
+    assert!(format!("{refused:#}").contains("notes.txt"), "{refused:#}");
+    assert_eq!(std::fs::read(out.join("notes.txt")).unwrap(), b"mine");
+}
+
+/// Every file in `dir`, by name, with its bytes.
+fn files(dir: &Path) -> Vec<(std::ffi::OsString, Vec<u8>)> {
+    let mut all: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name(), std::fs::read(e.path()).unwrap())
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+#[test]
+fn resuming_on_changed_data_needs_consent() {
+    let tmp = tmpdir();
+    let cfg = write_config(tmp.path());
+    let run = tmp.path().join("run");
+    let first = train(&cfg, &run, &["--max-steps", "2"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    // Half the manifest gone between two invocations.
+    let manifest = tmp.path().join("scenes/manifest.csv");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let half = lines[..1 + (lines.len() - 1) / 2].join("\n") + "\n";
+    std::fs::write(&manifest, half).unwrap();
+    let refused = train(&cfg, &run, &[]);
+    assert_fails_cleanly(&refused, &["the data differs", "--allow-config-change"]);
+    assert_eq!(
+        checkpoint::list(&run.join("checkpoints")).len(),
+        1,
+        "nothing trained"
+    );
+    let accepted = train(&cfg, &run, &["--allow-config-change"]);
+    assert!(accepted.status.success(), "{}", stderr(&accepted));
+    assert!(
+        stderr(&accepted).contains("the data differs"),
+        "{}",
+        stderr(&accepted)
+    );
+    let yaml = std::fs::read_to_string(run.join("config.yaml")).unwrap();
+    assert!(yaml.contains("# the data differs"), "recorded: {yaml}");
 }
 
 #[test]

@@ -83,6 +83,9 @@ pub fn print_guesses(guesses: &[(PathBuf, Guess)], json: bool) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ");
         println!("{}\t{place} ({:.4}, {:.4})", path.display(), g.lat, g.lon);
+        if let Some(note) = &g.note {
+            println!("  note:      {note}");
+        }
         println!("  countries: {}", top(&g.top_countries));
         if !g.top_regions.is_empty() {
             println!("  regions:   {}", top(&g.top_regions));

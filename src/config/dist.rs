@@ -49,6 +49,18 @@ impl Default for DistConfig {
 }
 
 impl DistConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.timeout_s == 0 {
+            anyhow::bail!("dist.timeout_s = 0: it must be at least 1");
+        }
+        super::at_most("dist.timeout_s", self.timeout_s, super::MAX_SECONDS)?;
+        super::at_most(
+            "dist.heartbeat_timeout_s",
+            self.heartbeat_timeout_s,
+            super::MAX_SECONDS,
+        )
+    }
+
     pub fn backend_for(&self, device: tch::Device) -> Backend {
         match self.backend {
             BackendChoice::Auto if device.is_cuda() => Backend::Nccl,

@@ -101,6 +101,22 @@ pub struct GeocellsConfig {
     pub tau_km: f64,
 }
 
+impl FinetuneConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let g = &self.geocells;
+        super::at_most(
+            "finetune.geocells.min_samples",
+            g.min_samples as u64,
+            super::MAX_COUNT,
+        )?;
+        super::at_most(
+            "finetune.geocells.max_samples",
+            g.max_samples as u64,
+            super::MAX_COUNT,
+        )
+    }
+}
+
 impl Default for GeocellsConfig {
     fn default() -> Self {
         Self {

@@ -49,6 +49,45 @@ impl Default for RefineConfig {
     }
 }
 
+impl GeoConfig {
+    /// Each prompt list non-empty and each prompt naming what its stage ranks (a prompt without
+    /// `{country}` would give every country the same score), with no unknown placeholder.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (key, prompts, needed) in [
+            ("country_prompts", &self.country_prompts, "{country}"),
+            ("region_prompts", &self.region_prompts, "{region}"),
+            ("city_prompts", &self.city_prompts, "{city}"),
+        ] {
+            if prompts.is_empty() {
+                anyhow::bail!("geo.{key} is empty: give at least one prompt with {needed}");
+            }
+            for p in prompts {
+                if !p.contains(needed) {
+                    anyhow::bail!("geo.{key}: `{p}` has no {needed}, so every candidate would get the same prompt and the same score; add {needed} where the name goes");
+                }
+                let mut rest = p.as_str();
+                while let Some(open) = rest.find('{') {
+                    let close = rest[open..].find('}').map_or(rest.len(), |c| open + c + 1);
+                    let placeholder = &rest[open..close];
+                    if !["{city}", "{region}", "{country}"].contains(&placeholder) {
+                        anyhow::bail!("geo.{key}: `{p}` has the unknown placeholder `{placeholder}` (use {{city}}, {{region}}, {{country}})");
+                    }
+                    rest = &rest[close..];
+                }
+            }
+        }
+        for (key, v) in [
+            ("cities_per_country", self.cities_per_country),
+            ("top_k", self.top_k),
+            ("geocells.top_cells", self.geocells.top_cells),
+            ("geocells.neighbours", self.geocells.neighbours),
+        ] {
+            super::at_most(&format!("geo.{key}"), v as u64, super::MAX_COUNT)?;
+        }
+        Ok(())
+    }
+}
+
 impl Default for GeoConfig {
     fn default() -> Self {
         Self {

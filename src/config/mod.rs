@@ -21,6 +21,30 @@ pub use geo::{GeoConfig, RefineConfig};
 pub use optim::{OptimConfig, Schedule};
 pub use reference::commented_defaults;
 
+/// The largest count (candidates, samples per cell, steps between logs, ...) a config key or a
+/// flag accepts: far above any real use, far below where a size could overflow.
+pub const MAX_COUNT: u64 = 1_000_000;
+/// The largest batch (images per forward pass, micro-batch) a config key or a flag accepts.
+pub const MAX_BATCH: u64 = 65_536;
+/// The longest duration, in seconds, a timeout accepts (30 days).
+pub const MAX_SECONDS: u64 = 30 * 24 * 3600;
+/// Total training steps (epochs × steps per epoch) at most: 2^53, so every step count is exact
+/// as a float in logs and schedules.
+pub const MAX_STEPS: u64 = 1 << 53;
+
+/// `key = v` when `v <= max`, else an error naming the key and the limit.
+pub fn at_most(key: &str, v: u64, max: u64) -> Result<()> {
+    if v > max {
+        bail!("{key} = {v}: at most {max}");
+    }
+    Ok(())
+}
+
+/// Nodes a config document may expand to (anchors and aliases included).
+const MAX_YAML_NODES: usize = 100_000;
+/// Parts of a `--set` key (`train.freeze.vision` has three; no config key has more than four).
+const MAX_KEY_PARTS: usize = 8;
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -52,10 +76,34 @@ pub struct ModelConfig {
     pub init: Option<PathBuf>,
     /// A randomly initialised model of this preset ("ViT-B/32", ..., "ViT-L/14-336").
     pub preset: Option<String>,
-    /// A randomly initialised model of this HF `CLIPConfig` (inline).
+    /// A randomly initialised model of this HF `CLIPConfig` (inline; its keys are transformers'
+    /// names, and any other key is an error).
+    #[serde(deserialize_with = "strict_clip_config")]
+    #[schemars(with = "Option<ClipConfig>")]
     pub config: Option<ClipConfig>,
     /// cpu, cuda, cuda:N.
     pub device: String,
+}
+
+/// An inline `model.config`: unlike a `config.json` from the hub (which carries keys of other
+/// transformers versions), a key written here that CLIPConfig does not have is a typo, refused.
+fn strict_clip_config<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<ClipConfig>, D::Error> {
+    let mut unknown = Vec::new();
+    let config: Option<ClipConfig> =
+        serde_ignored::deserialize(d, |path| unknown.push(path.to_string()))?;
+    if !unknown.is_empty() {
+        return Err(serde::de::Error::custom(format!(
+            "model.config: unknown key {} (the keys are transformers' CLIPConfig names: text_config, vision_config, projection_dim, logit_scale_init_value, initializer_factor and their fields, e.g. num_hidden_layers)",
+            unknown.join(", ")
+        )));
+    }
+    if let Some(c) = &config {
+        c.validate()
+            .map_err(|e| serde::de::Error::custom(format!("model.config: {e:#}")))?;
+    }
+    Ok(config)
 }
 
 impl Default for ModelConfig {
@@ -189,18 +237,32 @@ impl Default for TrainConfig {
 
 impl TrainConfig {
     fn validate(&self) -> Result<()> {
-        for (key, v) in [
-            ("micro_batch_size", self.micro_batch_size as u64),
-            ("grad_accum_steps", self.grad_accum_steps as u64),
-            ("epochs", self.epochs),
-            ("log_every", self.log_every),
-            ("checkpoint_every", self.checkpoint_every),
-            ("keep_checkpoints", self.keep_checkpoints as u64),
+        for (key, v, max) in [
+            ("micro_batch_size", self.micro_batch_size as u64, MAX_BATCH),
+            ("grad_accum_steps", self.grad_accum_steps as u64, MAX_COUNT),
+            ("epochs", self.epochs, MAX_COUNT),
+            ("log_every", self.log_every, MAX_STEPS),
+            ("checkpoint_every", self.checkpoint_every, MAX_STEPS),
+            ("keep_checkpoints", self.keep_checkpoints as u64, MAX_COUNT),
         ] {
             if v == 0 {
                 bail!("train.{key} = 0: it must be at least 1");
             }
+            at_most(&format!("train.{key}"), v, max)?;
         }
+        at_most(
+            "train.grad_accum_steps × micro_batch_size",
+            (self.grad_accum_steps * self.micro_batch_size) as u64,
+            MAX_COUNT,
+        )?;
+        at_most("train.max_steps", self.max_steps.unwrap_or(0), MAX_STEPS)?;
+        at_most("train.eval_every", self.eval_every, MAX_STEPS)?;
+        at_most("train.profile", self.profile, MAX_COUNT)?;
+        at_most(
+            "train.freeze.last_n_blocks",
+            self.freeze.last_n_blocks.unwrap_or(0) as u64,
+            MAX_COUNT,
+        )?;
         if !(0.0..1.0).contains(&self.val_fraction) {
             bail!(
                 "train.val_fraction = {}: it must be in [0, 1)",
@@ -241,12 +303,16 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         self.optim.validate()?;
         self.data.validate()?;
+        self.geo.validate()?;
+        self.dist.validate()?;
+        self.finetune.validate()?;
         self.train.validate()
     }
 
     /// The file's own errors name its lines; an override's name the override, checked one at a
     /// time so the message points at the `--set` that is wrong.
     fn parse_with(text: &str, sets: &[String]) -> Result<Self> {
+        check_size(text)?;
         let parsed: Self = serde_yaml::from_str(text)?;
         if sets.is_empty() {
             return Ok(parsed);
@@ -277,6 +343,9 @@ fn apply_set(root: &mut Value, set: &str) -> Result<()> {
         .with_context(|| format!("--set {key}: `{raw}` is not a YAML value"))?;
     let mut node = root;
     let parts: Vec<&str> = key.split('.').collect();
+    if parts.len() > MAX_KEY_PARTS {
+        bail!("--set {}...: a key has at most {MAX_KEY_PARTS} dotted parts; `streetclip config defaults` lists every key", parts[..3].join("."));
+    }
     for (i, part) in parts.iter().enumerate() {
         let Value::Mapping(map) = node else {
             bail!("--set {key}: `{}` is not a section", parts[..i].join("."))
@@ -291,4 +360,85 @@ fn apply_set(root: &mut Value, set: &str) -> Result<()> {
             .or_insert_with(|| Value::Mapping(Default::default()));
     }
     Ok(())
+}
+
+/// Refuses a document whose anchors and aliases expand to more than `MAX_YAML_NODES` nodes
+/// before anything is built from it: a few kilobytes of YAML can otherwise expand to gigabytes.
+/// The parser replays an alias's events without copying them, so counting costs no memory.
+fn check_size(text: &str) -> Result<()> {
+    let count = std::cell::Cell::new(0);
+    match serde::de::DeserializeSeed::deserialize(
+        NodeBudget(&count),
+        serde_yaml::Deserializer::from_str(text),
+    ) {
+        Err(_) if count.get() > MAX_YAML_NODES => bail!("the document expands to more than {MAX_YAML_NODES} values (anchors and aliases repeated too often); write the values out, or fewer"),
+        // Other errors (types, syntax) are the real parse's to report, with its better message.
+        _ => Ok(()),
+    }
+}
+
+/// Counts the values of a YAML document as the deserializer visits them, failing past the limit.
+struct NodeBudget<'a>(&'a std::cell::Cell<usize>);
+
+impl NodeBudget<'_> {
+    fn take<E: serde::de::Error>(&self) -> std::result::Result<(), E> {
+        self.0.set(self.0.get() + 1);
+        match self.0.get() > MAX_YAML_NODES {
+            true => Err(E::custom("too many values")),
+            false => Ok(()),
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for NodeBudget<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NodeBudget<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any YAML value")
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> std::result::Result<(), E> {
+        self.take()
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> std::result::Result<(), E> {
+        self.take()
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> std::result::Result<(), E> {
+        self.take()
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> std::result::Result<(), E> {
+        self.take()
+    }
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> std::result::Result<(), E> {
+        self.take()
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<(), E> {
+        self.take()
+    }
+    fn visit_none<E: serde::de::Error>(self) -> std::result::Result<(), E> {
+        self.take()
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<(), A::Error> {
+        self.take()?;
+        while seq.next_element_seed(NodeBudget(self.0))?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<(), A::Error> {
+        self.take()?;
+        while map.next_key_seed(NodeBudget(self.0))?.is_some() {
+            map.next_value_seed(NodeBudget(self.0))?;
+        }
+        Ok(())
+    }
 }

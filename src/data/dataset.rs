@@ -195,14 +195,13 @@ impl Dataset {
                     }
                     let mut rows = Vec::with_capacity(records.len());
                     for r in records {
-                        if r.image.is_file() {
-                            rows.push((ImageRef::File(r.image), r.label, r.origin));
-                        } else {
-                            report.bad(
+                        match super::not_a_file(&r.image) {
+                            None => rows.push((ImageRef::File(r.image), r.label, r.origin)),
+                            Some(why) => report.bad(
                                 cfg.on_error,
                                 &r.origin,
-                                &format!("image {} does not exist", r.image.display()),
-                            )?;
+                                &format!("image {} {why}", r.image.display()),
+                            )?,
                         }
                     }
                     rows

@@ -146,8 +146,8 @@ pub type ManifestRows = (Vec<Record>, Vec<(String, String)>);
 /// Reads a `.csv` or `.jsonl` manifest. Relative image paths are taken from `image_root`, else
 /// from the manifest's folder, or its `images/` subfolder when that is where they are.
 pub fn read(path: &Path, columns: &Columns, image_root: Option<&Path>) -> Result<ManifestRows> {
-    if !path.is_file() {
-        bail!("manifest {} does not exist", path.display());
+    if let Some(why) = super::not_a_file(path) {
+        bail!("manifest {} {why}", path.display());
     }
     let dir = path.parent().unwrap_or(Path::new("."));
     let is_jsonl = matches!(

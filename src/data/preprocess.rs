@@ -130,6 +130,26 @@ impl PreprocessConfig {
         if !(1..=MAX_CROP).contains(&height) || !(1..=MAX_CROP).contains(&width) {
             bail!("crop_size {height}x{width} is outside 1..={MAX_CROP} pixels per side");
         }
+        if self.do_rescale && !(self.rescale_factor.is_finite() && self.rescale_factor > 0.0) {
+            bail!(
+                "rescale_factor {} is not a finite number > 0",
+                self.rescale_factor
+            );
+        }
+        if self.do_normalize {
+            if self.image_mean.iter().any(|m| !m.is_finite()) {
+                bail!(
+                    "image_mean {:?} holds a value that is not finite",
+                    self.image_mean
+                );
+            }
+            if self.image_std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+                bail!(
+                    "image_std {:?}: every value must be a finite number > 0 (pixels are divided by it)",
+                    self.image_std
+                );
+            }
+        }
         Ok(())
     }
 

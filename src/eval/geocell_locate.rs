@@ -25,6 +25,10 @@ pub const INDEX_FILE: &str = "index.safetensors";
 /// (B × 65,536 floats) whatever the index's size.
 const INDEX_CHUNK: i64 = 65_536;
 
+fn valid_coordinates(lat: f64, lon: f64) -> bool {
+    (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon)
+}
+
 /// Training images as the refinement searches them.
 pub struct RetrievalIndex {
     /// L2-normalised image embeddings `[N, d]`: float32 on the CPU, float16 on a GPU (as stored).
@@ -92,19 +96,46 @@ impl RetrievalIndex {
         if e.size() != [n, dim] || c.size() != [n, 2] || k.size() != [n] || n == 0 {
             bail!("{}: embeddings {:?}, coords {:?} and cells {:?} do not describe one non-empty index of {dim}-d embeddings", path.display(), e.size(), c.size(), k.size());
         }
-        let (lo, hi) = (k.min().int64_value(&[]), k.max().int64_value(&[]));
-        if lo < 0 || hi >= cells as i64 {
+        if !matches!(k.kind(), Kind::Int64 | Kind::Int | Kind::Uint8) {
             bail!(
-                "{}: cell ids {lo}..={hi} outside the {cells} cells of {CELLS_FILE}",
-                path.display()
+                "{}: `cells` is {:?}, not integers",
+                path.display(),
+                k.kind()
             );
         }
+        let damaged = |what: &str, row: i64, why: String| {
+            anyhow::anyhow!("{}: row {row} of `{what}`: {why}; the index is damaged: rebuild it with `streetclip finetune` (method geocells)", path.display())
+        };
+        if let Some(row) = crate::tensor_io::first_non_finite_row(e) {
+            return Err(damaged("embeddings", row, "a value is not finite".into()));
+        }
+        let ids = Vec::<i64>::try_from(k.to_kind(Kind::Int64))?;
+        if let Some(row) = ids.iter().position(|&c| c < 0 || c >= cells as i64) {
+            return Err(damaged(
+                "cells",
+                row as i64,
+                format!(
+                    "cell id {} is not one of the {cells} cells of {CELLS_FILE}",
+                    ids[row]
+                ),
+            ));
+        }
         let flat = Vec::<f64>::try_from(c.to_kind(Kind::Double).flatten(0, 1))?;
-        let coords = flat.chunks(2).map(|p| (p[0], p[1])).collect();
-        let cell_of = Vec::<i64>::try_from(k.to_kind(Kind::Int64))?
-            .into_iter()
-            .map(|c| c as usize)
-            .collect();
+        let coords: Vec<(f64, f64)> = flat.chunks(2).map(|p| (p[0], p[1])).collect();
+        if let Some(row) = coords
+            .iter()
+            .position(|&(lat, lon)| !valid_coordinates(lat, lon))
+        {
+            let (lat, lon) = coords[row];
+            return Err(damaged(
+                "coords",
+                row as i64,
+                format!(
+                    "({lat}, {lon}) is not a latitude in [-90, 90] and a longitude in [-180, 180]"
+                ),
+            ));
+        }
+        let cell_of = ids.into_iter().map(|c| c as usize).collect();
         Ok(Self::new(e, coords, cell_of, device))
     }
 
@@ -179,6 +210,22 @@ impl GeocellModel {
                     cells_file.display()
                 )
             })?;
+        if cells.is_empty() {
+            bail!("{}: no cells", cells_file.display());
+        }
+        if let Some((i, c)) = cells
+            .iter()
+            .enumerate()
+            .find(|(_, c)| !valid_coordinates(c.lat, c.lon))
+        {
+            bail!(
+                "{}: cell {i} ({}) is at ({}, {}), not a latitude in [-90, 90] and a longitude in [-180, 180]: the file is damaged; rebuild it with `streetclip finetune` (method geocells)",
+                cells_file.display(),
+                c.name,
+                c.lat,
+                c.lon
+            );
+        }
         let head = ExportedHead::read(dir, projection_dim)?.with_context(|| {
             format!(
                 "{} has {CELLS_FILE} but no classifier head over its cells ({})",
@@ -220,10 +267,10 @@ pub struct GeocellLocator<'a> {
     model: &'a GeocellModel,
     g: &'a Gazetteer,
     cfg: RefineConfig,
-    /// The cells' countries, sorted, and each cell's index among them (the country ranking sums
-    /// the cells' probabilities by these, per image).
+    /// The cells' countries, sorted, and each cell's share of samples in each of them (the
+    /// country ranking sums the cells' probabilities by these, per image).
     countries: Vec<&'a str>,
-    country_of: Vec<usize>,
+    country_shares: Vec<Vec<(usize, f64)>>,
     /// Candidates listed in a guess (`geo.top_k`).
     top_k: usize,
 }
@@ -242,17 +289,21 @@ impl<'a> GeocellLocator<'a> {
         let countries: Vec<&str> = model
             .cells
             .iter()
-            .map(|c| c.country.as_str())
+            .flat_map(|c| c.country_shares().into_iter().map(|(name, _)| name))
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
-        let country_of = model
+        let country_shares = model
             .cells
             .iter()
             .map(|c| {
-                countries
-                    .binary_search(&c.country.as_str())
-                    .expect("collected above")
+                c.country_shares()
+                    .into_iter()
+                    .map(|(name, share)| {
+                        let i = countries.binary_search(&name).expect("collected above");
+                        (i, share)
+                    })
+                    .collect()
             })
             .collect();
         Ok(Self {
@@ -260,7 +311,7 @@ impl<'a> GeocellLocator<'a> {
             g,
             cfg,
             countries,
-            country_of,
+            country_shares,
             top_k: top_k.max(1),
         })
     }
@@ -355,32 +406,41 @@ impl<'a> GeocellLocator<'a> {
     }
 
     /// One image's guess from its cell probabilities `p` (`order`: best first), its point and
-    /// the cell that lies in (the top cell, or the one refinement chose), which names the
-    /// country and region.
+    /// the cell that lies in (the top cell, or the one refinement chose). The country, region
+    /// and city are the point's own (reverse-geocoded, as everywhere else), never a cell's
+    /// label; where that country is not the most probable one, the guess says why.
     fn guess(&self, p: &[f64], order: &[usize], (lat, lon): (f64, f64), cell: usize) -> Guess {
         let (g, cells) = (self.g, &self.model.cells);
-        let top = &cells[cell];
         let mut by_country = vec![0.0; self.countries.len()];
-        for (&c, &q) in self.country_of.iter().zip(p) {
-            by_country[c] += q;
+        for (shares, &q) in self.country_shares.iter().zip(p) {
+            for &(c, share) in shares {
+                by_country[c] += q * share;
+            }
         }
         let countries: Vec<(&str, f64)> = best_first(&by_country)
             .into_iter()
             .map(|c| (self.countries[c], by_country[c]))
             .collect();
-        let country_index = g.country(&top.country);
-        let city = g.nearest_city(lat, lon);
+        let place = &g.cities[g.nearest_city(lat, lon)];
+        let country = &g.countries[place.country];
+        let note = (countries[0].0 != country.name).then(|| {
+            let how = match self.refines() {
+                true => "the mean of the training images nearest to the photo in",
+                false => "the centroid of",
+            };
+            format!(
+                "the guess lies in {}, not in the most probable country ({}): it is {how} the cell {}",
+                country.name, countries[0].0, cells[cell].name
+            )
+        });
         Guess {
-            country: top.country.clone(),
-            country_code: country_index
-                .map(|c| g.countries[c].iso2.clone())
-                .unwrap_or_default(),
-            region: top.regions.first().cloned(),
-            // The nearest gazetteer city to the guess, when it lies in the cell's country.
-            city: (Some(g.cities[city].country) == country_index)
-                .then(|| g.cities[city].name.clone()),
+            country: country.name.clone(),
+            country_code: country.iso2.clone(),
+            region: place.region.map(|r| g.regions[r].name.clone()),
+            city: Some(place.name.clone()),
             lat,
             lon,
+            note,
             top_countries: countries
                 .iter()
                 .take(self.top_k)
@@ -399,7 +459,7 @@ impl<'a> GeocellLocator<'a> {
                     probability: p[i],
                 })
                 .collect(),
-            country_index: country_index.unwrap_or(usize::MAX),
+            country_index: place.country,
         }
     }
 }

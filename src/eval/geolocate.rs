@@ -23,6 +23,9 @@ pub struct Guess {
     pub city: Option<String>,
     pub lat: f64,
     pub lon: f64,
+    /// Why the guess's country is not the most probable one, when it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     pub top_countries: Vec<Ranked>,
     pub top_regions: Vec<Ranked>,
     pub top_cities: Vec<Ranked>,
@@ -144,15 +147,7 @@ impl<'a, E: TextEncoder> Geolocator<'a, E> {
         cfg: GeoConfig,
         head: Option<&'a ExportedHead>,
     ) -> Result<Self> {
-        for (key, list) in [
-            ("country_prompts", &cfg.country_prompts),
-            ("region_prompts", &cfg.region_prompts),
-            ("city_prompts", &cfg.city_prompts),
-        ] {
-            if list.is_empty() {
-                bail!("geo.{key} is empty");
-            }
-        }
+        cfg.validate()?;
         let countries = match head {
             Some(head) => Stage {
                 items: head_countries(g, head)?,
@@ -323,6 +318,7 @@ impl<'a, E: TextEncoder> Geolocator<'a, E> {
                 top_regions,
                 top_cities,
                 top_cells: vec![],
+                note: None,
                 country_index: country,
             });
         }

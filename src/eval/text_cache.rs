@@ -81,12 +81,46 @@ impl<'a, E: TextEncoder> CachedText<'a, E> {
         dir.join(format!("{}.safetensors", h.finalize().to_hex()))
     }
 
-    /// A cached entry, or None when absent or unreadable (it is then recomputed and replaced).
-    fn lookup(path: &Path, n: usize) -> Option<Tensor> {
-        let tensors = crate::tensor_io::read(path).ok()?;
-        let (_, t) = tensors.into_iter().find(|(name, _)| name == "embeddings")?;
-        (t.dim() == 2 && t.size()[0] == n as i64 && t.kind() == Kind::Float).then_some(t)
+    /// The cached embeddings of `n` prompts at `path`. An entry is trusted only when its
+    /// tensor is `[n, d]` float32 for this encoder's `d`, every value finite, and its bytes hash to
+    /// the checksum stored with them; `Err` says which check failed (the entry is then
+    /// recomputed and replaced), `Ok(None)` that there is no entry.
+    fn lookup(&self, path: &Path, n: usize) -> Result<Option<Tensor>, String> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let (tensors, metadata) =
+            crate::tensor_io::read_with_metadata(path).map_err(|e| format!("{e:#}"))?;
+        let (_, t) = tensors
+            .into_iter()
+            .find(|(name, _)| name == "embeddings")
+            .ok_or("no `embeddings` tensor")?;
+        let want = [n as i64, self.inner.dim()];
+        if t.size() != want || t.kind() != Kind::Float {
+            return Err(format!(
+                "{:?} {:?} where {want:?} float32 was expected",
+                t.kind(),
+                t.size()
+            ));
+        }
+        if metadata.get(CHECKSUM_KEY) != Some(&checksum(&t)) {
+            return Err("its checksum does not match its values".into());
+        }
+        if !bool::try_from(t.isfinite().all()).unwrap_or(false) {
+            return Err("it holds values that are not finite".into());
+        }
+        Ok(Some(t))
     }
+}
+
+/// Where an entry keeps the BLAKE3 hash of its tensor's shape and bytes.
+const CHECKSUM_KEY: &str = "blake3";
+
+fn checksum(t: &Tensor) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(format!("{:?}", t.size()).as_bytes());
+    h.update(&crate::tensor_io::raw_bytes(t));
+    h.finalize().to_hex().to_string()
 }
 
 impl<E: TextEncoder> TextEncoder for CachedText<'_, E> {
@@ -95,9 +129,16 @@ impl<E: TextEncoder> TextEncoder for CachedText<'_, E> {
             return self.inner.encode(texts);
         };
         let path = self.entry(dir, texts);
-        if let Some(t) = Self::lookup(&path, texts.len()) {
-            self.hits.set(self.hits.get() + 1);
-            return Ok(t);
+        match self.lookup(&path, texts.len()) {
+            Ok(Some(t)) => {
+                self.hits.set(self.hits.get() + 1);
+                return Ok(t);
+            }
+            Ok(None) => {}
+            Err(why) => eprintln!(
+                "warning: text-embedding cache entry {} is damaged ({why}): recomputed and replaced",
+                path.display()
+            ),
         }
         self.misses.set(self.misses.get() + 1);
         let t = self.inner.encode(texts)?.to_kind(Kind::Float);
@@ -105,7 +146,11 @@ impl<E: TextEncoder> TextEncoder for CachedText<'_, E> {
         let stored = std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create {}", dir.display()))
             .and_then(|_| {
-                crate::tensor_io::write(&path, &[("embeddings".to_string(), t.shallow_clone())])
+                crate::tensor_io::write_with_metadata(
+                    &path,
+                    &[("embeddings".to_string(), t.shallow_clone())],
+                    &[(CHECKSUM_KEY, checksum(&t))],
+                )
             });
         if let Err(e) = stored {
             if !self.warned.replace(true) {
@@ -117,5 +162,9 @@ impl<E: TextEncoder> TextEncoder for CachedText<'_, E> {
 
     fn scale(&self) -> f64 {
         self.inner.scale()
+    }
+
+    fn dim(&self) -> i64 {
+        self.inner.dim()
     }
 }

@@ -294,7 +294,6 @@ fn write_export(
     (cells, sizes): (&Geocells, CellSizes),
     train: &[Located],
 ) -> Result<()> {
-    clip.save(out)?;
     let names: Vec<&String> = cells.cells.iter().map(|c| &c.name).collect();
     let info = serde_json::json!({
         "method": Method::Geocells.name(),
@@ -303,8 +302,6 @@ fn write_export(
         "tau_km": cfg.finetune.geocells.tau_km,
         "input": "L2-normalised CLIP image embeddings (CLIPModel image_embeds); logits = head.weight @ x + head.bias over the cells of geocells.json",
     });
-    write_atomic(&out.join(HEAD_INFO), &serde_json::to_vec_pretty(&info)?)?;
-    cells.write(&out.join(CELLS_FILE), sizes)?;
     eprintln!(
         "geocells: embedding {} training images for the retrieval index",
         train.len()
@@ -312,6 +309,10 @@ fn write_export(
     let paths: Vec<PathBuf> = train.iter().map(|l| l.path.clone()).collect();
     let embeddings = crate::encode::Encoder::new(clip, cfg.train.micro_batch_size).files(&paths)?;
     let coords = train.iter().map(|l| (l.lat, l.lon)).collect();
-    RetrievalIndex::new(&embeddings, coords, cells.cell_of.clone(), Device::Cpu)
-        .write(&out.join(INDEX_FILE))
+    let index = RetrievalIndex::new(&embeddings, coords, cells.cell_of.clone(), Device::Cpu);
+    clip.save_with(out, &[HEAD_INFO, CELLS_FILE, INDEX_FILE], |out| {
+        write_atomic(&out.join(HEAD_INFO), &serde_json::to_vec_pretty(&info)?)?;
+        cells.write(&out.join(CELLS_FILE), sizes)?;
+        index.write(&out.join(INDEX_FILE))
+    })
 }

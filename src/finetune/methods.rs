@@ -243,7 +243,6 @@ impl FinetuneRun<'_> {
         method: Method,
         alpha: Option<f64>,
     ) -> Result<()> {
-        clip.save(dir)?;
         let info = serde_json::json!({
             "method": method.name(),
             "classes": self.splits.classes,
@@ -252,7 +251,9 @@ impl FinetuneRun<'_> {
             "input": "L2-normalised CLIP image embeddings (CLIPModel image_embeds); logits = head.weight @ x + head.bias",
             "wise_ft_alpha": alpha,
         });
-        write_atomic(&dir.join(HEAD_INFO), &serde_json::to_vec_pretty(&info)?)
+        clip.save_with(dir, &[HEAD_INFO], |dir| {
+            write_atomic(&dir.join(HEAD_INFO), &serde_json::to_vec_pretty(&info)?)
+        })
     }
 
     fn result(

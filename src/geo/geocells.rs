@@ -25,15 +25,43 @@ pub struct CellSizes {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cell {
     /// "Bayern, Germany" (GeoNames' admin-1 name), "Bayern, Germany #2" for the second cluster
-    /// of a split region.
+    /// of a split region; a cell that small regions joined says so: "Bayern, Germany (+1
+    /// region)", and "Agder, Norway (+2 regions; merged across borders with Sweden)" when a
+    /// country had too few samples for a cell of its own.
     pub name: String,
+    /// The country of most of its samples.
     pub country: String,
+    /// Its samples by country, most first (several only in a cell merged across borders; empty
+    /// in files written before this was recorded, where every sample counts for `country`).
+    #[serde(default)]
+    pub countries: Vec<CountryShare>,
     /// The admin-1 regions merged into this cell (one unless small ones joined it).
     pub regions: Vec<String>,
     /// The members' mean on the unit sphere, in degrees.
     pub lat: f64,
     pub lon: f64,
     pub samples: usize,
+}
+
+/// How many of a cell's samples lie in a country.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CountryShare {
+    pub country: String,
+    pub samples: usize,
+}
+
+impl Cell {
+    /// The share of the cell's samples in each of its countries, most first.
+    pub fn country_shares(&self) -> Vec<(&str, f64)> {
+        if self.countries.is_empty() {
+            return vec![(self.country.as_str(), 1.0)];
+        }
+        let total: usize = self.countries.iter().map(|c| c.samples).sum();
+        self.countries
+            .iter()
+            .map(|c| (c.country.as_str(), c.samples as f64 / total.max(1) as f64))
+            .collect()
+    }
 }
 
 /// The cells and each input point's cell.
@@ -84,9 +112,13 @@ impl Geocells {
 
 /// A cell under construction: its members and the sum of their unit vectors.
 struct Group {
+    /// The country of the region it started as (same-country merges look for it).
     country: usize,
+    /// The region it started as: "Bayern, Germany".
     name: String,
     regions: Vec<String>,
+    /// How many other groups were merged into it.
+    joined: usize,
     members: Vec<usize>,
     sum: [f64; 3],
 }
@@ -117,16 +149,16 @@ pub fn build(g: &Gazetteer, points: &[(f64, f64)], sizes: CellSizes) -> Result<G
         );
     }
     let vectors: Vec<[f64; 3]> = points.iter().map(|&(la, lo)| unit_vector(la, lo)).collect();
-    let mut groups = regions(g, points, &vectors);
+    let (mut groups, country_of) = regions(g, points, &vectors);
     merge_small(&mut groups, sizes.min_samples);
     let mut cells = Vec::new();
     let mut cell_of = vec![usize::MAX; points.len()];
+    let mut stuck = 0;
     for (i, group) in groups.iter().enumerate() {
         let seed = sizes.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        for (k, members) in split(group, &vectors, sizes.max_samples, seed)
-            .into_iter()
-            .enumerate()
-        {
+        let (clusters, unsplittable) = split(group, &vectors, sizes.max_samples, seed);
+        stuck += unsplittable;
+        for (k, members) in clusters.into_iter().enumerate() {
             let mut sum = [0.0; 3];
             for &m in &members {
                 add(&mut sum, vectors[m]);
@@ -138,9 +170,15 @@ pub fn build(g: &Gazetteer, points: &[(f64, f64)], sizes: CellSizes) -> Result<G
             } else {
                 format!(" #{}", k + 1)
             };
+            let countries = country_counts(g, members.iter().map(|&m| country_of[m]));
             cells.push(Cell {
-                name: format!("{}{suffix}", group.name),
-                country: g.countries[group.country].name.clone(),
+                name: format!(
+                    "{}{suffix}{}",
+                    group.name,
+                    merged_note(g, group, &countries)
+                ),
+                country: countries[0].country.clone(),
+                countries,
                 regions: group.regions.clone(),
                 lat,
                 lon,
@@ -148,12 +186,55 @@ pub fn build(g: &Gazetteer, points: &[(f64, f64)], sizes: CellSizes) -> Result<G
             });
         }
     }
+    if stuck > 0 {
+        eprintln!(
+            "warning: geocells: {stuck} samples lie on shared points in groups larger than max_samples ({}) and cannot be split; their cells are larger (identical coordinates?)",
+            sizes.max_samples
+        );
+    }
     Ok(Geocells { cells, cell_of })
 }
 
+/// Samples per country of `countries` (gazetteer indices), most first (ties by name).
+fn country_counts(g: &Gazetteer, countries: impl Iterator<Item = usize>) -> Vec<CountryShare> {
+    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    for c in countries {
+        *counts.entry(g.countries[c].name.as_str()).or_default() += 1;
+    }
+    let mut shares: Vec<CountryShare> = counts
+        .into_iter()
+        .map(|(country, samples)| CountryShare {
+            country: country.to_string(),
+            samples,
+        })
+        .collect();
+    shares.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.country.cmp(&b.country)));
+    shares
+}
+
+/// What a cell's name adds when small regions joined it: how many, and the other countries
+/// when they came from across a border.
+fn merged_note(g: &Gazetteer, group: &Group, countries: &[CountryShare]) -> String {
+    let own = g.countries[group.country].name.as_str();
+    let others: Vec<&str> = countries
+        .iter()
+        .map(|c| c.country.as_str())
+        .filter(|&c| c != own)
+        .collect();
+    match (group.joined, others.is_empty()) {
+        (0, true) => String::new(),
+        (n, true) => format!(" (+{n} region{})", if n == 1 { "" } else { "s" }),
+        (n, false) => format!(
+            " (+{n} region{}; merged across borders with {})",
+            if n == 1 { "" } else { "s" },
+            others.join(", ")
+        ),
+    }
+}
+
 /// One group per (country, admin-1 region) of the points' nearest cities (looked up on every
-/// core), in gazetteer order.
-fn regions(g: &Gazetteer, points: &[(f64, f64)], vectors: &[[f64; 3]]) -> Vec<Group> {
+/// core), in gazetteer order, and each point's country.
+fn regions(g: &Gazetteer, points: &[(f64, f64)], vectors: &[[f64; 3]]) -> (Vec<Group>, Vec<usize>) {
     use rayon::prelude::*;
     let nearest: Vec<usize> = points
         .par_iter()
@@ -173,6 +254,7 @@ fn regions(g: &Gazetteer, points: &[(f64, f64)], vectors: &[[f64; 3]]) -> Vec<Gr
                         .as_ref()
                         .map_or(country.clone(), |r| format!("{r}, {country}")),
                     regions: region.into_iter().collect(),
+                    joined: 0,
                     members: Vec::new(),
                     sum: [0.0; 3],
                 }
@@ -180,7 +262,8 @@ fn regions(g: &Gazetteer, points: &[(f64, f64)], vectors: &[[f64; 3]]) -> Vec<Gr
         group.members.push(i);
         add(&mut group.sum, vectors[i]);
     }
-    by_key.into_values().collect()
+    let country_of = nearest.iter().map(|&c| g.cities[c].country).collect();
+    (by_key.into_values().collect(), country_of)
 }
 
 /// Merges the smallest group under `min` into its nearest neighbour (same country first) until
@@ -215,57 +298,70 @@ fn merge_small(groups: &mut Vec<Group>, min: usize) {
         t.members.extend(merged.members);
         add(&mut t.sum, merged.sum);
         t.regions.extend(merged.regions);
+        t.joined += 1 + merged.joined;
     }
 }
 
-/// The group's members in ceil(n / max) spherical k-means clusters (k-means++ initialisation
-/// from `seed`), largest first, empty ones dropped; one cluster when it is small enough.
-fn split(group: &Group, vectors: &[[f64; 3]], max: usize, seed: u64) -> Vec<Vec<usize>> {
-    let n = group.members.len();
-    let k = n.div_ceil(max);
-    if k <= 1 {
-        return vec![group.members.clone()];
-    }
-    let points: Vec<[f64; 3]> = group.members.iter().map(|&m| vectors[m]).collect();
+/// The group's members in clusters of at most `max`, largest first: bisected by spherical
+/// 2-means (k-means++ seeding from `seed`) until every part fits, so a region of n points costs
+/// O(n log(n / max)) rather than k-means' O(n · n / max) per iteration. The second value counts
+/// the members that could not be split because they lie at one point (their cluster is larger
+/// than `max`).
+fn split(group: &Group, vectors: &[[f64; 3]], max: usize, seed: u64) -> (Vec<Vec<usize>>, usize) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut centres = vec![points[rng.random_range(0..n)]];
-    while centres.len() < k {
-        // k-means++: the next centre with probability ∝ squared chord distance to the nearest.
-        let d2: Vec<f64> = points
-            .iter()
-            .map(|p| {
-                centres
-                    .iter()
-                    .map(|c| 2.0 - 2.0 * dot(*p, *c))
-                    .fold(f64::INFINITY, f64::min)
-                    .max(0.0)
-            })
-            .collect();
-        let total: f64 = d2.iter().sum();
-        let mut r = rng.random::<f64>() * total;
-        let pick = d2.iter().position(|&d| {
-            r -= d;
-            r <= 0.0
-        });
-        centres.push(points[pick.unwrap_or(n - 1)]);
+    let (mut done, mut todo, mut stuck) = (Vec::new(), vec![group.members.clone()], 0);
+    while let Some(members) = todo.pop() {
+        if members.len() <= max {
+            done.push(members);
+            continue;
+        }
+        match bisect(&members, vectors, &mut rng) {
+            Some((a, b)) => todo.extend([a, b]),
+            None => {
+                stuck += members.len();
+                done.push(members);
+            }
+        }
     }
-    let mut assign = vec![0usize; n];
+    done.sort_by(|a, b| b.len().cmp(&a.len()).then(a[0].cmp(&b[0])));
+    (done, stuck)
+}
+
+/// Two non-empty halves of `members` by spherical 2-means, or None when they all lie at one point.
+fn bisect(
+    members: &[usize],
+    vectors: &[[f64; 3]],
+    rng: &mut ChaCha8Rng,
+) -> Option<(Vec<usize>, Vec<usize>)> {
+    let points: Vec<[f64; 3]> = members.iter().map(|&m| vectors[m]).collect();
+    let first = points[rng.random_range(0..points.len())];
+    // k-means++: the second centre with probability ∝ squared chord distance to the first.
+    let d2: Vec<f64> = points
+        .iter()
+        .map(|p| (2.0 - 2.0 * dot(*p, first)).max(0.0))
+        .collect();
+    let total: f64 = d2.iter().sum();
+    if total <= 0.0 {
+        return None;
+    }
+    let mut r = rng.random::<f64>() * total;
+    let pick = d2.iter().position(|&d| {
+        r -= d;
+        r <= 0.0 && d > 0.0
+    });
+    let mut centres = [
+        first,
+        points[pick.unwrap_or_else(|| d2.iter().rposition(|&d| d > 0.0).expect("total > 0"))],
+    ];
+    let mut side = vec![false; points.len()];
     for _ in 0..100 {
         let mut changed = false;
+        let mut sums = [[0.0; 3]; 2];
         for (i, p) in points.iter().enumerate() {
-            let best = (0..k)
-                .max_by(|&a, &b| {
-                    dot(*p, centres[a])
-                        .total_cmp(&dot(*p, centres[b]))
-                        .then(b.cmp(&a))
-                })
-                .expect("k > 1");
-            changed |= best != assign[i];
-            assign[i] = best;
-        }
-        let mut sums = vec![[0.0; 3]; k];
-        for (i, p) in points.iter().enumerate() {
-            add(&mut sums[assign[i]], *p);
+            let second = dot(*p, centres[1]) > dot(*p, centres[0]);
+            changed |= second != side[i];
+            side[i] = second;
+            add(&mut sums[usize::from(second)], *p);
         }
         for (c, s) in centres.iter_mut().zip(sums) {
             if s != [0.0; 3] {
@@ -276,13 +372,20 @@ fn split(group: &Group, vectors: &[[f64; 3]], max: usize, seed: u64) -> Vec<Vec<
             break;
         }
     }
-    let mut clusters = vec![Vec::new(); k];
-    for (i, &a) in assign.iter().enumerate() {
-        clusters[a].push(group.members[i]);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for (i, &m) in members.iter().enumerate() {
+        if side[i] {
+            b.push(m)
+        } else {
+            a.push(m)
+        }
     }
-    clusters.retain(|c| !c.is_empty());
-    clusters.sort_by(|a, b| b.len().cmp(&a.len()).then(a[0].cmp(&b[0])));
-    clusters
+    if a.is_empty() || b.is_empty() {
+        // Distinct points always fall on both sides of their own centres; guard all the same.
+        let half = members.len() / 2;
+        return Some((members[..half].to_vec(), members[half..].to_vec()));
+    }
+    Some((a, b))
 }
 
 #[cfg(test)]
@@ -336,7 +439,8 @@ mod tests {
         assert_eq!(munich.country, "Germany");
         assert_eq!(munich.samples, 65, "Stuttgart's five joined Munich's cell");
         assert_eq!(munich.regions.len(), 2);
-        assert!(munich.name.starts_with("Bayern"), "{}", munich.name);
+        assert_eq!(munich.name, "Bayern, Germany (+1 region)");
+        assert_eq!(munich.countries.len(), 1, "{:?}", munich.countries);
         assert_eq!(
             cells.cell_of[124], cells.cell_of[0],
             "a Stuttgart sample is in Munich's cell"
@@ -358,6 +462,39 @@ mod tests {
             "Luxembourg joined Brussels"
         );
         assert_ne!(cells.cell_of[0], cells.cell_of[60]);
+        // The merged cell says so, and counts each country's samples.
+        let merged = &cells.cells[cells.cell_of[0]];
+        assert!(
+            merged
+                .name
+                .ends_with("(+1 region; merged across borders with Luxembourg)"),
+            "{}",
+            merged.name
+        );
+        assert_eq!(merged.country, "Belgium");
+        let shares: Vec<(&str, usize)> = merged
+            .countries
+            .iter()
+            .map(|c| (c.country.as_str(), c.samples))
+            .collect();
+        assert_eq!(shares, [("Belgium", 50), ("Luxembourg", 4)]);
+    }
+
+    #[test]
+    fn identical_points_are_one_cell_and_large_regions_split_below_the_limit() {
+        let g = Gazetteer::bundled().unwrap();
+        // 40,000 photos at one point cannot be split: one cell (with a warning), at once.
+        let same = vec![(48.14, 11.58); 40_000];
+        let cells = build(g, &same, sizes(1, 40)).unwrap();
+        assert_eq!(cells.cells.len(), 1);
+        assert_eq!(cells.cells[0].samples, 40_000);
+        // A region of 20,000 spread points with at most 100 per cell: every cell within the
+        // limit, each a contiguous part (no cell is empty).
+        let spread = around(48.14, 11.58, 20_000, 0.5);
+        let cells = build(g, &spread, sizes(1, 100)).unwrap();
+        check_partition(&cells, spread.len());
+        assert!(cells.cells.iter().all(|c| c.samples <= 100));
+        assert!(cells.cells.len() >= 200, "{}", cells.cells.len());
     }
 
     #[test]

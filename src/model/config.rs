@@ -134,6 +134,9 @@ pub struct ClipConfig {
     pub initializer_factor: f64,
 }
 
+/// The most parameters a config may describe: four times ViT-bigG/14's.
+pub const MAX_PARAMETERS: f64 = 1e10;
+
 fn default_projection_dim() -> i64 {
     512
 }
@@ -156,9 +159,68 @@ impl ClipConfig {
         Ok(cfg)
     }
 
+    /// Every architecture field in a range a real CLIP can have, the fields consistent with each
+    /// other, and the whole at most `MAX_PARAMETERS`, before any tensor is built from it: a
+    /// negative width, 10^9 layers or a zero projection would otherwise panic, abort on
+    /// allocation or train at a constant loss.
     pub fn validate(&self) -> Result<()> {
         let t = &self.text_config;
         let v = &self.vision_config;
+        let width = 1 << 16;
+        for (key, value, max) in [
+            ("text_config.vocab_size", t.vocab_size, 1 << 24),
+            ("text_config.hidden_size", t.hidden_size, width),
+            (
+                "text_config.intermediate_size",
+                t.intermediate_size,
+                4 * width,
+            ),
+            ("text_config.num_hidden_layers", t.num_hidden_layers, 1024),
+            (
+                "text_config.num_attention_heads",
+                t.num_attention_heads,
+                width,
+            ),
+            (
+                "text_config.max_position_embeddings",
+                t.max_position_embeddings,
+                width,
+            ),
+            ("vision_config.hidden_size", v.hidden_size, width),
+            (
+                "vision_config.intermediate_size",
+                v.intermediate_size,
+                4 * width,
+            ),
+            ("vision_config.num_hidden_layers", v.num_hidden_layers, 1024),
+            (
+                "vision_config.num_attention_heads",
+                v.num_attention_heads,
+                width,
+            ),
+            ("vision_config.num_channels", v.num_channels, 64),
+            ("vision_config.image_size", v.image_size, width),
+            ("vision_config.patch_size", v.patch_size, width),
+            ("projection_dim", self.projection_dim, width),
+        ] {
+            if !(1..=max).contains(&value) {
+                bail!("{key} = {value}: it must be between 1 and {max}");
+            }
+        }
+        for (key, value) in [
+            ("text_config.layer_norm_eps", t.layer_norm_eps),
+            ("vision_config.layer_norm_eps", v.layer_norm_eps),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                bail!("{key} = {value}: it must be a finite number > 0");
+            }
+        }
+        if !self.logit_scale_init_value.is_finite() {
+            bail!(
+                "logit_scale_init_value = {}: it must be finite",
+                self.logit_scale_init_value
+            );
+        }
         if t.hidden_size % t.num_attention_heads != 0 {
             bail!(
                 "text hidden_size {} is not divisible by num_attention_heads {}",
@@ -180,7 +242,31 @@ impl ClipConfig {
                 v.patch_size
             );
         }
+        let n = self.parameter_count();
+        if n > MAX_PARAMETERS {
+            bail!("the config describes {n:.3e} parameters, more than the {MAX_PARAMETERS:.0e} any CLIP has (ViT-bigG/14: 2.5e9)");
+        }
         Ok(())
+    }
+
+    /// How many parameters the model has (as a float: the fields may be hostile and large).
+    pub fn parameter_count(&self) -> f64 {
+        let (t, v) = (&self.text_config, &self.vision_config);
+        let f = |x: i64| x as f64;
+        let block = |h: f64, i: f64| 4.0 * (h * h + h) + 2.0 * h * i + i + h + 4.0 * h;
+        let text = f(t.vocab_size) * f(t.hidden_size)
+            + f(t.max_position_embeddings) * f(t.hidden_size)
+            + f(t.num_hidden_layers) * block(f(t.hidden_size), f(t.intermediate_size))
+            + 2.0 * f(t.hidden_size)
+            + f(t.hidden_size) * f(self.projection_dim);
+        let patch = f(v.num_channels) * f(v.patch_size) * f(v.patch_size) * f(v.hidden_size);
+        let positions = (f(v.image_size) / f(v.patch_size)).powi(2) + 1.0;
+        let vision = patch
+            + (positions + 1.0) * f(v.hidden_size)
+            + f(v.num_hidden_layers) * block(f(v.hidden_size), f(v.intermediate_size))
+            + 4.0 * f(v.hidden_size)
+            + f(v.hidden_size) * f(self.projection_dim);
+        text + vision + 1.0
     }
 
     /// The JSON transformers expects in a model directory (`CLIPModel.from_pretrained`).

@@ -19,7 +19,29 @@ pub fn read_config(dir: &Path) -> Result<ClipConfig> {
     if !dir.is_dir() {
         bail!("model directory {} does not exist (expected a Hugging Face CLIP directory with config.json and model.safetensors)", dir.display());
     }
-    ClipConfig::from_file(&dir.join("config.json"))
+    let config = ClipConfig::from_file(&dir.join("config.json"))?;
+    // A config far larger than its weights (a hostile or mismatched config.json) would allocate
+    // the model before the mismatch is seen: at least one byte per parameter must be there.
+    if let Ok(files) = weight_files(dir) {
+        let bytes: u64 = files
+            .iter()
+            .filter_map(|f| std::fs::metadata(f).ok())
+            .map(|m| m.len())
+            .sum();
+        let parameters = config.parameter_count();
+        if parameters > bytes as f64 {
+            let names: Vec<String> = files
+                .iter()
+                .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .collect();
+            bail!(
+                "{}: config.json describes {parameters:.3e} parameters, but its weights ({}) hold only {bytes} bytes: they are truncated, or the config does not belong to them",
+                dir.display(),
+                names.join(", ")
+            );
+        }
+    }
+    Ok(config)
 }
 
 /// The files holding a checkpoint: `model.safetensors` or the shards its index names, else

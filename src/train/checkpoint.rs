@@ -31,18 +31,15 @@ pub struct TrainState {
     pub skipped_steps: u64,
     /// Samples the loader left out (unreadable images).
     pub skipped_samples: u64,
+    /// What the run trains and validates on (absent in checkpoints written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<super::config_change::DataFingerprint>,
 }
 
 const PREFIX: &str = "step-";
 
 fn dir_name(step: u64) -> String {
     format!("{PREFIX}{step:08}")
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
 }
 
 /// What a checkpoint holds, copied off the device and away from the tensors training goes on
@@ -119,11 +116,11 @@ impl Snapshot {
             &tmp.join(CHECKSUMS),
             &serde_json::to_vec_pretty(&checksums(&tmp)?)?,
         )?;
-        sync_dir(&tmp);
+        tensor_io::sync_dir(&tmp);
         let _ = std::fs::remove_dir_all(&final_dir);
         std::fs::rename(&tmp, &final_dir)
             .with_context(|| format!("cannot move checkpoint into {}", final_dir.display()))?;
-        sync_dir(root);
+        tensor_io::sync_dir(root);
         let all = list(root);
         for old in all.iter().take(all.len().saturating_sub(keep.max(1))) {
             let _ = std::fs::remove_dir_all(old);

@@ -6,7 +6,9 @@
 //! would silently make the result neither the old run nor a new one, so it is refused unless the
 //! user accepts it (`--allow-config-change`), and then listed in the log and in `config.yaml`.
 
+use crate::data::dataset::Sample;
 use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 use std::collections::BTreeMap;
 
@@ -126,4 +128,62 @@ mod tests {
             .contains("optim.lr"));
         assert!(result_changes(old, old).unwrap().is_empty());
     }
+}
+
+/// What determines the sample order and the split: every training and validation sample's
+/// image (file path, or shard, member, offset and length) and label, in order, hashed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataFingerprint {
+    pub blake3: String,
+    pub train_samples: usize,
+    pub val_samples: usize,
+}
+
+impl DataFingerprint {
+    pub fn of(train: &[Sample], val: &[Sample]) -> Self {
+        let mut h = blake3::Hasher::new();
+        for (part, samples) in [("train", train), ("val", val)] {
+            h.update(format!("{part} {}\n", samples.len()).as_bytes());
+            for s in samples {
+                let row = format!("{}\t{:?}", s.image, s.place);
+                h.update(&(row.len() as u64).to_le_bytes());
+                h.update(row.as_bytes());
+            }
+        }
+        Self {
+            blake3: h.finalize().to_hex().to_string(),
+            train_samples: train.len(),
+            val_samples: val.len(),
+        }
+    }
+}
+
+/// Refuses resuming on data other than the run's (rows added, removed, reordered or relabelled:
+/// the sample order, the split and the schedule would all change) unless `allowed`; returns the
+/// note to log and record when allowed.
+pub fn check_data(
+    saved: Option<&DataFingerprint>,
+    now: &DataFingerprint,
+    allowed: bool,
+    step: u64,
+) -> Result<Option<String>> {
+    let Some(saved) = saved.filter(|s| *s != now) else {
+        return Ok(None);
+    };
+    let what = format!(
+        "the data differs from the data this run was trained on until step {step} ({} training and {} validation samples then, {} and {} now{})",
+        saved.train_samples,
+        saved.val_samples,
+        now.train_samples,
+        now.val_samples,
+        if (saved.train_samples, saved.val_samples) == (now.train_samples, now.val_samples) {
+            "; rows changed, moved or were relabelled"
+        } else {
+            ""
+        }
+    );
+    if !allowed {
+        bail!("{what}: the sample order, the validation split and the schedule would change; restore the data, choose a new --out, or pass --allow-config-change to resume on the new data");
+    }
+    Ok(Some(format!("{what}; accepted (--allow-config-change)")))
 }

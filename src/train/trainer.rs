@@ -5,7 +5,7 @@
 //! validates, exports and writes the summary. Rank 0 alone (`is_main`) writes anything.
 
 use super::checkpoint::{self, TrainState};
-use super::config_change;
+use super::config_change::{self, DataFingerprint};
 use super::logger::{MetricSink, Progress, TensorBoard};
 use super::objective::Objective;
 use super::optim::AdamW;
@@ -363,7 +363,10 @@ impl<'a> Trainer<'a> {
                 t.grad_accum_steps
             );
         }
-        let total_steps = steps_per_epoch * t.epochs;
+        let total_steps = steps_per_epoch
+            .checked_mul(t.epochs)
+            .filter(|&n| n <= crate::config::MAX_STEPS)
+            .with_context(|| format!("train.epochs = {} x {steps_per_epoch} steps per epoch is more than {} steps: lower train.epochs", t.epochs, crate::config::MAX_STEPS))?;
         let stop_at = run
             .options
             .max_steps
@@ -375,7 +378,8 @@ impl<'a> Trainer<'a> {
         if dist.is_main() {
             checkpoint::remove_partial(&root);
         }
-        let state = resume(run, &root, &mut clip, &mut opt)?;
+        let data = DataFingerprint::of(&train_samples, &val_samples);
+        let state = resume(run, &root, &mut clip, &mut opt, data)?;
         let checkpoints = Checkpoints {
             writer: checkpoint::Writer::new(root.clone(), t.keep_checkpoints),
             root,
@@ -745,6 +749,21 @@ impl<'a> Trainer<'a> {
         self.count_skips(&dropped);
         self.save_checkpoint()?;
         self.checkpoints.wait()?;
+        let summary = self.conclude(reason)?;
+        // Nobody leaves while rank 0 still writes: a launcher would read an early exit as the end.
+        self.run.dist.final_barrier()?;
+        match reason {
+            StopReason::Signal { signal } => Err(Interrupted { signal }.into()),
+            StopReason::DataExhausted => bail!(
+                "the data ran out at step {} of {}: {} unreadable samples (listed above) left too few for full batches; fix or remove them and rerun to resume (state saved in {})",
+                self.state.step, self.total_steps, self.state.skipped_samples, self.checkpoints.root.display()
+            ),
+            _ => Ok((summary, self.clip)),
+        }
+    }
+
+    /// Validates and exports as `reason` allows and writes `summary.json` (rank 0).
+    fn conclude(&mut self, reason: StopReason) -> Result<Summary> {
         let main = self.run.dist.is_main();
         let mut export = None;
         if matches!(
@@ -778,16 +797,7 @@ impl<'a> Trainer<'a> {
                 &serde_json::to_vec_pretty(&summary)?,
             )?;
         }
-        // Nobody leaves while rank 0 still writes: a launcher would read an early exit as the end.
-        self.run.dist.final_barrier()?;
-        match reason {
-            StopReason::Signal { signal } => Err(Interrupted { signal }.into()),
-            StopReason::DataExhausted => bail!(
-                "the data ran out at step {} of {}: {} unreadable samples (listed above) left too few for full batches; fix or remove them and rerun to resume (state saved in {})",
-                self.state.step, self.total_steps, self.state.skipped_samples, self.checkpoints.root.display()
-            ),
-            _ => Ok((summary, self.clip)),
-        }
+        Ok(summary)
     }
 
     fn summary(&self, stopped_by: StopReason, export: Option<PathBuf>) -> Summary {
@@ -809,23 +819,46 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    /// A rerun of a run already at its stopping step: nothing is trained or rewritten.
-    fn nothing_to_do(self) -> Result<(Summary, Pretrained)> {
+    /// A rerun of a run already at its stopping step: nothing is trained. A finished run is
+    /// recognised by its complete export and its summary; when either is missing or incomplete
+    /// (the run was killed or ran out of disk while writing them) both are written again from
+    /// the final checkpoint. Otherwise nothing is rewritten.
+    fn nothing_to_do(mut self) -> Result<(Summary, Pretrained)> {
         let out = self.run.out;
-        if self.run.dist.is_main() {
-            eprintln!("{} is already at step {} of {} (stopping at {}): nothing to train; its summary.json and export are left as they are", out.display(), self.state.step, self.total_steps, self.stop_at);
-        }
-        let previous = std::fs::read(out.join("summary.json"))
+        let finished = self.state.step >= self.total_steps;
+        let previous: Option<Summary> = std::fs::read(out.join("summary.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
-        let reason = if self.state.step >= self.total_steps {
-            StopReason::EndOfTraining
-        } else {
-            StopReason::MaxSteps {
-                at: self.state.step,
+        let incomplete = match &previous {
+            _ if !finished => None,
+            Some(s) if s.stopped_by == StopReason::EndOfTraining => {
+                Pretrained::check_export(&out.join("export"))
+                    .err()
+                    .map(|e| format!("its export is incomplete ({e:#})"))
+            }
+            _ => Some("its summary.json is missing or does not record the end of training".into()),
+        };
+        let main = self.run.dist.is_main();
+        let summary = match (incomplete, previous) {
+            (Some(why), _) => {
+                if main {
+                    eprintln!("{} finished training at step {} but {why}: exporting it again from its final checkpoint", out.display(), self.state.step);
+                }
+                self.conclude(StopReason::EndOfTraining)?
+            }
+            (None, previous) => {
+                if main {
+                    eprintln!("{} is already at step {} of {} (stopping at {}): nothing to train; its summary.json and export are complete and left as they are", out.display(), self.state.step, self.total_steps, self.stop_at);
+                }
+                let reason = match finished {
+                    true => StopReason::EndOfTraining,
+                    false => StopReason::MaxSteps {
+                        at: self.state.step,
+                    },
+                };
+                previous.unwrap_or_else(|| self.summary(reason, None))
             }
         };
-        let summary = previous.unwrap_or_else(|| self.summary(reason, None));
         self.run.dist.final_barrier()?;
         Ok((summary, self.clip))
     }
@@ -887,18 +920,31 @@ fn lock_run_dir(out: &Path) -> Result<std::fs::File> {
 
 /// Restores the newest usable checkpoint under `root`; refuses a config that changed the
 /// result since, unless allowed; writes the run's config.yaml (with any accepted changes).
-fn resume(run: &Run, root: &Path, clip: &mut Pretrained, opt: &mut AdamW) -> Result<TrainState> {
-    let mut note = None;
+fn resume(
+    run: &Run,
+    root: &Path,
+    clip: &mut Pretrained,
+    opt: &mut AdamW,
+    data: DataFingerprint,
+) -> Result<TrainState> {
+    let mut notes = vec![];
+    let allowed = run.options.allow_config_change;
     let state = match checkpoint::resume(root, &mut clip.model, opt)? {
         None => TrainState::default(),
         Some((dir, mut state)) => {
             let saved = std::fs::read_to_string(dir.join("config.yaml"))
                 .with_context(|| format!("checkpoint {} has no config.yaml", dir.display()))?;
             let changes = config_change::result_changes(&saved, run.config_yaml)?;
-            note = config_change::check(&changes, run.options.allow_config_change, state.step)?;
+            notes.extend(config_change::check(&changes, allowed, state.step)?);
+            notes.extend(config_change::check_data(
+                state.data.as_ref(),
+                &data,
+                allowed,
+                state.step,
+            )?);
             if run.dist.is_main() {
                 eprintln!("resuming from {} (step {})", dir.display(), state.step);
-                if let Some(n) = &note {
+                for n in &notes {
                     eprintln!("{n}");
                 }
             }
@@ -906,9 +952,13 @@ fn resume(run: &Run, root: &Path, clip: &mut Pretrained, opt: &mut AdamW) -> Res
             state
         }
     };
+    let state = TrainState {
+        data: Some(data),
+        ..state
+    };
     if run.dist.is_main() {
         let mut text = run.config_yaml.to_string();
-        if let Some(n) = note {
+        for n in notes {
             text.push_str(&format!("# {n}\n"));
         }
         crate::tensor_io::write_atomic(&run.out.join("config.yaml"), text.as_bytes())?;

@@ -55,7 +55,46 @@ fn main() {
         points.len(),
         cells.cells.len()
     );
+    hard_cases(g);
     search(&cells.cell_of, &points, cells.cells.len());
+}
+
+/// The cases that took minutes before the bisecting split (issue 24, item 13): a million points
+/// in one admin-1 region (Bavaria), a million identical points, and 40,000 identical points with
+/// at most 40 per cell.
+fn hard_cases(g: &Gazetteer) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let one_region: Vec<(f64, f64)> = (0..1_000_000)
+        .map(|_| {
+            (
+                48.14 + rng.random_range(-0.5..0.5),
+                11.58 + rng.random_range(-0.5..0.5),
+            )
+        })
+        .collect();
+    let cases = [
+        ("1,000,000 points in one region", one_region, 2000),
+        (
+            "1,000,000 identical points",
+            vec![(48.14, 11.58); 1_000_000],
+            2000,
+        ),
+        ("40,000 identical points", vec![(48.14, 11.58); 40_000], 40),
+    ];
+    for (what, points, max) in cases {
+        let sizes = CellSizes {
+            min_samples: 1,
+            max_samples: max,
+            seed: 0,
+        };
+        let start = Instant::now();
+        let cells = build(g, &points, sizes).unwrap();
+        println!(
+            "geocells of {what} (max {max}): {} cells in {:.2} s",
+            cells.cells.len(),
+            start.elapsed().as_secs_f64()
+        );
+    }
 }
 
 /// The index of random embeddings for `points` in cells `cell_of`: build, write, read, search.

@@ -136,7 +136,7 @@ enum Command {
     /// Print the caption each sample would train on (tab-separated: image, caption). Images are
     /// not read.
     #[command(
-        after_help = "Example:\n  streetclip captions --manifest ../shared/data/im2gps3k-sample/meta.csv --limit 3"
+        after_help = "Example (synthetic scenes first, so it runs anywhere):\n  streetclip synth-data --out /tmp/scenes --countries 4 --per-city 5\n  streetclip captions --manifest /tmp/scenes/manifest.csv --limit 3"
     )]
     Captions {
         /// CSV or JSONL manifest (overrides data.manifest of the config).
@@ -186,7 +186,7 @@ enum Command {
     },
     /// Write a checkpoint as a Hugging Face CLIP directory.
     #[command(
-        after_help = "Example:\n  streetclip export --checkpoint runs/demo/checkpoints/step-000046 --out runs/demo/export-46"
+        after_help = "Example (after `make demo`):\n  streetclip export --checkpoint runs/demo/checkpoints/step-00000046 --out runs/demo/export-46"
     )]
     Export {
         /// A checkpoint directory (RUN_DIR/checkpoints/step-...).
@@ -292,7 +292,7 @@ enum Command {
     /// Geocells of a manifest's coordinates: admin-1 regions, small ones merged into their
     /// nearest neighbour, large ones split by spherical k-means; written as JSON to inspect.
     #[command(
-        after_help = "Example:\n  streetclip geocells --manifest ../shared/data/im2gps3k-sample/meta.csv --min-samples 5 --max-samples 50 --out geocells.json"
+        after_help = "Example (synthetic scenes first, so it runs anywhere):\n  streetclip synth-data --out /tmp/scenes --countries 4 --per-city 5\n  streetclip geocells --manifest /tmp/scenes/manifest.csv --min-samples 5 --max-samples 10 --out /tmp/geocells.json"
     )]
     Geocells {
         /// A CSV/JSONL manifest with lat and lon columns (IM2GPS3K's IMG_ID,LAT,LON works).

@@ -140,26 +140,23 @@ impl Pretrained {
     /// carries a classification head. The folder is written whole beside `out` and swapped in
     /// (`tensor_io::write_dir_atomic`): an interrupted export leaves the previous one or none.
     pub fn save(&self, out: &Path) -> Result<()> {
-        self.save_with(out, &[], |_| Ok(()))
+        self.save_with(out, |_| Ok(()))
     }
 
-    /// `save`, with `more` writing the files named `extra` (a fine-tune's `head.json`, a
-    /// geocell model's cells and index) into the same folder before it is swapped in.
-    pub fn save_with(
-        &self,
-        out: &Path,
-        extra: &[&str],
-        more: impl FnOnce(&Path) -> Result<()>,
-    ) -> Result<()> {
+    /// `save`, with `more` writing files of its own (a fine-tune's `head.json`, a geocell
+    /// model's cells and index) into the same folder before it is swapped in.
+    pub fn save_with(&self, out: &Path, more: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
         let mut replaceable = vec![
             "config.json",
             weights::WEIGHTS_FILE,
             HEAD_FILE,
+            HEAD_INFO,
+            CELLS_FILE,
+            INDEX_FILE,
             PREPROCESSOR_FILE,
             crate::data::preprocess::PROCESSOR_FILE,
         ];
         replaceable.extend(TOKENIZER_FILES);
-        replaceable.extend(extra);
         crate::tensor_io::write_dir_atomic(out, &replaceable, |dir| {
             self.write_files(dir)?;
             more(dir)
@@ -243,6 +240,12 @@ impl Pretrained {
 pub const HEAD_PREFIX: &str = "classifier_head";
 pub const HEAD_FILE: &str = "head.safetensors";
 pub const HEAD_INFO: &str = "head.json";
+/// A geocell model's cells beside the export: `{"sizes": ..., "cells": [...]}` as
+/// `streetclip geocells` writes.
+pub const CELLS_FILE: &str = "geocells.json";
+/// A geocell model's retrieval index beside the export: training embeddings, coordinates and
+/// cells.
+pub const INDEX_FILE: &str = "index.safetensors";
 
 /// Splits a VarStore's named tensors into the CLIP model's and the head's.
 pub fn split_head(named: Vec<(String, Tensor)>) -> (Vec<(String, Tensor)>, Vec<(String, Tensor)>) {

@@ -68,18 +68,23 @@ pub fn read_with_metadata(path: &Path) -> Result<(Vec<(String, Tensor)>, HashMap
 }
 
 /// The first row (the first index of dimension 0) of `t` that holds a NaN or an infinity.
+/// Checked a block of rows at a time, so the temporary mask stays small for a large index.
 pub fn first_non_finite_row(t: &Tensor) -> Option<i64> {
+    const ROWS: i64 = 16_384;
+    let n = t.size().first().copied().unwrap_or(0);
     if t.numel() == 0 {
         return None;
     }
-    let bad = t
-        .isfinite()
-        .logical_not()
-        .view([t.size()[0], -1])
-        .any_dim(1, false);
-    bool::try_from(bad.any())
-        .unwrap_or(true)
-        .then(|| bad.to_kind(Kind::Uint8).argmax(0, false).int64_value(&[]))
+    let rows = t.reshape([n, -1]);
+    (0..n).step_by(ROWS as usize).find_map(|start| {
+        let block = rows.narrow(0, start, ROWS.min(n - start));
+        let finite = block.isfinite();
+        if bool::try_from(finite.all()).unwrap_or(false) {
+            return None;
+        }
+        let bad = finite.all_dim(1, false).logical_not().to_kind(Kind::Uint8);
+        Some(start + bad.argmax(0, false).int64_value(&[]))
+    })
 }
 
 /// A tensor copied to contiguous CPU bytes, ready for safetensors.

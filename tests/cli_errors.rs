@@ -347,6 +347,46 @@ fn export_of_the_checkpoints_folder_suggests_its_newest_step() {
         1,
         &["holds checkpoints", "--checkpoint", "step-00000008"],
     );
+    // A step that is not there (six digits, as an old help text had it): the ones that are.
+    assert_message(
+        &[
+            &"export",
+            &"--checkpoint",
+            &checkpoints.join("step-000046"),
+            &"--out",
+            &tmp.path().join("e"),
+        ],
+        1,
+        &["step-000046 does not exist", "step-00000004, step-00000008"],
+    );
+}
+
+#[test]
+fn help_examples_that_need_no_prior_run_work_as_written() {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_streetclip"));
+    for command in ["captions", "geocells", "synth-data"] {
+        let help = Command::new(bin).args(["help", command]).output().unwrap();
+        let text = String::from_utf8_lossy(&help.stdout).to_string();
+        let lines: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("Example"))
+            .filter_map(|l| l.strip_prefix("  streetclip "))
+            .collect();
+        assert!(!lines.is_empty(), "{command}: no example in {text}");
+        for line in lines {
+            let o = Command::new("sh")
+                .arg("-c")
+                .arg(format!("{} {line}", bin.display()))
+                .current_dir(root())
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "`streetclip {line}`: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+    }
 }
 
 #[test]
@@ -553,5 +593,42 @@ fn pipes_and_devices_are_named_for_what_they_are() {
         &[&"eval", &"geo", &"--model", &model, &"--manifest", &fifo],
         1,
         &["fifo", "is a pipe"],
+    );
+}
+
+#[test]
+fn a_missing_local_model_says_it_was_taken_for_a_path_and_how_to_fill_it() {
+    let image = demo_image();
+    // `checkpoints/` exists in the clone, so this is a local path, not the hub id
+    // `checkpoints/streetclip`.
+    let missing = root().join("checkpoints/streetclip-missing-for-test");
+    let relative = Path::new("checkpoints/streetclip-missing-for-test");
+    let (code, stderr) = Command::new(env!("CARGO_BIN_EXE_streetclip"))
+        .current_dir(root())
+        .args(["predict", "--labels", "a,b", "--model"])
+        .arg(relative)
+        .arg(&image)
+        .output()
+        .map(|o| {
+            (
+                o.status.code(),
+                String::from_utf8_lossy(&o.stderr).to_string(),
+            )
+        })
+        .unwrap();
+    assert!(!missing.exists());
+    assert_eq!(code, Some(1), "{stderr}");
+    for m in [
+        "taken as a local path",
+        "hf download geolocal/StreetCLIP --local-dir checkpoints/streetclip-missing-for-test",
+    ] {
+        assert!(stderr.contains(m), "`{m}` in: {stderr}");
+    }
+    assert!(!stderr.contains("hub model"), "{stderr}");
+    assert_clean_failure(
+        Path::new("/nonexistent/ViT-L-14-336px.pt"),
+        "a,b",
+        &image,
+        &["checkpoint file /nonexistent/ViT-L-14-336px.pt does not exist"],
     );
 }

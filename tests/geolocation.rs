@@ -393,10 +393,7 @@ impl TextEncoder for Counting {
     }
 }
 
-#[test]
-fn text_cache_serves_repeats_and_keys_on_model_and_prompts() {
-    use streetclip::eval::text_cache::CachedText;
-    let tmp = tmpdir();
+fn counting_and_two_prompts() -> (Counting, Vec<String>) {
     let inner = Counting {
         calls: Default::default(),
     };
@@ -404,6 +401,14 @@ fn text_cache_serves_repeats_and_keys_on_model_and_prompts() {
         "A Street View photo in France.".to_string(),
         "A Street View photo in Japan.".to_string(),
     ];
+    (inner, prompts)
+}
+
+#[test]
+fn text_cache_serves_repeats_and_keys_on_model_and_prompts() {
+    use streetclip::eval::text_cache::CachedText;
+    let tmp = tmpdir();
+    let (inner, prompts) = counting_and_two_prompts();
     let cached = CachedText::new(&inner, "model-a".into(), Some(tmp.path()));
     let first = cached.encode(&prompts).unwrap();
     let again = cached.encode(&prompts).unwrap();
@@ -623,13 +628,7 @@ fn the_index_search_is_exact_across_chunks_and_respects_the_cells() {
 fn a_tampered_text_cache_entry_is_recomputed_not_trusted() {
     use streetclip::eval::text_cache::CachedText;
     let tmp = tmpdir();
-    let inner = Counting {
-        calls: Default::default(),
-    };
-    let prompts = vec![
-        "A Street View photo in France.".to_string(),
-        "A Street View photo in Japan.".to_string(),
-    ];
+    let (inner, prompts) = counting_and_two_prompts();
     let truth = CachedText::new(&inner, "m".into(), Some(tmp.path()))
         .encode(&prompts)
         .unwrap();

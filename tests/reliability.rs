@@ -270,7 +270,7 @@ fn an_export_replaces_a_model_folder_whole_or_not_at_all() {
     let before: Vec<(std::ffi::OsString, Vec<u8>)> = files(&out);
     // A failure after some files are written (a full disk, say) leaves the old folder as it was
     // and no temporary folder beside it.
-    let failed = clip.save_with(&out, &[], |_| anyhow::bail!("no space left on device"));
+    let failed = clip.save_with(&out, |_| anyhow::bail!("no space left on device"));
     assert!(failed.is_err());
     assert_eq!(files(&out), before, "the old export is untouched");
     let names: Vec<_> = std::fs::read_dir(tmp.path())

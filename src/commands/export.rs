@@ -18,6 +18,22 @@ pub fn run(checkpoint: &Path, out: &Path) -> Result<()> {
             newest.display()
         );
     }
+    if !checkpoint.is_dir() {
+        let parent = checkpoint.parent().unwrap_or(Path::new("."));
+        let steps: Vec<String> = crate::train::checkpoint::list(parent)
+            .iter()
+            .filter_map(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        match steps.as_slice() {
+            [] => anyhow::bail!("checkpoint {} does not exist", checkpoint.display()),
+            _ => anyhow::bail!(
+                "checkpoint {} does not exist; {} holds {}",
+                checkpoint.display(),
+                parent.display(),
+                steps.join(", ")
+            ),
+        }
+    }
     let context = || format!("checkpoint {}", checkpoint.display());
     let mut clip = Pretrained::skeleton(checkpoint, tch::Device::Cpu).with_context(context)?;
     let names =

@@ -76,8 +76,8 @@ pub struct ModelConfig {
     pub init: Option<PathBuf>,
     /// A randomly initialised model of this preset ("ViT-B/32", ..., "ViT-L/14-336").
     pub preset: Option<String>,
-    /// A randomly initialised model of this HF `CLIPConfig` (inline; its keys are transformers'
-    /// names, and any other key is an error).
+    /// A randomly initialised model of this HF `CLIPConfig` (inline).
+    // Its keys are transformers' names; any other key is an error (`strict_clip_config`).
     #[serde(deserialize_with = "strict_clip_config")]
     #[schemars(with = "Option<ClipConfig>")]
     pub config: Option<ClipConfig>,

@@ -16,10 +16,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
-/// The cells beside the export: `{"sizes": ..., "cells": [...]}` as `streetclip geocells` writes.
-pub const CELLS_FILE: &str = "geocells.json";
-/// The retrieval index beside the export: training embeddings, coordinates and cells.
-pub const INDEX_FILE: &str = "index.safetensors";
+pub use crate::pretrained::{CELLS_FILE, INDEX_FILE};
 
 /// Index rows compared with a batch of images at once: bounds the similarity matrix
 /// (B × 65,536 floats) whatever the index's size.

@@ -310,7 +310,7 @@ fn write_export(
     let embeddings = crate::encode::Encoder::new(clip, cfg.train.micro_batch_size).files(&paths)?;
     let coords = train.iter().map(|l| (l.lat, l.lon)).collect();
     let index = RetrievalIndex::new(&embeddings, coords, cells.cell_of.clone(), Device::Cpu);
-    clip.save_with(out, &[HEAD_INFO, CELLS_FILE, INDEX_FILE], |out| {
+    clip.save_with(out, |out| {
         write_atomic(&out.join(HEAD_INFO), &serde_json::to_vec_pretty(&info)?)?;
         cells.write(&out.join(CELLS_FILE), sizes)?;
         index.write(&out.join(INDEX_FILE))

@@ -251,7 +251,7 @@ impl FinetuneRun<'_> {
             "input": "L2-normalised CLIP image embeddings (CLIPModel image_embeds); logits = head.weight @ x + head.bias",
             "wise_ft_alpha": alpha,
         });
-        clip.save_with(dir, &[HEAD_INFO], |dir| {
+        clip.save_with(dir, |dir| {
             write_atomic(&dir.join(HEAD_INFO), &serde_json::to_vec_pretty(&info)?)
         })
     }

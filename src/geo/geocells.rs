@@ -11,6 +11,9 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+/// Inputs of at least this many points report each phase on stderr.
+const LONG_WORK: usize = 100_000;
+
 /// How cells are sized.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct CellSizes {
@@ -148,9 +151,28 @@ pub fn build(g: &Gazetteer, points: &[(f64, f64)], sizes: CellSizes) -> Result<G
             sizes.max_samples
         );
     }
+    let started = std::time::Instant::now();
+    // Long work says what it is doing (a million points take seconds, not minutes).
+    let progress = |what: String| {
+        if points.len() >= LONG_WORK {
+            eprintln!(
+                "geocells: {what} ({:.1} s)",
+                started.elapsed().as_secs_f64()
+            );
+        }
+    };
+    progress(format!("placing {} points in their regions", points.len()));
     let vectors: Vec<[f64; 3]> = points.iter().map(|&(la, lo)| unit_vector(la, lo)).collect();
     let (mut groups, country_of) = regions(g, points, &vectors);
+    progress(format!(
+        "merging the regions under {} samples",
+        sizes.min_samples
+    ));
     merge_small(&mut groups, sizes.min_samples);
+    progress(format!(
+        "splitting the regions over {} samples",
+        sizes.max_samples
+    ));
     let mut cells = Vec::new();
     let mut cell_of = vec![usize::MAX; points.len()];
     let mut stuck = 0;
@@ -186,6 +208,7 @@ pub fn build(g: &Gazetteer, points: &[(f64, f64)], sizes: CellSizes) -> Result<G
             });
         }
     }
+    progress(format!("{} cells", cells.len()));
     if stuck > 0 {
         eprintln!(
             "warning: geocells: {stuck} samples lie on shared points in groups larger than max_samples ({}) and cannot be split; their cells are larger (identical coordinates?)",

@@ -26,13 +26,17 @@ pub fn resolve(spec: &Path) -> Result<PathBuf> {
     )
 }
 
-/// `(org, name)` of a relative path that does not exist and reads `org/name`.
+/// `(org, name)` of a relative path that does not exist and reads `org/name`. A path whose
+/// first folder exists (`checkpoints/streetclip`) is a local path, not a hub id.
 fn hub_id(spec: &Path) -> Option<(String, String)> {
     if spec.exists() || spec.is_absolute() {
         return None;
     }
     let text = spec.to_str()?;
     let (org, name) = text.split_once('/')?;
+    if Path::new(org).is_dir() {
+        return None;
+    }
     let valid = |s: &str| {
         !s.is_empty()
             && !s.starts_with('.')
@@ -85,5 +89,38 @@ mod tests {
         assert_eq!(id("./x"), None);
         assert_eq!(id("src"), None);
         assert_eq!(id("src/model"), None, "an existing folder is a folder");
+        assert_eq!(
+            id("src/streetclip"),
+            None,
+            "a missing folder inside an existing one is a local path"
+        );
     }
+}
+
+/// What to say about a local model path that does not exist: which it was taken for and how to
+/// fill it (`hf download` of the model its name suggests).
+pub fn missing_local(spec: &Path) -> String {
+    let file = spec
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| ["pt", "pth", "bin", "safetensors"].contains(&e));
+    if file {
+        return format!("checkpoint file {} does not exist", spec.display());
+    }
+    let name = spec
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let hub = if name.contains("streetclip") {
+        "geolocal/StreetCLIP".to_string()
+    } else if name.starts_with("clip-vit-") {
+        format!("openai/{name}")
+    } else {
+        "ORG/NAME".to_string()
+    };
+    format!(
+        "model directory {} does not exist (taken as a local path; a Hugging Face CLIP directory with config.json and model.safetensors): download one into it, e.g. `.venv/bin/hf download {hub} --local-dir {}`, or pass another directory",
+        spec.display(),
+        spec.display()
+    )
 }

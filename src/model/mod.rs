@@ -34,7 +34,7 @@ pub fn parse_device(s: &str) -> Result<Device> {
     if let Device::Cuda(n) = device {
         let available = tch::Cuda::device_count() as usize;
         if n >= available {
-            bail!("device `{s}` requested but {available} CUDA device(s) are visible to libtorch");
+            bail!("device `{s}` requested but {available} CUDA device(s) are visible to libtorch: to run on the CPU pass --device cpu, or for a config --set model.device=cpu");
         }
     }
     Ok(device)

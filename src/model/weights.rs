@@ -16,8 +16,11 @@ pub const BIN_INDEX_FILE: &str = "pytorch_model.bin.index.json";
 
 /// `DIR/config.json`, after checking that `DIR` is a directory.
 pub fn read_config(dir: &Path) -> Result<ClipConfig> {
+    if dir.exists() && !dir.is_dir() {
+        bail!("{} is a file but not a checkpoint streetclip reads: give a Hugging Face CLIP directory (config.json + model.safetensors), an OpenAI .pt archive or an open_clip checkpoint", dir.display());
+    }
     if !dir.is_dir() {
-        bail!("model directory {} does not exist (expected a Hugging Face CLIP directory with config.json and model.safetensors)", dir.display());
+        bail!("{}", super::hub::missing_local(dir));
     }
     let config = ClipConfig::from_file(&dir.join("config.json"))?;
     // A config far larger than its weights (a hostile or mismatched config.json) would allocate

@@ -218,3 +218,57 @@ pub fn assert_hf_directory(dir: &std::path::Path) {
         assert!(dir.join(file).is_file(), "{}: no {file}", dir.display());
     }
 }
+
+/// Checks that two runs from the same weights took the same first step, at their step-1
+/// checkpoints `a` and `b` — a data-parallel run against the one process it must equal.
+///
+/// Their weights are not compared to a fixed 1e-5: ranks reduce in another order what one
+/// process accumulates, so gradients differ by float rounding (~1e-7 of their terms), and AdamW's
+/// first step moves every element by lr · g / (|g| + eps) — about ±lr wherever |g| ≫ eps, however
+/// small g is — so where a gradient is near zero that rounding can flip the step: up to 2 · lr,
+/// on one CPU and not another. What holds on every CPU, derived from the arithmetic:
+/// 1. the reduced gradients, recovered from AdamW's first moment (m = (1 − β1) · g after one
+///    step), agree to 1e-5 of each tensor's largest (reordered float32 sums: ~1e-6);
+/// 2. each weight differs by no more than AdamW's step from those two gradients can differ:
+///    lr_max · |ga / (|ga| + eps) − gb / (|gb| + eps)| (the learning rate of step 1 is at most
+///    the configured one; decoupled weight decay scales both the same), plus float32 rounding of
+///    the update (4 ulps of |θ| + lr).
+pub fn assert_same_first_step(a: &std::path::Path, b: &std::path::Path, lr_max: f64) {
+    let optim = streetclip::config::OptimConfig::default();
+    let (beta1, eps) = (optim.betas[0], optim.eps);
+    let read = |dir: &std::path::Path, file: &str| -> HashMap<String, Tensor> {
+        streetclip::tensor_io::read(&dir.join(file))
+            .unwrap()
+            .into_iter()
+            .map(|(n, t)| (n, t.to_kind(tch::Kind::Double)))
+            .collect()
+    };
+    let (wa, wb) = (read(a, "model.safetensors"), read(b, "model.safetensors"));
+    let (oa, ob) = (
+        read(a, "optimizer.safetensors"),
+        read(b, "optimizer.safetensors"),
+    );
+    let mut compared = 0;
+    for (name, ta) in &wa {
+        let tb = &wb[name];
+        let Some(ma) = oa.get(&format!("exp_avg.{name}")) else {
+            assert_eq!(max_diff(ta, tb), 0.0, "{name} is not trained: identical");
+            continue;
+        };
+        let (ga, gb) = (
+            ma / (1.0 - beta1),
+            &ob[&format!("exp_avg.{name}")] / (1.0 - beta1),
+        );
+        assert_rel_close(&format!("step-1 gradient of {name}"), &ga, &gb, 1e-5);
+        let step = |g: &Tensor| g / (g.abs() + eps);
+        let f32_ulp = f32::EPSILON as f64;
+        let bound = (step(&ga) - step(&gb)).abs() * lr_max + (ta.abs() + lr_max) * (4.0 * f32_ulp);
+        let excess = ((ta - tb).abs() - bound).max().double_value(&[]);
+        assert!(
+            excess <= 0.0,
+            "{name}: a weight differs by more than AdamW's step from the two gradients allows (by {excess:e})"
+        );
+        compared += 1;
+    }
+    assert!(compared > 0, "no trained tensor compared");
+}

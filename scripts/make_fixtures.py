@@ -176,7 +176,14 @@ def make_training_steps(name="tiny-p32-224", steps=5):
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         losses.append(out.loss.item())
+        if t == 0:
+            # The first step's clipped gradients and its result: weights after one step can be
+            # bounded from the two sides' gradients (tests/train_parity.rs), later ones cannot.
+            first = {f"grad1.{n}": p.grad.detach().clone().contiguous() for n, p in named.items()}
+            first.update({f"param1.{n}": p.detach().clone().contiguous() for n, p in named.items()})
+            first["lr1"] = torch.tensor([lr], dtype=torch.float64)
     tensors = {f"param.{n}": p.detach().contiguous() for n, p in named.items()}
+    tensors.update(first)
     tensors["losses"] = torch.tensor(losses)
     save_file(tensors, os.path.join(FIX, f"{name}-adamw.expected.safetensors"))
     print(f"{name}.adamw: losses {[round(x, 5) for x in losses]}")

@@ -2,10 +2,10 @@
 //! captions to vectors that predict, embed, classify, geolocate, `eval`, validation and
 //! `finetune` take. Batched, on the model's device, results on the CPU.
 
-use crate::data::decode::decode;
+use crate::data::OnError;
 use crate::model::normalize;
 use crate::pretrained::Pretrained;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use std::io::IsTerminal;
@@ -24,6 +24,61 @@ pub fn progress(total: usize, what: &str) -> ProgressBar {
     .expect("valid progress template");
     bar.set_style(style);
     bar
+}
+
+/// What `Encoder::files_or_skip` made of a list of image files.
+pub struct Embedded {
+    /// L2-normalised embeddings `[kept, d]` of the files that could be read, in input order.
+    pub embeddings: Tensor,
+    /// The input index of each row of `embeddings`.
+    pub kept: Vec<usize>,
+    /// `(input index, why)` of each file left out.
+    pub skipped: Vec<(usize, String)>,
+}
+
+impl Embedded {
+    /// Says on stderr which of `paths` were left out (see `report_skipped`).
+    pub fn report(&self, paths: &[PathBuf]) -> Result<()> {
+        let reasons: Vec<String> = self.skipped.iter().map(|(_, why)| why.clone()).collect();
+        report_skipped(&reasons, paths.len())
+    }
+}
+
+/// Says on stderr how many of `total` inputs were left out and why, naming the first few; an
+/// error (`NothingUsable`, its own exit status) when that was every one.
+pub fn report_skipped(reasons: &[String], total: usize) -> Result<()> {
+    const NAMED: usize = 5;
+    if reasons.is_empty() {
+        return Ok(());
+    }
+    if reasons.len() == total {
+        let first = reasons.iter().take(NAMED).cloned().collect();
+        return Err(NothingUsable { total, first }.into());
+    }
+    eprintln!(
+        "skipped {} of {total} images (data.on_error: skip; `fail` stops at the first):",
+        reasons.len()
+    );
+    for why in reasons.iter().take(NAMED) {
+        eprintln!("  {why}");
+    }
+    if reasons.len() > NAMED {
+        eprintln!("  ... and {} more", reasons.len() - NAMED);
+    }
+    Ok(())
+}
+
+/// No input could be used: nothing was produced. Its exit status (3) tells a script this apart
+/// from a usage or model error (1).
+#[derive(Debug, thiserror::Error)]
+#[error("no image could be used ({total} given): {}", first.join("; "))]
+pub struct NothingUsable {
+    pub total: usize,
+    pub first: Vec<String>,
+}
+
+impl NothingUsable {
+    pub const EXIT_CODE: i32 = 3;
 }
 
 /// Files that must exist, checked before any work starts so a typo fails fast.
@@ -143,23 +198,48 @@ impl<'a> Encoder<'a> {
     /// L2-normalised image embeddings `[n, d]` of image files, `batch` decoded at a time (a
     /// progress bar on a terminal); the first unreadable file is an error naming it.
     pub fn files(&self, paths: &[PathBuf]) -> Result<Tensor> {
+        Ok(self.files_or_skip(paths, OnError::Fail)?.embeddings)
+    }
+
+    /// L2-normalised image embeddings of the files that can be read, `batch` decoded at a time
+    /// by the route the loader takes (`PreprocessConfig::load`); a file that is missing, not a
+    /// file or undecodable is left out and listed (`OnError::Skip`), or is an error naming it
+    /// (`Fail`).
+    pub fn files_or_skip(&self, paths: &[PathBuf], on_error: OnError) -> Result<Embedded> {
         let bar = progress(paths.len(), "images");
-        let mut out = Vec::new();
-        for chunk in paths.chunks(self.batch) {
-            let decoded = chunk
+        let pre = &self.clip.preprocess;
+        let (mut parts, mut kept, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
+        for (c, chunk) in paths.chunks(self.batch).enumerate() {
+            let loaded: Vec<Result<Vec<f32>>> = chunk
                 .par_iter()
-                .map(|p| {
-                    std::fs::read(p)
-                        .map_err(anyhow::Error::from)
-                        .and_then(|b| decode(&b))
-                        .with_context(|| format!("cannot decode image {}", p.display()))
+                .map(|p| match crate::data::not_a_file(p) {
+                    Some(why) => Err(anyhow::anyhow!("image {} {why}", p.display())),
+                    None => pre.load(p),
                 })
-                .collect::<Result<Vec<_>>>()?;
-            out.push(self.images(decoded)?);
+                .collect();
+            let mut planes = Vec::new();
+            for (i, result) in loaded.into_iter().enumerate() {
+                let index = c * self.batch + i;
+                match (result, on_error) {
+                    (Ok(p), _) => {
+                        planes.push(p);
+                        kept.push(index);
+                    }
+                    (Err(e), OnError::Skip) => skipped.push((index, format!("{e:#}"))),
+                    (Err(e), OnError::Fail) => return Err(e),
+                }
+            }
+            if !planes.is_empty() {
+                parts.push(self.pixel_embeddings(&self.stack(planes))?);
+            }
             bar.inc(chunk.len() as u64);
         }
         bar.finish_and_clear();
-        Ok(self.cat(out))
+        Ok(Embedded {
+            embeddings: self.cat(parts),
+            kept,
+            skipped,
+        })
     }
 
     /// `(input_ids, attention_mask)` and the text tower's projections (transformers'

@@ -220,8 +220,12 @@ enum Command {
         #[arg(long, value_parser = parse_activation)]
         activation: Option<streetclip::model::Activation>,
     },
-    /// Guess where photos were taken: country, (region,) city and coordinates, zero-shot.
-    #[command(after_help = "Example:\n  streetclip geolocate --model runs/demo/export photo.jpg")]
+    /// Guess where photos were taken: country, (region,) city and coordinates — zero-shot, or
+    /// by the export's fine-tuned country head or its geocells when it has them (said on
+    /// stderr; --zero-shot ignores them).
+    #[command(
+        after_help = "Example (after `make demo`):\n  streetclip geolocate --model runs/demo/export --countries FR,JP,BR --top-k 2 assets/demo/coffee.jpg"
+    )]
     Geolocate {
         #[arg(long, help = MODEL_HELP)]
         model: PathBuf,
@@ -229,9 +233,20 @@ enum Command {
         /// every candidate zero-shot, by caption similarity.
         #[arg(long)]
         zero_shot: bool,
-        /// YAML config (its `geo` section: prompts, candidates, regions, top-k).
+        /// YAML config (its `geo` section: prompts, candidates, regions, top-k, refinement;
+        /// `data.on_error` for unreadable images).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Override a config key: --set geo.use_regions=true (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Candidates listed per stage (geo.top_k).
+        #[arg(long, value_parser = at_least_one::<usize>)]
+        top_k: Option<usize>,
+        /// Candidate countries, comma-separated names or ISO codes (geo.countries); default
+        /// every gazetteer country.
+        #[arg(long, value_name = "LIST")]
+        countries: Option<String>,
         #[command(flatten)]
         rt: Runtime,
         #[arg(long, help = JSON_HELP)]
@@ -290,7 +305,7 @@ enum Command {
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Geocells of a manifest's coordinates: admin-1 regions, small ones merged into their
-    /// nearest neighbour, large ones split by spherical k-means; written as JSON to inspect.
+    /// nearest neighbour, large ones bisected by spherical 2-means; written as JSON to inspect.
     #[command(
         after_help = "Example (synthetic scenes first, so it runs anywhere):\n  streetclip synth-data --out /tmp/scenes --countries 4 --per-city 5\n  streetclip geocells --manifest /tmp/scenes/manifest.csv --min-samples 5 --max-samples 10 --out /tmp/geocells.json"
     )]
@@ -561,11 +576,21 @@ fn run(cli: Cli) -> Result<()> {
             model,
             zero_shot,
             config,
+            sets,
+            top_k,
+            countries,
             rt,
             json,
             images,
         } => {
-            let cfg = load_config(config.as_ref())?;
+            let mut cfg = match &config {
+                Some(path) => Config::from_file_with(path, &sets)?,
+                None => Config::from_yaml_with("{}", &sets)?,
+            };
+            cfg.geo.top_k = top_k.unwrap_or(cfg.geo.top_k);
+            if let Some(list) = countries {
+                cfg.geo.countries = Some(list.split(',').map(|c| c.trim().to_string()).collect());
+            }
             let clip = Pretrained::load(&model, streetclip::model::parse_device(&rt.device)?)?;
             let guesses =
                 commands::geo::geolocate(&model, &clip, zero_shot, &cfg, &images, rt.batch_size)?;
@@ -714,7 +739,12 @@ fn main() {
         // An interrupted run exits as the signal would have made it (130 for Ctrl-C).
         let code = e
             .downcast_ref::<streetclip::interrupt::Interrupted>()
-            .map_or(1, |i| i.exit_code());
+            .map(|i| i.exit_code())
+            .or_else(|| {
+                e.downcast_ref::<streetclip::encode::NothingUsable>()
+                    .map(|_| streetclip::encode::NothingUsable::EXIT_CODE)
+            })
+            .unwrap_or(1);
         std::process::exit(code);
     }
 }

@@ -41,8 +41,11 @@ pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>> {
     Ok(read_with_metadata(path)?.0)
 }
 
-/// `read`, with the file's metadata (string pairs; empty when it has none).
-pub fn read_with_metadata(path: &Path) -> Result<(Vec<(String, Tensor)>, HashMap<String, String>)> {
+/// A file's tensors by name, and its metadata (string pairs).
+pub type TensorsAndMetadata = (Vec<(String, Tensor)>, HashMap<String, String>);
+
+/// `read`, with the file's metadata (empty when it has none).
+pub fn read_with_metadata(path: &Path) -> Result<TensorsAndMetadata> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let st = SafeTensors::deserialize(&bytes).with_context(|| {
         format!(

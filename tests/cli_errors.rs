@@ -18,9 +18,25 @@ fn streetclip(args: &[&dyn AsRef<std::ffi::OsStr>]) -> (i32, String) {
 
 /// Runs `predict` with `model`, `labels` and `image` and checks the failure is clean.
 fn assert_clean_failure(model: &Path, labels: &str, image: &Path, must_mention: &[&str]) {
+    assert_fails_with(1, model, labels, image, must_mention)
+}
+
+/// `predict` of one image that cannot be used: nothing produced, exit status 3.
+fn assert_nothing_usable(image: &Path, must_mention: &[&str]) {
+    let model = fixture("tiny-p14-336");
+    assert_fails_with(3, &model, "a,b", image, must_mention)
+}
+
+fn assert_fails_with(
+    expected: i32,
+    model: &Path,
+    labels: &str,
+    image: &Path,
+    must_mention: &[&str],
+) {
     let (code, stderr) =
         streetclip(&[&"predict", &"--model", &model, &"--labels", &labels, &image]);
-    assert_eq!(code, 1, "exit status; stderr: {stderr}");
+    assert_eq!(code, expected, "exit status; stderr: {stderr}");
     assert!(
         !stderr.contains("panicked") && !stderr.contains("backtrace"),
         "no panic: {stderr}"
@@ -58,11 +74,9 @@ fn missing_model_directory() {
 
 #[test]
 fn missing_image() {
-    assert_clean_failure(
-        &fixture("tiny-p14-336"),
-        "a,b",
+    assert_nothing_usable(
         Path::new("/nonexistent.jpg"),
-        &["/nonexistent.jpg"],
+        &["/nonexistent.jpg", "does not exist"],
     );
 }
 
@@ -71,12 +85,7 @@ fn corrupt_image() {
     let tmp = tmpdir();
     let bad = tmp.path().join("broken.jpg");
     std::fs::write(&bad, b"\xff\xd8\xff\xe0 this is not really a jpeg").unwrap();
-    assert_clean_failure(
-        &fixture("tiny-p14-336"),
-        "a,b",
-        &bad,
-        &["broken.jpg", "cannot decode"],
-    );
+    assert_nothing_usable(&bad, &["broken.jpg", "cannot decode"]);
 }
 
 #[test]
@@ -85,7 +94,7 @@ fn truncated_image() {
     let bad = tmp.path().join("half.jpg");
     let bytes = std::fs::read(demo_image()).unwrap();
     std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
-    assert_clean_failure(&fixture("tiny-p14-336"), "a,b", &bad, &["half.jpg"]);
+    assert_nothing_usable(&bad, &["half.jpg"]);
 }
 
 #[test]
@@ -244,12 +253,7 @@ fn tokenizer_that_does_not_fit_the_model() {
 #[test]
 fn a_directory_given_as_an_image() {
     let tmp = tmpdir();
-    assert_clean_failure(
-        &fixture("tiny-p14-336"),
-        "a,b",
-        tmp.path(),
-        &["is a directory", "not an image file"],
-    );
+    assert_nothing_usable(tmp.path(), &["is a folder, not a file"]);
 }
 
 #[test]
@@ -318,9 +322,7 @@ fn an_unsupported_format_says_what_to_convert_to() {
     let tmp = tmpdir();
     let gif = tmp.path().join("still.gif");
     std::fs::write(&gif, b"GIF89a\x01\x00\x01\x00\x00\x00\x00;").unwrap();
-    assert_clean_failure(
-        &fixture("tiny-p14-336"),
-        "a,b",
+    assert_nothing_usable(
         &gif,
         &["still.gif", "Gif", "convert it to JPEG, PNG or WebP"],
     );
@@ -578,17 +580,12 @@ fn a_zero_image_std_is_named_not_called_damaged_weights() {
 #[test]
 fn pipes_and_devices_are_named_for_what_they_are() {
     let model = fixture("tiny-p14-336");
-    assert_clean_failure(
-        &model,
-        "a,b",
-        Path::new("/dev/zero"),
-        &["/dev/zero", "is a device"],
-    );
+    assert_nothing_usable(Path::new("/dev/zero"), &["/dev/zero", "is a device"]);
     let tmp = tmpdir();
     let fifo = tmp.path().join("fifo");
     let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
     assert!(made.success());
-    assert_clean_failure(&model, "a,b", &fifo, &["fifo", "is a pipe"]);
+    assert_nothing_usable(&fifo, &["fifo", "is a pipe"]);
     assert_message(
         &[&"eval", &"geo", &"--model", &model, &"--manifest", &fifo],
         1,

@@ -641,7 +641,8 @@ fn a_tampered_text_cache_entry_is_recomputed_not_trusted() {
     let good = std::fs::read(&entry).unwrap();
     let write =
         |t: Tensor| streetclip::tensor_io::write(&entry, &[("embeddings".to_string(), t)]).unwrap();
-    let tamperings: Vec<(&str, Box<dyn Fn()>)> = vec![
+    type Tampering<'a> = (&'a str, Box<dyn Fn() + 'a>);
+    let tamperings: Vec<Tampering> = vec![
         ("NaN", Box::new(|| write(truth.full_like(f64::NAN)))),
         ("zeros", Box::new(|| write(truth.zeros_like()))),
         (

@@ -189,7 +189,18 @@ fn yaml_bombs_and_deep_keys_are_refused_without_exhausting_memory() {
     bomb.push_str("]\n");
     let bomb_file = tmp.path().join("bomb.yaml");
     std::fs::write(&bomb_file, bomb).unwrap();
-    let out = train(&bomb_file, &tmp.path().join("r"), &[]);
+    // With a --set the document is first read whole as a YAML value, aliases expanded: the path
+    // that grew to 5.5 GB. Under a 2 GiB data limit, so a regression fails here, not the host.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -d 2097152; exec {} train --config {} --out {} --set train.seed=2",
+            env!("CARGO_BIN_EXE_streetclip"),
+            bomb_file.display(),
+            tmp.path().join("r").display()
+        ))
+        .output()
+        .unwrap();
     assert_fails_cleanly(&out, &["bomb.yaml", "anchors and aliases"]);
     let deep = format!("train{}=1", ".x".repeat(20_000));
     let out = train(&cfg, &tmp.path().join("r"), &["--set", &deep]);

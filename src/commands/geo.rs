@@ -13,7 +13,8 @@ use anyhow::Result;
 use std::path::{Path, PathBuf};
 
 /// Guesses for `images` by the model in `model_dir`: by its geocells or its country head when
-/// it has them, unless `zero_shot`.
+/// it has them, unless `zero_shot`. Images that cannot be read follow `data.on_error` (skipped
+/// and listed on stderr by default).
 pub fn geolocate(
     model_dir: &Path,
     clip: &Pretrained,
@@ -22,14 +23,20 @@ pub fn geolocate(
     images: &[PathBuf],
     batch: usize,
 ) -> Result<Vec<(PathBuf, Guess)>> {
-    crate::encode::check_files(images)?;
     let g = Gazetteer::bundled()?;
     let model = GeoModel::read(model_dir, clip, zero_shot, &cfg.geo)?;
     let encoder = model.text_encoder(clip, cfg.geo.cache)?;
     let locators = model.locators(encoder.as_ref(), g, &cfg.geo)?;
-    let embeddings = crate::encode::Encoder::new(clip, batch).files(images)?;
-    let guesses = locators[0].1.locate(&embeddings)?;
-    Ok(images.iter().cloned().zip(guesses).collect())
+    let embedded =
+        crate::encode::Encoder::new(clip, batch).files_or_skip(images, cfg.data.on_error)?;
+    embedded.report(images)?;
+    let guesses = locators[0].1.locate(&embedded.embeddings)?;
+    Ok(embedded
+        .kept
+        .iter()
+        .map(|&i| images[i].clone())
+        .zip(guesses)
+        .collect())
 }
 
 /// Evaluates each model directory on `cfg`'s data (one report, or a comparison when there are

@@ -1,6 +1,7 @@
 //! `streetclip predict`: rank labels for each image by CLIP's zero-shot probability.
 
-use crate::encode::{check_files, Encoder, TextEncoder};
+use crate::data::OnError;
+use crate::encode::{Encoder, TextEncoder};
 use crate::eval::ranking::{top, Ranked};
 use crate::eval::text::probabilities;
 use crate::pretrained::{ExportedHead, Pretrained};
@@ -77,6 +78,7 @@ impl Ranker {
     }
 }
 
+/// Rankings of the images that can be read; the others are skipped and listed on stderr.
 pub fn run(clip: &Pretrained, ranker: &Ranker, args: &PredictArgs) -> Result<Vec<Prediction>> {
     if !args.template.contains("{}") {
         bail!(
@@ -84,26 +86,28 @@ pub fn run(clip: &Pretrained, ranker: &Ranker, args: &PredictArgs) -> Result<Vec
             args.template
         );
     }
-    check_files(&args.images)?;
     let encoder = Encoder::new(clip, args.batch_size);
-    let images = encoder.files(&args.images)?;
+    let embedded = encoder.files_or_skip(&args.images, OnError::Skip)?;
+    embedded.report(&args.images)?;
+    let images = &embedded.embeddings;
     let probs = match ranker {
-        Ranker::Head(head) => head.probabilities(&images),
+        Ranker::Head(head) => head.probabilities(images),
         Ranker::Labels(labels) => {
             let prompts: Vec<String> = labels
                 .iter()
                 .map(|l| args.template.replace("{}", l))
                 .collect();
-            probabilities(&images, &encoder.texts(&prompts)?, clip.scale())
+            probabilities(images, &encoder.texts(&prompts)?, clip.scale())
         }
     };
     if !bool::try_from(probs.isfinite().all())? {
         bail!("the model gives non-finite scores (NaN or infinity): its weights are damaged; re-export or re-download it");
     }
     let probs = Vec::<Vec<f64>>::try_from(probs.to_kind(Kind::Double))?;
-    Ok(args
-        .images
+    Ok(embedded
+        .kept
         .iter()
+        .map(|&i| &args.images[i])
         .zip(probs)
         .map(|(image, p)| Prediction {
             image: image.clone(),

@@ -95,7 +95,7 @@ pub struct FinetuneConfig {
 pub struct GeocellsConfig {
     /// An admin-1 region with fewer training images joins its nearest neighbour.
     pub min_samples: usize,
-    /// A region with more training images is split by spherical k-means.
+    /// A region with more training images is bisected by spherical 2-means until it fits.
     pub max_samples: usize,
     /// Distance scale of the targets: y_n ∝ exp(−(hav(c_n, x) − hav(c_true, x)) / tau_km).
     pub tau_km: f64,

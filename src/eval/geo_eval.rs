@@ -5,7 +5,7 @@ use super::geo_model::GeoModel;
 use super::metrics::{geo_metrics, GeoMetrics};
 use crate::config::Config;
 use crate::data::decode::decode;
-use crate::data::{Dataset, Sample};
+use crate::data::{Dataset, OnError, Sample};
 use crate::encode::Encoder;
 use crate::geo::{haversine_km, Gazetteer};
 use crate::pretrained::Pretrained;
@@ -34,6 +34,8 @@ pub struct GeoEval {
     pub name: String,
     pub metrics: GeoMetrics,
     pub predictions: Vec<GeoPrediction>,
+    /// Images left out (`data.on_error: skip`): `(image, why)`, a row each of `skipped.csv`.
+    pub skipped: Vec<(String, String)>,
 }
 
 /// One way of placing the images, filling its own evaluation.
@@ -80,8 +82,9 @@ pub fn evaluate(
         .collect();
     let images = Encoder::new(clip, batch);
     let bar = crate::encode::progress(samples.len(), "images");
+    let mut skipped = Vec::new();
     for chunk in samples.chunks(batch.max(1)) {
-        let decoded = chunk
+        let decoded: Vec<Result<_>> = chunk
             .par_iter()
             .map(|s| {
                 s.image
@@ -89,14 +92,28 @@ pub fn evaluate(
                     .and_then(|b| decode(&b))
                     .with_context(|| format!("cannot decode image {}", s.image))
             })
-            .collect::<Result<Vec<_>>>()?;
-        let embeddings = images.images(decoded)?;
-        for ((_, locator), out) in locators.iter().zip(&mut scored) {
-            for (s, guess) in chunk.iter().zip(locator.locate(&embeddings)?) {
-                out.add(s, guess, g);
+            .collect();
+        let (mut good, mut pictures) = (Vec::new(), Vec::new());
+        for (s, d) in chunk.iter().zip(decoded) {
+            match (d, cfg.data.on_error) {
+                (Ok(picture), _) => {
+                    good.push(*s);
+                    pictures.push(picture);
+                }
+                (Err(e), OnError::Skip) => skipped.push((s.image.to_string(), format!("{e:#}"))),
+                (Err(e), OnError::Fail) => return Err(e),
             }
         }
         bar.inc(chunk.len() as u64);
+        if good.is_empty() {
+            continue;
+        }
+        let embeddings = images.images(pictures)?;
+        for ((_, locator), out) in locators.iter().zip(&mut scored) {
+            for (s, guess) in good.iter().zip(locator.locate(&embeddings)?) {
+                out.add(s, guess, g);
+            }
+        }
     }
     bar.finish_and_clear();
     if let Some(encoder) = &encoder {
@@ -108,12 +125,15 @@ pub fn evaluate(
             );
         }
     }
+    let reasons: Vec<String> = skipped.iter().map(|(_, why)| why.clone()).collect();
+    crate::encode::report_skipped(&reasons, samples.len())?;
     Ok(scored
         .into_iter()
         .map(|s| GeoEval {
             metrics: geo_metrics(&s.errors, &s.correct),
             name: s.name,
             predictions: s.predictions,
+            skipped: skipped.clone(),
         })
         .collect())
 }

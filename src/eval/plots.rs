@@ -186,7 +186,13 @@ pub fn confusion_matrix(path: &Path, classes: &[String], counts: &[Vec<usize>]) 
             .max()
             .unwrap_or(4)
             .min(40);
-    let (left, top) = (label_w, 70);
+    // Column labels are the class names, written upwards above their columns.
+    let longest = classes
+        .iter()
+        .map(|c| c.chars().count().min(36) as u32)
+        .max()
+        .unwrap_or(1);
+    let (left, top) = (label_w, 60 + 7 * longest);
     let (w, h) = ((left + n * cell + 30).max(420), top + n * cell + 30);
     render(path, (w, h), |root| {
         let font = |size: u32| (FAMILY, size).into_font();
@@ -201,11 +207,7 @@ pub fn confusion_matrix(path: &Path, classes: &[String], counts: &[Vec<usize>]) 
             let total = row.iter().sum::<usize>().max(1) as f64;
             let y = top + i as u32 * cell;
             let name: String = classes[i].chars().take(36).collect();
-            root.draw(&Text::new(
-                format!("{i}  {name}"),
-                (8, (y + cell / 2 - 7) as i32),
-                font(13),
-            ))?;
+            root.draw(&Text::new(name, (8, (y + cell / 2 - 7) as i32), font(13)))?;
             for (j, &c) in row.iter().enumerate() {
                 let x = left + j as u32 * cell;
                 let share = c as f64 / total;
@@ -232,14 +234,15 @@ pub fn confusion_matrix(path: &Path, classes: &[String], counts: &[Vec<usize>]) 
                 }
             }
         }
-        for j in 0..classes.len() {
+        for (j, class) in classes.iter().enumerate() {
+            let name: String = class.chars().take(36).collect();
             root.draw(&Text::new(
-                j.to_string(),
+                name,
                 (
-                    (left + j as u32 * cell + cell / 2 - 4) as i32,
-                    (top - 20) as i32,
+                    (left + j as u32 * cell + cell / 2 - 7) as i32,
+                    (top - 6) as i32,
                 ),
-                font(12),
+                font(12).transform(FontTransform::Rotate270),
             ))?;
         }
         Ok(())

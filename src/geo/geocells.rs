@@ -2,7 +2,7 @@
 //! administrative borders, built from a data set's coordinates. Every sample is
 //! reverse-geocoded to its (country, admin-1 region); a region with fewer than `min_samples`
 //! is merged into the nearest region of the same country (else of any country); a region with
-//! more than `max_samples` is split by spherical k-means. Deterministic for a seed.
+//! more than `max_samples` is bisected by spherical 2-means until it fits. Deterministic for a seed.
 
 use super::distance::{lat_lon, unit_vector};
 use super::gazetteer::Gazetteer;

@@ -72,31 +72,6 @@ fn snapshot(repo: &Path) -> Option<PathBuf> {
         .map(|e| e.path())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::hub_id;
-    use std::path::Path;
-
-    #[test]
-    fn only_relative_missing_org_slash_name_paths_are_hub_ids() {
-        let id = |s: &str| hub_id(Path::new(s));
-        assert_eq!(
-            id("openai/clip-vit-large-patch14-336"),
-            Some(("openai".into(), "clip-vit-large-patch14-336".into()))
-        );
-        assert_eq!(id("/nonexistent/model"), None);
-        assert_eq!(id("runs/demo/export"), None);
-        assert_eq!(id("./x"), None);
-        assert_eq!(id("src"), None);
-        assert_eq!(id("src/model"), None, "an existing folder is a folder");
-        assert_eq!(
-            id("src/streetclip"),
-            None,
-            "a missing folder inside an existing one is a local path"
-        );
-    }
-}
-
 /// What to say about a local model path that does not exist: which it was taken for and how to
 /// fill it (`hf download` of the model its name suggests).
 pub fn missing_local(spec: &Path) -> String {
@@ -123,4 +98,29 @@ pub fn missing_local(spec: &Path) -> String {
         spec.display(),
         spec.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hub_id;
+    use std::path::Path;
+
+    #[test]
+    fn only_relative_missing_org_slash_name_paths_are_hub_ids() {
+        let id = |s: &str| hub_id(Path::new(s));
+        assert_eq!(
+            id("openai/clip-vit-large-patch14-336"),
+            Some(("openai".into(), "clip-vit-large-patch14-336".into()))
+        );
+        assert_eq!(id("/nonexistent/model"), None);
+        assert_eq!(id("runs/demo/export"), None);
+        assert_eq!(id("./x"), None);
+        assert_eq!(id("src"), None);
+        assert_eq!(id("src/model"), None, "an existing folder is a folder");
+        assert_eq!(
+            id("src/streetclip"),
+            None,
+            "a missing folder inside an existing one is a local path"
+        );
+    }
 }

@@ -240,11 +240,22 @@ enum Command {
         /// Override a config key: --set geo.use_regions=true (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
+        /// Write the guesses to this file (see --format) instead of printing them.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// The file's format: jsonl and csv rows are appended as each batch finishes; geojson
+        /// (a FeatureCollection for QGIS or geojson.io) and json are written at the end.
+        #[arg(long, value_enum, default_value = "jsonl", requires = "out")]
+        format: commands::guesses_out::Format,
+        /// Keep the rows already in --out (jsonl or csv; a partial last line is cut off) and
+        /// geolocate only the images not in it.
+        #[arg(long, requires = "out")]
+        resume: bool,
         /// Candidates listed per stage (geo.top_k).
         #[arg(long, value_parser = at_least_one::<usize>)]
         top_k: Option<usize>,
         /// Candidate countries, comma-separated names or ISO codes (geo.countries); default
-        /// every gazetteer country.
+        /// every gazetteer country. A geocell export ranks its own cells' countries instead.
         #[arg(long, value_name = "LIST")]
         countries: Option<String>,
         #[command(flatten)]
@@ -577,6 +588,9 @@ fn run(cli: Cli) -> Result<()> {
             zero_shot,
             config,
             sets,
+            out,
+            format,
+            resume,
             top_k,
             countries,
             rt,
@@ -592,9 +606,38 @@ fn run(cli: Cli) -> Result<()> {
                 cfg.geo.countries = Some(list.split(',').map(|c| c.trim().to_string()).collect());
             }
             let clip = Pretrained::load(&model, streetclip::model::parse_device(&rt.device)?)?;
-            let guesses =
-                commands::geo::geolocate(&model, &clip, zero_shot, &cfg, &images, rt.batch_size)?;
-            commands::geo::print_guesses(&guesses, json)?;
+            let geolocate = |images: &[PathBuf], on_batch: &mut dyn FnMut(&[_]) -> Result<()>| {
+                let inputs = (images, rt.batch_size);
+                commands::geo::geolocate(&model, &clip, zero_shot, &cfg, inputs, on_batch)
+            };
+            match out {
+                Some(out) => {
+                    let (mut file, done) =
+                        commands::guesses_out::GuessFile::open(&out, format, resume)?;
+                    let todo: Vec<PathBuf> = images
+                        .into_iter()
+                        .filter(|p| !done.contains(&p.display().to_string()))
+                        .collect();
+                    if !done.is_empty() {
+                        eprintln!(
+                            "{}: {} images already there, {} to go",
+                            out.display(),
+                            done.len(),
+                            todo.len()
+                        );
+                    }
+                    geolocate(&todo, &mut |rows| file.add(rows))?;
+                    file.finish()?;
+                }
+                None => {
+                    let mut guesses = Vec::new();
+                    geolocate(&images, &mut |rows| {
+                        guesses.extend_from_slice(rows);
+                        Ok(())
+                    })?;
+                    commands::geo::print_guesses(&guesses, json)?;
+                }
+            }
         }
         Command::Eval(EvalCommand::Geo {
             model,

@@ -209,3 +209,118 @@ fn geolocate_restricts_candidates_like_eval_geo() {
     let from_config = guess(&["--config", cfg.to_str().unwrap()]);
     assert_close_json(&from_config, &two, 0.0);
 }
+
+#[test]
+fn geolocate_writes_jsonl_csv_and_geojson_that_other_tools_read() {
+    let tmp = tmpdir();
+    let model = fixture("tiny-p14-336");
+    let photos = im2gps3k_images(4);
+    let run = |extra: &[&dyn AsRef<std::ffi::OsStr>]| {
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"geolocate", &"--model", &model];
+        args.extend_from_slice(extra);
+        args.extend(photos.iter().map(|p| p as &dyn AsRef<std::ffi::OsStr>));
+        streetclip(&args)
+    };
+    let printed = json(&run(&[&"--json"]));
+    let out = |ext: &str| tmp.path().join(format!("guesses.{ext}"));
+    for (format, file) in [
+        ("jsonl", out("jsonl")),
+        ("csv", out("csv")),
+        ("geojson", out("geojson")),
+    ] {
+        let o = run(&[&"--out", &file, &"--format", &format]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    // JSONL: the printed JSON, a row per line.
+    let text = std::fs::read_to_string(out("jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(serde_json::Value::Array(rows), printed);
+    // CSV through Python's csv module; GeoJSON through the geojson library's RFC 7946 checks.
+    let read_back = run_python([
+        "-c",
+        "import csv, json, sys, geojson\n\
+         rows = list(csv.DictReader(open(sys.argv[1], newline='')))\n\
+         fc = geojson.load(open(sys.argv[2]))\n\
+         assert fc.is_valid, fc.errors()\n\
+         assert fc['type'] == 'FeatureCollection'\n\
+         points = [f['geometry']['coordinates'] for f in fc['features']]\n\
+         print(json.dumps({'csv': [[r['image'], float(r['lat']), float(r['lon']), r['country'], r['city']] for r in rows], 'points': points, 'images': [f['properties']['image'] for f in fc['features']]}))",
+        out("csv").to_str().unwrap(),
+        out("geojson").to_str().unwrap(),
+    ]);
+    let back: serde_json::Value = serde_json::from_str(read_back.trim()).unwrap();
+    for (i, row) in printed.as_array().unwrap().iter().enumerate() {
+        let g = &row["guess"];
+        let csv_row = &back["csv"][i];
+        assert_eq!(csv_row[0], row["image"]);
+        assert_eq!(csv_row[1].as_f64(), g["lat"].as_f64());
+        assert_eq!(csv_row[2].as_f64(), g["lon"].as_f64());
+        assert_eq!((&csv_row[3], &csv_row[4]), (&g["country"], &g["city"]));
+        // GeoJSON points are [longitude, latitude].
+        assert_eq!(back["points"][i], serde_json::json!([g["lon"], g["lat"]]));
+        assert_eq!(back["images"][i], row["image"]);
+    }
+}
+
+#[test]
+fn a_killed_jsonl_run_resumes_to_the_same_rows() {
+    let tmp = tmpdir();
+    let model = fixture("tiny-p14-336");
+    let photos = im2gps3k_images(300);
+    let file = tmp.path().join("guesses.jsonl");
+    let command = |out: &Path, resume: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_streetclip"));
+        // One image a batch: every guess is the image's own, whatever batch it falls in.
+        c.args(["geolocate", "--batch-size", "1", "--model"])
+            .arg(&model)
+            .arg("--out")
+            .arg(out)
+            .args(if resume { &["--resume"][..] } else { &[][..] })
+            .args(&photos)
+            .stderr(std::process::Stdio::null());
+        c
+    };
+    let mut child = command(&file, false).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while std::fs::read_to_string(&file).map_or(0, |t| t.lines().count()) < 8 {
+        assert!(std::time::Instant::now() < deadline, "no rows written");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let partial = std::fs::read_to_string(&file).unwrap();
+    let kept = partial
+        .lines()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+        .count();
+    assert!(
+        kept >= 8 && kept < photos.len(),
+        "{kept} whole rows when killed"
+    );
+    assert!(command(&file, true).status().unwrap().success());
+    let whole = tmp.path().join("whole.jsonl");
+    assert!(command(&whole, false).status().unwrap().success());
+    let by_image = |path: &Path| -> std::collections::BTreeMap<String, serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let row: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    row["image"].as_str().unwrap().to_string(),
+                    row["guess"].clone(),
+                )
+            })
+            .collect()
+    };
+    let (resumed, uninterrupted) = (by_image(&file), by_image(&whole));
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap().lines().count(),
+        photos.len(),
+        "each image once"
+    );
+    assert_eq!(resumed, uninterrupted);
+}

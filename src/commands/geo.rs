@@ -12,32 +12,44 @@ use crate::pretrained::Pretrained;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 
-/// Guesses for `images` by the model in `model_dir`: by its geocells or its country head when
-/// it has them, unless `zero_shot`. Images that cannot be read follow `data.on_error` (skipped
-/// and listed on stderr by default).
+/// Guesses for `images` by the model in `model_dir` (by its geocells or its country head when
+/// it has them, unless `zero_shot`), handed to `on_batch` a few batches at a time as they are
+/// made. Images that cannot be read follow `data.on_error` (skipped and listed on stderr by
+/// default; `NothingUsable` when none could be used).
 pub fn geolocate(
     model_dir: &Path,
     clip: &Pretrained,
     zero_shot: bool,
     cfg: &Config,
-    images: &[PathBuf],
-    batch: usize,
-) -> Result<Vec<(PathBuf, Guess)>> {
+    (images, batch): (&[PathBuf], usize),
+    mut on_batch: impl FnMut(&[(PathBuf, Guess)]) -> Result<()>,
+) -> Result<()> {
     let g = Gazetteer::bundled()?;
     let model = GeoModel::read(model_dir, clip, zero_shot, &cfg.geo)?;
     let encoder = model.text_encoder(clip, cfg.geo.cache)?;
     let locators = model.locators(encoder.as_ref(), g, &cfg.geo)?;
-    let embedded =
-        crate::encode::Encoder::new(clip, batch).files_or_skip(images, cfg.data.on_error)?;
-    embedded.report(images)?;
-    let guesses = locators[0].1.locate(&embedded.embeddings)?;
-    Ok(embedded
-        .kept
-        .iter()
-        .map(|&i| images[i].clone())
-        .zip(guesses)
-        .collect())
+    let images_encoder = crate::encode::Encoder::new(clip, batch);
+    let mut skipped = Vec::new();
+    for chunk in images.chunks(batch.max(1) * BATCHES_PER_WRITE) {
+        let embedded = images_encoder.files_or_skip(chunk, cfg.data.on_error)?;
+        skipped.extend(embedded.skipped.into_iter().map(|(_, why)| why));
+        if embedded.kept.is_empty() {
+            continue;
+        }
+        let guesses = locators[0].1.locate(&embedded.embeddings)?;
+        let rows: Vec<(PathBuf, Guess)> = embedded
+            .kept
+            .iter()
+            .map(|&i| chunk[i].clone())
+            .zip(guesses)
+            .collect();
+        on_batch(&rows)?;
+    }
+    crate::encode::report_skipped(&skipped, images.len())
 }
+
+/// Batches embedded between two hand-overs of guesses (to the output file).
+const BATCHES_PER_WRITE: usize = 4;
 
 /// Evaluates each model directory on `cfg`'s data (one report, or a comparison when there are
 /// several evaluations, in `out`); a model's geocells or country head are used unless

@@ -9,5 +9,6 @@ pub mod embed;
 pub mod export;
 pub mod geo;
 pub mod geocells;
+pub mod guesses_out;
 pub mod predict;
 pub mod train;

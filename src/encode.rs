@@ -32,15 +32,24 @@ pub struct Embedded {
     pub embeddings: Tensor,
     /// The input index of each row of `embeddings`.
     pub kept: Vec<usize>,
-    /// `(input index, why)` of each file left out.
-    pub skipped: Vec<(usize, String)>,
+    /// Why each file left out was (its message names it).
+    pub skipped: Vec<String>,
 }
 
-impl Embedded {
-    /// Says on stderr which of `paths` were left out (see `report_skipped`).
-    pub fn report(&self, paths: &[PathBuf]) -> Result<()> {
-        let reasons: Vec<String> = self.skipped.iter().map(|(_, why)| why.clone()).collect();
-        report_skipped(&reasons, paths.len())
+/// `result` as `Some` when it is usable; a failure is pushed to `skipped` (`OnError::Skip`) or is
+/// the error (`Fail`). The one decision every pass over images takes per image.
+pub fn keep_or_skip<T>(
+    result: Result<T>,
+    on_error: OnError,
+    skipped: &mut Vec<String>,
+) -> Result<Option<T>> {
+    match (result, on_error) {
+        (Ok(t), _) => Ok(Some(t)),
+        (Err(e), OnError::Skip) => {
+            skipped.push(format!("{e:#}"));
+            Ok(None)
+        }
+        (Err(e), OnError::Fail) => Err(e),
     }
 }
 
@@ -219,14 +228,9 @@ impl<'a> Encoder<'a> {
                 .collect();
             let mut planes = Vec::new();
             for (i, result) in loaded.into_iter().enumerate() {
-                let index = c * self.batch + i;
-                match (result, on_error) {
-                    (Ok(p), _) => {
-                        planes.push(p);
-                        kept.push(index);
-                    }
-                    (Err(e), OnError::Skip) => skipped.push((index, format!("{e:#}"))),
-                    (Err(e), OnError::Fail) => return Err(e),
+                if let Some(p) = keep_or_skip(result, on_error, &mut skipped)? {
+                    planes.push(p);
+                    kept.push(c * self.batch + i);
                 }
             }
             if !planes.is_empty() {

@@ -189,7 +189,7 @@ impl Pretrained {
             std::fs::read(&config).with_context(|| format!("cannot read {}", config.display()))?;
         serde_json::from_slice::<serde_json::Value>(&text)
             .with_context(|| format!("{} is not valid JSON", config.display()))?;
-        crate::tensor_io::read(&dir.join(weights::WEIGHTS_FILE))?;
+        crate::tensor_io::check(&dir.join(weights::WEIGHTS_FILE))?;
         if !dir.join(PREPROCESSOR_FILE).is_file() {
             anyhow::bail!("{} has no {PREPROCESSOR_FILE}", dir.display());
         }

@@ -44,15 +44,26 @@ pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>> {
 /// A file's tensors by name, and its metadata (string pairs).
 pub type TensorsAndMetadata = (Vec<(String, Tensor)>, HashMap<String, String>);
 
-/// `read`, with the file's metadata (empty when it has none).
-pub fn read_with_metadata(path: &Path) -> Result<TensorsAndMetadata> {
+/// Whether `path` is a whole safetensors file (its header parses and every tensor's bytes are
+/// there), without building any tensor.
+pub fn check(path: &Path) -> Result<()> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes).with_context(|| {
+    parse(path, &bytes).map(|_| ())
+}
+
+fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<SafeTensors<'a>> {
+    SafeTensors::deserialize(bytes).with_context(|| {
         format!(
             "{} is not a valid safetensors file (corrupt or truncated?)",
             path.display()
         )
-    })?;
+    })
+}
+
+/// `read`, with the file's metadata (empty when it has none).
+pub fn read_with_metadata(path: &Path) -> Result<TensorsAndMetadata> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let st = parse(path, &bytes)?;
     let mut out = Vec::new();
     for (name, view) in st.tensors() {
         let Some(kind) = kind_of(view.dtype()) else {

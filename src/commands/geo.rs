@@ -32,7 +32,7 @@ pub fn geolocate(
     let mut skipped = Vec::new();
     for chunk in images.chunks(batch.max(1) * BATCHES_PER_WRITE) {
         let embedded = images_encoder.files_or_skip(chunk, cfg.data.on_error)?;
-        skipped.extend(embedded.skipped.into_iter().map(|(_, why)| why));
+        skipped.extend(embedded.skipped);
         if embedded.kept.is_empty() {
             continue;
         }

@@ -88,7 +88,7 @@ pub fn run(clip: &Pretrained, ranker: &Ranker, args: &PredictArgs) -> Result<Vec
     }
     let encoder = Encoder::new(clip, args.batch_size);
     let embedded = encoder.files_or_skip(&args.images, OnError::Skip)?;
-    embedded.report(&args.images)?;
+    crate::encode::report_skipped(&embedded.skipped, args.images.len())?;
     let images = &embedded.embeddings;
     let probs = match ranker {
         Ranker::Head(head) => head.probabilities(images),

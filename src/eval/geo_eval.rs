@@ -5,8 +5,8 @@ use super::geo_model::GeoModel;
 use super::metrics::{geo_metrics, GeoMetrics};
 use crate::config::Config;
 use crate::data::decode::decode;
-use crate::data::{Dataset, OnError, Sample};
-use crate::encode::Encoder;
+use crate::data::{Dataset, Sample};
+use crate::encode::{keep_or_skip, Encoder};
 use crate::geo::{haversine_km, Gazetteer};
 use crate::pretrained::Pretrained;
 use anyhow::{Context, Result};
@@ -82,7 +82,7 @@ pub fn evaluate(
         .collect();
     let images = Encoder::new(clip, batch);
     let bar = crate::encode::progress(samples.len(), "images");
-    let mut skipped = Vec::new();
+    let (mut skipped, mut reasons) = (Vec::new(), Vec::new());
     for chunk in samples.chunks(batch.max(1)) {
         let decoded: Vec<Result<_>> = chunk
             .par_iter()
@@ -95,13 +95,13 @@ pub fn evaluate(
             .collect();
         let (mut good, mut pictures) = (Vec::new(), Vec::new());
         for (s, d) in chunk.iter().zip(decoded) {
-            match (d, cfg.data.on_error) {
-                (Ok(picture), _) => {
+            let before = reasons.len();
+            match keep_or_skip(d, cfg.data.on_error, &mut reasons)? {
+                Some(picture) => {
                     good.push(*s);
                     pictures.push(picture);
                 }
-                (Err(e), OnError::Skip) => skipped.push((s.image.to_string(), format!("{e:#}"))),
-                (Err(e), OnError::Fail) => return Err(e),
+                None => skipped.push((s.image.to_string(), reasons[before].clone())),
             }
         }
         bar.inc(chunk.len() as u64);
@@ -125,7 +125,6 @@ pub fn evaluate(
             );
         }
     }
-    let reasons: Vec<String> = skipped.iter().map(|(_, why)| why.clone()).collect();
     crate::encode::report_skipped(&reasons, samples.len())?;
     Ok(scored
         .into_iter()

@@ -5,11 +5,11 @@
 use crate::data::OnError;
 use crate::model::normalize;
 use crate::pretrained::Pretrained;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 /// A progress bar on a terminal for long inputs; hidden otherwise.
@@ -26,61 +26,150 @@ pub fn progress(total: usize, what: &str) -> ProgressBar {
     bar
 }
 
-/// What `Encoder::files_or_skip` made of a list of image files.
-pub struct Embedded {
-    /// L2-normalised embeddings `[kept, d]` of the files that could be read, in input order.
-    pub embeddings: Tensor,
-    /// The input index of each row of `embeddings`.
-    pub kept: Vec<usize>,
-    /// Why each file left out was (its message names it).
-    pub skipped: Vec<String>,
+/// A counter with its rate on a terminal for a stream of unknown length; hidden otherwise.
+pub fn progress_open(what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let style = ProgressStyle::with_template(&format!(
+        "{{spinner}} {{pos}} {what} [{{elapsed}}, {{per_sec}}]"
+    ))
+    .expect("valid progress template");
+    ProgressBar::new_spinner().with_style(style)
 }
 
-/// `result` as `Some` when it is usable; a failure is pushed to `skipped` (`OnError::Skip`) or is
-/// the error (`Fail`). The one decision every pass over images takes per image.
+/// Inputs left out (`data.on_error: skip`): counted, the first few kept to name on stderr, each
+/// one appended to a `skipped.csv` (path, reason) as it happens when there is one, and kept in
+/// memory only for a report that lists them.
+#[derive(Default)]
+pub struct Skipped {
+    count: usize,
+    first: Vec<String>,
+    file: Option<(PathBuf, csv::Writer<std::fs::File>)>,
+    rows: Option<Vec<(String, String)>>,
+}
+
+/// Reasons named on stderr; the rest are counted (and listed in `skipped.csv`).
+const NAMED: usize = 5;
+
+impl Skipped {
+    /// Every one appended to `path` (created anew with its header: a rerun's list is its own).
+    pub fn to_file(path: &Path) -> Result<Self> {
+        let mut w = csv::Writer::from_path(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        w.write_record(["path", "reason"])?;
+        w.flush()?;
+        let file = Some((path.to_path_buf(), w));
+        Ok(Self {
+            file,
+            ..Self::default()
+        })
+    }
+
+    /// Every one kept in memory (`rows`), for a report written at the end.
+    pub fn keeping_rows() -> Self {
+        Self {
+            rows: Some(Vec::new()),
+            ..Self::default()
+        }
+    }
+
+    pub fn add(&mut self, path: &str, why: &anyhow::Error) -> Result<()> {
+        let why = format!("{why:#}");
+        self.count += 1;
+        if self.first.len() < NAMED {
+            self.first.push(why.clone());
+        }
+        if let Some((name, w)) = &mut self.file {
+            w.write_record([path, why.as_str()])
+                .and_then(|_| Ok(w.flush()?))
+                .with_context(|| format!("cannot write {}", name.display()))?;
+        }
+        if let Some(rows) = &mut self.rows {
+            rows.push((path.to_string(), why));
+        }
+        Ok(())
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// `(path, reason)` of each, when made by `keeping_rows`.
+    pub fn rows(&self) -> &[(String, String)] {
+        self.rows.as_deref().unwrap_or_default()
+    }
+
+    /// Says on stderr how many of `total` inputs were left out and why, naming the first few
+    /// and the file listing them all; an error (`NothingUsable`, its own exit status) when that
+    /// was every one, or when there was no input at all.
+    pub fn report(&self, total: usize) -> Result<()> {
+        if self.count == total {
+            let first = self.first.clone();
+            return Err(NothingUsable { total, first }.into());
+        }
+        if self.count == 0 {
+            return Ok(());
+        }
+        eprintln!(
+            "skipped {} of {total} images (data.on_error: skip; `fail` stops at the first){}:",
+            self.count,
+            match &self.file {
+                Some((path, _)) => format!(", all listed in {}", path.display()),
+                None => String::new(),
+            }
+        );
+        for why in &self.first {
+            eprintln!("  {why}");
+        }
+        if self.count > NAMED {
+            eprintln!("  ... and {} more", self.count - NAMED);
+        }
+        Ok(())
+    }
+}
+
+/// Writes `rows` (path, reason) as a whole `skipped.csv` (a report's; atomic).
+pub fn write_skipped(path: &Path, rows: &[(String, String)]) -> Result<()> {
+    let mut csv = csv::Writer::from_writer(vec![]);
+    csv.write_record(["path", "reason"])?;
+    for (image, why) in rows {
+        csv.write_record([image, why])?;
+    }
+    crate::tensor_io::write_atomic(path, &csv.into_inner()?)
+}
+
+/// The `skipped.csv` of an output file: `NAME.skipped.csv` beside it.
+pub fn skipped_beside(out: &Path) -> PathBuf {
+    let stem = out.file_stem().unwrap_or_default().to_string_lossy();
+    out.with_file_name(format!("{stem}.skipped.csv"))
+}
+
+/// `result` as `Some` when it is usable; a failure goes to `skipped` under `path` (`OnError::Skip`)
+/// or is the error (`Fail`). The one decision every pass over images takes per image.
 pub fn keep_or_skip<T>(
     result: Result<T>,
+    path: &str,
     on_error: OnError,
-    skipped: &mut Vec<String>,
+    skipped: &mut Skipped,
 ) -> Result<Option<T>> {
     match (result, on_error) {
         (Ok(t), _) => Ok(Some(t)),
         (Err(e), OnError::Skip) => {
-            skipped.push(format!("{e:#}"));
+            skipped.add(path, &e)?;
             Ok(None)
         }
         (Err(e), OnError::Fail) => Err(e),
     }
 }
 
-/// Says on stderr how many of `total` inputs were left out and why, naming the first few; an
-/// error (`NothingUsable`, its own exit status) when that was every one.
-pub fn report_skipped(reasons: &[String], total: usize) -> Result<()> {
-    const NAMED: usize = 5;
-    if reasons.is_empty() {
-        return Ok(());
-    }
-    if reasons.len() == total {
-        let first = reasons.iter().take(NAMED).cloned().collect();
-        return Err(NothingUsable { total, first }.into());
-    }
-    eprintln!(
-        "skipped {} of {total} images (data.on_error: skip; `fail` stops at the first):",
-        reasons.len()
-    );
-    for why in reasons.iter().take(NAMED) {
-        eprintln!("  {why}");
-    }
-    if reasons.len() > NAMED {
-        eprintln!("  ... and {} more", reasons.len() - NAMED);
-    }
-    Ok(())
-}
-
 /// No input could be used: nothing was produced. Its exit status (3) tells a script this apart
 /// from a usage or model error (1).
 #[derive(Debug, thiserror::Error)]
-#[error("no image could be used ({total} given): {}", first.join("; "))]
+#[error("{}", match total {
+    0 => "no image given (folders are searched for .jpg, .jpeg, .png and .webp files)".to_string(),
+    _ => format!("no image could be used ({total} given): {}", first.join("; ")),
+})]
 pub struct NothingUsable {
     pub total: usize,
     pub first: Vec<String>,
@@ -90,22 +179,8 @@ impl NothingUsable {
     pub const EXIT_CODE: i32 = 3;
 }
 
-/// Files that must exist, checked before any work starts so a typo fails fast.
-pub fn check_files(paths: &[PathBuf]) -> Result<()> {
-    for p in paths {
-        if p.is_dir() {
-            bail!(
-                "{} is a directory, not an image file: give the image files (e.g. {}/*.jpg)",
-                p.display(),
-                p.display()
-            );
-        }
-        if let Some(why) = crate::data::not_a_file(p) {
-            bail!("image {} {why}", p.display());
-        }
-    }
-    Ok(())
-}
+/// Batches decoded between two hand-overs to the caller (an output file's write).
+const BATCHES_PER_CHUNK: usize = 4;
 
 /// Texts a model encodes at once when it serves as a [`TextEncoder`] (prompt lists).
 const TEXT_BATCH: usize = 256;
@@ -207,18 +282,65 @@ impl<'a> Encoder<'a> {
     /// L2-normalised image embeddings `[n, d]` of image files, `batch` decoded at a time (a
     /// progress bar on a terminal); the first unreadable file is an error naming it.
     pub fn files(&self, paths: &[PathBuf]) -> Result<Tensor> {
-        Ok(self.files_or_skip(paths, OnError::Fail)?.embeddings)
+        let mut parts = Vec::new();
+        let all = paths.iter().cloned().map(Ok);
+        self.stream(
+            all,
+            Some(paths.len()),
+            OnError::Fail,
+            &mut Skipped::default(),
+            |_, e| {
+                parts.push(e);
+                Ok(())
+            },
+        )?;
+        Ok(self.cat(parts))
     }
 
-    /// L2-normalised image embeddings of the files that can be read, `batch` decoded at a time
-    /// by the route the loader takes (`PreprocessConfig::load`); a file that is missing, not a
-    /// file or undecodable is left out and listed (`OnError::Skip`), or is an error naming it
-    /// (`Fail`).
-    pub fn files_or_skip(&self, paths: &[PathBuf], on_error: OnError) -> Result<Embedded> {
-        let bar = progress(paths.len(), "images");
+    /// L2-normalised image embeddings of a stream of image files, handed to `on_chunk` with
+    /// their paths a few batches at a time (see `stream_pixels`).
+    pub fn stream(
+        &self,
+        paths: impl Iterator<Item = Result<PathBuf>>,
+        total: Option<usize>,
+        on_error: OnError,
+        skipped: &mut Skipped,
+        mut on_chunk: impl FnMut(&[PathBuf], Tensor) -> Result<()>,
+    ) -> Result<usize> {
+        self.stream_pixels(paths, total, on_error, skipped, |kept, pixels| {
+            on_chunk(kept, self.pixel_embeddings(&pixels)?)
+        })
+    }
+
+    /// Preprocessed images `[k, 3, H, W]` of a stream of image files, read as they come and
+    /// `batch` decoded at a time in parallel by the route the loader takes
+    /// (`PreprocessConfig::load`), handed to `on_chunk` with their paths every
+    /// `BATCHES_PER_CHUNK` batches. A file that is missing, not a file or undecodable goes to
+    /// `skipped` (`OnError::Skip`) or is an error naming it (`Fail`). A progress bar with
+    /// images/s on a terminal (`total` when known). Returns how many paths came.
+    pub fn stream_pixels(
+        &self,
+        mut paths: impl Iterator<Item = Result<PathBuf>>,
+        total: Option<usize>,
+        on_error: OnError,
+        skipped: &mut Skipped,
+        mut on_chunk: impl FnMut(&[PathBuf], Tensor) -> Result<()>,
+    ) -> Result<usize> {
+        let bar = match total {
+            Some(n) => progress(n, "images"),
+            None => progress_open("images"),
+        };
         let pre = &self.clip.preprocess;
-        let (mut parts, mut kept, mut skipped) = (Vec::new(), Vec::new(), Vec::new());
-        for (c, chunk) in paths.chunks(self.batch).enumerate() {
+        let mut seen = 0;
+        loop {
+            let chunk = paths
+                .by_ref()
+                .take(self.batch * BATCHES_PER_CHUNK)
+                .collect::<Result<Vec<PathBuf>>>()?;
+            if chunk.is_empty() {
+                break;
+            }
+            seen += chunk.len();
             let loaded: Vec<Result<Vec<f32>>> = chunk
                 .par_iter()
                 .map(|p| match crate::data::not_a_file(p) {
@@ -226,24 +348,21 @@ impl<'a> Encoder<'a> {
                     None => pre.load(p),
                 })
                 .collect();
-            let mut planes = Vec::new();
-            for (i, result) in loaded.into_iter().enumerate() {
-                if let Some(p) = keep_or_skip(result, on_error, &mut skipped)? {
-                    planes.push(p);
-                    kept.push(c * self.batch + i);
+            let (mut kept, mut planes) = (Vec::new(), Vec::new());
+            for (path, result) in chunk.into_iter().zip(loaded) {
+                let name = path.display().to_string();
+                if let Some(plane) = keep_or_skip(result, &name, on_error, skipped)? {
+                    kept.push(path);
+                    planes.push(plane);
                 }
             }
-            if !planes.is_empty() {
-                parts.push(self.pixel_embeddings(&self.stack(planes))?);
+            if !kept.is_empty() {
+                on_chunk(&kept, self.stack(planes))?;
             }
-            bar.inc(chunk.len() as u64);
+            bar.set_position(seen as u64);
         }
         bar.finish_and_clear();
-        Ok(Embedded {
-            embeddings: self.cat(parts),
-            kept,
-            skipped,
-        })
+        Ok(seen)
     }
 
     /// `(input_ids, attention_mask)` and the text tower's projections (transformers'

@@ -251,9 +251,10 @@ fn tokenizer_that_does_not_fit_the_model() {
 }
 
 #[test]
-fn a_directory_given_as_an_image() {
+fn a_folder_without_images_is_nothing_to_do() {
     let tmp = tmpdir();
-    assert_nothing_usable(tmp.path(), &["is a folder, not a file"]);
+    std::fs::write(tmp.path().join("notes.txt"), "not an image").unwrap();
+    assert_nothing_usable(tmp.path(), &["no image given", "searched for .jpg"]);
 }
 
 #[test]

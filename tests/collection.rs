@@ -324,3 +324,447 @@ fn a_killed_jsonl_run_resumes_to_the_same_rows() {
     );
     assert_eq!(resumed, uninterrupted);
 }
+
+/// A real JPEG whose frame header claims `w x h` (as in hostile_inputs.rs).
+fn jpeg_claiming(jpeg: &[u8], w: u16, h: u16) -> Vec<u8> {
+    let mut bytes = jpeg.to_vec();
+    let sof = bytes
+        .windows(2)
+        .position(|m| m[0] == 0xFF && (m[1] == 0xC0 || m[1] == 0xC2))
+        .unwrap();
+    bytes[sof + 5..sof + 7].copy_from_slice(&h.to_be_bytes());
+    bytes[sof + 7..sof + 9].copy_from_slice(&w.to_be_bytes());
+    bytes
+}
+
+/// The hostile files of hostile_inputs.rs in `dir`: truncated, zero-byte, text renamed .jpg, a
+/// header claiming 65535 x 65535 pixels.
+fn hostile_files(dir: &Path, jpeg: &[u8]) -> Vec<PathBuf> {
+    std::fs::create_dir_all(dir).unwrap();
+    let files = [
+        ("truncated.jpg", jpeg[..jpeg.len() / 3].to_vec()),
+        ("zero-byte.jpg", vec![]),
+        ("text.jpg", b"shopping list: bread, milk".to_vec()),
+        ("huge-header.jpg", jpeg_claiming(jpeg, 65535, 65535)),
+    ];
+    files
+        .into_iter()
+        .map(|(name, bytes)| {
+            std::fs::write(dir.join(name), bytes).unwrap();
+            dir.join(name)
+        })
+        .collect()
+}
+
+/// The rows of a `skipped.csv`: path → reason.
+fn skipped_rows(path: &Path) -> std::collections::BTreeMap<String, String> {
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    assert_eq!(reader.headers().unwrap(), vec!["path", "reason"]);
+    reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            (r[0].to_string(), r[1].to_string())
+        })
+        .collect()
+}
+
+fn assert_lists_the_bad(skipped: &Path, bad: &[PathBuf]) {
+    let rows = skipped_rows(skipped);
+    let names: Vec<String> = bad.iter().map(|b| b.display().to_string()).collect();
+    assert_eq!(
+        rows.keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        names.iter().cloned().collect(),
+        "{skipped:?}"
+    );
+    for (path, why) in &rows {
+        assert!(
+            why.contains(path.as_str()) && why.len() > path.len() + 10,
+            "{why}"
+        );
+    }
+}
+
+fn jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The shared IM2GPS3K photos in a folder with the hostile files in a subfolder (and a text file
+/// a folder search passes over): each of the five commands answers every good photo as it does
+/// alone (to 1e-6) and lists every bad one with its reason in a skipped.csv.
+#[test]
+fn every_command_answers_a_folders_good_photos_as_alone_and_lists_the_bad() {
+    let tmp = tmpdir();
+    let model = fixture("tiny-p14-336");
+    let folder = tmp.path().join("photos");
+    std::fs::create_dir_all(&folder).unwrap();
+    let mut good: Vec<PathBuf> = im2gps3k_images(4)
+        .iter()
+        .map(|p| {
+            let copy = folder.join(p.file_name().unwrap());
+            std::fs::copy(p, &copy).unwrap();
+            copy
+        })
+        .collect();
+    good.sort();
+    std::fs::write(folder.join("README.txt"), "not an image").unwrap();
+    let mut bad = hostile_files(&folder.join("bad"), &std::fs::read(&good[0]).unwrap());
+    bad.sort();
+    let out = |name: &str| tmp.path().join(name);
+
+    // predict and geolocate: --out FILE, the skipped images beside it.
+    for (command, extra, key) in [
+        (
+            "predict",
+            &["--labels", "France,Japan,Brazil"][..],
+            "ranking",
+        ),
+        ("geolocate", &[][..], "guess"),
+    ] {
+        let file = out(&format!("{command}.jsonl"));
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+            &command,
+            &"--model",
+            &model,
+            &"--batch-size",
+            &"3",
+            &"--out",
+            &file,
+        ];
+        args.extend(extra.iter().map(|a| a as &dyn AsRef<std::ffi::OsStr>));
+        args.push(&folder);
+        let o = streetclip(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let rows = jsonl(&file);
+        let images: Vec<&str> = rows.iter().map(|r| r["image"].as_str().unwrap()).collect();
+        assert_eq!(
+            images,
+            good.iter().map(|g| g.to_str().unwrap()).collect::<Vec<_>>()
+        );
+        assert_lists_the_bad(&out(&format!("{command}.skipped.csv")), &bad);
+        for (row, photo) in rows.iter().zip(&good) {
+            let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> =
+                vec![&command, &"--model", &model, &"--json"];
+            args.extend(extra.iter().map(|a| a as &dyn AsRef<std::ffi::OsStr>));
+            args.push(photo);
+            let alone = json(&streetclip(&args));
+            assert_close_json(&row[key], &alone[0][key], 1e-6);
+        }
+    }
+
+    // embed: a folder given to --image; the rows' images in the file's metadata.
+    let features = out("features.safetensors");
+    let o = streetclip(&[
+        &"embed",
+        &"--model",
+        &model,
+        &"--image",
+        &folder,
+        &"--no-pixels",
+        &"--batch-size",
+        &"3",
+        &"--out",
+        &features,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_lists_the_bad(&out("features.skipped.csv"), &bad);
+    let bytes = std::fs::read(&features).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let listed: Vec<PathBuf> =
+        serde_json::from_str(&header.metadata().as_ref().unwrap()["images"]).unwrap();
+    assert_eq!(listed, good);
+    let together = &tch::Tensor::read_safetensors(&features).unwrap();
+    let embeds = |list: &[(String, tch::Tensor)]| {
+        list.iter()
+            .find(|(n, _)| n == "image_embeds")
+            .unwrap()
+            .1
+            .shallow_clone()
+    };
+    let together = embeds(together);
+    assert!(together.size()[0] == good.len() as i64);
+    for (i, photo) in good.iter().enumerate() {
+        let alone_file = out(&format!("alone{i}.safetensors"));
+        let o = streetclip(&[
+            &"embed",
+            &"--model",
+            &model,
+            &"--image",
+            photo,
+            &"--out",
+            &alone_file,
+        ]);
+        assert!(o.status.success());
+        let alone = embeds(&tch::Tensor::read_safetensors(&alone_file).unwrap());
+        let d = max_diff(&together.get(i as i64), &alone.get(0));
+        let scale = alone.abs().max().double_value(&[]).max(1.0);
+        assert!(d <= 1e-6 * scale, "{photo:?}: {d}");
+    }
+
+    // eval classify: an ImageFolder whose class folders hold the good and the bad files.
+    let classes = tmp.path().join("classes");
+    let mut class_bad = Vec::new();
+    for (c, class) in ["france", "japan"].iter().enumerate() {
+        std::fs::create_dir_all(classes.join(class)).unwrap();
+        for g in &good[2 * c..2 * c + 2] {
+            std::fs::copy(g, classes.join(class).join(g.file_name().unwrap())).unwrap();
+        }
+        for b in &bad[c..c + 1] {
+            let to = classes.join(class).join(b.file_name().unwrap());
+            std::fs::copy(b, &to).unwrap();
+            class_bad.push(to);
+        }
+    }
+    let report = out("classify");
+    let o = streetclip(&[
+        &"eval",
+        &"classify",
+        &"--model",
+        &model,
+        &"--data",
+        &classes,
+        &"--out",
+        &report,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_lists_the_bad(&report.join("skipped.csv"), &class_bad);
+    let mut predictions = csv::Reader::from_path(report.join("predictions.csv")).unwrap();
+    let rows: Vec<csv::StringRecord> = predictions.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), good.len());
+    for row in &rows {
+        let alone = json(&streetclip(&[
+            &"predict",
+            &"--model",
+            &model,
+            &"--labels",
+            &"france,japan",
+            &"--template",
+            &"A Street View photo of {}.",
+            &"--json",
+            &&row[0],
+        ]));
+        let best = &alone[0]["ranking"][0];
+        assert_eq!(best["label"].as_str().unwrap(), &row[2]);
+        let p: f64 = row[3].parse().unwrap();
+        assert!(
+            (p - best["probability"].as_f64().unwrap()).abs() <= 1e-6,
+            "{row:?}"
+        );
+    }
+
+    // eval geo: a manifest of the folder's files with coordinates.
+    let manifest = out("photos.csv");
+    let mut text = String::from("image,lat,lon\n");
+    for p in good.iter().chain(&bad) {
+        text += &format!("{},48.85,2.35\n", p.display());
+    }
+    std::fs::write(&manifest, text).unwrap();
+    let report = out("geo");
+    let o = streetclip(&[
+        &"eval",
+        &"geo",
+        &"--model",
+        &model,
+        &"--manifest",
+        &manifest,
+        &"--out",
+        &report,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_lists_the_bad(&report.join("skipped.csv"), &bad);
+    let mut predictions = csv::Reader::from_path(report.join("predictions.csv")).unwrap();
+    let rows: Vec<GeoRow> = predictions.deserialize().map(|r| r.unwrap()).collect();
+    let guesses = jsonl(&out("geolocate.jsonl"));
+    assert_eq!(rows.len(), good.len());
+    for (row, guess) in rows.iter().zip(&guesses) {
+        assert_eq!(row.image, guess["image"].as_str().unwrap());
+        assert!((row.pred_lat - guess["guess"]["lat"].as_f64().unwrap()).abs() <= 1e-6);
+        assert!((row.pred_lon - guess["guess"]["lon"].as_f64().unwrap()).abs() <= 1e-6);
+    }
+
+    // eval geo without coordinates: says there is nothing to measure and geolocates.
+    let unlabelled = out("unlabelled.csv");
+    let names: Vec<String> = good
+        .iter()
+        .chain(&bad)
+        .map(|p| p.display().to_string())
+        .collect();
+    std::fs::write(&unlabelled, format!("image\n{}\n", names.join("\n"))).unwrap();
+    let report = out("unlabelled");
+    let o = streetclip(&[
+        &"eval",
+        &"geo",
+        &"--model",
+        &model,
+        &"--manifest",
+        &unlabelled,
+        &"--out",
+        &report,
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("nothing to measure"), "{stderr}");
+    assert_lists_the_bad(&report.join("guesses.skipped.csv"), &bad);
+    for (row, guess) in jsonl(&report.join("guesses.jsonl")).iter().zip(&guesses) {
+        assert_close_json(row, guess, 1e-6);
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct GeoRow {
+    image: String,
+    pred_lat: f64,
+    pred_lon: f64,
+}
+
+/// Photos geotagged by Pillow (JPEG, PNG, WebP; N/S, E/W; with and without a capture time),
+/// one without EXIF and one with EXIF but no GPS: the manifest holds the written positions (to
+/// 1e-6 degrees) and times, counts the two without, and `captions` reads it as training data.
+#[test]
+fn a_manifest_from_exif_holds_the_written_positions_and_counts_the_untagged() {
+    let tmp = tmpdir();
+    let photos = tmp.path().join("photos");
+    let written = run_python([
+        root().join("scripts/write_geotagged_photos.py").as_os_str(),
+        im2gps3k_images(1)[0].as_os_str(),
+        photos.as_os_str(),
+    ]);
+    let written: std::collections::BTreeMap<String, (f64, f64, Option<String>)> =
+        serde_json::from_str(written.trim()).unwrap();
+    let manifest = tmp.path().join("manifest.csv");
+    let o = streetclip(&[&"manifest", &"--from-exif", &photos, &"--out", &manifest]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("4 of 6 photos geotagged; 2 without a GPS position"),
+        "{stderr}"
+    );
+    let mut reader = csv::Reader::from_path(&manifest).unwrap();
+    assert_eq!(
+        reader.headers().unwrap(),
+        vec!["image", "lat", "lon", "captured"]
+    );
+    let rows: std::collections::BTreeMap<String, (f64, f64, Option<String>)> = reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            let captured = Some(r[3].to_string()).filter(|c| !c.is_empty());
+            (
+                r[0].to_string(),
+                (r[1].parse().unwrap(), r[2].parse().unwrap(), captured),
+            )
+        })
+        .collect();
+    // Paths relative to the manifest's folder: photos/<name>.
+    let expected: std::collections::BTreeMap<String, (f64, f64, Option<String>)> = written
+        .into_iter()
+        .map(|(name, row)| (format!("photos/{name}"), row))
+        .collect();
+    assert_eq!(
+        rows.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>()
+    );
+    for (name, (lat, lon, captured)) in &rows {
+        let (e_lat, e_lon, e_captured) = &expected[name];
+        assert!(
+            (lat - e_lat).abs() <= 1e-6 && (lon - e_lon).abs() <= 1e-6,
+            "{name}"
+        );
+        assert_eq!(captured, e_captured, "{name}");
+    }
+    // Training data as it is: captions reverse-geocode the positions.
+    let o = streetclip(&[&"captions", &"--manifest", &manifest, &"--json"]);
+    let captions = json(&o);
+    let countries: Vec<&str> = captions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["country"].as_str().unwrap())
+        .collect();
+    assert_eq!(countries.len(), 4);
+    for country in ["France", "Brazil", "Japan", "South Africa"] {
+        assert!(countries.contains(&country), "{country} in {countries:?}");
+    }
+}
+
+/// Runs `args` and returns its exit status and peak resident memory in bytes (wait4's rusage of
+/// that child alone).
+fn peak_rss(args: &[&dyn AsRef<std::ffi::OsStr>]) -> (i32, u64) {
+    #[allow(clippy::zombie_processes)] // reaped by wait4 below, which std cannot see
+    let child = Command::new(env!("CARGO_BIN_EXE_streetclip"))
+        .args(args.iter().map(|a| a.as_ref()))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+    // SAFETY: waits for our own child, writing into the two locals.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32);
+    (libc::WEXITSTATUS(status), usage.ru_maxrss as u64 * 1024)
+}
+
+/// A million paths, all but three of them missing, through `--files-from`: the run finishes
+/// with the three predicted and the rest in the skipped list, and its peak memory exceeds that
+/// of a run over a thousand paths by less than 32 MB — 32 bytes a path, less than holding the
+/// paths (each a 24-byte PathBuf plus its ~40 bytes of text) would take.
+#[test]
+fn a_million_listed_paths_run_in_bounded_memory() {
+    let tmp = tmpdir();
+    let model = fixture("tiny-p14-336");
+    let good = im2gps3k_images(3);
+    let list = |n: usize| {
+        let path = tmp.path().join(format!("list-{n}.txt"));
+        let mut text = String::with_capacity(n * 48);
+        for i in 0..n {
+            match good.get(i / (n / 3)).filter(|_| i % (n / 3) == 0) {
+                Some(photo) => text += &format!("{}\n", photo.display()),
+                None => text += &format!("/nonexistent/collection/photo-{i:07}.jpg\n"),
+            }
+        }
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let run = |n: usize| {
+        let out = tmp.path().join(format!("predictions-{n}.jsonl"));
+        let list = list(n);
+        let args: [&dyn AsRef<std::ffi::OsStr>; 10] = [
+            &"predict",
+            &"--model",
+            &model,
+            &"--labels",
+            &"France,Japan",
+            &"--batch-size",
+            &"64",
+            &"--files-from",
+            &list,
+            &"--out",
+        ];
+        let mut args = args.to_vec();
+        args.push(&out);
+        let (status, peak) = peak_rss(&args);
+        assert_eq!(status, 0, "{n} paths");
+        assert_eq!(jsonl(&out).len(), 3, "{n} paths");
+        let skipped =
+            std::fs::read_to_string(tmp.path().join(format!("predictions-{n}.skipped.csv")))
+                .unwrap();
+        assert_eq!(
+            skipped.lines().count(),
+            1 + n - 3,
+            "{n} paths: header + the missing ones"
+        );
+        peak
+    };
+    let (small, large) = (run(1_000), run(1_000_000));
+    assert!(
+        large < small + (32 << 20),
+        "peak RSS {} MB for 1,000,000 paths vs {} MB for 1,000",
+        large >> 20,
+        small >> 20
+    );
+}

@@ -4,6 +4,7 @@
 //! TFLOP/s from the model's FLOPs per sample, MFU against the GPU's dense bf16 peak, peak GPU
 //! memory.
 
+use super::args::{at_least_one, ConfigArgs};
 use crate::config::{Accumulation, Config};
 use crate::data::loader::{Loader, Position};
 use crate::data::Dataset;
@@ -34,15 +35,53 @@ const PEAK_BF16_TFLOPS: [(&str, f64); 9] = [
     ("L4", 121.0),
 ];
 
-/// What to time.
-pub struct BenchArgs {
+#[derive(clap::Subcommand)]
+pub enum Command {
+    Train(Args),
+}
+
+impl Command {
+    pub fn exec(self) -> Result<()> {
+        match self {
+            Command::Train(args) => {
+                let result = train(&args.config.resolve()?, &args)?;
+                match args.json {
+                    true => println!("{}", serde_json::to_string_pretty(&result)?),
+                    false => print!("{}", result.text()),
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Time training steps on synthetic batches already on the device: samples/s, TFLOP/s,
+/// MFU, peak GPU memory. `make bench-gpu` runs it beside transformers (eager and compiled).
+#[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  streetclip bench train --config configs/demo.yaml\n  streetclip bench train --set model.preset=ViT-L/14-336 --set model.device=cuda --set train.micro_batch_size=64 --set train.grad_accum_steps=1 --json"
+)]
+pub struct Args {
+    /// Its model, train and optim sections are timed (default: the default config).
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Timed optimizer steps.
+    #[arg(long, default_value_t = 10, value_parser = at_least_one::<usize>)]
     pub steps: usize,
+    /// Untimed steps first (allocator and kernel warm-up).
+    #[arg(long, default_value_t = 3)]
     pub warmup: usize,
-    /// The device's peak in TFLOP/s, overriding the table (and giving the CPU an MFU).
+    /// The device's peak TFLOP/s for MFU (default: dense bf16 of known GPUs; gives the CPU an
+    /// MFU too).
+    #[arg(long)]
     pub peak_tflops: Option<f64>,
-    /// Batches from the config's data through the training loader (decoding, augmentation,
-    /// captions, tokenising and the copy to the device included), not synthetic ones.
+    /// Train on the config's data through the training loader (decoding, augmentation,
+    /// tokenising and the copy to the device timed too) instead of synthetic batches.
+    #[arg(long)]
     pub data: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -140,7 +179,7 @@ enum Batches {
 }
 
 /// Times `args.steps` training steps of `cfg` after `args.warmup` untimed ones.
-pub fn train(cfg: &Config, args: &BenchArgs) -> Result<TrainBench> {
+pub fn train(cfg: &Config, args: &Args) -> Result<TrainBench> {
     if args.steps == 0 {
         bail!("--steps must be at least 1");
     }

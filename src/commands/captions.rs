@@ -1,5 +1,6 @@
 //! `streetclip captions`: the caption each sample would train on, without decoding images.
 
+use super::args::{at_least_one, ConfigArgs, JSON_HELP};
 use crate::config::Config;
 use crate::data::dataset::DataReport;
 use crate::data::Dataset;
@@ -7,6 +8,40 @@ use crate::geo::Gazetteer;
 use crate::text::Captioner;
 use anyhow::Result;
 use serde::Serialize;
+use std::path::PathBuf;
+
+/// Print the caption each sample would train on (tab-separated: image, caption). Images are
+/// not read.
+#[derive(clap::Args)]
+#[command(
+    after_help = "Example (synthetic scenes first, so it runs anywhere):\n  streetclip synth-data --out /tmp/scenes --countries 4 --per-city 5\n  streetclip captions --manifest /tmp/scenes/manifest.csv --limit 3"
+)]
+pub struct Args {
+    /// CSV or JSONL manifest (overrides data.manifest of the config).
+    #[arg(long)]
+    pub manifest: Option<PathBuf>,
+    /// WebDataset shards, brace patterns allowed (overrides data.shards).
+    #[arg(long)]
+    pub shards: Option<String>,
+    /// Its data and captions sections are used.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Caption only the first N samples.
+    #[arg(long, value_parser = at_least_one::<usize>)]
+    pub limit: Option<usize>,
+    #[arg(long, help = JSON_HELP)]
+    pub json: bool,
+}
+
+pub fn exec(args: Args) -> Result<()> {
+    let mut cfg = args.config.resolve()?;
+    if args.manifest.is_some() || args.shards.is_some() {
+        cfg.data.manifest = args.manifest;
+        cfg.data.shards = args.shards;
+    }
+    let (rows, report) = run(&cfg, args.limit)?;
+    print(&rows, &report, args.json)
+}
 
 #[derive(Debug, Serialize)]
 pub struct CaptionRow {

@@ -2,8 +2,10 @@
 //! `finetune` export carries, or zero-shot — each class name becomes captions through the
 //! templates, each image takes the most similar class.
 
+use super::args::{Runtime, MODEL_HELP};
 use crate::data::classes::Labelled;
-use crate::encode::{Encoder, TextEncoder};
+use crate::data::OnError;
+use crate::encode::{Encoder, Skipped, TextEncoder};
 use crate::eval::classification::{
     class_metrics, most_probable, prediction_rows, write_predictions, write_report, ClassMetrics,
     ClassPrediction,
@@ -15,6 +17,58 @@ use std::path::{Path, PathBuf};
 use tch::Tensor;
 
 pub const DEFAULT_TEMPLATE: &str = "A Street View photo of {}.";
+
+/// Zero-shot classification accuracy for any label set: per-class precision/recall,
+/// confusion matrix.
+#[derive(clap::Args)]
+#[command(
+    after_help = "Example:\n  streetclip eval classify --model runs/demo/export --data photos/ --template \"A Street View photo in {}.\""
+)]
+pub struct Args {
+    #[arg(long, help = MODEL_HELP)]
+    pub model: PathBuf,
+    /// Ignore a fine-tuned classifier head the model carries (head.safetensors) and rank
+    /// every candidate zero-shot, by caption similarity.
+    #[arg(long)]
+    pub zero_shot: bool,
+    /// An ImageFolder directory (root/<class>/*.jpg) or a CSV/JSONL manifest.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The manifest column holding the class.
+    #[arg(long)]
+    pub label_column: Option<String>,
+    /// Caption template, `{}` is the class name (`_` read as a space); repeat to ensemble.
+    #[arg(long = "template")]
+    pub templates: Vec<String>,
+    /// Writes metrics.json, predictions.csv, confusion.csv, confusion.png and report.md here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub rt: Runtime,
+}
+
+/// Classifies by the model's head (unless --zero-shot) or its templates and prints the
+/// metrics as JSON.
+pub fn exec(args: Args) -> Result<()> {
+    let data = Labelled::load(&args.data, args.label_column.as_deref())?;
+    let clip = args.rt.load(&args.model)?;
+    let given = !args.templates.is_empty();
+    let head = head(&args.model, &clip, args.zero_shot, given)?;
+    let templates = match given {
+        true => args.templates,
+        false => vec![DEFAULT_TEMPLATE.to_string()],
+    };
+    let classifier = match &head {
+        Some(head) => Classifier::Head(head),
+        None => Classifier::ZeroShot {
+            templates: &templates,
+        },
+    };
+    let batch = args.rt.batch_size;
+    let (metrics, _) = run(&clip, &data, classifier, batch, args.out.as_deref())?;
+    println!("{}", serde_json::to_string_pretty(&metrics)?);
+    Ok(())
+}
 
 /// What classifies the images: the fine-tuned head a `finetune` export carries, or the class
 /// names through caption templates (zero-shot).
@@ -49,8 +103,47 @@ pub fn zero_shot(
     ))
 }
 
-/// Classifies `data`; with `out`, writes the report files and `predictions.csv` there. A head's
-/// classes must include every class of `data` (matched by name).
+/// The embeddings of `data`'s images that can be read, and `data` narrowed to them; the
+/// others are skipped (named on stderr, and in `skipped.csv` in `out`).
+fn embed_readable(
+    clip: &Pretrained,
+    data: &Labelled,
+    batch: usize,
+    out: Option<&Path>,
+) -> Result<(Tensor, Labelled)> {
+    let paths: Vec<PathBuf> = data.items.iter().map(|i| i.path.clone()).collect();
+    let (mut parts, mut kept) = (Vec::new(), Vec::new());
+    let mut skipped = Skipped::keeping_rows();
+    let all = paths.iter().cloned().map(Ok);
+    let encoder = Encoder::new(clip, batch);
+    encoder.stream(
+        all,
+        Some(paths.len()),
+        OnError::Skip,
+        &mut skipped,
+        |k, e| {
+            kept.extend_from_slice(k);
+            parts.push(e);
+            Ok(())
+        },
+    )?;
+    skipped.report(paths.len())?;
+    if let (Some(dir), false) = (out, skipped.rows().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+        crate::encode::write_skipped(&dir.join("skipped.csv"), skipped.rows())?;
+    }
+    // `kept` is `paths` in order less the skipped ones.
+    let mut next = kept.iter().peekable();
+    let mut readable = data.clone();
+    readable
+        .items
+        .retain(|item| next.next_if(|p| **p == item.path).is_some());
+    Ok((Tensor::cat(&parts, 0), readable))
+}
+
+/// Classifies `data`'s readable images (the others are skipped, and listed in `skipped.csv`);
+/// with `out`, writes the report files and `predictions.csv` there. A head's classes must
+/// include every class of `data` (matched by name).
 pub fn run(
     clip: &Pretrained,
     data: &Labelled,
@@ -58,11 +151,11 @@ pub fn run(
     batch: usize,
     out: Option<&Path>,
 ) -> Result<(ClassMetrics, Vec<ClassPrediction>)> {
-    let paths: Vec<PathBuf> = data.items.iter().map(|i| i.path.clone()).collect();
+    let (images, data) = embed_readable(clip, data, batch, out)?;
     let (data, guesses, title, about) = match classifier {
         Classifier::Head(head) => {
-            let data = data.clone().aligned_to(&head.classes)?;
-            let probs = head.probabilities(&Encoder::new(clip, batch).files(&paths)?);
+            let data = data.aligned_to(&head.classes)?;
+            let probs = head.probabilities(&images);
             let about = format!(
                 "The fine-tuned classifier head ({} classes) on `{}`.",
                 head.classes.len(),
@@ -81,8 +174,8 @@ pub fn run(
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            let guesses = zero_shot(clip, &text, &paths, batch)?;
-            (data.clone(), guesses, "Zero-shot classification", about)
+            let guesses = most_probable(&probabilities(&images, &text, clip.scale()))?;
+            (data, guesses, "Zero-shot classification", about)
         }
     };
     let truth: Vec<usize> = data.items.iter().map(|i| i.class).collect();

@@ -5,7 +5,28 @@ use crate::finetune::head::{split_head, ClassHead};
 use crate::model::weights;
 use crate::pretrained::Pretrained;
 use anyhow::{Context, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Write a checkpoint as a Hugging Face CLIP directory.
+#[derive(clap::Args)]
+#[command(
+    after_help = "Example (after `make demo`):\n  streetclip export --checkpoint runs/demo/checkpoints/step-00000046 --out runs/demo/export-46"
+)]
+pub struct Args {
+    /// A checkpoint directory (RUN_DIR/checkpoints/step-...).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The directory to write (config.json, model.safetensors, tokenizer and preprocessor
+    /// files).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn exec(args: Args) -> Result<()> {
+    run(&args.checkpoint, &args.out)?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
 
 /// Loads the checkpoint's model (its `config.json` and weights, and a `finetune` classifier
 /// head when it has one) with the tokenizer and preprocessing of the run's initial model, and

@@ -1,7 +1,11 @@
-//! `streetclip predict`: rank labels for each image by CLIP's zero-shot probability.
+//! `streetclip predict`: rank labels for each image by CLIP's zero-shot probability, or by the
+//! classifier head a `finetune` export carries.
 
+use super::args::{at_least_one, Lists, OutArgs, Runtime, IMAGES_HELP, JSON_HELP, MODEL_HELP};
+use super::results_out::{candidates, Row};
+use crate::data::collection::Paths;
 use crate::data::OnError;
-use crate::encode::{Encoder, TextEncoder};
+use crate::encode::{Encoder, Skipped, TextEncoder};
 use crate::eval::ranking::{top, Ranked};
 use crate::eval::text::probabilities;
 use crate::pretrained::{ExportedHead, Pretrained};
@@ -10,15 +14,52 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use tch::Kind;
 
-pub struct PredictArgs {
-    /// `{}` is replaced by each label (zero-shot only).
+/// Rank labels for each image by zero-shot probability, or, for a `finetune` export, its
+/// classes by its classifier head.
+#[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  streetclip predict --model runs/demo/export --labels \"Japan,Germany,Brazil\" --top-k 2 photo.jpg\n  streetclip predict --model runs/finetune-demo/classifier/export photo.jpg"
+)]
+pub struct Args {
+    #[arg(long, help = MODEL_HELP)]
+    pub model: PathBuf,
+    /// Comma-separated labels, e.g. "San Jose,San Diego,Los Angeles" (not for a model
+    /// carrying a fine-tuned classifier, which ranks its own classes, unless --zero-shot).
+    #[arg(long)]
+    pub labels: Option<String>,
+    /// Rank --labels by caption similarity even when the model carries a fine-tuned
+    /// classifier head (head.safetensors).
+    #[arg(long)]
+    pub zero_shot: bool,
+    /// Caption template; `{}` is replaced by each label.
+    #[arg(long, default_value = "A Street View photo in {}.")]
     pub template: String,
-    pub images: Vec<PathBuf>,
-    pub batch_size: usize,
+    /// How many labels to show per image.
+    #[arg(long, default_value_t = 5, value_parser = at_least_one::<usize>)]
     pub top_k: usize,
+    #[command(flatten)]
+    pub rt: Runtime,
+    #[arg(long, help = JSON_HELP)]
+    pub json: bool,
+    #[command(flatten)]
+    pub out: OutArgs,
+    #[arg(help = IMAGES_HELP, required_unless_present_any = ["files_from", "manifest"])]
+    pub images: Vec<PathBuf>,
+    #[command(flatten)]
+    pub lists: Lists,
 }
 
-#[derive(Debug, Serialize)]
+pub fn exec(args: Args) -> Result<()> {
+    let clip = args.rt.load(&args.model)?;
+    let ranker = Ranker::choose(&args.model, &clip, args.labels.as_deref(), args.zero_shot)?;
+    args.out.run(
+        &args.lists.with(&args.images),
+        |paths, skipped, on_batch| run(&clip, &ranker, &args, paths, skipped, on_batch),
+        |rows| print(rows, args.json),
+    )
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct Prediction {
     pub image: PathBuf,
     pub ranking: Vec<Ranked>,
@@ -78,42 +119,81 @@ impl Ranker {
     }
 }
 
-/// Rankings of the images that can be read; the others are skipped and listed on stderr.
-pub fn run(clip: &Pretrained, ranker: &Ranker, args: &PredictArgs) -> Result<Vec<Prediction>> {
+/// Rankings of the images of `paths` that can be read, handed to `on_batch` a few batches at a
+/// time; the others go to `skipped`. Returns how many images came.
+pub fn run(
+    clip: &Pretrained,
+    ranker: &Ranker,
+    args: &Args,
+    paths: Paths,
+    skipped: &mut Skipped,
+    on_batch: &mut dyn FnMut(&[Prediction]) -> Result<()>,
+) -> Result<usize> {
     if !args.template.contains("{}") {
         bail!(
             "--template `{}` has no `{{}}` where the label goes",
             args.template
         );
     }
-    let encoder = Encoder::new(clip, args.batch_size);
-    let embedded = encoder.files_or_skip(&args.images, OnError::Skip)?;
-    crate::encode::report_skipped(&embedded.skipped, args.images.len())?;
-    let images = &embedded.embeddings;
-    let probs = match ranker {
-        Ranker::Head(head) => head.probabilities(images),
+    let encoder = Encoder::new(clip, args.rt.batch_size);
+    let texts = match ranker {
+        Ranker::Head(_) => None,
         Ranker::Labels(labels) => {
             let prompts: Vec<String> = labels
                 .iter()
                 .map(|l| args.template.replace("{}", l))
                 .collect();
-            probabilities(images, &encoder.texts(&prompts)?, clip.scale())
+            Some(encoder.texts(&prompts)?)
         }
     };
-    if !bool::try_from(probs.isfinite().all())? {
-        bail!("the model gives non-finite scores (NaN or infinity): its weights are damaged; re-export or re-download it");
+    encoder.stream(paths, None, OnError::Skip, skipped, |kept, images| {
+        let probs = match (ranker, &texts) {
+            (Ranker::Head(head), _) => head.probabilities(&images),
+            (_, Some(texts)) => probabilities(&images, texts, clip.scale()),
+            (_, None) => unreachable!("labels have their text embeddings"),
+        };
+        if !bool::try_from(probs.isfinite().all())? {
+            bail!("the model gives non-finite scores (NaN or infinity): its weights are damaged; re-export or re-download it");
+        }
+        let probs = Vec::<Vec<f64>>::try_from(probs.to_kind(Kind::Double))?;
+        let rows: Vec<Prediction> = kept
+            .iter()
+            .zip(probs)
+            .map(|(image, p)| Prediction {
+                image: image.clone(),
+                ranking: top(ranker.names(), &p, args.top_k),
+            })
+            .collect();
+        on_batch(&rows)
+    })
+}
+
+/// A ranking: the best label and its probability, then the list (`label fraction; ...`).
+impl Row for Prediction {
+    const POINTS: bool = false;
+    const COLUMNS: &'static [&'static str] = &["image", "label", "probability", "ranking"];
+
+    fn image(&self) -> &Path {
+        &self.image
     }
-    let probs = Vec::<Vec<f64>>::try_from(probs.to_kind(Kind::Double))?;
-    Ok(embedded
-        .kept
-        .iter()
-        .map(|&i| &args.images[i])
-        .zip(probs)
-        .map(|(image, p)| Prediction {
-            image: image.clone(),
-            ranking: top(ranker.names(), &p, args.top_k),
-        })
-        .collect())
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!(self)
+    }
+
+    fn csv_row(&self) -> Vec<String> {
+        let best = self.ranking.first();
+        vec![
+            self.image.display().to_string(),
+            best.map(|r| r.label.clone()).unwrap_or_default(),
+            best.map(|r| r.probability.to_string()).unwrap_or_default(),
+            candidates(&self.ranking),
+        ]
+    }
+
+    fn point(&self) -> Option<[f64; 2]> {
+        None
+    }
 }
 
 /// The rankings as one JSON document (probabilities as fractions), or per image its path and a

@@ -1,6 +1,7 @@
 //! `streetclip train`: joins the job, draws the synthetic data a config asks for (rank 0),
 //! loads and splits the data, and runs the contrastive trainer.
 
+use super::args::LaunchArgs;
 use crate::config::Config;
 use crate::data::Dataset;
 use crate::geo::Gazetteer;
@@ -9,6 +10,29 @@ use crate::train::objective::Contrastive;
 use crate::train::trainer::{join_job, split, Run, RunOptions, Summary};
 use anyhow::{Context, Result};
 use std::path::Path;
+
+/// Fine-tune CLIP on captioned images (resumes from RUN_DIR's newest checkpoint).
+#[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  streetclip train --config configs/demo.yaml --out runs/demo\n  streetclip train --config configs/streetclip.yaml --nproc-per-node 8 --set train.micro_batch_size=16"
+)]
+pub struct Args {
+    #[command(flatten)]
+    pub launch: LaunchArgs,
+}
+
+/// Trains (or starts the workers that do) and prints the summary (rank 0).
+pub fn exec(args: Args) -> Result<()> {
+    let (cfg, out) = args.launch.resolve()?;
+    if let Some(workers) = args.launch.launch_workers() {
+        return workers;
+    }
+    let summary = run(&cfg, &cfg.to_yaml(), &out, &args.launch.options())?;
+    if crate::dist::DistEnv::from_env()?.rank == 0 {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    }
+    Ok(())
+}
 
 /// Trains CLIP contrastively as `cfg` says into `out` (resuming from its newest checkpoint).
 /// Under torchrun, SLURM or `--nproc-per-node`, this process is one rank of a data-parallel job:

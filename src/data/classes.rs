@@ -1,12 +1,10 @@
 //! Images with a class label, for classification: an ImageFolder tree (`root/<class>/*.jpg`)
 //! or a CSV/JSONL manifest with an image and a label column.
 
+use super::collection::{has_image_extension, IMAGE_EXTENSIONS};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-
-/// Recognised in any letter case.
-pub const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LabelledImage {
@@ -61,11 +59,7 @@ impl Labelled {
             let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
                 .with_context(|| format!("cannot list {}", dir.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.extension()
-                        .and_then(|e| e.to_str())
-                        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_lowercase().as_str()))
-                })
+                .filter(|p| has_image_extension(p))
                 .collect();
             if files.is_empty() {
                 bail!(

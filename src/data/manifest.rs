@@ -143,9 +143,32 @@ fn record(
 /// Rows that parse, and `(where, why)` for rows that do not.
 pub type ManifestRows = (Vec<Record>, Vec<(String, String)>);
 
-/// Reads a `.csv` or `.jsonl` manifest. Relative image paths are taken from `image_root`, else
-/// from the manifest's folder, or its `images/` subfolder when that is where they are.
+/// Reads a `.csv` or `.jsonl` manifest of labelled images (`read_images`, and a manifest
+/// without any label column recognised is an error).
 pub fn read(path: &Path, columns: &Columns, image_root: Option<&Path>) -> Result<ManifestRows> {
+    let rows = read_images(path, columns, image_root)?;
+    if rows
+        .0
+        .first()
+        .is_some_and(|r| r.label == RawLabel::default())
+        && columns == &Columns::default()
+    {
+        bail!(
+            "manifest {}: no label columns recognised; name them under data.columns",
+            path.display()
+        );
+    }
+    Ok(rows)
+}
+
+/// Reads a `.csv` or `.jsonl` manifest's rows, labelled or not. Relative image paths are taken
+/// from `image_root`, else from the manifest's folder, or its `images/` subfolder when that is
+/// where they are.
+pub fn read_images(
+    path: &Path,
+    columns: &Columns,
+    image_root: Option<&Path>,
+) -> Result<ManifestRows> {
     if let Some(why) = super::not_a_file(path) {
         bail!("manifest {} {why}", path.display());
     }
@@ -225,16 +248,6 @@ pub fn read(path: &Path, columns: &Columns, image_root: Option<&Path>) -> Result
     }
     if records.is_empty() && bad.is_empty() {
         bail!("manifest {} has no rows", path.display());
-    }
-    if records
-        .first()
-        .is_some_and(|r| r.label == RawLabel::default())
-        && columns == &Columns::default()
-    {
-        bail!(
-            "manifest {}: no label columns recognised; name them under data.columns",
-            path.display()
-        );
     }
     // Relative paths start at `image_root` when given; otherwise at the manifest's folder, or at
     // its `images/` subfolder for a row whose file is there and not beside the manifest (decided

@@ -1,8 +1,10 @@
 //! Data: manifests and WebDataset shards, labels, image preprocessing, the loader.
 
 pub mod classes;
+pub mod collection;
 pub mod dataset;
 pub mod decode;
+pub mod geotag;
 pub mod image_ref;
 pub mod levels;
 pub mod loader;

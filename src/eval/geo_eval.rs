@@ -6,7 +6,7 @@ use super::metrics::{geo_metrics, GeoMetrics};
 use crate::config::Config;
 use crate::data::decode::decode;
 use crate::data::{Dataset, Sample};
-use crate::encode::{keep_or_skip, Encoder};
+use crate::encode::{keep_or_skip, Encoder, Skipped};
 use crate::geo::{haversine_km, Gazetteer};
 use crate::pretrained::Pretrained;
 use anyhow::{Context, Result};
@@ -82,7 +82,7 @@ pub fn evaluate(
         .collect();
     let images = Encoder::new(clip, batch);
     let bar = crate::encode::progress(samples.len(), "images");
-    let (mut skipped, mut reasons) = (Vec::new(), Vec::new());
+    let mut skipped = Skipped::keeping_rows();
     for chunk in samples.chunks(batch.max(1)) {
         let decoded: Vec<Result<_>> = chunk
             .par_iter()
@@ -95,13 +95,10 @@ pub fn evaluate(
             .collect();
         let (mut good, mut pictures) = (Vec::new(), Vec::new());
         for (s, d) in chunk.iter().zip(decoded) {
-            let before = reasons.len();
-            match keep_or_skip(d, cfg.data.on_error, &mut reasons)? {
-                Some(picture) => {
-                    good.push(*s);
-                    pictures.push(picture);
-                }
-                None => skipped.push((s.image.to_string(), reasons[before].clone())),
+            let name = s.image.to_string();
+            if let Some(picture) = keep_or_skip(d, &name, cfg.data.on_error, &mut skipped)? {
+                good.push(*s);
+                pictures.push(picture);
             }
         }
         bar.inc(chunk.len() as u64);
@@ -125,14 +122,14 @@ pub fn evaluate(
             );
         }
     }
-    crate::encode::report_skipped(&reasons, samples.len())?;
+    skipped.report(samples.len())?;
     Ok(scored
         .into_iter()
         .map(|s| GeoEval {
             metrics: geo_metrics(&s.errors, &s.correct),
             name: s.name,
             predictions: s.predictions,
-            skipped: skipped.clone(),
+            skipped: skipped.rows().to_vec(),
         })
         .collect())
 }

@@ -109,12 +109,7 @@ pub fn write_outputs(dir: &Path, e: &GeoEval, g: &Gazetteer) -> Result<()> {
     }
     write_atomic(&dir.join("predictions.csv"), &csv.into_inner()?)?;
     if !e.skipped.is_empty() {
-        let mut csv = csv::Writer::from_writer(vec![]);
-        csv.write_record(["image", "reason"])?;
-        for (image, why) in &e.skipped {
-            csv.write_record([image, why])?;
-        }
-        write_atomic(&dir.join("skipped.csv"), &csv.into_inner()?)?;
+        crate::encode::write_skipped(&dir.join("skipped.csv"), &e.skipped)?;
     }
     plots::error_curve(&dir.join("error_curve.png"), &[(e.name.clone(), errors(e))])?;
     let land: Vec<(f64, f64)> = g.cities.iter().map(|c| (c.lat, c.lon)).collect();

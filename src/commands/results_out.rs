@@ -1,7 +1,7 @@
-//! `geolocate --out FILE --format jsonl|csv|geojson|json`: guesses written as files that GIS
-//! tools and spreadsheets open. JSONL and CSV rows are appended and flushed as each batch
-//! finishes, so an interrupted run keeps what it did, and `--resume` skips the images already
-//! in the file; GeoJSON (a FeatureCollection, RFC 7946) and JSON are written whole at the end.
+//! `--out FILE --format jsonl|csv|geojson|json`: results written as files that GIS tools and
+//! spreadsheets open. JSONL and CSV rows are appended and flushed as each batch finishes, so an
+//! interrupted run keeps what it did, and `--resume` skips the images already in the file;
+//! GeoJSON (a FeatureCollection, RFC 7946) and JSON are written whole at the end.
 
 use crate::eval::geolocate::Guess;
 use crate::eval::ranking::Ranked;
@@ -10,7 +10,22 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// The file formats of `--format`.
+/// One image's result as the output formats write it.
+pub trait Row: Clone {
+    /// Whether rows have a point, so that GeoJSON can hold them.
+    const POINTS: bool;
+    /// The CSV header.
+    const COLUMNS: &'static [&'static str];
+    /// The image it answers (the key `--resume` skips by).
+    fn image(&self) -> &Path;
+    /// The JSON object (`image` first): a JSONL line, an element of the JSON array.
+    fn json(&self) -> serde_json::Value;
+    fn csv_row(&self) -> Vec<String>;
+    /// `[longitude, latitude]` of a GeoJSON point; `None` for results without coordinates.
+    fn point(&self) -> Option<[f64; 2]>;
+}
+
+/// The file formats of `--format` (default: by --out's extension).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     /// One JSON document, as `--json` prints.
@@ -23,36 +38,95 @@ pub enum Format {
     Geojson,
 }
 
-/// The CSV header; lists of candidates are `label fraction; label fraction`.
-const CSV_COLUMNS: [&str; 11] = [
-    "image",
-    "lat",
-    "lon",
-    "country",
-    "country_code",
-    "region",
-    "city",
-    "top_countries",
-    "top_cities",
-    "top_cells",
-    "note",
-];
+/// A guess: its point and top candidates (lists as `label fraction; label fraction` in CSV).
+impl Row for (PathBuf, Guess) {
+    const POINTS: bool = true;
+    const COLUMNS: &'static [&'static str] = &[
+        "image",
+        "lat",
+        "lon",
+        "country",
+        "country_code",
+        "region",
+        "city",
+        "top_countries",
+        "top_cities",
+        "top_cells",
+        "note",
+    ];
 
-/// Where guesses go, as they come.
-pub struct GuessFile {
+    fn image(&self) -> &Path {
+        &self.0
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({"image": self.0, "guess": self.1})
+    }
+
+    fn csv_row(&self) -> Vec<String> {
+        let (image, g) = self;
+        vec![
+            image.display().to_string(),
+            g.lat.to_string(),
+            g.lon.to_string(),
+            g.country.clone(),
+            g.country_code.clone(),
+            g.region.clone().unwrap_or_default(),
+            g.city.clone().unwrap_or_default(),
+            candidates(&g.top_countries),
+            candidates(&g.top_cities),
+            candidates(&g.top_cells),
+            g.note.clone().unwrap_or_default(),
+        ]
+    }
+
+    fn point(&self) -> Option<[f64; 2]> {
+        Some([self.1.lon, self.1.lat])
+    }
+}
+
+/// A ranked list in one CSV cell: `label fraction; label fraction`.
+pub fn candidates(list: &[Ranked]) -> String {
+    list.iter()
+        .map(|r| format!("{} {}", r.label, r.probability))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Format {
+    /// `format`, else the one `path`'s extension names (.json, .jsonl, .csv, .geojson).
+    pub fn resolve(format: Option<Format>, path: &Path) -> Result<Format> {
+        if let Some(f) = format {
+            return Ok(f);
+        }
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        <Format as clap::ValueEnum>::from_str(ext, true).map_err(|_| {
+            anyhow::anyhow!(
+                "--out {}: say which format with --format json|jsonl|csv|geojson (or name the file .json, .jsonl, .csv or .geojson)",
+                path.display()
+            )
+        })
+    }
+}
+
+/// Where results go, as they come.
+pub struct ResultFile<R> {
     path: PathBuf,
     format: Format,
     /// JSONL and CSV: the file, appended to.
     file: Option<std::fs::File>,
     /// JSON and GeoJSON: everything, written at the end.
-    whole: Vec<(PathBuf, Guess)>,
+    whole: Vec<R>,
 }
 
-impl GuessFile {
+impl<R: Row> ResultFile<R> {
     /// Opens `path` for `format`; with `resume`, keeps its complete rows (a partial last line of
     /// an interrupted run is cut off) and returns the images they hold, to be skipped.
     pub fn open(path: &Path, format: Format, resume: bool) -> Result<(Self, HashSet<String>)> {
         let streams = matches!(format, Format::Jsonl | Format::Csv);
+        if format == Format::Geojson && !R::POINTS {
+            bail!("--format geojson needs coordinates, which these results have not: use jsonl, csv or json");
+        }
         if resume && !streams {
             bail!("--resume needs --format jsonl or csv (rows written as they come); {format:?} is written whole at the end");
         }
@@ -71,7 +145,7 @@ impl GuessFile {
                     .open(path)
                     .with_context(|| format!("cannot open {}", path.display()))?;
                 if fresh && format == Format::Csv {
-                    writeln!(f, "{}", CSV_COLUMNS.join(","))?;
+                    writeln!(f, "{}", R::COLUMNS.join(","))?;
                 }
                 Some(f)
             }
@@ -87,24 +161,21 @@ impl GuessFile {
     }
 
     /// Adds a batch of guesses: appended and flushed for JSONL and CSV.
-    pub fn add(&mut self, batch: &[(PathBuf, Guess)]) -> Result<()> {
+    pub fn add(&mut self, batch: &[R]) -> Result<()> {
         let Some(file) = self.file.as_mut() else {
             self.whole.extend(batch.iter().cloned());
             return Ok(());
         };
         let mut text = Vec::new();
-        for (image, guess) in batch {
+        for row in batch {
             match self.format {
                 Format::Jsonl => {
-                    serde_json::to_writer(
-                        &mut text,
-                        &serde_json::json!({"image": image, "guess": guess}),
-                    )?;
+                    serde_json::to_writer(&mut text, &row.json())?;
                     text.push(b'\n');
                 }
                 _ => {
                     let mut w = csv::Writer::from_writer(&mut text);
-                    w.write_record(csv_row(image, guess))?;
+                    w.write_record(row.csv_row())?;
                     w.flush()?;
                 }
             }
@@ -118,11 +189,7 @@ impl GuessFile {
     /// Writes JSON and GeoJSON whole (atomically); JSONL and CSV are already complete.
     pub fn finish(self) -> Result<()> {
         let document = match self.format {
-            Format::Json => serde_json::json!(self
-                .whole
-                .iter()
-                .map(|(p, g)| serde_json::json!({"image": p, "guess": g}))
-                .collect::<Vec<_>>()),
+            Format::Json => serde_json::json!(self.whole.iter().map(R::json).collect::<Vec<_>>()),
             Format::Geojson => feature_collection(&self.whole),
             Format::Jsonl | Format::Csv => return Ok(()),
         };
@@ -131,43 +198,27 @@ impl GuessFile {
 }
 
 /// RFC 7946: each photo a Feature with a Point at [longitude, latitude] (WGS 84) and its
-/// guess (and image path) as properties.
-fn feature_collection(guesses: &[(PathBuf, Guess)]) -> serde_json::Value {
-    let features: Vec<serde_json::Value> = guesses
+/// result's other keys (and image path) as properties.
+fn feature_collection<R: Row>(rows: &[R]) -> serde_json::Value {
+    let features: Vec<serde_json::Value> = rows
         .iter()
-        .map(|(image, guess)| {
-            let mut properties = serde_json::to_value(guess).expect("a guess serializes");
-            properties["image"] = serde_json::json!(image);
-            serde_json::json!({
+        .filter_map(|row| {
+            let mut properties = row.json();
+            // A guess's keys at the top, beside `image`: what QGIS shows as the attribute table.
+            if let Some(guess) = properties.get_mut("guess").map(serde_json::Value::take) {
+                properties.as_object_mut()?.remove("guess");
+                properties
+                    .as_object_mut()?
+                    .extend(guess.as_object()?.clone());
+            }
+            Some(serde_json::json!({
                 "type": "Feature",
-                "geometry": {"type": "Point", "coordinates": [guess.lon, guess.lat]},
+                "geometry": {"type": "Point", "coordinates": row.point()?},
                 "properties": properties,
-            })
+            }))
         })
         .collect();
     serde_json::json!({"type": "FeatureCollection", "features": features})
-}
-
-fn csv_row(image: &Path, g: &Guess) -> Vec<String> {
-    let list = |l: &[Ranked]| {
-        l.iter()
-            .map(|r| format!("{} {}", r.label, r.probability))
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
-    vec![
-        image.display().to_string(),
-        g.lat.to_string(),
-        g.lon.to_string(),
-        g.country.clone(),
-        g.country_code.clone(),
-        g.region.clone().unwrap_or_default(),
-        g.city.clone().unwrap_or_default(),
-        list(&g.top_countries),
-        list(&g.top_cities),
-        list(&g.top_cells),
-        g.note.clone().unwrap_or_default(),
-    ]
 }
 
 /// The images of `path`'s complete rows; a last line without its newline (an interrupted

@@ -614,6 +614,58 @@ fn every_command_answers_a_folders_good_photos_as_alone_and_lists_the_bad() {
     for (row, guess) in jsonl(&report.join("guesses.jsonl")).iter().zip(&guesses) {
         assert_close_json(row, guess, 1e-6);
     }
+    // The folder itself, to both evals: no labels, so the guesses and classes follow.
+    let report = out("folder-geo");
+    let o = streetclip(&[
+        &"eval", &"geo", &"--model", &model, &"--out", &report, &folder,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_lists_the_bad(&report.join("guesses.skipped.csv"), &bad);
+    let rows = jsonl(&report.join("guesses.jsonl"));
+    assert_eq!(rows.len(), guesses.len());
+    for (row, guess) in rows.iter().zip(&guesses) {
+        assert_close_json(row, guess, 1e-6);
+    }
+    let report = out("folder-classify");
+    let o = streetclip(&[
+        &"eval",
+        &"classify",
+        &"--model",
+        &model,
+        &"--labels",
+        &"france,japan",
+        &"--out",
+        &report,
+        &folder,
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("nothing to measure"), "{stderr}");
+    assert_lists_the_bad(&report.join("predictions.skipped.csv"), &bad);
+    let mut predictions = csv::Reader::from_path(report.join("predictions.csv")).unwrap();
+    let rows: Vec<csv::StringRecord> = predictions.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), good.len());
+    for (row, photo) in rows.iter().zip(&good) {
+        assert_eq!(&row[0], photo.to_str().unwrap());
+        let alone = json(&streetclip(&[
+            &"predict",
+            &"--model",
+            &model,
+            &"--labels",
+            &"france,japan",
+            &"--template",
+            &"A Street View photo of {}.",
+            &"--json",
+            photo,
+        ]));
+        let best = &alone[0]["ranking"][0];
+        assert_eq!(best["label"].as_str().unwrap(), &row[1]);
+        let p: f64 = row[2].parse().unwrap();
+        assert!(
+            (p - best["probability"].as_f64().unwrap()).abs() <= 1e-6,
+            "{row:?}"
+        );
+    }
 }
 
 #[derive(serde::Deserialize)]

@@ -2,7 +2,7 @@
 //! `finetune` export carries, or zero-shot — each class name becomes captions through the
 //! templates, each image takes the most similar class.
 
-use super::args::{Runtime, MODEL_HELP};
+use super::args::{Lists, OutArgs, Runtime, MODEL_HELP};
 use crate::data::classes::Labelled;
 use crate::data::OnError;
 use crate::encode::{Encoder, Skipped, TextEncoder};
@@ -12,7 +12,7 @@ use crate::eval::classification::{
 };
 use crate::eval::text::{class_text_embeddings, probabilities};
 use crate::pretrained::{ExportedHead, Pretrained};
-use anyhow::Result;
+use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
@@ -32,8 +32,8 @@ pub struct Args {
     #[arg(long)]
     pub zero_shot: bool,
     /// An ImageFolder directory (root/<class>/*.jpg) or a CSV/JSONL manifest.
-    #[arg(long)]
-    pub data: PathBuf,
+    #[arg(long, required_unless_present_any = ["images", "files_from"])]
+    pub data: Option<PathBuf>,
     /// The manifest column holding the class.
     #[arg(long)]
     pub label_column: Option<String>,
@@ -45,12 +45,26 @@ pub struct Args {
     pub out: Option<PathBuf>,
     #[command(flatten)]
     pub rt: Runtime,
+    /// Images without labels (files and folders, searched recursively): classified without
+    /// metrics, as `predict` does.
+    #[arg(conflicts_with = "data")]
+    pub images: Vec<PathBuf>,
+    /// A file listing images without labels, one path per line (`-`: standard input).
+    #[arg(long, value_name = "LIST", conflicts_with = "data")]
+    pub files_from: Option<PathBuf>,
+    /// The classes of images without labels, comma-separated (zero-shot; a model with a
+    /// classifier head ranks its own).
+    #[arg(long, conflicts_with = "data")]
+    pub labels: Option<String>,
 }
 
 /// Classifies by the model's head (unless --zero-shot) or its templates and prints the
 /// metrics as JSON.
 pub fn exec(args: Args) -> Result<()> {
-    let data = Labelled::load(&args.data, args.label_column.as_deref())?;
+    let Some(data) = &args.data else {
+        return predictions_only(args);
+    };
+    let data = Labelled::load(data, args.label_column.as_deref())?;
     let clip = args.rt.load(&args.model)?;
     let given = !args.templates.is_empty();
     let head = head(&args.model, &clip, args.zero_shot, given)?;
@@ -87,6 +101,40 @@ pub fn head(
 ) -> Result<Option<ExportedHead>> {
     let conflict = templates_given.then_some("--template");
     ExportedHead::unless_zero_shot(dir, clip, zero_shot, conflict, "classification")
+}
+
+/// Images without labels: said so, and each one's most probable class given as `predict`
+/// gives it — printed as JSON, or written to `predictions.csv` (the skipped images to
+/// `predictions.skipped.csv`) in `--out`.
+fn predictions_only(args: Args) -> Result<()> {
+    eprintln!("these images have no class labels, so there is nothing to measure; each one's most probable class follows, as `streetclip predict` gives it");
+    let template = match args.templates.as_slice() {
+        [] => DEFAULT_TEMPLATE.to_string(),
+        [one] => one.clone(),
+        _ => bail!("--template: a prompt ensemble needs labelled --data; give one template"),
+    };
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir)?;
+    }
+    super::predict::exec(super::predict::Args {
+        model: args.model,
+        labels: args.labels,
+        zero_shot: args.zero_shot,
+        template,
+        top_k: 1,
+        rt: args.rt,
+        json: true,
+        out: OutArgs {
+            out: args.out.map(|dir| dir.join("predictions.csv")),
+            format: None,
+            resume: false,
+        },
+        images: args.images,
+        lists: Lists {
+            files_from: args.files_from,
+            manifest: None,
+        },
+    })
 }
 
 /// Zero-shot predictions (class index, probability) for `paths`, `batch` images at a time.

@@ -44,10 +44,26 @@ pub struct Args {
     pub limit: Option<usize>,
     #[command(flatten)]
     pub rt: Runtime,
+    /// Photos without coordinates (files and folders, searched recursively): geolocated
+    /// without metrics, as with a manifest that has none.
+    #[arg(conflicts_with = "manifest")]
+    pub images: Vec<PathBuf>,
+    /// A file listing photos without coordinates, one path per line (`-`: standard input).
+    #[arg(long, value_name = "LIST", conflicts_with = "manifest")]
+    pub files_from: Option<PathBuf>,
 }
 
 pub fn exec(args: Args) -> Result<()> {
     let mut cfg = args.config.resolve()?;
+    let unlabelled = Sources {
+        paths: args.images.clone(),
+        files_from: args.files_from.clone(),
+        manifest: None,
+    };
+    if !unlabelled.is_empty() {
+        let what = "these photos have no coordinates";
+        return guesses_only(&args, &cfg, unlabelled, what);
+    }
     if args.manifest.is_some() {
         cfg.data.manifest = args.manifest.clone();
         cfg.data.shards = None;
@@ -56,7 +72,15 @@ pub fn exec(args: Args) -> Result<()> {
         anyhow::bail!("eval geo needs photos with coordinates: pass --manifest CSV/JSONL (IM2GPS3K's IMG_ID,LAT,LON works as it is), or a --config whose data.manifest or data.shards is set");
     }
     if let Some(manifest) = without_coordinates(&cfg)? {
-        return guesses_only(&args, &cfg, manifest);
+        let what = format!(
+            "{}: no sample has coordinates (lat, lon)",
+            manifest.display()
+        );
+        let sources = Sources {
+            manifest: Some(manifest),
+            ..Sources::default()
+        };
+        return guesses_only(&args, &cfg, sources, &what);
     }
     let evals = eval_geo(&args, &cfg)?;
     print_metrics(&evals)
@@ -75,17 +99,14 @@ fn without_coordinates(cfg: &Config) -> Result<Option<PathBuf>> {
     Ok((!any).then(|| manifest.clone()))
 }
 
-/// Unlabelled photos: said so, and geolocated as `geolocate --manifest` does — the guesses
-/// printed, or written to `guesses.jsonl` (the skipped images to `guesses.skipped.csv`) in
-/// `--out`.
-fn guesses_only(args: &Args, cfg: &Config, manifest: PathBuf) -> Result<()> {
+/// Photos without coordinates: said so (`what`), and geolocated as `geolocate` does — the
+/// guesses printed as JSON, or written to `guesses.jsonl` (the skipped images to
+/// `guesses.skipped.csv`) in `--out`.
+fn guesses_only(args: &Args, cfg: &Config, sources: Sources, what: &str) -> Result<()> {
     let [model] = args.model.as_slice() else {
-        anyhow::bail!("{} has no coordinates, so there is nothing to compare the models on: give a manifest with lat and lon columns", manifest.display());
+        anyhow::bail!("{what}, so there is nothing to compare the models on: give a manifest with lat and lon columns");
     };
-    eprintln!(
-        "{}: no sample has coordinates (lat, lon), so there is nothing to measure; the guesses follow, as `streetclip geolocate` gives them",
-        manifest.display()
-    );
+    eprintln!("{what}, so there is nothing to measure; the guesses follow, as `streetclip geolocate` gives them");
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir)?;
     }
@@ -102,10 +123,6 @@ fn guesses_only(args: &Args, cfg: &Config, manifest: PathBuf) -> Result<()> {
         cfg,
         args.rt.batch_size,
     );
-    let sources = Sources {
-        manifest: Some(manifest),
-        ..Sources::default()
-    };
     out.run(
         &sources,
         |paths, skipped, on_batch| geolocate(method, paths, skipped, on_batch),

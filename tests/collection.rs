@@ -325,18 +325,6 @@ fn a_killed_jsonl_run_resumes_to_the_same_rows() {
     assert_eq!(resumed, uninterrupted);
 }
 
-/// A real JPEG whose frame header claims `w x h` (as in hostile_inputs.rs).
-fn jpeg_claiming(jpeg: &[u8], w: u16, h: u16) -> Vec<u8> {
-    let mut bytes = jpeg.to_vec();
-    let sof = bytes
-        .windows(2)
-        .position(|m| m[0] == 0xFF && (m[1] == 0xC0 || m[1] == 0xC2))
-        .unwrap();
-    bytes[sof + 5..sof + 7].copy_from_slice(&h.to_be_bytes());
-    bytes[sof + 7..sof + 9].copy_from_slice(&w.to_be_bytes());
-    bytes
-}
-
 /// The hostile files of hostile_inputs.rs in `dir`: truncated, zero-byte, text renamed .jpg, a
 /// header claiming 65535 x 65535 pixels.
 fn hostile_files(dir: &Path, jpeg: &[u8]) -> Vec<PathBuf> {
@@ -395,27 +383,67 @@ fn jsonl(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The shared IM2GPS3K photos in a folder with the hostile files in a subfolder (and a text file
-/// a folder search passes over): each of the five commands answers every good photo as it does
-/// alone (to 1e-6) and lists every bad one with its reason in a skipped.csv.
+/// The shared IM2GPS3K photos in a folder with the hostile files of hostile_inputs.rs in a
+/// subfolder (and a text file a folder search passes over).
+struct HostileFolder {
+    tmp: tempfile::TempDir,
+    model: PathBuf,
+    folder: PathBuf,
+    /// The photos, in the order a folder search gives them.
+    good: Vec<PathBuf>,
+    bad: Vec<PathBuf>,
+}
+
+impl HostileFolder {
+    fn new() -> Self {
+        let tmp = tmpdir();
+        let folder = tmp.path().join("photos");
+        std::fs::create_dir_all(&folder).unwrap();
+        let mut good: Vec<PathBuf> = im2gps3k_images(4)
+            .iter()
+            .map(|p| {
+                let copy = folder.join(p.file_name().unwrap());
+                std::fs::copy(p, &copy).unwrap();
+                copy
+            })
+            .collect();
+        good.sort();
+        std::fs::write(folder.join("README.txt"), "not an image").unwrap();
+        let mut bad = hostile_files(&folder.join("bad"), &std::fs::read(&good[0]).unwrap());
+        bad.sort();
+        let model = fixture("tiny-p14-336");
+        Self {
+            tmp,
+            model,
+            folder,
+            good,
+            bad,
+        }
+    }
+
+    /// `geolocate --out FILE.jsonl` of the folder: its rows.
+    fn geolocated(&self) -> Vec<serde_json::Value> {
+        let file = self.tmp.path().join("geolocated.jsonl");
+        let o = streetclip(&[
+            &"geolocate",
+            &"--model",
+            &self.model,
+            &"--out",
+            &file,
+            &self.folder,
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        jsonl(&file)
+    }
+}
+
+/// predict and geolocate of a folder answer every good photo as alone (to 1e-6) and list every
+/// bad one with its reason in FILE.skipped.csv beside --out.
 #[test]
-fn every_command_answers_a_folders_good_photos_as_alone_and_lists_the_bad() {
-    let tmp = tmpdir();
-    let model = fixture("tiny-p14-336");
-    let folder = tmp.path().join("photos");
-    std::fs::create_dir_all(&folder).unwrap();
-    let mut good: Vec<PathBuf> = im2gps3k_images(4)
-        .iter()
-        .map(|p| {
-            let copy = folder.join(p.file_name().unwrap());
-            std::fs::copy(p, &copy).unwrap();
-            copy
-        })
-        .collect();
-    good.sort();
-    std::fs::write(folder.join("README.txt"), "not an image").unwrap();
-    let mut bad = hostile_files(&folder.join("bad"), &std::fs::read(&good[0]).unwrap());
-    bad.sort();
+fn predict_and_geolocate_answer_a_folders_good_photos_as_alone_and_list_the_bad() {
+    let h = HostileFolder::new();
+    let (tmp, model, folder) = (&h.tmp, h.model.clone(), h.folder.clone());
+    let (good, bad) = (h.good.clone(), h.bad.clone());
     let out = |name: &str| tmp.path().join(name);
 
     // predict and geolocate: --out FILE, the skipped images beside it.
@@ -457,6 +485,16 @@ fn every_command_answers_a_folders_good_photos_as_alone_and_lists_the_bad() {
             assert_close_json(&row[key], &alone[0][key], 1e-6);
         }
     }
+}
+
+/// embed of a folder: each good photo's embedding as alone, in the order the file's metadata
+/// lists; the bad ones in the skipped list.
+#[test]
+fn embed_of_a_folder_lists_its_rows_and_skips_the_bad() {
+    let h = HostileFolder::new();
+    let (tmp, model, folder) = (&h.tmp, h.model.clone(), h.folder.clone());
+    let (good, bad) = (h.good.clone(), h.bad.clone());
+    let out = |name: &str| tmp.path().join(name);
 
     // embed: a folder given to --image; the rows' images in the file's metadata.
     let features = out("features.safetensors");
@@ -506,6 +544,16 @@ fn every_command_answers_a_folders_good_photos_as_alone_and_lists_the_bad() {
         let scale = alone.abs().max().double_value(&[]).max(1.0);
         assert!(d <= 1e-6 * scale, "{photo:?}: {d}");
     }
+}
+
+/// eval classify of an ImageFolder with bad files among its classes, and of a folder without
+/// labels (classes from --labels): each good image's class as predict gives it alone.
+#[test]
+fn eval_classify_of_a_folder_scores_the_good_and_lists_the_bad() {
+    let h = HostileFolder::new();
+    let (tmp, model, folder) = (&h.tmp, h.model.clone(), h.folder.clone());
+    let (good, bad) = (h.good.clone(), h.bad.clone());
+    let out = |name: &str| tmp.path().join(name);
 
     // eval classify: an ImageFolder whose class folders hold the good and the bad files.
     let classes = tmp.path().join("classes");
@@ -538,26 +586,43 @@ fn every_command_answers_a_folders_good_photos_as_alone_and_lists_the_bad() {
     let rows: Vec<csv::StringRecord> = predictions.records().map(|r| r.unwrap()).collect();
     assert_eq!(rows.len(), good.len());
     for row in &rows {
-        let alone = json(&streetclip(&[
-            &"predict",
-            &"--model",
-            &model,
-            &"--labels",
-            &"france,japan",
-            &"--template",
-            &"A Street View photo of {}.",
-            &"--json",
-            &&row[0],
-        ]));
-        let best = &alone[0]["ranking"][0];
-        assert_eq!(best["label"].as_str().unwrap(), &row[2]);
-        let p: f64 = row[3].parse().unwrap();
-        assert!(
-            (p - best["probability"].as_f64().unwrap()).abs() <= 1e-6,
-            "{row:?}"
-        );
+        assert_class_as_predict_alone(&model, &row[0], (&row[2], &row[3]));
     }
 
+    let report = out("folder-classify");
+    let o = streetclip(&[
+        &"eval",
+        &"classify",
+        &"--model",
+        &model,
+        &"--labels",
+        &"france,japan",
+        &"--out",
+        &report,
+        &folder,
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("nothing to measure"), "{stderr}");
+    assert_lists_the_bad(&report.join("predictions.skipped.csv"), &bad);
+    let mut predictions = csv::Reader::from_path(report.join("predictions.csv")).unwrap();
+    let rows: Vec<csv::StringRecord> = predictions.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), good.len());
+    for (row, photo) in rows.iter().zip(&good) {
+        assert_eq!(&row[0], photo.to_str().unwrap());
+        assert_class_as_predict_alone(&model, &row[0], (&row[1], &row[2]));
+    }
+}
+
+/// eval geo of a manifest with coordinates, of one without, and of the folder itself: each good
+/// photo placed as geolocate places it; the bad ones listed.
+#[test]
+fn eval_geo_of_a_folder_places_the_good_as_geolocate_and_lists_the_bad() {
+    let h = HostileFolder::new();
+    let (tmp, model, folder) = (&h.tmp, h.model.clone(), h.folder.clone());
+    let (good, bad) = (h.good.clone(), h.bad.clone());
+    let out = |name: &str| tmp.path().join(name);
+    let guesses = h.geolocated();
     // eval geo: a manifest of the folder's files with coordinates.
     let manifest = out("photos.csv");
     let mut text = String::from("image,lat,lon\n");
@@ -580,7 +645,6 @@ fn every_command_answers_a_folders_good_photos_as_alone_and_lists_the_bad() {
     assert_lists_the_bad(&report.join("skipped.csv"), &bad);
     let mut predictions = csv::Reader::from_path(report.join("predictions.csv")).unwrap();
     let rows: Vec<GeoRow> = predictions.deserialize().map(|r| r.unwrap()).collect();
-    let guesses = jsonl(&out("geolocate.jsonl"));
     assert_eq!(rows.len(), good.len());
     for (row, guess) in rows.iter().zip(&guesses) {
         assert_eq!(row.image, guess["image"].as_str().unwrap());
@@ -614,6 +678,7 @@ fn every_command_answers_a_folders_good_photos_as_alone_and_lists_the_bad() {
     for (row, guess) in jsonl(&report.join("guesses.jsonl")).iter().zip(&guesses) {
         assert_close_json(row, guess, 1e-6);
     }
+
     // The folder itself, to both evals: no labels, so the guesses and classes follow.
     let report = out("folder-geo");
     let o = streetclip(&[
@@ -626,46 +691,29 @@ fn every_command_answers_a_folders_good_photos_as_alone_and_lists_the_bad() {
     for (row, guess) in rows.iter().zip(&guesses) {
         assert_close_json(row, guess, 1e-6);
     }
-    let report = out("folder-classify");
-    let o = streetclip(&[
-        &"eval",
-        &"classify",
+}
+
+/// `(class, probability)` is what `predict` gives `image` alone as its most probable of France
+/// and Japan (eval classify's default template), to 1e-6.
+fn assert_class_as_predict_alone(model: &Path, image: &str, (class, probability): (&str, &str)) {
+    let alone = json(&streetclip(&[
+        &"predict",
         &"--model",
         &model,
         &"--labels",
         &"france,japan",
-        &"--out",
-        &report,
-        &folder,
-    ]);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{stderr}");
-    assert!(stderr.contains("nothing to measure"), "{stderr}");
-    assert_lists_the_bad(&report.join("predictions.skipped.csv"), &bad);
-    let mut predictions = csv::Reader::from_path(report.join("predictions.csv")).unwrap();
-    let rows: Vec<csv::StringRecord> = predictions.records().map(|r| r.unwrap()).collect();
-    assert_eq!(rows.len(), good.len());
-    for (row, photo) in rows.iter().zip(&good) {
-        assert_eq!(&row[0], photo.to_str().unwrap());
-        let alone = json(&streetclip(&[
-            &"predict",
-            &"--model",
-            &model,
-            &"--labels",
-            &"france,japan",
-            &"--template",
-            &"A Street View photo of {}.",
-            &"--json",
-            photo,
-        ]));
-        let best = &alone[0]["ranking"][0];
-        assert_eq!(best["label"].as_str().unwrap(), &row[1]);
-        let p: f64 = row[2].parse().unwrap();
-        assert!(
-            (p - best["probability"].as_f64().unwrap()).abs() <= 1e-6,
-            "{row:?}"
-        );
-    }
+        &"--template",
+        &"A Street View photo of {}.",
+        &"--json",
+        &image,
+    ]));
+    let best = &alone[0]["ranking"][0];
+    assert_eq!(best["label"].as_str().unwrap(), class, "{image}");
+    let p: f64 = probability.parse().unwrap();
+    assert!(
+        (p - best["probability"].as_f64().unwrap()).abs() <= 1e-6,
+        "{image}: {p}"
+    );
 }
 
 #[derive(serde::Deserialize)]

@@ -107,18 +107,6 @@ fn crc32(data: &[u8]) -> u32 {
     !crc
 }
 
-/// A real JPEG whose frame header claims `w x h`.
-fn jpeg_claiming(jpeg: &[u8], w: u16, h: u16) -> Vec<u8> {
-    let mut bytes = jpeg.to_vec();
-    let sof = bytes
-        .windows(2)
-        .position(|m| m[0] == 0xFF && (m[1] == 0xC0 || m[1] == 0xC2))
-        .unwrap();
-    bytes[sof + 5..sof + 7].copy_from_slice(&h.to_be_bytes());
-    bytes[sof + 7..sof + 9].copy_from_slice(&w.to_be_bytes());
-    bytes
-}
-
 fn image_cases() -> Vec<(String, Vec<u8>)> {
     let jpeg = std::fs::read(root().join("assets/demo/coffee.jpg")).unwrap();
     let mut rng = Rng(0x5EED);

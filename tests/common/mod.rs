@@ -272,3 +272,15 @@ pub fn assert_same_first_step(a: &std::path::Path, b: &std::path::Path, lr_max: 
     }
     assert!(compared > 0, "no trained tensor compared");
 }
+
+/// A real JPEG whose frame header claims `w x h`.
+pub fn jpeg_claiming(jpeg: &[u8], w: u16, h: u16) -> Vec<u8> {
+    let mut bytes = jpeg.to_vec();
+    let sof = bytes
+        .windows(2)
+        .position(|m| m[0] == 0xFF && (m[1] == 0xC0 || m[1] == 0xC2))
+        .unwrap();
+    bytes[sof + 5..sof + 7].copy_from_slice(&h.to_be_bytes());
+    bytes[sof + 7..sof + 9].copy_from_slice(&w.to_be_bytes());
+    bytes
+}

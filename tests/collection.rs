@@ -485,6 +485,30 @@ fn predict_and_geolocate_answer_a_folders_good_photos_as_alone_and_list_the_bad(
             assert_close_json(&row[key], &alone[0][key], 1e-6);
         }
     }
+    // data.on_error: fail stops at the first bad file, naming it, and keeps the rows before it.
+    let file = out("fail.jsonl");
+    let o = streetclip(&[
+        &"predict",
+        &"--model",
+        &model,
+        &"--labels",
+        &"France,Japan",
+        &"--set",
+        &"data.on_error=fail",
+        &"--batch-size",
+        &"1",
+        &"--out",
+        &file,
+        &folder,
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(bad[0].to_str().unwrap()), "{stderr}");
+    assert_eq!(
+        jsonl(&file).len(),
+        good.len(),
+        "the rows before the bad file"
+    );
 }
 
 /// embed of a folder: each good photo's embedding as alone, in the order the file's metadata

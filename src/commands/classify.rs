@@ -2,7 +2,7 @@
 //! `finetune` export carries, or zero-shot — each class name becomes captions through the
 //! templates, each image takes the most similar class.
 
-use super::args::{Lists, OutArgs, Runtime, MODEL_HELP};
+use super::args::{ConfigArgs, Lists, OutArgs, Runtime, MODEL_HELP};
 use crate::data::classes::Labelled;
 use crate::data::OnError;
 use crate::encode::{Encoder, Skipped, TextEncoder};
@@ -45,6 +45,9 @@ pub struct Args {
     pub out: Option<PathBuf>,
     #[command(flatten)]
     pub rt: Runtime,
+    /// Its `data.on_error` (skip, the default, or fail) decides what an unreadable image does.
+    #[command(flatten)]
+    pub config: ConfigArgs,
     /// Images without labels (files and folders, searched recursively): classified without
     /// metrics, as `predict` does.
     #[arg(conflicts_with = "data")]
@@ -78,7 +81,7 @@ pub fn exec(args: Args) -> Result<()> {
             templates: &templates,
         },
     };
-    let batch = args.rt.batch_size;
+    let batch = (args.rt.batch_size, args.config.resolve()?.data.on_error);
     let (metrics, _) = run(&clip, &data, classifier, batch, args.out.as_deref())?;
     println!("{}", serde_json::to_string_pretty(&metrics)?);
     Ok(())
@@ -123,6 +126,7 @@ fn predictions_only(args: Args) -> Result<()> {
         template,
         top_k: 1,
         rt: args.rt,
+        config: args.config,
         json: true,
         out: OutArgs {
             out: args.out.map(|dir| dir.join("predictions.csv")),
@@ -156,7 +160,7 @@ pub fn zero_shot(
 fn embed_readable(
     clip: &Pretrained,
     data: &Labelled,
-    batch: usize,
+    (batch, on_error): (usize, OnError),
     out: Option<&Path>,
 ) -> Result<(Tensor, Labelled)> {
     let paths: Vec<PathBuf> = data.items.iter().map(|i| i.path.clone()).collect();
@@ -164,17 +168,11 @@ fn embed_readable(
     let mut skipped = Skipped::keeping_rows();
     let all = paths.iter().cloned().map(Ok);
     let encoder = Encoder::new(clip, batch);
-    encoder.stream(
-        all,
-        Some(paths.len()),
-        OnError::Skip,
-        &mut skipped,
-        |k, e| {
-            kept.extend_from_slice(k);
-            parts.push(e);
-            Ok(())
-        },
-    )?;
+    encoder.stream(all, Some(paths.len()), on_error, &mut skipped, |k, e| {
+        kept.extend_from_slice(k);
+        parts.push(e);
+        Ok(())
+    })?;
     skipped.report(paths.len())?;
     if let (Some(dir), false) = (out, skipped.rows().is_empty()) {
         std::fs::create_dir_all(dir)?;
@@ -189,14 +187,15 @@ fn embed_readable(
     Ok((Tensor::cat(&parts, 0), readable))
 }
 
-/// Classifies `data`'s readable images (the others are skipped, and listed in `skipped.csv`);
+/// Classifies `data`'s readable images, `batch.0` at a time (the others are skipped and listed
+/// in `skipped.csv`, or stop it: `batch.1`, `data.on_error`);
 /// with `out`, writes the report files and `predictions.csv` there. A head's classes must
 /// include every class of `data` (matched by name).
 pub fn run(
     clip: &Pretrained,
     data: &Labelled,
     classifier: Classifier,
-    batch: usize,
+    batch: (usize, OnError),
     out: Option<&Path>,
 ) -> Result<(ClassMetrics, Vec<ClassPrediction>)> {
     let (images, data) = embed_readable(clip, data, batch, out)?;

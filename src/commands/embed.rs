@@ -1,8 +1,7 @@
 //! `streetclip embed`: features for images and texts, written as safetensors with the tensor
 //! names and meanings of transformers (`get_image_features`, `get_text_features`, ...).
 
-use super::args::{Lists, Runtime, MODEL_HELP};
-use crate::data::OnError;
+use super::args::{ConfigArgs, Lists, Runtime, MODEL_HELP};
 use crate::encode::{skipped_beside, Encoder, Skipped};
 use crate::pretrained::Pretrained;
 use anyhow::{bail, Result};
@@ -38,6 +37,9 @@ pub struct Args {
     pub no_pixels: bool,
     #[command(flatten)]
     pub rt: Runtime,
+    /// Its `data.on_error` (skip, the default, or fail) decides what an unreadable image does.
+    #[command(flatten)]
+    pub config: ConfigArgs,
 }
 
 pub fn exec(args: Args) -> Result<()> {
@@ -77,7 +79,7 @@ pub fn run(clip: &Pretrained, args: &Args) -> Result<Embedded> {
         let total = encoder.stream_pixels(
             sources.paths()?,
             None,
-            OnError::Skip,
+            args.config.resolve()?.data.on_error,
             &mut skipped,
             |kept, chunk| {
                 images.extend_from_slice(kept);

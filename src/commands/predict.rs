@@ -1,7 +1,8 @@
 //! `streetclip predict`: rank labels for each image by CLIP's zero-shot probability, or by the
 //! classifier head a `finetune` export carries.
 
-use super::args::{at_least_one, Lists, OutArgs, Runtime, IMAGES_HELP, JSON_HELP, MODEL_HELP};
+use super::args::{at_least_one, ConfigArgs, Lists, OutArgs, Runtime, IMAGES_HELP};
+use super::args::{JSON_HELP, MODEL_HELP};
 use super::results_out::{candidates, Row};
 use crate::data::collection::Paths;
 use crate::data::OnError;
@@ -39,6 +40,9 @@ pub struct Args {
     pub top_k: usize,
     #[command(flatten)]
     pub rt: Runtime,
+    /// Its `data.on_error` (skip, the default, or fail) decides what an unreadable image does.
+    #[command(flatten)]
+    pub config: ConfigArgs,
     #[arg(long, help = JSON_HELP)]
     pub json: bool,
     #[command(flatten)]
@@ -50,11 +54,12 @@ pub struct Args {
 }
 
 pub fn exec(args: Args) -> Result<()> {
+    let on_error = args.config.resolve()?.data.on_error;
     let clip = args.rt.load(&args.model)?;
     let ranker = Ranker::choose(&args.model, &clip, args.labels.as_deref(), args.zero_shot)?;
     args.out.run(
         &args.lists.with(&args.images),
-        |paths, skipped, on_batch| run(&clip, &ranker, &args, paths, skipped, on_batch),
+        |paths, skipped, on_batch| run((&clip, &ranker, &args, on_error), paths, skipped, on_batch),
         |rows| print(rows, args.json),
     )
 }
@@ -120,11 +125,10 @@ impl Ranker {
 }
 
 /// Rankings of the images of `paths` that can be read, handed to `on_batch` a few batches at a
-/// time; the others go to `skipped`. Returns how many images came.
+/// time; the others go to `skipped` (or stop the run, `on_error: fail`). Returns how many
+/// images came.
 pub fn run(
-    clip: &Pretrained,
-    ranker: &Ranker,
-    args: &Args,
+    (clip, ranker, args, on_error): (&Pretrained, &Ranker, &Args, OnError),
     paths: Paths,
     skipped: &mut Skipped,
     on_batch: &mut dyn FnMut(&[Prediction]) -> Result<()>,
@@ -146,7 +150,7 @@ pub fn run(
             Some(encoder.texts(&prompts)?)
         }
     };
-    encoder.stream(paths, None, OnError::Skip, skipped, |kept, images| {
+    encoder.stream(paths, None, on_error, skipped, |kept, images| {
         let probs = match (ranker, &texts) {
             (Ranker::Head(head), _) => head.probabilities(&images),
             (_, Some(texts)) => probabilities(&images, texts, clip.scale()),

@@ -64,7 +64,7 @@ bench: setup
 
 # On a GPU machine: `streetclip bench train` beside transformers' CLIPModel (eager and
 # torch.compile) on ViT-L/14-336 at micro-batch 64, then StreetCLIP's 32 x 12 recipe; prints
-# the table and ratios (README, Performance). Elsewhere: BENCH_GPU_ARGS="--device cpu --tiny".
+# the table and ratios (docs/performance.md). Elsewhere: BENCH_GPU_ARGS="--device cpu --tiny".
 bench-gpu: build
 	.venv/bin/python scripts/bench_gpu.py $(BENCH_GPU_ARGS)
 

@@ -3,7 +3,7 @@ imported without torchvision.
 
 Both packages' `__init__` import torchvision for their image transforms, and installing
 torchvision would switch transformers' default image processor to its torchvision backend (see
-README, "Preprocessing parity"). Their model modules do not need it: they are imported here with
+docs/models.md, "Preprocessing"). Their model modules do not need it: they are imported here with
 an empty parent package instead of the package's `__init__`, and `torchvision.ops.misc` is given
 the one name open_clip's utils import (`FrozenBatchNorm2d`, used only to freeze ResNet towers).
 """

@@ -1,10 +1,10 @@
-//! The module layering README's "Layout" table states: a module imports only the modules listed
+//! The module layering docs/contributing.md's "Layout" table states: a module imports only the modules listed
 //! before it. Read from the sources, so an import that points up fails here.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
-/// Bottom to top, as in README's Layout table.
+/// Bottom to top, as in docs/contributing.md's Layout table.
 const LAYERS: [&str; 18] = [
     "tensor_io",
     "seed",

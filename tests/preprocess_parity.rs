@@ -179,7 +179,7 @@ fn other_processor_settings_equal_pil() {
 
 #[test]
 fn sixteen_bit_greyscale_keeps_its_high_byte() {
-    // PIL clips I;16 to white on RGB conversion; streetclip keeps the high byte (README).
+    // PIL clips I;16 to white on RGB conversion; streetclip keeps the high byte (docs/models.md, "Preprocessing").
     let img = image::ImageBuffer::<image::Luma<u16>, _>::from_fn(4, 3, |x, y| {
         image::Luma([(x * 4000 + y * 9000) as u16])
     });

@@ -1,6 +1,7 @@
-//! The README's `console` blocks are real: every `$ command` in them is run (from the
-//! repository root, `streetclip` on PATH, a fresh text-embedding cache) and its output (stdout
-//! and stderr, as a terminal shows them) must be what the README prints. Integers and words
+//! The `console` blocks of README.md and every page under docs/ are real: every `$ command` in
+//! them is run (from the repository root, `streetclip` on PATH, a fresh text-embedding cache;
+//! README first, then the pages in path order, sharing one scratch folder) and its output
+//! (stdout and stderr, as a terminal shows them) must be what the page prints. Integers and words
 //! must match exactly; decimals to 1e-3 relative + 0.015 absolute, as CPUs differ in the last
 //! bits of float kernels. `README_BLESS=1 cargo test --test readme` rewrites the blocks with
 //! the actual output. Blocks whose output varies from run to run (timings) are `text` blocks.
@@ -138,32 +139,43 @@ fn lines_agree(actual: &str, expected: &str) -> bool {
         })
 }
 
-#[test]
-fn every_console_example_prints_what_the_readme_shows() {
-    im2gps3k_sample();
-    let _ = std::fs::remove_dir_all(SCRATCH);
-    let cache = tmpdir();
-    let readme_path = root().join("README.md");
-    let text = std::fs::read_to_string(&readme_path).unwrap();
+/// README.md, then every Markdown page under docs/ in path order.
+fn pages() -> Vec<std::path::PathBuf> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|e| e == "md") {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = vec![root().join("README.md")];
+    walk(&root().join("docs"), &mut out);
+    out
+}
+
+/// Runs a page's examples; the drifted ones as messages, and the page with the actual outputs.
+fn check_page(path: &std::path::Path, cache: &std::path::Path) -> (usize, Vec<String>, String) {
+    let text = std::fs::read_to_string(path).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let examples = examples(&lines);
-    assert!(
-        examples.len() >= 10,
-        "the README's console examples were not found"
-    );
-    let bless = std::env::var_os("README_BLESS").is_some();
-    let mut blessed: Vec<String> = Vec::new();
-    let mut copied = 0;
-    let mut drifted = Vec::new();
+    let (mut blessed, mut drifted, mut copied) = (Vec::new(), Vec::new(), 0);
     for ex in &examples {
-        let actual = run(&ex.command, cache.path());
+        let actual = run(&ex.command, cache);
         let actual: Vec<&str> = actual.lines().collect();
         let expected = &lines[ex.output.clone()];
         let same = actual.len() == expected.len()
             && actual.iter().zip(expected).all(|(a, e)| lines_agree(a, e));
         if !same {
             drifted.push(format!(
-                "$ {}\n--- README\n{}\n--- actual\n{}",
+                "{}: $ {}\n--- page\n{}\n--- actual\n{}",
+                path.strip_prefix(root()).unwrap_or(path).display(),
                 ex.command,
                 expected.join("\n"),
                 actual.join("\n")
@@ -173,16 +185,111 @@ fn every_console_example_prints_what_the_readme_shows() {
         blessed.extend(actual.iter().map(|l| l.to_string()));
         copied = ex.output.end;
     }
-    if bless {
-        blessed.extend(lines[copied..].iter().map(|l| l.to_string()));
-        std::fs::write(&readme_path, blessed.join("\n") + "\n").unwrap();
-        return;
+    blessed.extend(lines[copied..].iter().map(|l| l.to_string()));
+    (examples.len(), drifted, blessed.join("\n") + "\n")
+}
+
+#[test]
+fn every_console_example_prints_what_the_readme_shows() {
+    im2gps3k_sample();
+    let _ = std::fs::remove_dir_all(SCRATCH);
+    let cache = tmpdir();
+    let bless = std::env::var_os("README_BLESS").is_some();
+    let (mut count, mut drifted) = (0, Vec::new());
+    for page in pages() {
+        let (n, page_drifted, blessed) = check_page(&page, cache.path());
+        count += n;
+        if bless && !page_drifted.is_empty() {
+            std::fs::write(&page, blessed).unwrap();
+        }
+        drifted.extend(page_drifted);
     }
+    assert!(count >= 10, "the console examples were not found");
     assert!(
-        drifted.is_empty(),
-        "README examples that print something else now (README_BLESS=1 rewrites them):\n\n{}",
+        bless || drifted.is_empty(),
+        "examples that print something else now (README_BLESS=1 rewrites them):\n\n{}",
         drifted.join("\n\n")
     );
+}
+
+/// Every relative link of README.md and docs/ names a file that exists, and an anchor, if any,
+/// a heading of that file (GitHub's slugs: lower case, punctuation dropped, spaces as hyphens).
+#[test]
+fn every_link_between_the_pages_resolves() {
+    fn slug(heading: &str) -> String {
+        heading
+            .trim_start_matches('#')
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || *c == '-' || *c == '_' || *c == ' ')
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect()
+    }
+    fn anchors(text: &str) -> Vec<String> {
+        let mut in_code = false;
+        let mut out = Vec::new();
+        for line in text.lines() {
+            if line.starts_with("```") {
+                in_code = !in_code;
+            } else if !in_code && line.starts_with('#') {
+                out.push(slug(line));
+            }
+        }
+        out
+    }
+    let mut broken = Vec::new();
+    for page in pages() {
+        let text = std::fs::read_to_string(&page).unwrap();
+        for target in link_targets(&text) {
+            if target.starts_with("http") || target.starts_with("mailto:") {
+                continue;
+            }
+            let (file, anchor) = target.split_once('#').unwrap_or((&target, ""));
+            let dest = match file {
+                "" => page.clone(),
+                f => page.parent().unwrap().join(f),
+            };
+            let ok = dest.exists()
+                && (anchor.is_empty()
+                    || anchors(&std::fs::read_to_string(&dest).unwrap_or_default())
+                        .iter()
+                        .any(|a| a == anchor));
+            if !ok {
+                broken.push(format!("{}: {target}", page.display()));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+/// The targets of the Markdown links `[text](target)` outside code blocks and code spans.
+fn link_targets(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut in_code = false;
+    for line in text.lines() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        if in_code {
+            continue;
+        }
+        // Code spans hold example syntax, not links.
+        let plain: String = line.split('`').step_by(2).collect::<Vec<_>>().join(" ");
+        let mut rest = plain.as_str();
+        while let Some(i) = rest.find("](") {
+            let after = &rest[i + 2..];
+            match after.find(')') {
+                Some(j) if !after[..j].contains(' ') => {
+                    out.push(after[..j].to_string());
+                    rest = &after[j..];
+                }
+                _ => rest = after,
+            }
+        }
+    }
+    out
 }
 
 #[test]

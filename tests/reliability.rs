@@ -1,5 +1,5 @@
 //! Faults and bad input in long runs: the right answer or one clear error with a non-zero exit —
-//! never a silently wrong number, a panic, a lost or mixed checkpoint (README, "Reliability").
+//! never a silently wrong number, a panic, a lost or mixed checkpoint (docs/reliability.md).
 
 mod common;
 use common::*;

@@ -11,7 +11,7 @@
 //!
 //! The one deliberate difference: 16-bit greyscale PNGs. PIL opens them as mode `I;16` and its
 //! RGB conversion clips every sample above 255 to white, destroying the image; here they keep
-//! their high byte like 16-bit RGB (README, "Preprocessing").
+//! their high byte like 16-bit RGB (docs/models.md, "Preprocessing").
 //!
 //! Every decode is bounded: dimensions are read from the header first and an image of more than
 //! [`MAX_PIXELS`] pixels (PIL's own decompression-bomb limit) is refused before any allocation.

@@ -235,16 +235,6 @@ impl<'a> Encoder<'a> {
         Ok(self.stack(planes))
     }
 
-    /// Preprocessed decoded images `[n, 3, H, W]` (CPU), in parallel.
-    pub fn pixels_of(&self, images: Vec<image::RgbImage>) -> Result<Tensor> {
-        let pre = &self.clip.preprocess;
-        let planes = images
-            .into_par_iter()
-            .map(|i| pre.apply(&i))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(self.stack(planes))
-    }
-
     fn stack(&self, planes: Vec<Vec<f32>>) -> Tensor {
         let (h, w) = self.clip.preprocess.output_size();
         let n = planes.len() as i64;
@@ -274,9 +264,10 @@ impl<'a> Encoder<'a> {
         Ok(embeds)
     }
 
-    /// L2-normalised image embeddings `[n, d]` of decoded images.
-    pub fn images(&self, images: Vec<image::RgbImage>) -> Result<Tensor> {
-        self.pixel_embeddings(&self.pixels_of(images)?)
+    /// L2-normalised image embeddings `[n, d]` of preprocessed images (`PreprocessConfig`'s
+    /// CHW planes).
+    pub fn planes(&self, planes: Vec<Vec<f32>>) -> Result<Tensor> {
+        self.pixel_embeddings(&self.stack(planes))
     }
 
     /// L2-normalised image embeddings `[n, d]` of image files, `batch` decoded at a time (a

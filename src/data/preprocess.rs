@@ -6,6 +6,7 @@
 //! `CLIPImageProcessorPil` on `PIL.Image.open(f)` to float32 rounding (tests/preprocess_parity.rs).
 
 use super::decode::decode_region;
+use super::image_ref::ImageRef;
 use super::levels::Levels;
 use super::resample::{resize_bicubic, resize_bicubic_part, source_span, Part, Window};
 use anyhow::{bail, Context, Result};
@@ -160,11 +161,17 @@ impl PreprocessConfig {
 
     /// Reads and preprocesses one image file into CHW float32.
     pub fn load(&self, path: &Path) -> Result<Vec<f32>> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
+        self.load_ref(&ImageRef::File(path.to_path_buf()))
+    }
+
+    /// Reads and preprocesses one image (a file or a shard member) into CHW float32: the one
+    /// route from an image to pixels every command, the loader and validation take
+    /// (`apply_bytes`, which decodes a JPEG only about its centre crop).
+    pub fn load_ref(&self, image: &ImageRef) -> Result<Vec<f32>> {
+        let bytes = image.read()?;
         let mut out = vec![0.0; self.output_len()];
         self.apply_bytes(&bytes, &mut out)
-            .with_context(|| format!("cannot decode image {}", path.display()))?;
+            .with_context(|| format!("cannot decode image {image}"))?;
         Ok(out)
     }
 

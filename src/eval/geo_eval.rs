@@ -4,12 +4,11 @@
 use super::geo_model::GeoModel;
 use super::metrics::{geo_metrics, GeoMetrics};
 use crate::config::Config;
-use crate::data::decode::decode;
 use crate::data::{Dataset, Sample};
 use crate::encode::{keep_or_skip, Encoder, Skipped};
 use crate::geo::{haversine_km, Gazetteer};
 use crate::pretrained::Pretrained;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -81,17 +80,14 @@ pub fn evaluate(
         })
         .collect();
     let images = Encoder::new(clip, batch);
+    // Only the preprocessing config crosses threads (tch tensors are not Sync).
+    let pre = &clip.preprocess;
     let bar = crate::encode::progress(samples.len(), "images");
     let mut skipped = Skipped::keeping_rows();
     for chunk in samples.chunks(batch.max(1)) {
         let decoded: Vec<Result<_>> = chunk
             .par_iter()
-            .map(|s| {
-                s.image
-                    .read()
-                    .and_then(|b| decode(&b))
-                    .with_context(|| format!("cannot decode image {}", s.image))
-            })
+            .map(|s| pre.load_ref(&s.image))
             .collect();
         let (mut good, mut pictures) = (Vec::new(), Vec::new());
         for (s, d) in chunk.iter().zip(decoded) {
@@ -105,7 +101,7 @@ pub fn evaluate(
         if good.is_empty() {
             continue;
         }
-        let embeddings = images.images(pictures)?;
+        let embeddings = images.planes(pictures)?;
         for ((_, locator), out) in locators.iter().zip(&mut scored) {
             for (s, guess) in good.iter().zip(locator.locate(&embeddings)?) {
                 out.add(s, guess, g);

@@ -4,7 +4,6 @@
 
 use super::logger::MetricSink;
 use super::loss::pair_accuracy;
-use crate::data::decode::decode;
 use crate::data::{OnError, Sample};
 use crate::encode::Encoder;
 use crate::eval::geolocate::country_embeddings;
@@ -111,7 +110,7 @@ struct Prepared<'a> {
 /// Decodes and captions `s`. Its caption's random choices are keyed by the sample itself (its
 /// origin), not its position, so they do not depend on which other samples could be read.
 fn prepare<'a>(clip: &Pretrained, captioner: &Captioner, s: &'a Sample) -> Result<Prepared<'a>> {
-    let pixels = clip.preprocess.apply(&decode(&s.image.read()?)?)?;
+    let pixels = clip.preprocess.load_ref(&s.image)?;
     let key = u64::from_le_bytes(
         blake3::hash(s.origin.as_bytes()).as_bytes()[..8]
             .try_into()

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 use streetclip::encode::Encoder;
-use streetclip::pretrained::Pretrained;
+use streetclip::formats::pretrained::Pretrained;
 
 const BATCH: usize = 32;
 

@@ -9,7 +9,7 @@ use std::time::Instant;
 use streetclip::config::Config;
 use streetclip::eval::geo_eval::evaluate as eval_geo;
 use streetclip::eval::geo_model::GeoModel;
-use streetclip::pretrained::Pretrained;
+use streetclip::formats::pretrained::Pretrained;
 
 const BATCH: usize = 32;
 

@@ -3,8 +3,8 @@
 //! `finetune` take. Batched, on the model's device, results on the CPU.
 
 use crate::data::OnError;
+use crate::formats::pretrained::Pretrained;
 use crate::model::normalize;
-use crate::pretrained::Pretrained;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
@@ -136,7 +136,7 @@ pub fn write_skipped(path: &Path, rows: &[(String, String)]) -> Result<()> {
     for (image, why) in rows {
         csv.write_record([image, why])?;
     }
-    crate::tensor_io::write_atomic(path, &csv.into_inner()?)
+    crate::formats::tensor_io::write_atomic(path, &csv.into_inner()?)
 }
 
 /// The `skipped.csv` of an output file: `NAME.skipped.csv` beside it.

@@ -4,8 +4,8 @@
 //! CLIP trained on them has something to learn. Deterministic for a seed; seconds to make.
 
 use crate::data::DataConfig;
+use crate::formats::tensor_io::write_atomic;
 use crate::geo::{Country, Gazetteer};
-use crate::tensor_io::write_atomic;
 use anyhow::{bail, Context, Result};
 use image::{Rgb, RgbImage};
 use rand::seq::SliceRandom;

@@ -10,7 +10,7 @@ use streetclip::data::classes::Labelled;
 use streetclip::encode::Encoder;
 use streetclip::eval::classification::class_metrics;
 use streetclip::eval::text::class_text_embeddings;
-use streetclip::pretrained::Pretrained;
+use streetclip::formats::pretrained::Pretrained;
 
 #[test]
 fn metrics_match_scikit_learn() {

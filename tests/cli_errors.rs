@@ -261,13 +261,13 @@ fn a_folder_without_images_is_nothing_to_do() {
 fn a_model_with_nan_weights_is_an_error_not_nan_percent() {
     let tmp = model_copy();
     let file = tmp.path().join("model.safetensors");
-    let mut tensors = streetclip::tensor_io::read(&file).unwrap();
+    let mut tensors = streetclip::formats::tensor_io::read(&file).unwrap();
     let (_, t) = tensors
         .iter_mut()
         .find(|(n, _)| n == "visual_projection.weight")
         .unwrap();
     *t = t.full_like(f64::NAN);
-    streetclip::tensor_io::write(&file, &tensors).unwrap();
+    streetclip::formats::tensor_io::write(&file, &tensors).unwrap();
     assert_clean_failure(tmp.path(), "a,b", &demo_image(), &["non-finite", "damaged"]);
 }
 

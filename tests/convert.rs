@@ -8,7 +8,7 @@ use common::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use streetclip::model::weights;
+use streetclip::formats::weights;
 use tch::Tensor;
 
 /// `dir/bin`, `dir/sharded` and `dir/hostile.bin`; running the hostile pickle would create
@@ -90,7 +90,7 @@ fn pytorch_bin_single_and_sharded_read_as_the_safetensors_and_convert() {
 fn a_pickle_that_names_os_system_is_refused_and_runs_nothing() {
     let (tmp, marker) = pickles();
     let hostile = tmp.path().join("hostile.bin");
-    let Err(err) = streetclip::model::pickle::read(&hostile) else {
+    let Err(err) = streetclip::formats::pickle::read(&hostile) else {
         panic!("a pickle with os.system must be refused");
     };
     let message = format!("{err:#}");
@@ -159,7 +159,7 @@ fn malformed_pickles_are_errors_not_panics() {
         ),
     ] {
         let path = pickle_zip(tmp.path(), name, "bin", pickle);
-        let Err(err) = streetclip::model::pickle::read(&path) else {
+        let Err(err) = streetclip::formats::pickle::read(&path) else {
             panic!("{name}: a malformed pickle was accepted");
         };
         assert!(
@@ -185,9 +185,9 @@ fn torchscript_list_helpers_are_read_as_their_argument() {
         "hostile",
         b"\x80\x02}X\x05\x00\x00\x00sizescos\nsystem\n](K\x01K\x02e\x85Rs.",
     );
-    let read = streetclip::model::pickle::read(&helper).unwrap();
+    let read = streetclip::formats::pickle::read(&helper).unwrap();
     assert!(read.tensors.is_empty());
-    let Err(err) = streetclip::model::pickle::read(&hostile) else {
+    let Err(err) = streetclip::formats::pickle::read(&hostile) else {
         panic!("os.system accepted");
     };
     assert!(format!("{err:#}").contains("global `os.system`"), "{err:#}");

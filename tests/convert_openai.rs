@@ -55,7 +55,7 @@ fn embed(model: &Path, out: &Path) {
 }
 
 fn tensors(file: &Path) -> Vec<(String, tch::Tensor)> {
-    streetclip::tensor_io::read(file).unwrap()
+    streetclip::formats::tensor_io::read(file).unwrap()
 }
 
 #[test]
@@ -123,7 +123,7 @@ fn openai_and_open_clip_checkpoints_convert_and_equal_their_packages() {
         tch::Tensor::ones([128], (tch::Kind::Float, tch::Device::Cpu)),
     ));
     let extra = dir.join("extra.safetensors");
-    streetclip::tensor_io::write(&extra, &named).unwrap();
+    streetclip::formats::tensor_io::write(&extra, &named).unwrap();
     let o = streetclip(&[
         "convert".as_ref(),
         "--from".as_ref(),
@@ -148,7 +148,7 @@ fn unconvertible_checkpoints_are_refused_with_the_reason() {
     let write = |name: &str, keys: &[&str]| -> PathBuf {
         let path = tmp.path().join(name);
         let named: Vec<_> = keys.iter().map(|k| (k.to_string(), zeros(&[2]))).collect();
-        streetclip::tensor_io::write(&path, &named).unwrap();
+        streetclip::formats::tensor_io::write(&path, &named).unwrap();
         path
     };
     let resnet = write(

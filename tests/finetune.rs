@@ -131,8 +131,8 @@ fn metrics(dir: &Path) -> serde_json::Value {
 }
 
 fn weights(dir: &Path) -> Vec<(String, Tensor)> {
-    let mut all = streetclip::tensor_io::read(&dir.join("model.safetensors")).unwrap();
-    all.extend(streetclip::tensor_io::read(&dir.join("head.safetensors")).unwrap());
+    let mut all = streetclip::formats::tensor_io::read(&dir.join("model.safetensors")).unwrap();
+    all.extend(streetclip::formats::tensor_io::read(&dir.join("head.safetensors")).unwrap());
     all
 }
 
@@ -197,7 +197,8 @@ fn every_method_runs_learns_exports_and_is_compared() {
             assert!(dir.join(f).is_file(), "{method}: {f}");
         }
         // The export is a plain CLIP directory; the head sits beside it.
-        streetclip::pretrained::Pretrained::load(&dir.join("export"), tch::Device::Cpu).unwrap();
+        streetclip::formats::pretrained::Pretrained::load(&dir.join("export"), tch::Device::Cpu)
+            .unwrap();
         let accuracy = m["test"]["accuracy"].as_f64().unwrap();
         eprintln!("{method}: test accuracy {accuracy:.3} (chance {chance:.3})");
         if method != "zero_shot" {
@@ -269,13 +270,14 @@ fn a_stopped_classifier_resumes() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    streetclip::pretrained::Pretrained::load(&exported, tch::Device::Cpu).unwrap();
-    let saved: Vec<(String, Tensor)> = streetclip::tensor_io::read(&last.join("model.safetensors"))
-        .unwrap()
-        .into_iter()
-        .filter(|(n, _)| n.starts_with("classifier_head"))
-        .collect();
-    let head = streetclip::tensor_io::read(&exported.join("head.safetensors")).unwrap();
+    streetclip::formats::pretrained::Pretrained::load(&exported, tch::Device::Cpu).unwrap();
+    let saved: Vec<(String, Tensor)> =
+        streetclip::formats::tensor_io::read(&last.join("model.safetensors"))
+            .unwrap()
+            .into_iter()
+            .filter(|(n, _)| n.starts_with("classifier_head"))
+            .collect();
+    let head = streetclip::formats::tensor_io::read(&exported.join("head.safetensors")).unwrap();
     assert_eq!(head.len(), 2);
     for ((a, x), (b, y)) in saved.iter().zip(&head) {
         assert_eq!((a, max_diff(x, y)), (b, 0.0));
@@ -687,7 +689,7 @@ fn geocells_train_export_geolocate_and_are_evaluated() {
             .unwrap();
     assert_eq!(head["classes"].as_array().unwrap().len(), cells.len());
     let index: std::collections::HashMap<String, Tensor> =
-        streetclip::tensor_io::read(&dir.join("export/index.safetensors"))
+        streetclip::formats::tensor_io::read(&dir.join("export/index.safetensors"))
             .unwrap()
             .into_iter()
             .collect();
@@ -777,7 +779,8 @@ fn geocells_resume_and_train_data_parallel_like_one_process() {
     assert!(o.status.success(), "{stderr}");
     assert!(stderr.contains("data parallel: 2 ranks"), "{stderr}");
     let step_one = |run: &Path| run.join("geocells/checkpoints/step-00000001");
-    let weights = streetclip::tensor_io::read(&step_one(&one).join("model.safetensors")).unwrap();
+    let weights =
+        streetclip::formats::tensor_io::read(&step_one(&one).join("model.safetensors")).unwrap();
     assert!(weights.iter().any(|(n, _)| n == "classifier_head.weight"));
     // `config`'s learning rate, the most any step uses.
     assert_same_first_step(&step_one(&one), &step_one(&two), 3.0e-3);

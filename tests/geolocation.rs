@@ -300,8 +300,11 @@ fn two_models_are_compared_in_one_report() {
     let tmp = tmpdir();
     // The second model: the first with its image tower perturbed ("fine-tuned").
     let tuned = tmp.path().join("tuned");
-    let clip = streetclip::pretrained::Pretrained::load(&fixture("tiny-p14-336"), tch::Device::Cpu)
-        .unwrap();
+    let clip = streetclip::formats::pretrained::Pretrained::load(
+        &fixture("tiny-p14-336"),
+        tch::Device::Cpu,
+    )
+    .unwrap();
     tch::manual_seed(0);
     tch::no_grad(|| {
         for (name, v) in clip.model.vs.variables() {
@@ -440,8 +443,11 @@ fn text_cache_serves_repeats_and_keys_on_model_and_prompts() {
 #[test]
 fn the_model_fingerprint_follows_the_text_tower_only() {
     use streetclip::eval::text_cache::text_fingerprint;
-    let clip = streetclip::pretrained::Pretrained::load(&fixture("tiny-p32-224"), tch::Device::Cpu)
-        .unwrap();
+    let clip = streetclip::formats::pretrained::Pretrained::load(
+        &fixture("tiny-p32-224"),
+        tch::Device::Cpu,
+    )
+    .unwrap();
     let before = text_fingerprint(&clip).unwrap();
     assert_eq!(before, text_fingerprint(&clip).unwrap());
     let vars = clip.model.vs.variables();
@@ -515,7 +521,7 @@ fn geocell_model(
     let k = cells.len() as i64;
     let embeddings: Vec<f32> = index.iter().flat_map(|r| r.0.clone()).collect();
     GeocellModel {
-        head: streetclip::pretrained::ExportedHead {
+        head: streetclip::formats::pretrained::ExportedHead {
             classes: cells.iter().map(|c| c.0.to_string()).collect(),
             weight: Tensor::zeros([k, d], (Kind::Float, tch::Device::Cpu)),
             bias: Tensor::from_slice(logits),
@@ -639,8 +645,9 @@ fn a_tampered_text_cache_entry_is_recomputed_not_trusted() {
         .unwrap()
         .path();
     let good = std::fs::read(&entry).unwrap();
-    let write =
-        |t: Tensor| streetclip::tensor_io::write(&entry, &[("embeddings".to_string(), t)]).unwrap();
+    let write = |t: Tensor| {
+        streetclip::formats::tensor_io::write(&entry, &[("embeddings".to_string(), t)]).unwrap()
+    };
     type Tampering<'a> = (&'a str, Box<dyn Fn() + 'a>);
     let tamperings: Vec<Tampering> = vec![
         ("NaN", Box::new(|| write(truth.full_like(f64::NAN)))),
@@ -686,7 +693,7 @@ fn geocell_export(dir: &std::path::Path) {
         std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
     }
     let d = 40;
-    streetclip::tensor_io::write(
+    streetclip::formats::tensor_io::write(
         &dir.join("head.safetensors"),
         &[
             (
@@ -727,7 +734,7 @@ fn write_index(dir: &std::path::Path, coords: &[f64], cells: &[i64], embedding: 
         Some(v) => e.index_fill(0, &Tensor::from_slice(&[1i64]), v as f64),
         None => e,
     };
-    streetclip::tensor_io::write(
+    streetclip::formats::tensor_io::write(
         &dir.join("index.safetensors"),
         &[
             ("embeddings".into(), e.to_kind(Kind::Half)),
@@ -744,7 +751,7 @@ fn a_damaged_geocell_export_is_an_error_naming_the_file_and_row() {
     let tmp = tmpdir();
     let dir = tmp.path();
     geocell_export(dir);
-    let clip = streetclip::pretrained::Pretrained::load(dir, tch::Device::Cpu).unwrap();
+    let clip = streetclip::formats::pretrained::Pretrained::load(dir, tch::Device::Cpu).unwrap();
     assert!(
         GeocellModel::read(dir, &clip).unwrap().is_some(),
         "the intact export reads"
@@ -786,7 +793,7 @@ fn a_damaged_geocell_export_is_an_error_naming_the_file_and_row() {
     .unwrap();
     expect_error(&["geocells.json", "cell 1 (Tokyo, Japan)", "(91, 540)"]);
     let head = dir.join("head.safetensors");
-    streetclip::tensor_io::write(
+    streetclip::formats::tensor_io::write(
         &head,
         &[
             (

@@ -5,7 +5,7 @@
 mod common;
 use common::*;
 use std::process::Command;
-use streetclip::pretrained::Pretrained;
+use streetclip::formats::pretrained::Pretrained;
 use tch::Device;
 
 fn demo_images() -> Vec<std::path::PathBuf> {
@@ -22,8 +22,8 @@ fn save_and_check(fixture_name: &str, texts: &[&str]) {
     original.save(&export).unwrap();
 
     let reloaded = Pretrained::load(&export, Device::Cpu).unwrap();
-    let a = streetclip::model::weights::named_tensors(&original.model.vs);
-    let b = streetclip::model::weights::named_tensors(&reloaded.model.vs);
+    let a = streetclip::formats::weights::named_tensors(&original.model.vs);
+    let b = streetclip::formats::weights::named_tensors(&reloaded.model.vs);
     assert_eq!(a.len(), b.len());
     for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
         assert_eq!(na, nb);

@@ -14,10 +14,10 @@ fn variable_names_and_shapes_equal_the_checkpoint_keys() {
     for name in MODELS {
         let dir = fixture(name);
         let model = ClipModel::load(&dir, Device::Cpu).unwrap();
-        let file = streetclip::tensor_io::read(&dir.join("model.safetensors")).unwrap();
+        let file = streetclip::formats::tensor_io::read(&dir.join("model.safetensors")).unwrap();
         let from_file: Vec<(String, Vec<i64>)> =
             file.iter().map(|(n, t)| (n.clone(), t.size())).collect();
-        let ours: Vec<(String, Vec<i64>)> = streetclip::model::weights::named_tensors(&model.vs)
+        let ours: Vec<(String, Vec<i64>)> = streetclip::formats::weights::named_tensors(&model.vs)
             .iter()
             .map(|(n, t)| (n.clone(), t.size()))
             .collect();
@@ -30,10 +30,12 @@ fn the_checked_in_models_are_the_ones_the_reference_regenerates() {
     // The references are computed on this machine from seeds; they must describe the very
     // weights the tests load.
     for name in MODELS {
-        let ours = streetclip::tensor_io::read(&fixture(name).join("model.safetensors")).unwrap();
-        let regenerated =
-            streetclip::tensor_io::read(&reference_dir().join(name).join("model.safetensors"))
-                .unwrap();
+        let ours =
+            streetclip::formats::tensor_io::read(&fixture(name).join("model.safetensors")).unwrap();
+        let regenerated = streetclip::formats::tensor_io::read(
+            &reference_dir().join(name).join("model.safetensors"),
+        )
+        .unwrap();
         assert_eq!(ours.len(), regenerated.len());
         for ((a, x), (b, y)) in ours.iter().zip(&regenerated) {
             assert_eq!(a, b);
@@ -169,7 +171,7 @@ fn sharded_checkpoints_load_like_one_file() {
     let tmp = tmpdir();
     let src = fixture("tiny-p32-224");
     std::fs::copy(src.join("config.json"), tmp.path().join("config.json")).unwrap();
-    let mut tensors = streetclip::tensor_io::read(&src.join("model.safetensors")).unwrap();
+    let mut tensors = streetclip::formats::tensor_io::read(&src.join("model.safetensors")).unwrap();
     // A legacy buffer that old hub checkpoints carry: ignored.
     tensors.push((
         "text_model.embeddings.position_ids".into(),
@@ -182,7 +184,7 @@ fn sharded_checkpoints_load_like_one_file() {
         ("model-00001-of-00002.safetensors", a),
         ("model-00002-of-00002.safetensors", b),
     ] {
-        streetclip::tensor_io::write(&tmp.path().join(file), part).unwrap();
+        streetclip::formats::tensor_io::write(&tmp.path().join(file), part).unwrap();
         for (n, _) in part {
             map.insert(n.clone(), file.into());
         }
@@ -196,8 +198,8 @@ fn sharded_checkpoints_load_like_one_file() {
     let sharded = ClipModel::load(tmp.path(), Device::Cpu).unwrap();
     let single = ClipModel::load(&src, Device::Cpu).unwrap();
     let (x, y) = (
-        streetclip::model::weights::named_tensors(&sharded.vs),
-        streetclip::model::weights::named_tensors(&single.vs),
+        streetclip::formats::weights::named_tensors(&sharded.vs),
+        streetclip::formats::weights::named_tensors(&single.vs),
     );
     assert_eq!(x.len(), y.len());
     assert!(x

@@ -37,7 +37,7 @@ fn reference(config: &serde_json::Value, images: &[PathBuf]) -> Reference {
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("files.json")).unwrap())
             .unwrap();
     let mut tensors: std::collections::HashMap<_, _> =
-        streetclip::tensor_io::read(&dir.path().join("reference.safetensors"))
+        streetclip::formats::tensor_io::read(&dir.path().join("reference.safetensors"))
             .unwrap()
             .into_iter()
             .collect();

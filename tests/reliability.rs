@@ -52,7 +52,7 @@ fn assert_fails_cleanly(o: &Output, must_mention: &[&str]) {
 }
 
 fn weights(checkpoint: &Path) -> Vec<(String, tch::Tensor)> {
-    streetclip::tensor_io::read(&checkpoint.join("model.safetensors")).unwrap()
+    streetclip::formats::tensor_io::read(&checkpoint.join("model.safetensors")).unwrap()
 }
 
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
@@ -91,8 +91,11 @@ fn validation_with_an_undecodable_image_scores_as_without_it() {
     let mut with_bad = good.clone();
     with_bad.insert(2, bad_sample);
 
-    let clip = streetclip::pretrained::Pretrained::load(&fixture("tiny-p14-336"), tch::Device::Cpu)
-        .unwrap();
+    let clip = streetclip::formats::pretrained::Pretrained::load(
+        &fixture("tiny-p14-336"),
+        tch::Device::Cpu,
+    )
+    .unwrap();
     let captioner = streetclip::text::Captioner::new(&Default::default()).unwrap();
     let country_prompts = streetclip::config::GeoConfig::default().country_prompts;
     let validate = |samples: &[_], on_error| {
@@ -274,8 +277,11 @@ fn an_interrupted_final_export_is_redone_from_the_final_checkpoint() {
 #[test]
 fn an_export_replaces_a_model_folder_whole_or_not_at_all() {
     let tmp = tmpdir();
-    let clip = streetclip::pretrained::Pretrained::load(&fixture("tiny-p32-224"), tch::Device::Cpu)
-        .unwrap();
+    let clip = streetclip::formats::pretrained::Pretrained::load(
+        &fixture("tiny-p32-224"),
+        tch::Device::Cpu,
+    )
+    .unwrap();
     let out = tmp.path().join("model");
     clip.save(&out).unwrap();
     let before: Vec<(std::ffi::OsString, Vec<u8>)> = files(&out);
@@ -560,9 +566,10 @@ fn a_damaged_newest_checkpoint_falls_back_to_the_previous_one() {
     assert!(train(&cfg, &solo, &["--max-steps", "2"]).status.success());
     let only = checkpoint::list(&solo.join("checkpoints")).pop().unwrap();
     std::fs::remove_file(only.join("checksums.json")).unwrap();
-    let mut moments = streetclip::tensor_io::read(&only.join("optimizer.safetensors")).unwrap();
+    let mut moments =
+        streetclip::formats::tensor_io::read(&only.join("optimizer.safetensors")).unwrap();
     moments[0].1 = tch::Tensor::zeros([3], (tch::Kind::Float, tch::Device::Cpu));
-    streetclip::tensor_io::write(&only.join("optimizer.safetensors"), &moments).unwrap();
+    streetclip::formats::tensor_io::write(&only.join("optimizer.safetensors"), &moments).unwrap();
     assert_fails_cleanly(
         &train(&cfg, &solo, &["--max-steps", "3"]),
         &["shape", "can be resumed"],

@@ -349,7 +349,7 @@ fn soft_cross_entropy_matches_torch() {
          save_file({'logits': logits.detach(), 'targets': targets, 'loss': loss.detach().reshape(1), 'grad': logits.grad}, sys.argv[1])",
         file.to_str().unwrap(),
     ]);
-    let e: std::collections::HashMap<String, Tensor> = streetclip::tensor_io::read(&file)
+    let e: std::collections::HashMap<String, Tensor> = streetclip::formats::tensor_io::read(&file)
         .unwrap()
         .into_iter()
         .collect();

@@ -51,7 +51,7 @@ fn final_weights(run: &Path) -> Vec<(String, tch::Tensor)> {
     let last = streetclip::train::checkpoint::list(&run.join("checkpoints"))
         .pop()
         .unwrap();
-    streetclip::tensor_io::read(&last.join("model.safetensors")).unwrap()
+    streetclip::formats::tensor_io::read(&last.join("model.safetensors")).unwrap()
 }
 
 fn losses(run: &Path) -> Vec<(u64, f64)> {
@@ -141,8 +141,8 @@ fn learns_logs_exports() {
         .status()
         .unwrap();
     assert!(st.success());
-    let a = streetclip::tensor_io::read(&run.join("export/model.safetensors")).unwrap();
-    let b = streetclip::tensor_io::read(&again.join("model.safetensors")).unwrap();
+    let a = streetclip::formats::tensor_io::read(&run.join("export/model.safetensors")).unwrap();
+    let b = streetclip::formats::tensor_io::read(&again.join("model.safetensors")).unwrap();
     assert!(a
         .iter()
         .zip(&b)
@@ -426,7 +426,7 @@ fn freezing_locks_the_chosen_parameters() {
     let base = write_config(tmp.path(), "");
     let init = fixture("tiny-p14-336");
     let original: std::collections::HashMap<String, tch::Tensor> =
-        streetclip::tensor_io::read(&init.join("model.safetensors"))
+        streetclip::formats::tensor_io::read(&init.join("model.safetensors"))
             .unwrap()
             .into_iter()
             .collect();

@@ -5,7 +5,7 @@ use super::results_out::{Format, ResultFile, Row};
 use crate::config::Config;
 use crate::data::collection::{Paths, Sources};
 use crate::encode::{skipped_beside, Skipped};
-use crate::pretrained::Pretrained;
+use crate::formats::pretrained::Pretrained;
 use crate::train::trainer::RunOptions;
 use anyhow::Result;
 use std::path::{Path, PathBuf};

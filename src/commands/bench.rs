@@ -154,7 +154,7 @@ fn synthetic(config: &ClipConfig, micro: i64, accum: usize, device: Device) -> V
 
 /// The training loader over all of `cfg`'s data (drawn first when the config asks for
 /// synthetic scenes).
-fn start_loader(cfg: &Config, clip: &crate::pretrained::Pretrained) -> Result<Loader> {
+fn start_loader(cfg: &Config, clip: &crate::formats::pretrained::Pretrained) -> Result<Loader> {
     let gazetteer = Gazetteer::bundled()?;
     crate::synth::draw_if_missing(&cfg.data, gazetteer)?;
     let (data, report) = Dataset::load(&cfg.data, gazetteer)?;

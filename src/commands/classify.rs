@@ -11,7 +11,7 @@ use crate::eval::classification::{
     ClassPrediction,
 };
 use crate::eval::text::{class_text_embeddings, probabilities};
-use crate::pretrained::{ExportedHead, Pretrained};
+use crate::formats::pretrained::{ExportedHead, Pretrained};
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 use tch::Tensor;

@@ -3,8 +3,9 @@
 //! an OpenAI / open_clip state dict — written as a complete Hugging Face safetensors directory
 //! that `CLIPModel` / `CLIPProcessor.from_pretrained` load.
 
-use crate::model::{weights::named_tensors, Activation};
-use crate::pretrained::Pretrained;
+use crate::formats::pretrained::Pretrained;
+use crate::formats::weights::named_tensors;
+use crate::model::Activation;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 

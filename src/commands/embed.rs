@@ -3,7 +3,7 @@
 
 use super::args::{ConfigArgs, Lists, Runtime, MODEL_HELP};
 use crate::encode::{skipped_beside, Encoder, Skipped};
-use crate::pretrained::Pretrained;
+use crate::formats::pretrained::Pretrained;
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 use tch::Tensor;
@@ -46,7 +46,7 @@ pub fn exec(args: Args) -> Result<()> {
     let clip = args.rt.load(&args.model)?;
     let Embedded { tensors, images } = run(&clip, &args)?;
     let listed = serde_json::to_string(&images)?;
-    crate::tensor_io::write_with_metadata(&args.out, &tensors, &[("images", listed)])?;
+    crate::formats::tensor_io::write_with_metadata(&args.out, &tensors, &[("images", listed)])?;
     let shapes: Vec<String> = tensors
         .iter()
         .map(|(n, t)| format!("{n} {:?}", t.size()))

@@ -9,8 +9,8 @@ use crate::data::manifest::read_images;
 use crate::eval::geo_eval::{self, GeoEval};
 use crate::eval::geo_model::GeoModel;
 use crate::eval::report;
+use crate::formats::pretrained::Pretrained;
 use crate::geo::Gazetteer;
-use crate::pretrained::Pretrained;
 use anyhow::Result;
 use std::path::PathBuf;
 

@@ -2,8 +2,8 @@
 
 use crate::config::Config;
 use crate::finetune::head::{split_head, ClassHead};
-use crate::model::weights;
-use crate::pretrained::Pretrained;
+use crate::formats::pretrained::Pretrained;
+use crate::formats::weights;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -57,8 +57,8 @@ pub fn run(checkpoint: &Path, out: &Path) -> Result<()> {
     }
     let context = || format!("checkpoint {}", checkpoint.display());
     let mut clip = Pretrained::skeleton(checkpoint, tch::Device::Cpu).with_context(context)?;
-    let names =
-        crate::tensor_io::read(&checkpoint.join(weights::WEIGHTS_FILE)).with_context(context)?;
+    let names = crate::formats::tensor_io::read(&checkpoint.join(weights::WEIGHTS_FILE))
+        .with_context(context)?;
     let (_, head) = split_head(names);
     if let [(_, bias), (_, weight)] = head.as_slice() {
         ClassHead::attach_with(&mut clip, weight, bias);

@@ -25,7 +25,7 @@ pub fn exec(args: Args) -> Result<()> {
     if let Some(workers) = args.launch.launch_workers() {
         return workers;
     }
-    crate::finetune::methods::run(&cfg, &cfg.to_yaml(), &out, &args.launch.options())?;
+    crate::finetune::run(&cfg, &cfg.to_yaml(), &out, &args.launch.options())?;
     if crate::dist::DistEnv::from_env()?.rank == 0 {
         print!("{}", std::fs::read_to_string(out.join("comparison.md"))?);
     }

@@ -10,8 +10,8 @@ use crate::encode::{Encoder, Skipped};
 use crate::eval::geo_model::GeoModel;
 use crate::eval::geolocate::Guess;
 use crate::eval::ranking::Ranked;
+use crate::formats::pretrained::Pretrained;
 use crate::geo::Gazetteer;
-use crate::pretrained::Pretrained;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 

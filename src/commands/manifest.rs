@@ -101,7 +101,7 @@ pub fn write(dir: &Path, out: &Path) -> Result<Counts> {
         bar.set_position(counts.photos as u64);
     }
     bar.finish_and_clear();
-    crate::tensor_io::write_atomic(out, &csv.into_inner()?)?;
+    crate::formats::tensor_io::write_atomic(out, &csv.into_inner()?)?;
     Ok(counts)
 }
 

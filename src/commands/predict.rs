@@ -9,7 +9,7 @@ use crate::data::OnError;
 use crate::encode::{Encoder, Skipped, TextEncoder};
 use crate::eval::ranking::{top, Ranked};
 use crate::eval::text::probabilities;
-use crate::pretrained::{ExportedHead, Pretrained};
+use crate::formats::pretrained::{ExportedHead, Pretrained};
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};

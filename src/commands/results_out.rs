@@ -193,7 +193,7 @@ impl<R: Row> ResultFile<R> {
             Format::Geojson => feature_collection(&self.whole),
             Format::Jsonl | Format::Csv => return Ok(()),
         };
-        crate::tensor_io::write_atomic(&self.path, &serde_json::to_vec_pretty(&document)?)
+        crate::formats::tensor_io::write_atomic(&self.path, &serde_json::to_vec_pretty(&document)?)
     }
 }
 

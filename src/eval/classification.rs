@@ -3,7 +3,7 @@
 //! `metrics.json`, `confusion.csv`, `confusion.png`, `report.md`.
 
 use crate::data::classes::LabelledImage;
-use crate::tensor_io::write_atomic;
+use crate::formats::tensor_io::write_atomic;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -112,7 +112,7 @@ pub fn comparison_table(rows: &[(String, &ClassMetrics)]) -> String {
 
 /// Writes `metrics.json`, `confusion.csv`, `confusion.png` and `report.md` into `dir`.
 pub fn write_report(dir: &Path, title: &str, about: &str, m: &ClassMetrics) -> Result<()> {
-    use crate::tensor_io::write_atomic;
+    use crate::formats::tensor_io::write_atomic;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     write_atomic(&dir.join("metrics.json"), &serde_json::to_vec_pretty(m)?)?;
     let classes: Vec<String> = m.per_class.iter().map(|s| s.class.clone()).collect();

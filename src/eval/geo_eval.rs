@@ -6,8 +6,8 @@ use super::metrics::{geo_metrics, GeoMetrics};
 use crate::config::Config;
 use crate::data::{Dataset, Sample};
 use crate::encode::{keep_or_skip, Encoder, Skipped};
+use crate::formats::pretrained::Pretrained;
 use crate::geo::{haversine_km, Gazetteer};
-use crate::pretrained::Pretrained;
 use anyhow::Result;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -85,10 +85,7 @@ pub fn evaluate(
     let bar = crate::encode::progress(samples.len(), "images");
     let mut skipped = Skipped::keeping_rows();
     for chunk in samples.chunks(batch.max(1)) {
-        let decoded: Vec<Result<_>> = chunk
-            .par_iter()
-            .map(|s| pre.load_ref(&s.image))
-            .collect();
+        let decoded: Vec<Result<_>> = chunk.par_iter().map(|s| pre.load_ref(&s.image)).collect();
         let (mut good, mut pictures) = (Vec::new(), Vec::new());
         for (s, d) in chunk.iter().zip(decoded) {
             let name = s.image.to_string();

@@ -7,16 +7,16 @@
 use super::geolocate::Guess;
 use super::ranking::{best_first, Ranked};
 use crate::config::RefineConfig;
+use crate::formats::pretrained::{ExportedHead, Pretrained};
 use crate::geo::distance::spherical_mean;
 use crate::geo::geocells::Cell;
 use crate::geo::Gazetteer;
-use crate::pretrained::{ExportedHead, Pretrained};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
-pub use crate::pretrained::{CELLS_FILE, INDEX_FILE};
+pub use crate::formats::pretrained::{CELLS_FILE, INDEX_FILE};
 
 /// Index rows compared with a batch of images at once: bounds the similarity matrix
 /// (B × 65,536 floats) whatever the index's size.
@@ -63,7 +63,7 @@ impl RetrievalIndex {
     /// Writes the index with float16 embeddings (half the size; similarities change by ~1e-3).
     pub fn write(&self, path: &Path) -> Result<()> {
         let flat: Vec<f64> = self.coords.iter().flat_map(|&(a, b)| [a, b]).collect();
-        crate::tensor_io::write(
+        crate::formats::tensor_io::write(
             path,
             &[
                 ("embeddings".into(), self.embeddings.to_kind(Kind::Half)),
@@ -79,7 +79,7 @@ impl RetrievalIndex {
     /// The index in `path`, checked against `cells` cells of `dim`-d embeddings.
     pub fn read(path: &Path, cells: usize, dim: i64, device: Device) -> Result<Self> {
         let map: std::collections::HashMap<String, Tensor> =
-            crate::tensor_io::read(path)?.into_iter().collect();
+            crate::formats::tensor_io::read(path)?.into_iter().collect();
         let get = |name: &str| {
             map.get(name).with_context(|| {
                 format!(
@@ -103,7 +103,7 @@ impl RetrievalIndex {
         let damaged = |what: &str, row: i64, why: String| {
             anyhow::anyhow!("{}: row {row} of `{what}`: {why}; the index is damaged: rebuild it with `streetclip finetune` (method geocells)", path.display())
         };
-        if let Some(row) = crate::tensor_io::first_non_finite_row(e) {
+        if let Some(row) = crate::formats::tensor_io::first_non_finite_row(e) {
             return Err(damaged("embeddings", row, "a value is not finite".into()));
         }
         let ids = Vec::<i64>::try_from(k.to_kind(Kind::Int64))?;
@@ -191,7 +191,7 @@ impl GeocellModel {
     /// fit together are an error naming them.
     pub fn read(dir: &Path, clip: &Pretrained) -> Result<Option<Self>> {
         let (projection_dim, device) = (clip.model.config.projection_dim, clip.device());
-        let dir = &crate::model::hub::resolve(dir)?;
+        let dir = &crate::formats::hub::resolve(dir)?;
         let cells_file = dir.join(CELLS_FILE);
         if !cells_file.is_file() {
             return Ok(None);
@@ -227,7 +227,7 @@ impl GeocellModel {
             format!(
                 "{} has {CELLS_FILE} but no classifier head over its cells ({})",
                 dir.display(),
-                crate::pretrained::HEAD_FILE
+                crate::formats::pretrained::HEAD_FILE
             )
         })?;
         let names: Vec<&String> = cells.iter().map(|c| &c.name).collect();

@@ -40,7 +40,7 @@ fn render(path: &Path, (w, h): (u32, u32), draw: impl FnOnce(&Area) -> Result<()
     let img = image::RgbImage::from_raw(w, h, buf).context("plot buffer size")?;
     let mut png = std::io::Cursor::new(Vec::new());
     img.write_to(&mut png, image::ImageFormat::Png)?;
-    crate::tensor_io::write_atomic(path, &png.into_inner())
+    crate::formats::tensor_io::write_atomic(path, &png.into_inner())
 }
 
 /// Cumulative share of images within each distance, on a log km axis with the benchmark

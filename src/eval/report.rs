@@ -4,8 +4,8 @@
 use super::geo_eval::GeoEval;
 use super::metrics::THRESHOLDS_KM;
 use super::plots;
+use crate::formats::tensor_io::write_atomic;
 use crate::geo::Gazetteer;
-use crate::tensor_io::write_atomic;
 use anyhow::{Context, Result};
 use std::fmt::Write as _;
 use std::path::Path;

@@ -5,7 +5,7 @@
 //! and the prompts — so a retrained model or an edited prompt can never hit a stale entry.
 
 use crate::encode::TextEncoder;
-use crate::pretrained::Pretrained;
+use crate::formats::pretrained::Pretrained;
 use anyhow::{Context, Result};
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
@@ -21,12 +21,12 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 /// shapes, dtypes, bytes), the tokenizer definition and the device kind.
 pub fn text_fingerprint(clip: &Pretrained) -> Result<String> {
     let mut h = blake3::Hasher::new();
-    for (name, t) in crate::model::weights::named_tensors(&clip.model.vs) {
+    for (name, t) in crate::formats::weights::named_tensors(&clip.model.vs) {
         if !(name.starts_with("text_model.") || name.starts_with("text_projection.")) {
             continue;
         }
         h.update(format!("{name} {:?} {:?}\n", t.kind(), t.size()).as_bytes());
-        h.update(&crate::tensor_io::raw_bytes(&t));
+        h.update(&crate::formats::tensor_io::raw_bytes(&t));
     }
     h.update(clip.tokenizer.definition()?.as_bytes());
     h.update(if clip.device().is_cuda() {
@@ -90,7 +90,7 @@ impl<'a, E: TextEncoder> CachedText<'a, E> {
             return Ok(None);
         }
         let (tensors, metadata) =
-            crate::tensor_io::read_with_metadata(path).map_err(|e| format!("{e:#}"))?;
+            crate::formats::tensor_io::read_with_metadata(path).map_err(|e| format!("{e:#}"))?;
         let (_, t) = tensors
             .into_iter()
             .find(|(name, _)| name == "embeddings")
@@ -119,7 +119,7 @@ const CHECKSUM_KEY: &str = "blake3";
 fn checksum(t: &Tensor) -> String {
     let mut h = blake3::Hasher::new();
     h.update(format!("{:?}", t.size()).as_bytes());
-    h.update(&crate::tensor_io::raw_bytes(t));
+    h.update(&crate::formats::tensor_io::raw_bytes(t));
     h.finalize().to_hex().to_string()
 }
 
@@ -146,7 +146,7 @@ impl<E: TextEncoder> TextEncoder for CachedText<'_, E> {
         let stored = std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create {}", dir.display()))
             .and_then(|_| {
-                crate::tensor_io::write_with_metadata(
+                crate::formats::tensor_io::write_with_metadata(
                     &path,
                     &[("embeddings".to_string(), t.shallow_clone())],
                     &[(CHECKSUM_KEY, checksum(&t))],

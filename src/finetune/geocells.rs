@@ -15,11 +15,11 @@ use crate::eval::geo_eval::{self, GeoEval};
 use crate::eval::geo_model::GeoModel;
 use crate::eval::geocell_locate::{RetrievalIndex, CELLS_FILE, INDEX_FILE};
 use crate::eval::report;
+use crate::formats::pretrained::Pretrained;
+use crate::formats::tensor_io::write_atomic;
 use crate::geo::cell_targets::smoothed_targets;
 use crate::geo::geocells::{self, CellSizes, Geocells};
 use crate::geo::Gazetteer;
-use crate::pretrained::Pretrained;
-use crate::tensor_io::write_atomic;
 use crate::train::trainer::{Run, RunOptions};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -157,19 +157,64 @@ impl HeadTargets for SmoothedCells {
     }
 }
 
-/// Trains the geocell head for `cfg` into `dir` (every rank of a data-parallel job), then on
-/// rank 0 exports it and scores the held-out splits: writes `dir/metrics.json`,
-/// `dir/{val,test}.csv`, `dir/test/` (the evaluation) and returns the test evaluations
-/// (refined, centroid; none on other ranks).
+/// The geocell method into `out/geocells/`: trains the head (every rank of a data-parallel
+/// job), then on rank 0 exports it, scores the held-out splits (`metrics.json`,
+/// `{val,test}.csv`, the evaluation in `test/`) and writes `out/comparison.md`.
 pub fn run(
     cfg: &Config,
     config_yaml: &str,
-    dir: &Path,
+    out: &Path,
     options: &RunOptions,
     (env, dist, device): (&DistEnv, &Dist, Device),
-) -> Result<Vec<GeoEval>> {
-    let [train, val, test] = load_splits(cfg)?;
-    let g = Gazetteer::bundled()?;
+) -> Result<()> {
+    eprintln!("finetune: geocells");
+    let dir = out.join(Method::Geocells.name());
+    let splits = load_splits(cfg)?;
+    let (cells, sizes) = cells_of(cfg, &splits)?;
+    let run = Run {
+        cfg,
+        config_yaml,
+        out: &dir,
+        options,
+        env,
+        dist,
+        device,
+    };
+    let (summary, tuned) = train(&run, &cells, &splits[0])?;
+    if env.rank != 0 {
+        return Ok(());
+    }
+    let export = dir.join("export");
+    write_export(&tuned, &export, cfg, (&cells, sizes), &splits[0])?;
+    let [val, test] = evaluate(cfg, &dir, &tuned, &export, &splits)?;
+    let by_name = |evals: &[GeoEval]| -> serde_json::Map<String, serde_json::Value> {
+        evals
+            .iter()
+            .map(|e| (e.name.clone(), serde_json::json!(e.metrics)))
+            .collect()
+    };
+    let [train_n, val_n, test_n] = splits.each_ref().map(Vec::len);
+    let metrics = serde_json::json!({
+        "method": Method::Geocells.name(),
+        "cells": cells.cells.len(),
+        "tau_km": cfg.finetune.geocells.tau_km,
+        "train_images": train_n,
+        "val_images": val_n,
+        "test_images": test_n,
+        "val": by_name(&val),
+        "test": by_name(&test),
+        "export": export,
+        "training": summary,
+    });
+    write_atomic(
+        &dir.join("metrics.json"),
+        &serde_json::to_vec_pretty(&metrics)?,
+    )?;
+    write_summary(out, &test)
+}
+
+/// The geocells of the training split's coordinates, as `finetune.geocells` sizes them.
+fn cells_of(cfg: &Config, splits: &[Vec<Located>; 3]) -> Result<(Geocells, CellSizes)> {
     let gc = &cfg.finetune.geocells;
     if !(gc.tau_km > 0.0 && gc.tau_km.is_finite()) {
         bail!(
@@ -182,18 +227,26 @@ pub fn run(
         max_samples: gc.max_samples,
         seed: cfg.train.seed,
     };
-    let points: Vec<(f64, f64)> = train.iter().map(|l| (l.lat, l.lon)).collect();
-    let cells = geocells::build(g, &points, sizes).context("finetune.geocells")?;
+    let points: Vec<(f64, f64)> = splits[0].iter().map(|l| (l.lat, l.lon)).collect();
+    let cells =
+        geocells::build(Gazetteer::bundled()?, &points, sizes).context("finetune.geocells")?;
+    let [train, val, test] = splits.each_ref().map(Vec::len);
     eprintln!(
-        "geocells: {} train, {} val, {} test images; {}",
-        train.len(),
-        val.len(),
-        test.len(),
+        "geocells: {train} train, {val} val, {test} test images; {}",
         cells.counts()
     );
-    // The head starts as the zero-shot classifier of the cells' captions.
+    Ok((cells, sizes))
+}
+
+/// Trains the model with a head over `cells`, started as the zero-shot classifier of the
+/// cells' captions, on haversine-smoothed targets.
+fn train(
+    run: &Run,
+    cells: &Geocells,
+    train: &[Located],
+) -> Result<(crate::train::trainer::Summary, Pretrained)> {
     let captions: Vec<String> = cells.cells.iter().map(|c| caption_name(&c.name)).collect();
-    let templates = cfg.finetune.templates.clone();
+    let templates = run.cfg.finetune.templates.clone();
     let samples = train
         .iter()
         .zip(&cells.cell_of)
@@ -206,27 +259,23 @@ pub fn run(
             origin: l.path.display().to_string(),
         })
         .collect();
-    let mut loss = HeadObjective::new(
-        captions,
-        templates,
-        SmoothedCells::new(&cells, &points, gc.tau_km),
-    );
-    let run = Run {
-        cfg,
-        config_yaml,
-        out: dir,
-        options,
-        env,
-        dist,
-        device,
-    };
-    let (summary, tuned) = run.train(samples, vec![], &mut loss)?;
-    if env.rank != 0 {
-        return Ok(vec![]);
-    }
-    let export = dir.join("export");
-    write_export(&tuned, &export, cfg, (&cells, sizes), &train)?;
-    let model = GeoModel::read(&export, &tuned, false, &cfg.geo)?;
+    let points: Vec<(f64, f64)> = train.iter().map(|l| (l.lat, l.lon)).collect();
+    let tau_km = run.cfg.finetune.geocells.tau_km;
+    let targets = SmoothedCells::new(cells, &points, tau_km);
+    let mut loss = HeadObjective::new(captions, templates, targets);
+    run.train(samples, vec![], &mut loss)
+}
+
+/// The exported model's evaluations on the validation and test splits (each written as a
+/// manifest in `dir`; the test one's report in `dir/test/`).
+fn evaluate(
+    cfg: &Config,
+    dir: &Path,
+    tuned: &Pretrained,
+    export: &Path,
+    [_, val, test]: &[Vec<Located>; 3],
+) -> Result<[Vec<GeoEval>; 2]> {
+    let model = GeoModel::read(export, tuned, false, &cfg.geo)?;
     let score = |items: &[Located], name: &str| -> Result<Vec<GeoEval>> {
         if items.is_empty() {
             return Ok(vec![]);
@@ -239,34 +288,22 @@ pub fn run(
             ..DataConfig::default()
         };
         let batch = cfg.train.micro_batch_size;
-        geo_eval::evaluate(&tuned, &model, &eval_cfg, "geocells", None, batch)
+        geo_eval::evaluate(tuned, &model, &eval_cfg, "geocells", None, batch)
     };
-    let val_evals = score(&val, "val")?;
-    let test_evals = score(&test, "test")?;
-    report::write_comparison(&dir.join("test"), &test_evals)?;
-    let by_name = |evals: &[GeoEval]| -> serde_json::Map<String, serde_json::Value> {
-        evals
-            .iter()
-            .map(|e| (e.name.clone(), serde_json::json!(e.metrics)))
-            .collect()
-    };
-    let metrics = serde_json::json!({
-        "method": Method::Geocells.name(),
-        "cells": cells.cells.len(),
-        "tau_km": gc.tau_km,
-        "train_images": train.len(),
-        "val_images": val.len(),
-        "test_images": test.len(),
-        "val": by_name(&val_evals),
-        "test": by_name(&test_evals),
-        "export": export,
-        "training": summary,
-    });
-    write_atomic(
-        &dir.join("metrics.json"),
-        &serde_json::to_vec_pretty(&metrics)?,
-    )?;
-    Ok(test_evals)
+    let evals = [score(val, "val")?, score(test, "test")?];
+    report::write_comparison(&dir.join("test"), &evals[1])?;
+    Ok(evals)
+}
+
+/// `comparison.md` for a geocells run: its test evaluations side by side (refined, centroid).
+fn write_summary(out: &Path, evals: &[GeoEval]) -> Result<()> {
+    let refs: Vec<&GeoEval> = evals.iter().collect();
+    let md = format!(
+        "# Fine-tuning: geocells on the test split ({} images)\n\n{}\nFull evaluation: `geocells/test/report.md`; compare with zero-shot models by `streetclip eval geo --manifest geocells/test.csv`.\n",
+        evals.first().map_or(0, |e| e.metrics.n),
+        report::metric_table(&refs)
+    );
+    write_atomic(&out.join("comparison.md"), md.as_bytes())
 }
 
 /// `image,lat,lon` with absolute image paths: a manifest `eval geo --manifest` reads from

@@ -6,8 +6,8 @@
 
 use crate::dist::Dist;
 use crate::eval::text::class_text_embeddings;
+use crate::formats::pretrained::Pretrained;
 use crate::model::ClipModel;
-use crate::pretrained::Pretrained;
 use crate::shim::AutocastDtype;
 use crate::train::loss::{accuracy, soft_cross_entropy};
 use crate::train::objective::Objective;
@@ -15,7 +15,7 @@ use crate::train::step::{MicroBatch, StepStats};
 use anyhow::{Context, Result};
 use tch::{nn, Kind, Tensor};
 
-pub use crate::pretrained::{split_head, HEAD_FILE, HEAD_INFO, HEAD_PREFIX as PREFIX};
+pub use crate::formats::pretrained::{split_head, HEAD_FILE, HEAD_INFO, HEAD_PREFIX as PREFIX};
 
 pub struct ClassHead {
     weight: Tensor,

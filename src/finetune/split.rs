@@ -47,7 +47,7 @@ impl Splits {
             }
         }
         let bytes = csv.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
-        crate::tensor_io::write_atomic(path, &bytes)
+        crate::formats::tensor_io::write_atomic(path, &bytes)
     }
 
     pub fn sizes(&self) -> SplitSizes {

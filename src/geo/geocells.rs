@@ -78,7 +78,7 @@ impl Geocells {
     /// `{"sizes": ..., "cells": [...]}`, written atomically (`geocells.json`).
     pub fn write(&self, path: &std::path::Path, sizes: CellSizes) -> Result<()> {
         let json = serde_json::json!({"sizes": sizes, "cells": self.cells});
-        crate::tensor_io::write_atomic(path, &serde_json::to_vec_pretty(&json)?)
+        crate::formats::tensor_io::write_atomic(path, &serde_json::to_vec_pretty(&json)?)
     }
 
     /// The first line of [`summary`](Self::summary): how many cells and their sizes.

@@ -1,11 +1,10 @@
 //! `CLIPModel`: both towers, their projections and the learnable temperature.
 
 use super::config::ClipConfig;
+use super::init;
 use super::text::TextTransformer;
 use super::vision::VisionTransformer;
-use super::{init, weights};
 use anyhow::Result;
-use std::path::Path;
 use tch::{nn, nn::Module, Device, Tensor};
 
 #[derive(Debug)]
@@ -67,14 +66,6 @@ impl ClipModel {
             text_projection,
             logit_scale,
         })
-    }
-
-    /// Loads a Hugging Face model directory (`config.json` + safetensors), strictly.
-    pub fn load(dir: &Path, device: Device) -> Result<Self> {
-        let config = weights::read_config(dir)?;
-        let mut model = Self::new(config, device)?;
-        weights::load_into(&mut model.vs, dir)?;
-        Ok(model)
     }
 
     /// `get_image_features`: unnormalised image projections `[B, projection_dim]`.

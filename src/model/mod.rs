@@ -3,14 +3,10 @@
 pub mod clip;
 pub mod config;
 mod flops;
-pub mod hub;
 mod init;
 mod layers;
-pub mod openai;
-pub mod pickle;
 mod text;
 mod vision;
-pub mod weights;
 
 pub use clip::{normalize, ClipModel, ClipOutput};
 pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};

@@ -9,8 +9,9 @@
 
 use super::optim::AdamW;
 use crate::data::loader::Position;
-use crate::model::{weights, ClipModel};
-use crate::tensor_io::{self, write_atomic};
+use crate::formats::tensor_io::{self, write_atomic};
+use crate::formats::weights;
+use crate::model::ClipModel;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

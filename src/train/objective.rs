@@ -5,8 +5,8 @@
 use super::step::{accumulate_gradients, MicroBatch, StepStats};
 use crate::config::Accumulation;
 use crate::dist::Dist;
+use crate::formats::pretrained::Pretrained;
 use crate::model::ClipModel;
-use crate::pretrained::Pretrained;
 use crate::shim::AutocastDtype;
 use anyhow::Result;
 

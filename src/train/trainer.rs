@@ -15,11 +15,11 @@ use crate::config::{Config, FreezeConfig, OnNonFinite, Precision};
 use crate::data::loader::{Batch, Loader, LoaderConfig, Position};
 use crate::data::{Dataset, Sample};
 use crate::dist::{all_reduce_gradients, Dist, DistEnv};
+use crate::formats::pretrained::Pretrained;
+use crate::formats::weights;
 use crate::geo::Gazetteer;
 use crate::interrupt::{self, Interrupted};
-use crate::model::weights;
 use crate::model::{parse_device, ClipConfig};
-use crate::pretrained::Pretrained;
 use crate::seed::sample_seed;
 use crate::shim::AutocastDtype;
 use crate::text::Captioner;
@@ -792,7 +792,7 @@ impl<'a> Trainer<'a> {
             ..self.summary(reason, export)
         };
         if main {
-            crate::tensor_io::write_atomic(
+            crate::formats::tensor_io::write_atomic(
                 &self.run.out.join("summary.json"),
                 &serde_json::to_vec_pretty(&summary)?,
             )?;
@@ -961,7 +961,7 @@ fn resume(
         for n in notes {
             text.push_str(&format!("# {n}\n"));
         }
-        crate::tensor_io::write_atomic(&run.out.join("config.yaml"), text.as_bytes())?;
+        crate::formats::tensor_io::write_atomic(&run.out.join("config.yaml"), text.as_bytes())?;
     }
     Ok(state)
 }

@@ -45,7 +45,7 @@ pub fn reference_dir() -> PathBuf {
 /// The reference tensors of `name` (see `reference_dir`), by name, on the CPU.
 pub fn expected(name: &str) -> HashMap<String, Tensor> {
     let path = reference_dir().join(format!("{name}.expected.safetensors"));
-    streetclip::tensor_io::read(&path)
+    streetclip::formats::tensor_io::read(&path)
         .unwrap()
         .into_iter()
         .collect()
@@ -237,7 +237,7 @@ pub fn assert_same_first_step(a: &std::path::Path, b: &std::path::Path, lr_max: 
     let optim = streetclip::config::OptimConfig::default();
     let (beta1, eps) = (optim.betas[0], optim.eps);
     let read = |dir: &std::path::Path, file: &str| -> HashMap<String, Tensor> {
-        streetclip::tensor_io::read(&dir.join(file))
+        streetclip::formats::tensor_io::read(&dir.join(file))
             .unwrap()
             .into_iter()
             .map(|(n, t)| (n, t.to_kind(tch::Kind::Double)))

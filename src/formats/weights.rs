@@ -1,8 +1,9 @@
 //! Loading and saving Hugging Face checkpoints. VarStore names are the HF keys, so there is no
 //! renaming: a checkpoint either matches the model exactly or the error lists every difference.
 
-use super::config::ClipConfig;
-use crate::tensor_io;
+use crate::formats::tensor_io;
+use crate::model::config::ClipConfig;
+use crate::model::ClipModel;
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -158,4 +159,14 @@ pub fn named_tensors(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
 /// `DIR/model.safetensors` with `{"format": "pt"}` metadata, atomically.
 pub fn save(vs: &nn::VarStore, dir: &Path) -> Result<()> {
     tensor_io::write(&dir.join(WEIGHTS_FILE), &named_tensors(vs))
+}
+
+impl ClipModel {
+    /// Loads a Hugging Face model directory (`config.json` + safetensors), strictly.
+    pub fn load(dir: &Path, device: tch::Device) -> Result<Self> {
+        let config = read_config(dir)?;
+        let mut model = Self::new(config, device)?;
+        load_into(&mut model.vs, dir)?;
+        Ok(model)
+    }
 }

@@ -7,8 +7,8 @@
 //! tell (attention head width, the activation) comes from open_clip_config.json or the archive's
 //! module classes, else OpenAI's choices (64-wide heads, QuickGELU).
 
-use super::config::{Activation, ClipConfig, TextConfig, VisionConfig};
 use super::weights;
+use crate::model::config::{Activation, ClipConfig, TextConfig, VisionConfig};
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -1,16 +1,18 @@
 //! A Hugging Face CLIP directory as one unit: model, tokenizer and image preprocessing, loaded
 //! together and written back in the layout `CLIPModel` / `CLIPProcessor.from_pretrained` read.
 
+use super::{openai, weights};
 use crate::data::preprocess::{PreprocessConfig, PREPROCESSOR_FILE};
-use crate::model::{openai, weights, Activation, ClipModel};
-use crate::tensor_io::write_atomic;
+use crate::formats::tensor_io::write_atomic;
+use crate::model::{Activation, ClipModel};
 use crate::text::ClipTokenizer;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
 
-const BUNDLED_TOKENIZER_JSON: &[u8] = include_bytes!("../assets/tokenizer/tokenizer.json");
-const BUNDLED_TOKENIZER_CONFIG: &[u8] = include_bytes!("../assets/tokenizer/tokenizer_config.json");
+const BUNDLED_TOKENIZER_JSON: &[u8] = include_bytes!("../../assets/tokenizer/tokenizer.json");
+const BUNDLED_TOKENIZER_CONFIG: &[u8] =
+    include_bytes!("../../assets/tokenizer/tokenizer_config.json");
 /// Tokenizer files copied verbatim when the source directory has them.
 const TOKENIZER_FILES: [&str; 5] = [
     "tokenizer.json",
@@ -43,7 +45,7 @@ impl Pretrained {
         activation: Option<Activation>,
         device: Device,
     ) -> Result<(Self, Option<&'static str>)> {
-        let dir = &crate::model::hub::resolve(dir)?;
+        let dir = &crate::formats::hub::resolve(dir)?;
         match (openai::checkpoint_file(dir), activation) {
             (Some(file), _) => {
                 let converted = openai::read(&file, activation)?;
@@ -80,7 +82,7 @@ impl Pretrained {
     /// A directory's model architecture (config.json), tokenizer and preprocessing, with
     /// HF-initialised weights for the caller to load (after adding variables, e.g. a head).
     pub fn skeleton(dir: &Path, device: Device) -> Result<Self> {
-        let dir = &crate::model::hub::resolve(dir)?;
+        let dir = &crate::formats::hub::resolve(dir)?;
         let model = ClipModel::new(weights::read_config(dir)?, device)?;
         let (tokenizer, preprocess, tokenizer_dir) = Self::load_processing(dir, &model.config)?;
         Ok(Self {
@@ -98,7 +100,7 @@ impl Pretrained {
         dir: &Path,
         config: &crate::model::ClipConfig,
     ) -> Result<(ClipTokenizer, PreprocessConfig, Option<PathBuf>)> {
-        let dir = &crate::model::hub::resolve(dir)?;
+        let dir = &crate::formats::hub::resolve(dir)?;
         let context = config.text_config.max_position_embeddings as usize;
         if let Some(file) = openai::checkpoint_file(dir) {
             let mut preprocess = PreprocessConfig::for_size(config.vision_config.image_size as u32);
@@ -157,7 +159,7 @@ impl Pretrained {
             crate::data::preprocess::PROCESSOR_FILE,
         ];
         replaceable.extend(TOKENIZER_FILES);
-        crate::tensor_io::write_dir_atomic(out, &replaceable, |dir| {
+        crate::formats::tensor_io::write_dir_atomic(out, &replaceable, |dir| {
             self.write_files(dir)?;
             more(dir)
         })
@@ -168,9 +170,9 @@ impl Pretrained {
         write_atomic(&out.join("config.json"), &config)?;
         // A classification head, when there is one, goes beside the model, not into it.
         let (clip_tensors, head) = split_head(weights::named_tensors(&self.model.vs));
-        crate::tensor_io::write(&out.join(weights::WEIGHTS_FILE), &clip_tensors)?;
+        crate::formats::tensor_io::write(&out.join(weights::WEIGHTS_FILE), &clip_tensors)?;
         if !head.is_empty() {
-            crate::tensor_io::write(&out.join(HEAD_FILE), &head)?;
+            crate::formats::tensor_io::write(&out.join(HEAD_FILE), &head)?;
         }
         self.save_tokenizer(out)?;
         let mut pre = serde_json::to_value(&self.preprocess)?;
@@ -189,7 +191,7 @@ impl Pretrained {
             std::fs::read(&config).with_context(|| format!("cannot read {}", config.display()))?;
         serde_json::from_slice::<serde_json::Value>(&text)
             .with_context(|| format!("{} is not valid JSON", config.display()))?;
-        crate::tensor_io::check(&dir.join(weights::WEIGHTS_FILE))?;
+        crate::formats::tensor_io::check(&dir.join(weights::WEIGHTS_FILE))?;
         if !dir.join(PREPROCESSOR_FILE).is_file() {
             anyhow::bail!("{} has no {PREPROCESSOR_FILE}", dir.display());
         }
@@ -291,13 +293,15 @@ impl ExportedHead {
     /// The head in `dir`, or `None` when it has no `head.safetensors`; a head whose files do not
     /// fit together or the model is an error naming the file.
     pub fn read(dir: &Path, projection_dim: i64) -> Result<Option<Self>> {
-        let dir = &crate::model::hub::resolve(dir)?;
+        let dir = &crate::formats::hub::resolve(dir)?;
         let file = dir.join(HEAD_FILE);
         if !file.is_file() {
             return Ok(None);
         }
         let tensors: std::collections::HashMap<String, Tensor> =
-            crate::tensor_io::read(&file)?.into_iter().collect();
+            crate::formats::tensor_io::read(&file)?
+                .into_iter()
+                .collect();
         let get = |name: &str| {
             tensors
                 .get(&format!("{HEAD_PREFIX}.{name}"))
@@ -318,7 +322,7 @@ impl ExportedHead {
             .with_context(|| format!("{}: expected a \"classes\" list of names", info.display()))?;
         let k = classes.len() as i64;
         for (name, t) in [("weight", &weight), ("bias", &bias)] {
-            if let Some(row) = crate::tensor_io::first_non_finite_row(t) {
+            if let Some(row) = crate::formats::tensor_io::first_non_finite_row(t) {
                 anyhow::bail!("{}: {HEAD_PREFIX}.{name} holds a value that is not finite (row {row}): the head is damaged; export it again", file.display());
             }
         }

@@ -295,6 +295,36 @@ fn a_stopped_classifier_resumes() {
     assert!(finetune(&lp, &out, &[]).status.success());
     let again = finetune(&lp, &out, &[]);
     assert!(String::from_utf8_lossy(&again.stderr).contains("linear_probe: features from"));
+    let probe = |extra: &[&str]| {
+        let o = finetune(&lp, &out, extra);
+        let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{stderr}");
+        (stderr, metrics(&out.join("linear_probe"))["test"].clone())
+    };
+    let (_, expected) = probe(&[]);
+    // Another model's features (another seed draws other weights) are not taken for this one's.
+    let (stderr, _) = probe(&["--set", "train.seed=3"]);
+    assert!(
+        !stderr.contains("features from") && stderr.contains("recomputed"),
+        "{stderr}"
+    );
+    // Nor are damaged ones: NaN in place of the training features, the metadata kept.
+    let (_, seed2) = probe(&[]);
+    assert_eq!(seed2, expected);
+    let file = out.join("linear_probe/features.safetensors");
+    let (tensors, meta) = streetclip::formats::tensor_io::read_with_metadata(&file).unwrap();
+    let damaged: Vec<(String, Tensor)> = tensors
+        .into_iter()
+        .map(|(n, t)| match n.as_str() {
+            "train" => (n, t.fill(f64::NAN)),
+            _ => (n, t),
+        })
+        .collect();
+    let meta: Vec<(&str, String)> = meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    streetclip::formats::tensor_io::write_with_metadata(&file, &damaged, &meta).unwrap();
+    let (stderr, after) = probe(&[]);
+    assert!(stderr.contains("recomputed"), "{stderr}");
+    assert_eq!(after, expected);
 }
 
 #[test]

@@ -128,6 +128,8 @@ fn jitter(c: Rgb<u8>, rng: &mut ChaCha8Rng, amount: i32) -> Rgb<u8> {
         .map(|v| (v as i32 + rng.random_range(-amount..=amount)).clamp(0, 255) as u8))
 }
 
+/// A street scene drawn layer by layer (sky, buildings, road, signs, vegetation). Long on
+/// purpose: the drawing reads top to bottom as the picture is painted.
 fn scene(s: &Style, city_tint: Rgb<u8>, rng: &mut ChaCha8Rng, w: u32, h: u32) -> RgbImage {
     let (wf, hf) = (w as f64, h as f64);
     let horizon = (hf * rng.random_range(0.38..0.48)) as i64;

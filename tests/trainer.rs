@@ -481,3 +481,67 @@ fn freezing_locks_the_chosen_parameters() {
         }
     }
 }
+
+/// One loader worker decoding a large noise PNG (whose decoding cannot be cut to the crop) for
+/// every row, feeding a tiny model: the steps wait for data most of their wall time, and
+/// TensorBoard says so (`time/data_wait_share`).
+#[test]
+fn a_slow_loader_shows_as_time_waiting_for_data() {
+    let tmp = tmpdir();
+    let images = tmp.path().join("big");
+    run_python([
+        "-c",
+        "import sys, os, numpy as np\n\
+         from PIL import Image\n\
+         d = sys.argv[1]; os.makedirs(d)\n\
+         pixels = np.random.default_rng(0).integers(0, 256, (2000, 2000, 3), dtype=np.uint8)\n\
+         Image.fromarray(pixels).save(f'{d}/noise.png', compress_level=1)\n\
+         rows = ['image,country'] + ['noise.png,' + ['France', 'Japan'][i % 2] for i in range(128)]\n\
+         open(f'{d}/manifest.csv', 'w').write('\\n'.join(rows) + '\\n')",
+        images.to_str().unwrap(),
+    ]);
+    let cfg = tmp.path().join("slow.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{TINY_MODEL_YAML}data: {{manifest: {}/manifest.csv, workers: 1, prefetch: 1}}\ntrain: {{micro_batch_size: 16, grad_accum_steps: 1, epochs: 1, log_every: 100, checkpoint_every: 100, val_fraction: 0.0}}\n",
+            images.display()
+        ),
+    )
+    .unwrap();
+    let run = tmp.path().join("run");
+    // One OpenMP thread: on two cores, libtorch's spinning OpenMP threads and the decoding thread
+    // slow each other, and the model's few milliseconds a step become hundreds (measured: 60-90%
+    // waiting with two threads, 95-96% with one).
+    let out = Command::new(env!("CARGO_BIN_EXE_streetclip"))
+        .args(["train", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&run)
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let tags: serde_json::Value = serde_json::from_str(&run_python([
+        root().join("scripts/read_tensorboard.py").into_os_string(),
+        run.join("tensorboard").into_os_string(),
+    ]))
+    .unwrap();
+    let shares: Vec<f64> = tags["time/data_wait_share"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[1].as_f64().unwrap())
+        .collect();
+    assert_eq!(shares.len(), 8, "a share per step");
+    // The first step also builds what a run builds once; the last fetches nothing more (its
+    // share is 0 by definition): the steps between are the steady state.
+    let waiting = &shares[1..shares.len() - 1];
+    let mean = waiting.iter().sum::<f64>() / waiting.len() as f64;
+    assert!(
+        mean > 0.8,
+        "waiting for data {mean:.2} of the time: {shares:?}"
+    );
+    assert!(tags["time/data_wait_s"].as_array().is_some());
+}

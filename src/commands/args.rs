@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::data::collection::{Paths, Sources};
 use crate::encode::{skipped_beside, Skipped};
 use crate::formats::pretrained::Pretrained;
-use crate::train::trainer::RunOptions;
+use crate::train::summary::RunOptions;
 use anyhow::Result;
 use std::path::{Path, PathBuf};
 

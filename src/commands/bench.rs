@@ -12,9 +12,10 @@ use crate::geo::Gazetteer;
 use crate::model::{parse_device, ClipConfig};
 use crate::shim::{cuda_device_name, cuda_peak_allocated, cuda_reset_peak};
 use crate::text::Captioner;
+use crate::train::batches::{self, micro_batches};
 use crate::train::optim::AdamW;
+use crate::train::setup::{autocast_for, build_model};
 use crate::train::step::{accumulate_gradients, optimizer_step, MicroBatch};
-use crate::train::trainer::{autocast_for, build_model, micro_batches};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::sync::Arc;
@@ -160,7 +161,7 @@ fn start_loader(cfg: &Config, clip: &crate::formats::pretrained::Pretrained) -> 
     let (data, report) = Dataset::load(&cfg.data, gazetteer)?;
     eprintln!("data: {}", report.summary());
     let captioner = Arc::new(Captioner::new(&cfg.captions)?);
-    crate::train::trainer::start_loader(
+    batches::start_loader(
         cfg,
         &crate::dist::Dist::single(),
         data.samples,
@@ -218,17 +219,7 @@ pub fn train(cfg: &Config, args: &Args) -> Result<TrainBench> {
         )?;
         Ok(stats.loss)
     };
-    for _ in 0..args.warmup {
-        step()?.double_value(&[]); // waits for the device
-    }
-    cuda_reset_peak(device);
-    let start = Instant::now();
-    let mut loss = Tensor::zeros([], (Kind::Double, device));
-    for _ in 0..args.steps {
-        loss = step()?;
-    }
-    let final_loss = loss.double_value(&[]); // waits for the last step
-    let seconds = start.elapsed().as_secs_f64();
+    let (seconds, final_loss) = timed(args, device, &mut step)?;
     let samples = (args.steps * t.micro_batch_size * t.grad_accum_steps) as f64;
     let flops_per_sample = training_flops(&model.config, t.accumulation);
     let samples_per_s = samples / seconds;
@@ -269,6 +260,26 @@ pub fn train(cfg: &Config, args: &Args) -> Result<TrainBench> {
         final_loss,
         model_config: model.config.to_hf_json(),
     })
+}
+
+/// Seconds for `args.steps` steps after `args.warmup` untimed ones (the peak memory counted
+/// from the first timed step), and the last step's loss.
+fn timed(
+    args: &Args,
+    device: Device,
+    step: &mut impl FnMut() -> Result<Tensor>,
+) -> Result<(f64, f64)> {
+    for _ in 0..args.warmup {
+        step()?.double_value(&[]); // waits for the device
+    }
+    cuda_reset_peak(device);
+    let start = Instant::now();
+    let mut loss = Tensor::zeros([], (Kind::Double, device));
+    for _ in 0..args.steps {
+        loss = step()?;
+    }
+    let final_loss = loss.double_value(&[]); // waits for the last step
+    Ok((start.elapsed().as_secs_f64(), final_loss))
 }
 
 impl TrainBench {

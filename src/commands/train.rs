@@ -7,7 +7,9 @@ use crate::data::Dataset;
 use crate::geo::Gazetteer;
 use crate::synth;
 use crate::train::objective::Contrastive;
-use crate::train::trainer::{join_job, split, Run, RunOptions, Summary};
+use crate::train::setup::{join_job, split};
+use crate::train::summary::{RunOptions, Summary};
+use crate::train::trainer::Run;
 use anyhow::{Context, Result};
 use std::path::Path;
 

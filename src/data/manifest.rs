@@ -182,69 +182,9 @@ pub fn read_images(
         Ok(rec) => records.push(rec),
         Err(e) => bad.push(e),
     };
-    if is_jsonl {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read manifest {}", path.display()))?;
-        let mut objects = Vec::new();
-        for (n, line) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
-            let origin = format!("{}:{}", path.display(), n + 1);
-            match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(line) {
-                Ok(o) => objects.push((origin, o)),
-                Err(e) => push(Err((origin, format!("not a JSON object: {e}")))),
-            }
-        }
-        // Rows may omit keys; the columns are those of all rows together.
-        let mut keys: Vec<String> = objects
-            .iter()
-            .flat_map(|(_, o)| o.keys().cloned())
-            .collect();
-        keys.sort();
-        keys.dedup();
-        let fields = columns.resolve(&keys, path)?;
-        for (origin, obj) in objects {
-            let get = |k: &str| {
-                obj.get(k).filter(|v| !v.is_null()).map(|v| {
-                    v.as_str()
-                        .map(String::from)
-                        .unwrap_or_else(|| v.to_string())
-                })
-            };
-            push(record(&fields, get, dir, origin));
-        }
-    } else {
-        // Trimmed: `image, country` (a space after each comma) is a common hand-written header.
-        let mut reader = csv::ReaderBuilder::new()
-            .flexible(true)
-            .trim(csv::Trim::All)
-            .from_path(path)
-            .with_context(|| format!("cannot read manifest {}", path.display()))?;
-        let headers: Vec<String> = reader
-            .headers()
-            .with_context(|| format!("{}: no header row", path.display()))?
-            .iter()
-            .map(String::from)
-            .collect();
-        let fields = columns.resolve(&headers, path)?;
-        for (n, row) in reader.records().enumerate() {
-            let origin = format!("{}:{}", path.display(), n + 2);
-            match row {
-                Ok(row) => {
-                    let get = |k: &str| {
-                        headers
-                            .iter()
-                            .position(|h| h == k)
-                            .and_then(|i| row.get(i))
-                            .map(String::from)
-                    };
-                    push(record(&fields, get, dir, origin));
-                }
-                Err(e) => push(Err((origin, format!("unreadable CSV row: {e}")))),
-            }
-        }
+    match is_jsonl {
+        true => jsonl_rows(path, columns, &mut push)?,
+        false => csv_rows(path, columns, &mut push)?,
     }
     if records.is_empty() && bad.is_empty() {
         bail!("manifest {} has no rows", path.display());
@@ -266,4 +206,80 @@ pub fn read_images(
         }
     }
     Ok((records, bad))
+}
+
+/// A row read, or `(where, why)` it could not be.
+type RowResult = std::result::Result<Record, (String, String)>;
+
+/// Each line of a JSONL manifest as a row; the columns are those of all rows together (rows may
+/// omit keys).
+fn jsonl_rows(path: &Path, columns: &Columns, push: &mut impl FnMut(RowResult)) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read manifest {}", path.display()))?;
+    let mut objects = Vec::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let origin = format!("{}:{}", path.display(), n + 1);
+        match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(line) {
+            Ok(o) => objects.push((origin, o)),
+            Err(e) => push(Err((origin, format!("not a JSON object: {e}")))),
+        }
+    }
+    let mut keys: Vec<String> = objects
+        .iter()
+        .flat_map(|(_, o)| o.keys().cloned())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let fields = columns.resolve(&keys, path)?;
+    for (origin, obj) in objects {
+        let get = |k: &str| {
+            obj.get(k).filter(|v| !v.is_null()).map(|v| {
+                v.as_str()
+                    .map(String::from)
+                    .unwrap_or_else(|| v.to_string())
+            })
+        };
+        push(record(&fields, get, dir, origin));
+    }
+    Ok(())
+}
+
+/// Each record of a CSV manifest as a row, its columns named by the header.
+fn csv_rows(path: &Path, columns: &Columns, push: &mut impl FnMut(RowResult)) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    // Trimmed: `image, country` (a space after each comma) is a common hand-written header.
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .with_context(|| format!("cannot read manifest {}", path.display()))?;
+    let headers: Vec<String> = reader
+        .headers()
+        .with_context(|| format!("{}: no header row", path.display()))?
+        .iter()
+        .map(String::from)
+        .collect();
+    let fields = columns.resolve(&headers, path)?;
+    for (n, row) in reader.records().enumerate() {
+        let origin = format!("{}:{}", path.display(), n + 2);
+        match row {
+            Ok(row) => {
+                let get = |k: &str| {
+                    headers
+                        .iter()
+                        .position(|h| h == k)
+                        .and_then(|i| row.get(i))
+                        .map(String::from)
+                };
+                push(record(&fields, get, dir, origin));
+            }
+            Err(e) => push(Err((origin, format!("unreadable CSV row: {e}")))),
+        }
+    }
+    Ok(())
 }

@@ -169,7 +169,8 @@ pub fn source_span(in_size: u32, out_size: u32, keep: Range<u32>) -> Range<u32> 
 }
 
 /// [`resize_bicubic`] of a `full_w x full_h` image of which `src` holds only `part` (at least
-/// the source pixels the window reads: see [`source_span`]).
+/// the source pixels the window reads: see [`source_span`]). Long on purpose: Pillow's two-pass
+/// kernel, kept in one piece so it can be read against `Resample.c`.
 pub fn resize_bicubic_part(
     src: &[u8],
     part: &Part,

@@ -6,7 +6,7 @@ use crate::config::Method;
 use crate::eval::classification::{comparison_table, prediction_rows, write_predictions};
 use crate::eval::classification::{write_report, ClassMetrics};
 use crate::formats::tensor_io::write_atomic;
-use crate::train::trainer::Summary;
+use crate::train::summary::Summary;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

@@ -20,7 +20,8 @@ use crate::formats::tensor_io::write_atomic;
 use crate::geo::cell_targets::smoothed_targets;
 use crate::geo::geocells::{self, CellSizes, Geocells};
 use crate::geo::Gazetteer;
-use crate::train::trainer::{Run, RunOptions};
+use crate::train::summary::{RunOptions, Summary};
+use crate::train::trainer::Run;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -240,11 +241,7 @@ fn cells_of(cfg: &Config, splits: &[Vec<Located>; 3]) -> Result<(Geocells, CellS
 
 /// Trains the model with a head over `cells`, started as the zero-shot classifier of the
 /// cells' captions, on haversine-smoothed targets.
-fn train(
-    run: &Run,
-    cells: &Geocells,
-    train: &[Located],
-) -> Result<(crate::train::trainer::Summary, Pretrained)> {
+fn train(run: &Run, cells: &Geocells, train: &[Located]) -> Result<(Summary, Pretrained)> {
     let captions: Vec<String> = cells.cells.iter().map(|c| caption_name(&c.name)).collect();
     let templates = run.cfg.finetune.templates.clone();
     let samples = train

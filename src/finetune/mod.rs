@@ -20,7 +20,8 @@ mod zero_shot;
 
 use crate::config::{Config, Method};
 use crate::formats::tensor_io::write_atomic;
-use crate::train::trainer::{join_job, RunOptions};
+use crate::train::setup::join_job;
+use crate::train::summary::RunOptions;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 use task::Task;

@@ -184,6 +184,8 @@ struct Machine<'a> {
 }
 
 impl Machine<'_> {
+    /// Executes the pickle program. One long match on purpose: an opcode interpreter reads best
+    /// as one table of opcodes, each arm a few lines.
     fn run(&mut self, code: &[u8]) -> Result<Value> {
         let mut r = Reader { code, at: 0 };
         let (mut stack, mut marks, mut memo): (Vec<Value>, Vec<usize>, HashMap<u32, Value>) =

@@ -163,6 +163,7 @@ impl ClipConfig {
     /// other, and the whole at most `MAX_PARAMETERS`, before any tensor is built from it: a
     /// negative width, 10^9 layers or a zero projection would otherwise panic, abort on
     /// allocation or train at a constant loss.
+    /// Long on purpose: one flat list of range checks, a line or two per field.
     pub fn validate(&self) -> Result<()> {
         let t = &self.text_config;
         let v = &self.vision_config;

@@ -1,235 +1,36 @@
-//! The training loop, read top to bottom: [`Trainer::new`] builds the model, optimizer, data
-//! and sinks and resumes; [`Trainer::run`] repeats [`Trainer::step`] (micro-batches →
-//! gradients in either accumulation mode → all-reduce → AdamW) and [`Trainer::after_step`]
-//! (logging, validation, checkpoints) until a [`StopReason`]; [`Trainer::finish`] saves,
+//! The training loop. [`Trainer::new`] builds the model, optimizer, data and sinks and resumes
+//! (the pieces in `setup`, `run_dir`, `batches`); [`Trainer::run`] is the loop, every step's
+//! actions in view — stop check, next batch, learning rate, accumulated gradients, the ranks'
+//! reduction, clipping and AdamW, the overlapped fetch, the one host read, then logging,
+//! validation and checkpoints when due — until a [`StopReason`]; [`Trainer::finish`] saves,
 //! validates, exports and writes the summary. Rank 0 alone (`is_main`) writes anything.
 
+use super::batches::{micro_batches, start_loader};
 use super::checkpoint::{self, TrainState};
-use super::config_change::{self, DataFingerprint};
+use super::config_change::DataFingerprint;
 use super::logger::{MetricSink, Progress, TensorBoard};
 use super::objective::Objective;
 use super::optim::AdamW;
+use super::run_dir::{lock_run_dir, resume, Checkpoints};
+use super::setup::{apply_freeze, autocast_for, build_model};
 use super::step::{optimizer_step, MicroBatch, StepStats};
+use super::summary::{RunOptions, StopReason, Summary};
 use super::validate::{validate, ValMetrics};
-use crate::config::{Config, FreezeConfig, OnNonFinite, Precision};
-use crate::data::loader::{Batch, Loader, LoaderConfig, Position};
-use crate::data::{Dataset, Sample};
+use crate::config::{Config, OnNonFinite};
+use crate::data::loader::{Batch, Loader};
+use crate::data::Sample;
 use crate::dist::{all_reduce_gradients, Dist, DistEnv};
 use crate::formats::pretrained::Pretrained;
 use crate::formats::weights;
 use crate::geo::Gazetteer;
 use crate::interrupt::{self, Interrupted};
-use crate::model::{parse_device, ClipConfig};
-use crate::seed::sample_seed;
 use crate::shim::AutocastDtype;
 use crate::text::Captioner;
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use tch::{Kind, Tensor};
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Summary {
-    pub steps: u64,
-    pub total_steps: u64,
-    pub samples_seen: u64,
-    pub samples_per_s: f64,
-    pub final_loss: Option<f64>,
-    pub skipped_steps: u64,
-    pub skipped_samples: u64,
-    pub train_samples: usize,
-    pub val_samples: usize,
-    pub validation: Option<ValMetrics>,
-    pub stopped_by: StopReason,
-    /// The Hugging Face directory written at the end of training (none when stopped early).
-    pub export: Option<PathBuf>,
-    /// The newest checkpoint: where a rerun resumes, and what `streetclip export` takes.
-    #[serde(default)]
-    pub checkpoint: Option<PathBuf>,
-}
-
-/// Why a run stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "reason")]
-pub enum StopReason {
-    /// Every configured step is done (the model is exported).
-    EndOfTraining,
-    /// `--max-steps` / `train.max_steps` reached before the end.
-    MaxSteps { at: u64 },
-    /// SIGINT/SIGTERM: state saved, the process exits with 128 + signal.
-    Signal { signal: i32 },
-    /// The loader ran dry before the last step (unreadable samples left batches short).
-    DataExhausted,
-}
-
-/// Run options from the command line.
-#[derive(Debug, Clone, Default)]
-pub struct RunOptions {
-    /// Stop after this many optimizer steps (the schedule still spans the whole run).
-    pub max_steps: Option<u64>,
-    /// Resume even when the config differs in settings that change the result.
-    pub allow_config_change: bool,
-}
-
-/// The configured device; in a multi-process run `cuda` means this worker's GPU, cuda:LOCAL_RANK.
-fn device_for(cfg: &Config, env: &DistEnv) -> Result<tch::Device> {
-    if env.is_distributed() && cfg.model.device == "cuda" {
-        return parse_device(&format!("cuda:{}", env.local_rank))
-            .context("model.device (cuda:LOCAL_RANK)");
-    }
-    parse_device(&cfg.model.device).context("model.device")
-}
-
-pub fn build_model(cfg: &Config, device: tch::Device) -> Result<Pretrained> {
-    let m = &cfg.model;
-    match (&m.init, &m.preset, &m.config) {
-        (Some(dir), None, None) => Pretrained::load(dir, device),
-        (None, Some(preset), None) => Pretrained::fresh(ClipConfig::preset(preset).context("model.preset")?, device),
-        (None, None, Some(config)) => Pretrained::fresh(config.clone(), device),
-        (None, None, None) => bail!("no model: set model.init (a Hugging Face CLIP directory), model.preset or model.config"),
-        _ => bail!("set only one of model.init, model.preset and model.config"),
-    }
-}
-
-/// The autocast `train.precision` asks for on `device` (`auto`: bf16 on CUDA, none on the CPU).
-pub fn autocast_for(precision: Precision, device: tch::Device) -> Option<AutocastDtype> {
-    match (precision, device.is_cuda()) {
-        (Precision::Bf16, _) | (Precision::Auto, true) => Some(AutocastDtype::BFloat16),
-        _ => None,
-    }
-}
-
-/// Locks parameters as `freeze` says and those the objective never uses; returns how many
-/// remain trainable.
-fn apply_freeze(clip: &mut Pretrained, freeze: &FreezeConfig, objective: &dyn Objective) -> usize {
-    let (vision_layers, text_layers) = (
-        clip.model.config.vision_config.num_hidden_layers as usize,
-        clip.model.config.text_config.num_hidden_layers as usize,
-    );
-    let mut trainable = 0;
-    for (name, var) in clip.model.vs.variables() {
-        let vision = name.starts_with("vision_model") || name.starts_with("visual_projection");
-        let text = name.starts_with("text_model") || name.starts_with("text_projection");
-        let mut train =
-            !(vision && freeze.vision || text && freeze.text || objective.unused(&name));
-        if let (true, Some(n)) = (train, freeze.last_n_blocks) {
-            let layers = if vision { vision_layers } else { text_layers };
-            let block = name
-                .split(".layers.")
-                .nth(1)
-                .and_then(|r| r.split('.').next())
-                .and_then(|i| i.parse::<usize>().ok());
-            // Embeddings and early blocks lock; the last n blocks, final norms, projections and
-            // the temperature train.
-            train = match block {
-                Some(i) => i + n >= layers,
-                None => !name.contains("embeddings") && !name.contains("pre_layrnorm"),
-            };
-        }
-        let _ = var.set_requires_grad(train);
-        trainable += usize::from(train);
-    }
-    trainable
-}
-
-/// Where and how checkpoints are written.
-struct Checkpoints<'a> {
-    root: PathBuf,
-    config_yaml: &'a str,
-    /// Rank 0's background writer.
-    writer: checkpoint::Writer,
-    /// The step of the newest checkpoint (written or being written).
-    last_step: u64,
-}
-
-impl Checkpoints<'_> {
-    /// Every rank's loader position gathered to rank 0, which copies the state to host memory
-    /// and writes it in the background. All ranks call this at the same steps.
-    fn save(
-        &mut self,
-        dist: &Dist,
-        clip: &Pretrained,
-        opt: &AdamW,
-        state: &mut TrainState,
-    ) -> Result<()> {
-        if dist.world_size > 1 {
-            let mine =
-                Tensor::from_slice(&[state.position.epoch as i64, state.position.index as i64])
-                    .view([1, 2]);
-            let all = Vec::<i64>::try_from(dist.all_gather(&mine.to(clip.device()))?.view([-1]))?;
-            state.rank_positions = all
-                .chunks(2)
-                .map(|p| Position {
-                    epoch: p[0] as u64,
-                    index: p[1] as usize,
-                })
-                .collect();
-        }
-        if dist.is_main() {
-            let snapshot = checkpoint::Snapshot::take(&clip.model, opt, state, self.config_yaml)?;
-            self.writer.submit(snapshot)?;
-        }
-        self.last_step = state.step;
-        Ok(())
-    }
-
-    /// Waits until the newest checkpoint is on disk.
-    fn wait(&mut self) -> Result<()> {
-        self.writer.finish().map(|_| ())
-    }
-}
-
-/// This rank's loader position in a resumed run. With the world size it was saved with, its own;
-/// otherwise rank 0's position in the data, re-expressed in this world's shares (exact unless
-/// samples were skipped).
-fn resume_position(state: &TrainState, dist: &Dist) -> Position {
-    let saved_world = state.rank_positions.len().max(1);
-    if saved_world == dist.world_size {
-        return state
-            .rank_positions
-            .get(dist.rank)
-            .copied()
-            .unwrap_or(state.position);
-    }
-    let global = state.position.index * saved_world;
-    if dist.is_main() {
-        eprintln!("resuming a {saved_world}-rank run on {} ranks: each continues at sample {} of its share", dist.world_size, global / dist.world_size);
-    }
-    Position {
-        epoch: state.position.epoch,
-        index: global / dist.world_size,
-    }
-}
-
-/// Train / validation split by a seeded per-sample draw (stable when the data grows).
-pub fn split(samples: &[Sample], fraction: f64, seed: u64) -> (Vec<Sample>, Vec<Sample>) {
-    let (mut train, mut val) = (vec![], vec![]);
-    for (i, s) in samples.iter().enumerate() {
-        let u = sample_seed(seed, u64::MAX - 1, i as u64) as f64 / u64::MAX as f64;
-        if u < fraction {
-            val.push(s.clone())
-        } else {
-            train.push(s.clone())
-        }
-    }
-    (train, val)
-}
-
-/// This process's place in the job and its device (torchrun, SLURM, or a single process).
-pub fn join_job(cfg: &Config) -> Result<(DistEnv, Dist, tch::Device)> {
-    let env = DistEnv::from_env()?;
-    let device = device_for(cfg, &env)?;
-    let dist = Dist::init(
-        &env,
-        cfg.dist.backend_for(device),
-        device,
-        cfg.dist.timeout(),
-    )?;
-    dist.start_heartbeat(&env, cfg.dist.heartbeat_timeout());
-    Ok((env, dist, device))
-}
 
 /// One training run's fixed inputs.
 pub struct Run<'a> {
@@ -277,14 +78,6 @@ struct Staged {
     micro: Vec<MicroBatch>,
 }
 
-/// A step whose update is queued on the device, not yet known to have been finite.
-struct Queued {
-    stats: StepStats,
-    found_inf: Tensor,
-    grad_norm: Tensor,
-    lr: f64,
-}
-
 /// A completed step's numbers, still on the device until the next log point reads them.
 struct StepRecord {
     step: u64,
@@ -294,6 +87,33 @@ struct StepRecord {
     stats: StepStats,
     grad_norm: Tensor,
     logit_scale: Tensor,
+    /// Seconds the step waited for the loader, and the share of its wall time that was.
+    data_wait: (f64, f64),
+}
+
+/// The wall time of the step in progress and how much of it went waiting for data.
+struct StepClock {
+    began: Instant,
+    waited: std::time::Duration,
+}
+
+impl StepClock {
+    fn start() -> Self {
+        Self {
+            began: Instant::now(),
+            waited: std::time::Duration::ZERO,
+        }
+    }
+
+    /// `(seconds waited, share of the step's wall time)`, and the clock restarted.
+    fn lap(&mut self) -> (f64, f64) {
+        let (waited, total) = (
+            self.waited.as_secs_f64(),
+            self.began.elapsed().as_secs_f64(),
+        );
+        *self = Self::start();
+        (waited, (waited / total.max(1e-9)).min(1.0))
+    }
 }
 
 /// The held-out samples and what scoring them needs.
@@ -331,6 +151,95 @@ struct Trainer<'a> {
     _lock: Option<std::fs::File>,
 }
 
+/// How many steps a run has: per epoch (per rank), in all, and where this invocation stops.
+struct Schedule {
+    steps_per_epoch: u64,
+    total_steps: u64,
+    stop_at: u64,
+}
+
+impl Schedule {
+    fn of(run: &Run, train_samples: usize) -> Result<Self> {
+        let (t, world) = (&run.cfg.train, run.dist.world_size);
+        // Per rank; the step's global batch is world_size times this.
+        let step_size = t.micro_batch_size * t.grad_accum_steps;
+        let steps_per_epoch = (train_samples / world / step_size) as u64;
+        if steps_per_epoch == 0 {
+            bail!(
+                "{train_samples} training samples are fewer than one step's batch ({world} ranks x {} x {})",
+                t.micro_batch_size,
+                t.grad_accum_steps
+            );
+        }
+        let max = crate::config::MAX_STEPS;
+        let total_steps = steps_per_epoch
+            .checked_mul(t.epochs)
+            .filter(|&n| n <= max)
+            .with_context(|| format!("train.epochs = {} x {steps_per_epoch} steps per epoch is more than {max} steps: lower train.epochs", t.epochs))?;
+        let requested = run.options.max_steps.or(t.max_steps);
+        let stop_at = requested.unwrap_or(total_steps).min(total_steps);
+        Ok(Self {
+            steps_per_epoch,
+            total_steps,
+            stop_at,
+        })
+    }
+}
+
+/// The run's model, prepared for its objective, with the parameters `train.freeze` locks (and
+/// those the objective never uses) not requiring gradients. A fresh model's initial weights
+/// come from libtorch's generator, seeded by `train.seed`.
+fn trainable_model(run: &Run, objective: &mut dyn Objective) -> Result<Pretrained> {
+    let t = &run.cfg.train;
+    tch::manual_seed(t.seed as i64);
+    let mut clip = build_model(run.cfg, run.device)?;
+    objective.prepare(&mut clip)?;
+    if apply_freeze(&mut clip, &t.freeze, objective) == 0 {
+        bail!("train.freeze leaves no parameter to train");
+    }
+    Ok(clip)
+}
+
+/// Rank 0's weights on every rank, fresh or resumed, and the job's shape said once.
+fn same_weights_on_every_rank(run: &Run, clip: &Pretrained) -> Result<()> {
+    let (t, dist) = (&run.cfg.train, run.dist);
+    if dist.world_size == 1 {
+        return Ok(());
+    }
+    let tensors: Vec<Tensor> = weights::named_tensors(&clip.model.vs)
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    dist.broadcast_tensors(&tensors)
+        .context("broadcasting rank 0's parameters")?;
+    if dist.is_main() {
+        eprintln!(
+            "data parallel: {} ranks ({}), global batch {} = {} x {} x {}",
+            dist.world_size,
+            run.env.launcher,
+            dist.world_size * t.micro_batch_size * t.grad_accum_steps,
+            dist.world_size,
+            t.grad_accum_steps,
+            t.micro_batch_size
+        );
+    }
+    Ok(())
+}
+
+impl Profiling {
+    /// `train.profile`'s steps after the warm-up step of this invocation, if profiling is on.
+    fn of(run: &Run, step: u64) -> Option<Self> {
+        let profile = run.cfg.train.profile;
+        let trace = format!("trace-rank{}.json", run.dist.rank);
+        (profile > 0).then(|| Profiling {
+            from: step + 1,
+            to: step + 1 + profile,
+            active: false,
+            path: run.out.join("profile").join(trace),
+        })
+    }
+}
+
 impl<'a> Trainer<'a> {
     fn new(
         run: &'a Run<'a>,
@@ -339,40 +248,9 @@ impl<'a> Trainer<'a> {
         objective: &'a mut dyn Objective,
     ) -> Result<Self> {
         let (cfg, t, dist) = (run.cfg, &run.cfg.train, run.dist);
-        let lock = if dist.is_main() {
-            Some(lock_run_dir(run.out)?)
-        } else {
-            None
-        };
-        // A fresh model's initial weights come from libtorch's generator.
-        tch::manual_seed(t.seed as i64);
-        let mut clip = build_model(cfg, run.device)?;
-        objective.prepare(&mut clip)?;
-        if apply_freeze(&mut clip, &t.freeze, objective) == 0 {
-            bail!("train.freeze leaves no parameter to train");
-        }
-        // Per rank; the step's global batch is world_size times this.
-        let step_size = t.micro_batch_size * t.grad_accum_steps;
-        let steps_per_epoch = (train_samples.len() / dist.world_size / step_size) as u64;
-        if steps_per_epoch == 0 {
-            bail!(
-                "{} training samples are fewer than one step's batch ({} ranks x {} x {})",
-                train_samples.len(),
-                dist.world_size,
-                t.micro_batch_size,
-                t.grad_accum_steps
-            );
-        }
-        let total_steps = steps_per_epoch
-            .checked_mul(t.epochs)
-            .filter(|&n| n <= crate::config::MAX_STEPS)
-            .with_context(|| format!("train.epochs = {} x {steps_per_epoch} steps per epoch is more than {} steps: lower train.epochs", t.epochs, crate::config::MAX_STEPS))?;
-        let stop_at = run
-            .options
-            .max_steps
-            .or(t.max_steps)
-            .unwrap_or(total_steps)
-            .min(total_steps);
+        let lock = dist.is_main().then(|| lock_run_dir(run.out)).transpose()?;
+        let mut clip = trainable_model(run, objective)?;
+        let schedule = Schedule::of(run, train_samples.len())?;
         let mut opt = AdamW::new(&clip.model.vs, &cfg.optim);
         let root = run.out.join("checkpoints");
         if dist.is_main() {
@@ -386,54 +264,23 @@ impl<'a> Trainer<'a> {
             config_yaml: run.config_yaml,
             last_step: state.step,
         };
-        if dist.world_size > 1 {
-            // Identical starting weights everywhere, fresh or resumed.
-            let tensors: Vec<Tensor> = weights::named_tensors(&clip.model.vs)
-                .into_iter()
-                .map(|(_, t)| t)
-                .collect();
-            dist.broadcast_tensors(&tensors)
-                .context("broadcasting rank 0's parameters")?;
-            if dist.is_main() {
-                eprintln!(
-                    "data parallel: {} ranks ({}), global batch {} = {} x {} x {}",
-                    dist.world_size,
-                    run.env.launcher,
-                    dist.world_size * step_size,
-                    dist.world_size,
-                    t.grad_accum_steps,
-                    t.micro_batch_size
-                );
-            }
-        }
+        same_weights_on_every_rank(run, &clip)?;
         let captioner = Arc::new(Captioner::new(&cfg.captions)?);
         let train_count = train_samples.len();
-        let loader = (state.step < stop_at)
+        let loader = (state.step < schedule.stop_at)
             .then(|| start_loader(cfg, dist, train_samples, &captioner, &clip, state.position))
             .transpose()?;
-        let tensorboard = if dist.is_main() {
-            Some(TensorBoard::new(&run.out.join("tensorboard"))?)
-        } else {
-            None
+        let tensorboard = dist
+            .is_main()
+            .then(|| TensorBoard::new(&run.out.join("tensorboard")))
+            .transpose()?;
+        let progress = match dist.is_main() {
+            true => Progress::new(schedule.total_steps, state.step),
+            false => Progress::quiet(),
         };
-        let progress = if dist.is_main() {
-            Progress::new(total_steps, state.step)
-        } else {
-            Progress::quiet()
-        };
-        let amp = autocast_for(t.precision, run.device);
         interrupt::install();
-        let profiling = (t.profile > 0).then(|| Profiling {
-            from: state.step + 1,
-            to: state.step + 1 + t.profile,
-            active: false,
-            path: run
-                .out
-                .join("profile")
-                .join(format!("trace-rank{}.json", dist.rank)),
-        });
         Ok(Self {
-            profiling,
+            profiling: Profiling::of(run, state.step),
             run,
             objective,
             params: weights::named_tensors(&clip.model.vs),
@@ -449,10 +296,10 @@ impl<'a> Trainer<'a> {
             },
             tensorboard,
             progress,
-            amp,
-            steps_per_epoch,
-            total_steps,
-            stop_at,
+            amp: autocast_for(t.precision, run.device),
+            steps_per_epoch: schedule.steps_per_epoch,
+            total_steps: schedule.total_steps,
+            stop_at: schedule.stop_at,
             train_samples: train_count,
             pending: Vec::new(),
             last_loss: None,
@@ -461,47 +308,81 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// Steps until something stops the run. Every rank takes the same decisions.
+    /// Steps until something stops the run, as nanoGPT's loop reads. Every rank takes the same
+    /// decisions.
     fn run(&mut self) -> Result<StopReason> {
-        // The next batch, fetched while the current step runs (`Some(None)`: the data ran out).
-        let mut staged: Option<Option<Staged>> = None;
+        let (cfg, dist) = (self.run.cfg, self.run.dist);
+        let mut clock = StepClock::start();
+        let mut next = self.fetch(&mut clock)?;
         loop {
-            if self.state.step >= self.stop_at {
-                return Ok(if self.stop_at < self.total_steps {
-                    StopReason::MaxSteps { at: self.stop_at }
-                } else {
-                    StopReason::EndOfTraining
-                });
+            if let Some(reason) = self.stop_reason()? {
+                return Ok(reason);
             }
-            // Whichever rank got the signal, all stop at the same step.
-            if self.run.dist.any(interrupt::received().is_some())? {
-                return Ok(StopReason::Signal {
-                    signal: interrupt::received().unwrap_or(libc::SIGTERM),
-                });
-            }
-            let next = match staged.take() {
-                Some(next) => next,
-                None => self.fetch()?,
-            };
-            let Some(current) = next else {
+            let Some(current) = next.take() else {
                 return Ok(StopReason::DataExhausted);
             };
-            let dropped = self
-                .loader
-                .as_ref()
-                .expect("started")
-                .take_dropped_skips(current.batch.epoch);
-            self.count_skips(&dropped);
-            self.count_skips(&current.batch.skipped);
+            self.count_skips(&current.batch);
             self.profile(false)?;
-            let queued = self.queue_step(&current)?;
+            let lr = cfg.optim.lr_at(self.state.step, self.total_steps);
+            // Gradients of the whole batch (either accumulation mode), then the ranks' mean.
+            let mut stats = self.objective.accumulate(
+                &self.clip.model,
+                &current.micro,
+                &current.batch.samples,
+                self.amp,
+                dist,
+            )?;
+            self.reduce_over_ranks(&mut stats)?;
+            // Clipping and AdamW, which the fused kernel cancels by itself for a non-finite loss.
+            let found_inf = stats.found_inf();
+            let max_norm = cfg.optim.max_grad_norm;
+            let grad_norm = optimizer_step(
+                &self.clip.model,
+                &mut self.opt,
+                lr,
+                max_norm,
+                Some(&found_inf),
+            )?;
             // The next batch's tokenising and host-to-device copies overlap this step's kernels.
             if self.state.step + 1 < self.stop_at {
-                staged = Some(self.fetch()?);
+                next = self.fetch(&mut clock)?;
             }
-            let record = self.finish_step(queued, &current.batch)?;
-            self.after_step(record)?;
+            // The step's one host read: was the loss finite?
+            if found_inf.double_value(&[]) != 0.0 {
+                self.skip_step(&stats, &current.batch)?;
+                clock.lap();
+            } else {
+                self.count_step(&current.batch);
+                let logit_scale = tch::no_grad(|| self.clip.model.logit_scale().exp());
+                let (step, rate) = (self.state.step, self.rate());
+                self.pending.push(StepRecord {
+                    step,
+                    lr,
+                    rate,
+                    stats,
+                    grad_norm,
+                    logit_scale,
+                    data_wait: clock.lap(),
+                });
+            }
+            self.log_validate_checkpoint_when_due()?;
         }
+    }
+
+    /// Why to stop before the next step, if anything says so: the configured or requested last
+    /// step, or a signal on any rank (all stop at the same step).
+    fn stop_reason(&self) -> Result<Option<StopReason>> {
+        if self.state.step >= self.stop_at {
+            return Ok(Some(match self.stop_at < self.total_steps {
+                true => StopReason::MaxSteps { at: self.stop_at },
+                false => StopReason::EndOfTraining,
+            }));
+        }
+        if self.run.dist.any(interrupt::received().is_some())? {
+            let signal = interrupt::received().unwrap_or(libc::SIGTERM);
+            return Ok(Some(StopReason::Signal { signal }));
+        }
+        Ok(None)
     }
 
     /// Starts or stops `train.profile`'s profiler when its steps begin or end (`end`: the run
@@ -533,103 +414,75 @@ impl<'a> Trainer<'a> {
 
     /// The loader's next batch as micro-batches on their way to the device; None when the data
     /// ran out. Ranks run out together (their shares are equally long) but agree anyway: a rank
-    /// that stopped alone would leave the others waiting in a collective.
-    fn fetch(&mut self) -> Result<Option<Staged>> {
-        let batch = self.loader.as_mut().expect("started").next();
+    /// that stopped alone would leave the others waiting in a collective. The time it blocks
+    /// waiting for the loader counts on `clock`.
+    fn fetch(&mut self, clock: &mut StepClock) -> Result<Option<Staged>> {
+        let waiting = Instant::now();
+        let batch = self.loader.as_mut().and_then(Loader::next);
+        clock.waited += waiting.elapsed();
         if self.run.dist.any(batch.is_none())? {
             return Ok(None);
         }
         let batch = batch.expect("checked above")?;
-        let micro = self.micro_batches(&batch)?;
+        let micro = self.run.cfg.train.micro_batch_size;
+        let micro = micro_batches(&self.clip, &batch, micro, self.run.device)?;
         Ok(Some(Staged { batch, micro }))
     }
 
-    /// Queues one optimizer step on the device: gradients, the ranks' reduction, clipping and
-    /// the update, which the fused kernel cancels by itself when the loss is not finite.
-    fn queue_step(&mut self, staged: &Staged) -> Result<Queued> {
+    /// The ranks' gradients averaged (or summed, as the objective says) and the same loss on
+    /// every rank, so that they agree on skipping a non-finite step.
+    fn reduce_over_ranks(&self, stats: &mut StepStats) -> Result<()> {
         let dist = self.run.dist;
-        let mut stats = self.objective.accumulate(
-            &self.clip.model,
-            &staged.micro,
-            &staged.batch.samples,
-            self.amp,
-            dist,
-        )?;
-        if dist.world_size > 1 {
-            all_reduce_gradients(
-                dist,
-                &self.params,
-                self.objective.averages_ranks(),
-                &["logit_scale"],
-            )?;
-            // The same loss on every rank, so they agree on skipping a non-finite step.
-            let both = dist.mean_over_ranks(&Tensor::stack(&[&stats.loss, &stats.accuracy], 0))?;
-            (stats.loss, stats.accuracy) = (both.get(0), both.get(1));
+        if dist.world_size == 1 {
+            return Ok(());
         }
-        let found_inf = stats.found_inf();
-        let lr = self.run.cfg.optim.lr_at(self.state.step, self.total_steps);
-        let grad_norm = optimizer_step(
-            &self.clip.model,
-            &mut self.opt,
-            lr,
-            self.run.cfg.optim.max_grad_norm,
-            Some(&found_inf),
-        )?;
-        Ok(Queued {
-            stats,
-            found_inf,
-            grad_norm,
-            lr,
-        })
+        let averages = self.objective.averages_ranks();
+        all_reduce_gradients(dist, &self.params, averages, &["logit_scale"])?;
+        let both = dist.mean_over_ranks(&Tensor::stack(&[&stats.loss, &stats.accuracy], 0))?;
+        (stats.loss, stats.accuracy) = (both.get(0), both.get(1));
+        Ok(())
     }
 
-    /// The step's one host read (was the loss finite?) and its bookkeeping; `None` when a
-    /// non-finite loss skipped it (its batch is used up and the schedule moves on, as with
-    /// PyTorch's GradScaler; the weights and AdamW's count stay).
-    fn finish_step(&mut self, q: Queued, batch: &Batch) -> Result<Option<StepRecord>> {
-        let (dist, t) = (self.run.dist, &self.run.cfg.train);
-        if q.found_inf.double_value(&[]) != 0.0 {
-            self.opt.undo_count();
-            let loss = q.stats.loss.double_value(&[]);
-            if t.on_nonfinite == OnNonFinite::Stop {
-                self.save_checkpoint()?;
-                self.checkpoints.wait()?;
-                bail!("loss became {loss} at step {}; state before it saved in {} (lower optim.lr, or set train.on_nonfinite: skip)", self.state.step + 1, self.checkpoints.root.display());
-            }
-            self.state.skipped_steps += 1;
-            self.state.step += 1;
-            self.state.position = batch.next;
-            let line = format!(
-                "step {}: loss is {loss}; step skipped ({} so far)",
-                self.state.step, self.state.skipped_steps
-            );
-            self.progress.println(&line);
-            return Ok(None);
+    /// A non-finite loss: the state before it saved and an error (`on_nonfinite: stop`), or the
+    /// step counted as skipped — its batch is used up and the schedule moves on, as with
+    /// PyTorch's GradScaler; the weights and AdamW's count stay.
+    fn skip_step(&mut self, stats: &StepStats, batch: &Batch) -> Result<()> {
+        self.opt.undo_count();
+        let loss = stats.loss.double_value(&[]);
+        if self.run.cfg.train.on_nonfinite == OnNonFinite::Stop {
+            self.save_checkpoint()?;
+            self.checkpoints.wait()?;
+            bail!("loss became {loss} at step {}; state before it saved in {} (lower optim.lr, or set train.on_nonfinite: skip)", self.state.step + 1, self.checkpoints.root.display());
         }
+        self.state.skipped_steps += 1;
         self.state.step += 1;
-        self.state.samples_seen += (batch.samples.len() * dist.world_size) as u64;
         self.state.position = batch.next;
-        Ok(Some(StepRecord {
-            step: self.state.step,
-            lr: q.lr,
-            rate: (self.state.samples_seen - self.started.1) as f64
-                / self.started.0.elapsed().as_secs_f64(),
-            stats: q.stats,
-            grad_norm: q.grad_norm,
-            logit_scale: tch::no_grad(|| self.clip.model.logit_scale().exp()),
-        }))
+        let line = format!(
+            "step {}: loss is {loss}; step skipped ({} so far)",
+            self.state.step, self.state.skipped_steps
+        );
+        self.progress.println(&line);
+        Ok(())
     }
 
-    fn micro_batches(&self, batch: &Batch) -> Result<Vec<MicroBatch>> {
-        let micro = self.run.cfg.train.micro_batch_size;
-        micro_batches(&self.clip, batch, micro, self.run.device)
+    /// A finished step in the run's state: its number, the samples seen, where the data goes on.
+    fn count_step(&mut self, batch: &Batch) {
+        self.state.step += 1;
+        let world = self.run.dist.world_size;
+        self.state.samples_seen += (batch.samples.len() * world) as u64;
+        self.state.position = batch.next;
     }
 
-    /// Logging, periodic validation and checkpoints after a step (`None`: a skipped one).
-    fn after_step(&mut self, record: Option<StepRecord>) -> Result<()> {
+    /// Samples per second since the run (or resume) started, taken on the host.
+    fn rate(&self) -> f64 {
+        let (since, samples) = self.started;
+        (self.state.samples_seen - samples) as f64 / since.elapsed().as_secs_f64()
+    }
+
+    /// Logging, periodic validation and checkpoints after a step, when each is due.
+    fn log_validate_checkpoint_when_due(&mut self) -> Result<()> {
         let t = &self.run.cfg.train;
         let step = self.state.step;
-        self.pending.extend(record);
         self.progress.advance(step);
         if step.is_multiple_of(t.log_every) || step == self.stop_at {
             self.log_pending(true)?;
@@ -679,6 +532,8 @@ impl<'a> Trainer<'a> {
                         ("train/grad_norm", grad_norm),
                         ("train/samples_per_s", r.rate),
                         ("train/batch_accuracy", accuracy),
+                        ("time/data_wait_s", r.data_wait.0),
+                        ("time/data_wait_share", r.data_wait.1),
                     ] {
                         tb.scalar(tag, value, r.step);
                     }
@@ -687,8 +542,12 @@ impl<'a> Trainer<'a> {
             }
             let v = &values[values.len() - 4..];
             let line = format!(
-                "loss {:.4} acc {:.3} lr {:.2e} {:.1} samples/s",
-                v[0], v[1], newest.lr, newest.rate
+                "loss {:.4} acc {:.3} lr {:.2e} {:.1} samples/s, {:.0}% waiting for data",
+                v[0],
+                v[1],
+                newest.lr,
+                newest.rate,
+                100.0 * newest.data_wait.1
             );
             self.progress
                 .update(newest.step, self.total_steps, &line, print);
@@ -730,8 +589,19 @@ impl<'a> Trainer<'a> {
             .save(self.run.dist, &self.clip, &self.opt, &mut self.state)
     }
 
+    /// Counts and reports the samples the loader left out of `batch`, and those of a dropped
+    /// last partial batch of its epoch.
+    fn count_skips(&mut self, batch: &Batch) {
+        let dropped = self
+            .loader
+            .as_ref()
+            .map(|l| l.take_dropped_skips(batch.epoch));
+        self.report_skips(&dropped.unwrap_or_default());
+        self.report_skips(&batch.skipped);
+    }
+
     /// Counts and reports samples the loader left out.
-    fn count_skips(&mut self, skipped: &[String]) {
+    fn report_skips(&mut self, skipped: &[String]) {
         self.state.skipped_samples += skipped.len() as u64;
         for s in skipped {
             self.progress
@@ -743,10 +613,11 @@ impl<'a> Trainer<'a> {
     /// short data set is an error after that (non-zero exit).
     fn finish(mut self, reason: StopReason) -> Result<(Summary, Pretrained)> {
         self.profile(true)?;
-        let loader = self.loader.take().expect("started");
-        let dropped = loader.take_dropped_skips(u64::MAX);
-        drop(loader);
-        self.count_skips(&dropped);
+        if let Some(loader) = self.loader.take() {
+            let dropped = loader.take_dropped_skips(u64::MAX);
+            drop(loader);
+            self.report_skips(&dropped);
+        }
         self.save_checkpoint()?;
         self.checkpoints.wait()?;
         let summary = self.conclude(reason)?;
@@ -862,138 +733,4 @@ impl<'a> Trainer<'a> {
         self.run.dist.final_barrier()?;
         Ok((summary, self.clip))
     }
-}
-
-/// A loader batch as micro-batches of `micro` rows on `device` (tokenised here).
-pub fn micro_batches(
-    clip: &Pretrained,
-    batch: &Batch,
-    micro: usize,
-    device: tch::Device,
-) -> Result<Vec<MicroBatch>> {
-    let (h, w) = clip.preprocess.output_size();
-    let n = batch.samples.len() as i64;
-    let pixels = Tensor::from_slice(&batch.pixels[..]).view([n, 3, h as i64, w as i64]);
-    let (ids, mask) = clip.tokenize(&batch.captions)?;
-    let size = micro as i64;
-    Ok((0..n)
-        .step_by(micro)
-        .map(|s| {
-            let b = size.min(n - s);
-            MicroBatch {
-                pixel_values: to_device(&pixels.narrow(0, s, b), device),
-                input_ids: to_device(&ids.narrow(0, s, b), device),
-                attention_mask: to_device(&mask.narrow(0, s, b), device),
-            }
-        })
-        .collect())
-}
-
-/// `t` on `device`; to a GPU through pinned host memory, copied without blocking the host (the
-/// copy is ordered before the kernels that read it on the same stream).
-fn to_device(t: &Tensor, device: tch::Device) -> Tensor {
-    if device.is_cuda() {
-        t.pin_memory(device)
-            .to_device_(device, t.kind(), true, false)
-    } else {
-        t.to_device(device)
-    }
-}
-
-/// Locks `out` for this process (created if needed) until the returned file is dropped or the
-/// process dies: two runs writing one directory would mix their checkpoints.
-fn lock_run_dir(out: &Path) -> Result<std::fs::File> {
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("cannot create run directory {}", out.display()))?;
-    let path = out.join(".lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    if file.try_lock().is_err() {
-        bail!("run directory {} is in use by another streetclip process: wait for it to end (or stop it), or choose another --out", out.display());
-    }
-    Ok(file)
-}
-
-/// Restores the newest usable checkpoint under `root`; refuses a config that changed the
-/// result since, unless allowed; writes the run's config.yaml (with any accepted changes).
-fn resume(
-    run: &Run,
-    root: &Path,
-    clip: &mut Pretrained,
-    opt: &mut AdamW,
-    data: DataFingerprint,
-) -> Result<TrainState> {
-    let mut notes = vec![];
-    let allowed = run.options.allow_config_change;
-    let state = match checkpoint::resume(root, &mut clip.model, opt)? {
-        None => TrainState::default(),
-        Some((dir, mut state)) => {
-            let saved = std::fs::read_to_string(dir.join("config.yaml"))
-                .with_context(|| format!("checkpoint {} has no config.yaml", dir.display()))?;
-            let changes = config_change::result_changes(&saved, run.config_yaml)?;
-            notes.extend(config_change::check(&changes, allowed, state.step)?);
-            notes.extend(config_change::check_data(
-                state.data.as_ref(),
-                &data,
-                allowed,
-                state.step,
-            )?);
-            if run.dist.is_main() {
-                eprintln!("resuming from {} (step {})", dir.display(), state.step);
-                for n in &notes {
-                    eprintln!("{n}");
-                }
-            }
-            state.position = resume_position(&state, run.dist);
-            state
-        }
-    };
-    let state = TrainState {
-        data: Some(data),
-        ..state
-    };
-    if run.dist.is_main() {
-        let mut text = run.config_yaml.to_string();
-        for n in notes {
-            text.push_str(&format!("# {n}\n"));
-        }
-        crate::formats::tensor_io::write_atomic(&run.out.join("config.yaml"), text.as_bytes())?;
-    }
-    Ok(state)
-}
-
-/// The training loader of `cfg` for this rank, from `from`.
-pub fn start_loader(
-    cfg: &Config,
-    dist: &Dist,
-    samples: Vec<Sample>,
-    captioner: &Arc<Captioner>,
-    clip: &Pretrained,
-    from: Position,
-) -> Result<Loader> {
-    let t = &cfg.train;
-    let loader_cfg = LoaderConfig {
-        batch_size: t.micro_batch_size * t.grad_accum_steps,
-        workers: cfg.data.workers,
-        prefetch: cfg.data.prefetch,
-        seed: t.seed,
-        shuffle: true,
-        rank: dist.rank,
-        world_size: dist.world_size,
-        on_error: cfg.data.on_error,
-        drop_last: true,
-        augment: cfg.data.augment.clone(),
-        epochs: Some(t.epochs),
-    };
-    Loader::start(
-        Arc::new(Dataset { samples }),
-        captioner.clone(),
-        clip.preprocess.clone(),
-        loader_cfg,
-        from,
-    )
 }

@@ -64,9 +64,15 @@ fn bench(extra: &[&str]) -> serde_json::Value {
 #[test]
 fn bench_train_reports_throughput_flops_and_mfu_on_the_cpu() {
     let forward = demo().forward_flops();
-    for (mode, forwards) in [("full_batch", 4.0), ("per_micro_batch", 3.0)] {
+    // The demo's steps have two micro-batches; with one, full_batch needs no first pass.
+    for (mode, accum, forwards) in [
+        ("full_batch", 2, 4.0),
+        ("per_micro_batch", 2, 3.0),
+        ("full_batch", 1, 3.0),
+    ] {
         let set = format!("train.accumulation={mode}");
-        let r = bench(&["--set", &set, "--peak-tflops", "2.0"]);
+        let steps = format!("train.grad_accum_steps={accum}");
+        let r = bench(&["--set", &set, "--set", &steps, "--peak-tflops", "2.0"]);
         assert_eq!(r["device"], "cpu");
         assert_eq!(
             r["flops_per_sample"].as_f64().unwrap(),
@@ -83,6 +89,12 @@ fn bench_train_reports_throughput_flops_and_mfu_on_the_cpu() {
         assert!((r["mfu"].as_f64().unwrap() - tflops / 2.0).abs() < 1e-12);
         assert!(r["peak_memory_bytes"].is_null(), "no GPU memory on the CPU");
         assert_eq!(r["parameters"], 7_986_817);
+        // Weights, gradients and AdamW's two moments alone are 4 x 4 bytes a parameter.
+        let rss = r["peak_rss_bytes"].as_u64().unwrap();
+        assert!(
+            rss > 16 * 7_986_817 && rss < 64 << 30,
+            "peak RSS {rss} bytes"
+        );
         assert_eq!(r["model_config"]["vision_config"]["image_size"], 64);
     }
     // Without a known peak the MFU is unknown, not invented.

@@ -391,6 +391,18 @@ fn ranks_train_like_one_process_with_their_accumulation() {
         );
         assert_same_first_step(&step_one(&one), &step_one(&run), LR);
     }
+    // One micro-batch per rank (full_batch's one-pass path): 2 ranks x 1 = one process x 2.
+    let reference = tmp.path().join("one-of-two");
+    let steps = ["--max-steps", "3", "--set", EVERY_STEP];
+    train(
+        &config(tmp.path(), &data, 2, "full_batch"),
+        &reference,
+        &steps,
+    );
+    let run = tmp.path().join("two-by-one");
+    let launched = [&steps[..], &["--nproc-per-node", "2"]].concat();
+    train(&config(tmp.path(), &data, 1, "full_batch"), &run, &launched);
+    assert_same_first_step(&step_one(&reference), &step_one(&run), LR);
 }
 
 #[test]

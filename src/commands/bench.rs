@@ -100,23 +100,33 @@ pub struct TrainBench {
     pub warmup_steps: usize,
     pub seconds: f64,
     pub samples_per_s: f64,
-    /// Training FLOPs per sample: 3 forwards (forward + backward), plus one for `full_batch`.
+    /// Training FLOPs per sample: 3 forwards (forward + backward), plus one for `full_batch`
+    /// over several micro-batches.
     pub flops_per_sample: f64,
     pub tflops_per_s: f64,
     pub peak_tflops: Option<f64>,
     /// Model FLOPs utilisation: achieved / peak TFLOP/s, a fraction.
     pub mfu: Option<f64>,
     pub peak_memory_bytes: Option<u64>,
+    /// The process's peak resident memory (getrusage's `ru_maxrss`): the host side of the
+    /// trade, on the CPU the whole of it.
+    pub peak_rss_bytes: u64,
     pub final_loss: f64,
     /// The model's Hugging Face `CLIPConfig`, for the Python peer.
     pub model_config: serde_json::Value,
 }
 
-/// Training FLOPs of one sample under `accumulation`.
-pub fn training_flops(config: &ClipConfig, accumulation: Accumulation) -> f64 {
+/// Training FLOPs of one sample under `accumulation` with `micro_batches` per step: a forward
+/// and a backward (3 forwards' worth), and for `full_batch` over several micro-batches the
+/// no-graph first pass (one more).
+pub fn training_flops(
+    config: &ClipConfig,
+    accumulation: Accumulation,
+    micro_batches: usize,
+) -> f64 {
     let forwards = match accumulation {
-        Accumulation::PerMicroBatch => 3.0,
-        Accumulation::FullBatch => 4.0,
+        Accumulation::FullBatch if micro_batches > 1 => 4.0,
+        _ => 3.0,
     };
     forwards * config.forward_flops()
 }
@@ -221,7 +231,7 @@ pub fn train(cfg: &Config, args: &Args) -> Result<TrainBench> {
     };
     let (seconds, final_loss) = timed(args, device, &mut step)?;
     let samples = (args.steps * t.micro_batch_size * t.grad_accum_steps) as f64;
-    let flops_per_sample = training_flops(&model.config, t.accumulation);
+    let flops_per_sample = training_flops(&model.config, t.accumulation, t.grad_accum_steps);
     let samples_per_s = samples / seconds;
     let tflops_per_s = samples_per_s * flops_per_sample / 1e12;
     let device_name = cuda_device_name(device);
@@ -257,6 +267,7 @@ pub fn train(cfg: &Config, args: &Args) -> Result<TrainBench> {
         peak_tflops,
         mfu: peak_tflops.map(|p| tflops_per_s / p),
         peak_memory_bytes: cuda_peak_allocated(device),
+        peak_rss_bytes: peak_rss_bytes(),
         final_loss,
         model_config: model.config.to_hf_json(),
     })
@@ -321,6 +332,16 @@ impl TrainBench {
             }
             None => out += "  peak GPU memory  - (not a CUDA device)\n",
         }
+        let rss = self.peak_rss_bytes as f64 / (1u64 << 30) as f64;
+        out += &format!("  peak RSS         {rss:.2} GiB (the process)\n");
         out
     }
+}
+
+/// This process's peak resident set size in bytes (Linux reports `ru_maxrss` in KiB).
+fn peak_rss_bytes() -> u64 {
+    // SAFETY: getrusage writes into the zeroed struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    usage.ru_maxrss.max(0) as u64 * 1024
 }

@@ -89,6 +89,18 @@ pub fn accumulate_gradients(
             }
             Ok(stats)
         }
+        Accumulation::FullBatch if micro.len() == 1 => {
+            // The step's rows are one micro-batch: one forward with its graph gives the
+            // full-batch gradient directly (the passes below exist to fit many micro-batches).
+            let (image, text) = features(model, &micro[0], amp)?;
+            let (image_all, text_all) = (splice_global(dist, &image)?, splice_global(dist, &text)?);
+            let out = model.logits(&image_all, &text_all);
+            let loss = clip_loss(&out.logits_per_text);
+            loss.backward();
+            let mut stats = StepStats::zeros(loss.device());
+            stats.add(&loss, &pair_accuracy(&out.logits_per_image.detach()), 1.0);
+            Ok(stats)
+        }
         Accumulation::FullBatch => {
             // 1. Features of every micro-batch without a graph.
             let (images, texts): (Vec<Tensor>, Vec<Tensor>) = tch::no_grad(|| {

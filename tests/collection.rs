@@ -13,6 +13,13 @@ fn streetclip(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
         .unwrap()
 }
 
+/// `streetclip ARGS`, which must succeed (its stderr shown if not).
+fn succeeds(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    let o = streetclip(args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+
 fn json(o: &Output) -> serde_json::Value {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     serde_json::from_slice(&o.stdout).unwrap()
@@ -424,7 +431,7 @@ impl HostileFolder {
     /// `geolocate --out FILE.jsonl` of the folder: its rows.
     fn geolocated(&self) -> Vec<serde_json::Value> {
         let file = self.tmp.path().join("geolocated.jsonl");
-        let o = streetclip(&[
+        succeeds(&[
             &"geolocate",
             &"--model",
             &self.model,
@@ -432,7 +439,6 @@ impl HostileFolder {
             &file,
             &self.folder,
         ]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         jsonl(&file)
     }
 }
@@ -522,7 +528,7 @@ fn embed_of_a_folder_lists_its_rows_and_skips_the_bad() {
 
     // embed: a folder given to --image; the rows' images in the file's metadata.
     let features = out("features.safetensors");
-    let o = streetclip(&[
+    succeeds(&[
         &"embed",
         &"--model",
         &model,
@@ -534,7 +540,6 @@ fn embed_of_a_folder_lists_its_rows_and_skips_the_bad() {
         &"--out",
         &features,
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_lists_the_bad(&out("features.skipped.csv"), &bad);
     let bytes = std::fs::read(&features).unwrap();
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
@@ -594,7 +599,7 @@ fn eval_classify_of_a_folder_scores_the_good_and_lists_the_bad() {
         }
     }
     let report = out("classify");
-    let o = streetclip(&[
+    succeeds(&[
         &"eval",
         &"classify",
         &"--model",
@@ -604,7 +609,6 @@ fn eval_classify_of_a_folder_scores_the_good_and_lists_the_bad() {
         &"--out",
         &report,
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_lists_the_bad(&report.join("skipped.csv"), &class_bad);
     let mut predictions = csv::Reader::from_path(report.join("predictions.csv")).unwrap();
     let rows: Vec<csv::StringRecord> = predictions.records().map(|r| r.unwrap()).collect();
@@ -655,7 +659,7 @@ fn eval_geo_of_a_folder_places_the_good_as_geolocate_and_lists_the_bad() {
     }
     std::fs::write(&manifest, text).unwrap();
     let report = out("geo");
-    let o = streetclip(&[
+    succeeds(&[
         &"eval",
         &"geo",
         &"--model",
@@ -665,7 +669,6 @@ fn eval_geo_of_a_folder_places_the_good_as_geolocate_and_lists_the_bad() {
         &"--out",
         &report,
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_lists_the_bad(&report.join("skipped.csv"), &bad);
     let mut predictions = csv::Reader::from_path(report.join("predictions.csv")).unwrap();
     let rows: Vec<GeoRow> = predictions.deserialize().map(|r| r.unwrap()).collect();
@@ -705,10 +708,9 @@ fn eval_geo_of_a_folder_places_the_good_as_geolocate_and_lists_the_bad() {
 
     // The folder itself, to both evals: no labels, so the guesses and classes follow.
     let report = out("folder-geo");
-    let o = streetclip(&[
+    succeeds(&[
         &"eval", &"geo", &"--model", &model, &"--out", &report, &folder,
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_lists_the_bad(&report.join("guesses.skipped.csv"), &bad);
     let rows = jsonl(&report.join("guesses.jsonl"));
     assert_eq!(rows.len(), guesses.len());

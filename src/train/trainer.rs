@@ -643,7 +643,7 @@ impl<'a> Trainer<'a> {
         ) {
             self.validate()?;
             if let Some(m) = &self.last_validation {
-                eprintln!("validation: {}", m.line());
+                self.progress.println(&format!("validation: {}", m.line()));
             }
             if reason == StopReason::EndOfTraining && main {
                 self.clip.save(&self.run.out.join("export"))?;
@@ -651,12 +651,12 @@ impl<'a> Trainer<'a> {
             }
         }
         let checkpoint = checkpoint::list(&self.checkpoints.root).pop();
-        if let (StopReason::MaxSteps { at }, true, Some(dir)) = (reason, main, &checkpoint) {
-            eprintln!(
+        if let (StopReason::MaxSteps { at }, Some(dir)) = (reason, &checkpoint) {
+            self.progress.println(&format!(
                 "stopped at step {at} of {} (max steps): not exported; `streetclip export --checkpoint {} --out DIR` exports it, and rerunning without --max-steps resumes",
                 self.total_steps,
                 dir.display()
-            );
+            ));
         }
         let summary = Summary {
             checkpoint,
@@ -709,18 +709,13 @@ impl<'a> Trainer<'a> {
             }
             _ => Some("its summary.json is missing or does not record the end of training".into()),
         };
-        let main = self.run.dist.is_main();
         let summary = match (incomplete, previous) {
             (Some(why), _) => {
-                if main {
-                    eprintln!("{} finished training at step {} but {why}: exporting it again from its final checkpoint", out.display(), self.state.step);
-                }
+                self.progress.println(&format!("{} finished training at step {} but {why}: exporting it again from its final checkpoint", out.display(), self.state.step));
                 self.conclude(StopReason::EndOfTraining)?
             }
             (None, previous) => {
-                if main {
-                    eprintln!("{} is already at step {} of {} (stopping at {}): nothing to train; its summary.json and export are complete and left as they are", out.display(), self.state.step, self.total_steps, self.stop_at);
-                }
+                self.progress.println(&format!("{} is already at step {} of {} (stopping at {}): nothing to train; its summary.json and export are complete and left as they are", out.display(), self.state.step, self.total_steps, self.stop_at));
                 let reason = match finished {
                     true => StopReason::EndOfTraining,
                     false => StopReason::MaxSteps {

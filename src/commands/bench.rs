@@ -8,6 +8,7 @@ use super::args::{at_least_one, ConfigArgs};
 use crate::config::{Accumulation, Config};
 use crate::data::loader::{Loader, Position};
 use crate::data::Dataset;
+use crate::formats::pretrained::Pretrained;
 use crate::geo::Gazetteer;
 use crate::model::{parse_device, ClipConfig};
 use crate::shim::{cuda_device_name, cuda_peak_allocated, cuda_reset_peak};
@@ -165,7 +166,7 @@ fn synthetic(config: &ClipConfig, micro: i64, accum: usize, device: Device) -> V
 
 /// The training loader over all of `cfg`'s data (drawn first when the config asks for
 /// synthetic scenes).
-fn start_loader(cfg: &Config, clip: &crate::formats::pretrained::Pretrained) -> Result<Loader> {
+fn start_loader(cfg: &Config, clip: &Pretrained) -> Result<Loader> {
     let gazetteer = Gazetteer::bundled()?;
     crate::synth::draw_if_missing(&cfg.data, gazetteer)?;
     let (data, report) = Dataset::load(&cfg.data, gazetteer)?;
@@ -189,6 +190,21 @@ enum Batches {
     Loader(Loader),
 }
 
+impl Batches {
+    /// The config's data through the loader (`data`), or synthetic micro-batches on `device`.
+    fn new(data: bool, cfg: &Config, clip: &Pretrained, device: Device) -> Result<Self> {
+        let t = &cfg.train;
+        Ok(match data {
+            true => Batches::Loader(start_loader(cfg, clip)?),
+            false => {
+                let micro = t.micro_batch_size as i64;
+                let config = &clip.model.config;
+                Batches::Synthetic(synthetic(config, micro, t.grad_accum_steps, device))
+            }
+        })
+    }
+}
+
 /// Times `args.steps` training steps of `cfg` after `args.warmup` untimed ones.
 pub fn train(cfg: &Config, args: &Args) -> Result<TrainBench> {
     if args.steps == 0 {
@@ -201,12 +217,7 @@ pub fn train(cfg: &Config, args: &Args) -> Result<TrainBench> {
     let model = &clip.model;
     let mut opt = AdamW::new(&model.vs, &cfg.optim);
     let amp = autocast_for(t.precision, device);
-    let mut batches = if args.data {
-        Batches::Loader(start_loader(cfg, &clip)?)
-    } else {
-        let micro = t.micro_batch_size as i64;
-        Batches::Synthetic(synthetic(&model.config, micro, t.grad_accum_steps, device))
-    };
+    let mut batches = Batches::new(args.data, cfg, &clip, device)?;
     let dist = crate::dist::Dist::single();
     let mut step = || -> Result<Tensor> {
         let loaded;

@@ -81,66 +81,14 @@ impl Labelled {
     /// A `.csv` or `.jsonl` manifest; image paths relative to the manifest's folder.
     pub fn manifest(path: &Path, label_column: &str) -> Result<Self> {
         let dir = path.parent().unwrap_or(Path::new("."));
-        let mut rows: Vec<(String, String)> = Vec::new();
-        let image_keys = ["image", "path", "file", "filename", "image_path"];
-        if matches!(
+        let is_jsonl = matches!(
             path.extension().and_then(|e| e.to_str()),
             Some("jsonl" | "json")
-        ) {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read manifest {}", path.display()))?;
-            for (n, line) in text
-                .lines()
-                .enumerate()
-                .filter(|(_, l)| !l.trim().is_empty())
-            {
-                let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)
-                    .with_context(|| format!("{}:{}: not a JSON object", path.display(), n + 1))?;
-                let field = |k: &str| {
-                    obj.get(k).and_then(|v| {
-                        v.as_str()
-                            .map(String::from)
-                            .or_else(|| (!v.is_null()).then(|| v.to_string()))
-                    })
-                };
-                let image = image_keys.iter().find_map(|k| field(k)).with_context(|| {
-                    format!(
-                        "{}:{}: no image field ({})",
-                        path.display(),
-                        n + 1,
-                        image_keys.join(", ")
-                    )
-                })?;
-                let label = field(label_column).with_context(|| {
-                    format!("{}:{}: no `{label_column}` field", path.display(), n + 1)
-                })?;
-                rows.push((image, label));
-            }
-        } else {
-            let mut reader = csv::Reader::from_path(path)
-                .with_context(|| format!("cannot read manifest {}", path.display()))?;
-            let headers: Vec<String> = reader.headers()?.iter().map(String::from).collect();
-            let image_col = headers
-                .iter()
-                .position(|h| image_keys.contains(&h.to_lowercase().as_str()))
-                .with_context(|| {
-                    format!(
-                        "{}: no image column ({}); columns: {}",
-                        path.display(),
-                        image_keys.join(", "),
-                        headers.join(", ")
-                    )
-                })?;
-            let label_col = headers.iter().position(|h| h == label_column).with_context(|| format!("{}: no `{label_column}` column (choose one with --label-column); columns: {}", path.display(), headers.join(", ")))?;
-            for (n, record) in reader.records().enumerate() {
-                let record =
-                    record.with_context(|| format!("{}: row {}", path.display(), n + 2))?;
-                rows.push((
-                    record[image_col].to_string(),
-                    record[label_col].trim().to_string(),
-                ));
-            }
-        }
+        );
+        let rows = match is_jsonl {
+            true => jsonl_rows(path, label_column)?,
+            false => csv_rows(path, label_column)?,
+        };
         if let Some((image, _)) = rows.iter().find(|(_, label)| label.is_empty()) {
             bail!("{}: image {image} has an empty label", path.display());
         }
@@ -201,6 +149,80 @@ impl Labelled {
     pub fn caption_names(&self) -> Vec<String> {
         self.classes.iter().map(|c| caption_name(c)).collect()
     }
+}
+
+/// Names a manifest's image column may have.
+const IMAGE_KEYS: [&str; 5] = ["image", "path", "file", "filename", "image_path"];
+
+/// `(image, label)` of each line of a JSONL manifest.
+fn jsonl_rows(path: &Path, label_column: &str) -> Result<Vec<(String, String)>> {
+    let mut rows = Vec::new();
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read manifest {}", path.display()))?;
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not a JSON object", path.display(), n + 1))?;
+        let field = |k: &str| {
+            obj.get(k).and_then(|v| {
+                v.as_str()
+                    .map(String::from)
+                    .or_else(|| (!v.is_null()).then(|| v.to_string()))
+            })
+        };
+        let image = IMAGE_KEYS.iter().find_map(|k| field(k)).with_context(|| {
+            format!(
+                "{}:{}: no image field ({})",
+                path.display(),
+                n + 1,
+                IMAGE_KEYS.join(", ")
+            )
+        })?;
+        let label = field(label_column)
+            .with_context(|| format!("{}:{}: no `{label_column}` field", path.display(), n + 1))?;
+        rows.push((image, label));
+    }
+    Ok(rows)
+}
+
+/// `(image, label)` of each record of a CSV manifest.
+fn csv_rows(path: &Path, label_column: &str) -> Result<Vec<(String, String)>> {
+    let mut rows = Vec::new();
+    let mut reader = csv::Reader::from_path(path)
+        .with_context(|| format!("cannot read manifest {}", path.display()))?;
+    let headers: Vec<String> = reader.headers()?.iter().map(String::from).collect();
+    let image_col = headers
+        .iter()
+        .position(|h| IMAGE_KEYS.contains(&h.to_lowercase().as_str()))
+        .with_context(|| {
+            format!(
+                "{}: no image column ({}); columns: {}",
+                path.display(),
+                IMAGE_KEYS.join(", "),
+                headers.join(", ")
+            )
+        })?;
+    let label_col = headers
+        .iter()
+        .position(|h| h == label_column)
+        .with_context(|| {
+            format!(
+                "{}: no `{label_column}` column (choose one with --label-column); columns: {}",
+                path.display(),
+                headers.join(", ")
+            )
+        })?;
+    for (n, record) in reader.records().enumerate() {
+        let record = record.with_context(|| format!("{}: row {}", path.display(), n + 2))?;
+        rows.push((
+            record[image_col].to_string(),
+            record[label_col].trim().to_string(),
+        ));
+    }
+    Ok(rows)
 }
 
 /// A class name as it reads in a caption: `urban_area` → `urban area`.

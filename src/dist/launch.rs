@@ -48,49 +48,79 @@ pub fn run(nproc: usize, args: &[std::ffi::OsString], port: Option<u16>) -> Resu
         None => free_port()?,
     };
     crate::interrupt::install();
-    let interrupted = || crate::interrupt::received().is_some();
-    let mut workers: Vec<Child> = Vec::new();
     // As torchrun: one intra-op thread per worker unless OMP_NUM_THREADS says otherwise, so
     // N workers do not each start a thread per core.
     let omp_threads = std::env::var("OMP_NUM_THREADS")
         .ok()
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| if nproc > 1 { "1".into() } else { String::new() });
+    let mut workers = Vec::new();
     for rank in 0..nproc {
-        let mut command = Command::new(&exe);
+        let mut command = worker_command(&exe, args, (rank, nproc, port));
         if !omp_threads.is_empty() {
             command.env("OMP_NUM_THREADS", &omp_threads);
         }
-        // Workers die with the launcher, even when it is killed with SIGKILL: orphans would go
-        // on training and race a rerun for the run directory.
-        let launcher = std::process::id();
-        // SAFETY: prctl and getppid are async-signal-safe, as pre_exec requires.
-        unsafe {
-            command.pre_exec(move || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                if libc::getppid() as u32 != launcher {
-                    libc::raise(libc::SIGTERM); // the launcher died before prctl took effect
-                }
-                Ok(())
-            });
-        }
         let child = command
-            .args(args)
-            .env("RANK", rank.to_string())
-            .env("LOCAL_RANK", rank.to_string())
-            .env("WORLD_SIZE", nproc.to_string())
-            .env("LOCAL_WORLD_SIZE", nproc.to_string())
-            .env("GROUP_RANK", "0")
-            .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", port.to_string())
-            .env("STREETCLIP_LAUNCHER", "1")
-            .env_remove("TORCHELASTIC_USE_AGENT_STORE")
             .spawn()
             .with_context(|| format!("cannot start worker {rank}"))?;
         workers.push(child);
     }
     eprintln!("launcher: {nproc} workers on 127.0.0.1:{port}");
-    let mut status: Vec<Option<ExitStatus>> = vec![None; nproc];
+    let (status, failure) = supervise(&mut workers)?;
+    if let Some(f) = failure {
+        bail!("{f}; the other workers were stopped. Its error is printed above; rerun the same command to resume from the last checkpoint");
+    }
+    if let Some(signal) = crate::interrupt::received() {
+        // The workers saved their state; exit as the signal would have made us.
+        return Err(crate::interrupt::Interrupted { signal }.into());
+    }
+    if let Some((rank, s)) = status.iter().enumerate().find(|(_, s)| !s.success()) {
+        bail!("worker {rank} stopped ({})", describe(*s));
+    }
+    Ok(())
+}
+
+/// Worker `rank` of `nproc`: this program with `args` and torchrun's environment, dying with
+/// the launcher.
+fn worker_command(
+    exe: &std::path::Path,
+    args: &[std::ffi::OsString],
+    (rank, nproc, port): (usize, usize, u16),
+) -> Command {
+    let mut command = Command::new(exe);
+    // Workers die with the launcher, even when it is killed with SIGKILL: orphans would go on
+    // training and race a rerun for the run directory.
+    let launcher = std::process::id();
+    // SAFETY: prctl and getppid are async-signal-safe, as pre_exec requires.
+    unsafe {
+        command.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            if libc::getppid() as u32 != launcher {
+                libc::raise(libc::SIGTERM); // the launcher died before prctl took effect
+            }
+            Ok(())
+        });
+    }
+    command
+        .args(args)
+        .env("RANK", rank.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .env("WORLD_SIZE", nproc.to_string())
+        .env("LOCAL_WORLD_SIZE", nproc.to_string())
+        .env("GROUP_RANK", "0")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .env("STREETCLIP_LAUNCHER", "1")
+        .env_remove("TORCHELASTIC_USE_AGENT_STORE");
+    command
+}
+
+/// Waits for every worker; a signal to the launcher is forwarded to them (they save and stop),
+/// and the first failure stops the others (SIGTERM, then SIGKILL after `GRACE`). Returns each
+/// worker's status and the first failure.
+fn supervise(workers: &mut [Child]) -> Result<(Vec<ExitStatus>, Option<String>)> {
+    let interrupted = || crate::interrupt::received().is_some();
+    let mut status: Vec<Option<ExitStatus>> = vec![None; workers.len()];
     let mut failure: Option<String> = None;
     let mut stopping_since: Option<Instant> = None;
     let mut forwarded = false;
@@ -106,48 +136,27 @@ pub fn run(nproc: usize, args: &[std::ffi::OsString], port: Option<u16>) -> Resu
             }
         }
         if status.iter().all(Option::is_some) {
-            break;
+            return Ok((status.into_iter().flatten().collect(), failure));
         }
+        let running = |rank: usize| status[rank].is_none();
         if interrupted() && !forwarded {
             // Workers save a checkpoint and stop at their next step.
             workers.iter().for_each(|c| signal(c, libc::SIGTERM));
             forwarded = true;
             stopping_since = Some(Instant::now());
         }
-        if failure.is_some() && stopping_since.is_none() {
-            eprintln!(
-                "launcher: {}; stopping the other workers",
-                failure.as_deref().unwrap_or_default()
-            );
-            for (rank, c) in workers.iter().enumerate() {
-                if status[rank].is_none() {
-                    signal(c, libc::SIGTERM);
-                }
+        if let (Some(f), None) = (&failure, stopping_since) {
+            eprintln!("launcher: {f}; stopping the other workers");
+            for (_, c) in workers.iter().enumerate().filter(|(r, _)| running(*r)) {
+                signal(c, libc::SIGTERM);
             }
             stopping_since = Some(Instant::now());
         }
         if stopping_since.is_some_and(|t| t.elapsed() > GRACE) {
-            for (rank, c) in workers.iter().enumerate() {
-                if status[rank].is_none() {
-                    signal(c, libc::SIGKILL);
-                }
+            for (_, c) in workers.iter().enumerate().filter(|(r, _)| running(*r)) {
+                signal(c, libc::SIGKILL);
             }
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    if let Some(f) = failure {
-        bail!("{f}; the other workers were stopped. Its error is printed above; rerun the same command to resume from the last checkpoint");
-    }
-    if let Some(signal) = crate::interrupt::received() {
-        // The workers saved their state; exit as the signal would have made us.
-        return Err(crate::interrupt::Interrupted { signal }.into());
-    }
-    if let Some((rank, s)) = status
-        .iter()
-        .enumerate()
-        .find(|(_, s)| s.is_some_and(|s| !s.success()))
-    {
-        bail!("worker {rank} stopped ({})", describe(s.expect("set")));
-    }
-    Ok(())
 }

@@ -76,8 +76,6 @@ impl Problem {
 }
 
 /// Fits features `x` `[n, d]` to classes `y` (in `0..classes`) with inverse regularisation `c`.
-// `x = x - y`, not `x -= y`: on tensors the latter is in place, and `q` aliases the gradient.
-#[allow(clippy::assign_op_pattern)]
 pub fn fit(x: &Tensor, y: &[usize], classes: usize, c: f64) -> Result<Logistic> {
     let n = x.size()[0];
     if n == 0 || n as usize != y.len() || classes < 2 || c <= 0.0 {
@@ -106,25 +104,7 @@ pub fn fit(x: &Tensor, y: &[usize], classes: usize, c: f64) -> Result<Logistic> 
             break;
         }
         iterations += 1;
-        // Two-loop recursion: the L-BFGS direction. `q` starts as a view of `g`, so it is
-        // updated out of place (tch's `-=` would write into `g`; see the allow on `fit`).
-        let mut q = g.shallow_clone();
-        let mut alphas = Vec::with_capacity(history.len());
-        for (s, yv, rho) in history.iter().rev() {
-            let a = rho * s.dot(&q).double_value(&[]);
-            q = q - yv * a;
-            alphas.push(a);
-        }
-        let gamma = history.back().map_or(
-            1.0 / g.norm().double_value(&[]).max(1e-300),
-            |(s, yv, _)| s.dot(yv).double_value(&[]) / yv.dot(yv).double_value(&[]),
-        );
-        let mut r = q * gamma;
-        for ((s, yv, rho), a) in history.iter().zip(alphas.iter().rev()) {
-            let b = rho * yv.dot(&r).double_value(&[]);
-            r = r + s * (a - b);
-        }
-        let mut direction = -r;
+        let mut direction = lbfgs_direction(&g, &history);
         let mut slope = g.dot(&direction).double_value(&[]);
         if slope >= 0.0 {
             // Not a descent direction (numerical trouble): restart from steepest descent.
@@ -132,27 +112,8 @@ pub fn fit(x: &Tensor, y: &[usize], classes: usize, c: f64) -> Result<Logistic> 
             direction = -&g;
             slope = g.dot(&direction).double_value(&[]);
         }
-        // Backtracking line search: Armijo's decrease, or — near the optimum, where the
-        // objective's changes fall below float64's resolution — a smaller gradient.
-        let mut t = 1.0;
-        let g_norm = g.norm().double_value(&[]);
-        let (mut f_new, mut g_new, mut theta_new);
-        let mut stalled = false;
-        loop {
-            theta_new = &theta + &direction * t;
-            (f_new, g_new) = problem.value_and_grad(&theta_new);
-            let armijo = f_new <= f + 1e-4 * t * slope;
-            let flat = (f_new - f).abs() <= 1e-13 * f.abs().max(1.0)
-                && g_new.norm().double_value(&[]) < g_norm;
-            if armijo || flat {
-                break;
-            }
-            t *= 0.5;
-            if t < 1e-20 {
-                stalled = true;
-                break;
-            }
-        }
+        let (theta_new, f_new, g_new, stalled) =
+            line_search(&problem, (&theta, f, &g), &direction, slope);
         let s = &theta_new - &theta;
         let yv = &g_new - &g;
         let sy = s.dot(&yv).double_value(&[]);
@@ -173,4 +134,55 @@ pub fn fit(x: &Tensor, y: &[usize], classes: usize, c: f64) -> Result<Logistic> 
         bias: bias.detach(),
         iterations,
     })
+}
+
+/// The L-BFGS direction at gradient `g` by the two-loop recursion over `history` (s, y, 1/sᵀy).
+// `x = x - y`, not `x -= y`: on tensors the latter is in place, and `q` aliases the gradient.
+#[allow(clippy::assign_op_pattern)]
+fn lbfgs_direction(g: &Tensor, history: &VecDeque<(Tensor, Tensor, f64)>) -> Tensor {
+    let mut q = g.shallow_clone();
+    let mut alphas = Vec::with_capacity(history.len());
+    for (s, yv, rho) in history.iter().rev() {
+        let a = rho * s.dot(&q).double_value(&[]);
+        q = q - yv * a;
+        alphas.push(a);
+    }
+    let gamma = history.back().map_or(
+        1.0 / g.norm().double_value(&[]).max(1e-300),
+        |(s, yv, _)| s.dot(yv).double_value(&[]) / yv.dot(yv).double_value(&[]),
+    );
+    let mut r = q * gamma;
+    for ((s, yv, rho), a) in history.iter().zip(alphas.iter().rev()) {
+        let b = rho * yv.dot(&r).double_value(&[]);
+        r = r + s * (a - b);
+    }
+    -r
+}
+
+/// Backtracking line search from `theta` (objective `f`, gradient `g`) along `direction`:
+/// Armijo's decrease, or — near the optimum, where the objective's changes fall below float64's
+/// resolution — a smaller gradient. The new point, its objective and gradient, and whether the
+/// step shrank to nothing (stalled).
+fn line_search(
+    problem: &Problem,
+    (theta, f, g): (&Tensor, f64, &Tensor),
+    direction: &Tensor,
+    slope: f64,
+) -> (Tensor, f64, Tensor, bool) {
+    let mut t = 1.0;
+    let g_norm = g.norm().double_value(&[]);
+    loop {
+        let theta_new = theta + direction * t;
+        let (f_new, g_new) = problem.value_and_grad(&theta_new);
+        let armijo = f_new <= f + 1e-4 * t * slope;
+        let flat = (f_new - f).abs() <= 1e-13 * f.abs().max(1.0)
+            && g_new.norm().double_value(&[]) < g_norm;
+        if armijo || flat {
+            return (theta_new, f_new, g_new, false);
+        }
+        t *= 0.5;
+        if t < 1e-20 {
+            return (theta_new, f_new, g_new, true);
+        }
+    }
 }

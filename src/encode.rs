@@ -91,10 +91,6 @@ impl Skipped {
         Ok(())
     }
 
-    pub fn count(&self) -> usize {
-        self.count
-    }
-
     /// `(path, reason)` of each, when made by `keeping_rows`.
     pub fn rows(&self) -> &[(String, String)] {
         self.rows.as_deref().unwrap_or_default()

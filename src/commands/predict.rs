@@ -177,10 +177,6 @@ impl Row for Prediction {
     const POINTS: bool = false;
     const COLUMNS: &'static [&'static str] = &["image", "label", "probability", "ranking"];
 
-    fn image(&self) -> &Path {
-        &self.image
-    }
-
     fn json(&self) -> serde_json::Value {
         serde_json::json!(self)
     }

@@ -16,8 +16,6 @@ pub trait Row: Clone {
     const POINTS: bool;
     /// The CSV header.
     const COLUMNS: &'static [&'static str];
-    /// The image it answers (the key `--resume` skips by).
-    fn image(&self) -> &Path;
     /// The JSON object (`image` first): a JSONL line, an element of the JSON array.
     fn json(&self) -> serde_json::Value;
     fn csv_row(&self) -> Vec<String>;
@@ -54,10 +52,6 @@ impl Row for (PathBuf, Guess) {
         "top_cells",
         "note",
     ];
-
-    fn image(&self) -> &Path {
-        &self.0
-    }
 
     fn json(&self) -> serde_json::Value {
         serde_json::json!({"image": self.0, "guess": self.1})

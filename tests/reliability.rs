@@ -98,6 +98,7 @@ fn validation_with_an_undecodable_image_scores_as_without_it() {
     .unwrap();
     let captioner = streetclip::text::Captioner::new(&Default::default()).unwrap();
     let country_prompts = streetclip::config::GeoConfig::default().country_prompts;
+    let said = std::cell::RefCell::new(Vec::<String>::new());
     let validate = |samples: &[_], on_error| {
         streetclip::train::validate::validate(
             &clip,
@@ -107,11 +108,18 @@ fn validation_with_an_undecodable_image_scores_as_without_it() {
             &country_prompts,
             8,
             on_error,
+            &|line| said.borrow_mut().push(line.to_string()),
         )
     };
     let clean = validate(&good, OnError::Skip).unwrap();
+    assert!(said.borrow().is_empty());
     let skipped = validate(&with_bad, OnError::Skip).unwrap();
     assert_eq!(skipped.skipped, 1);
+    let told = said.borrow().join("\n");
+    assert!(
+        told.starts_with("validation: skipped broken.jpg: "),
+        "{told}"
+    );
     assert_eq!(
         (
             skipped.samples,

@@ -10,5 +10,6 @@ pub mod metrics;
 pub mod plots;
 pub mod ranking;
 pub mod report;
+pub mod retrieval_index;
 pub mod text;
 pub mod text_cache;

@@ -179,10 +179,11 @@ impl Drop for Writer {
 }
 
 /// Removes the temporary directories (`.step-N.tmp.PID`) of writes a killed run left behind.
-/// Only for the process that holds the run directory's lock.
-pub fn remove_partial(root: &Path) {
+/// Only for the process that holds the run directory's lock. Returns a line per removal.
+pub fn remove_partial(root: &Path) -> Vec<String> {
+    let mut said = vec![];
     let Ok(entries) = std::fs::read_dir(root) else {
-        return;
+        return said;
     };
     for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
         let name = path
@@ -190,13 +191,14 @@ pub fn remove_partial(root: &Path) {
             .and_then(|n| n.to_str())
             .unwrap_or_default();
         if name.starts_with(&format!(".{PREFIX}")) && name.contains(".tmp.") {
-            eprintln!(
+            said.push(format!(
                 "removing {}, a checkpoint an earlier run did not finish writing",
                 path.display()
-            );
+            ));
             let _ = std::fs::remove_dir_all(&path);
         }
     }
+    said
 }
 
 /// Complete checkpoint directories, oldest first.
@@ -291,21 +293,32 @@ pub fn resume(
     root: &Path,
     model: &mut ClipModel,
     opt: &mut AdamW,
+    said: &mut Vec<String>,
 ) -> Result<Option<(PathBuf, TrainState)>> {
     let all = list(root);
+    let mut unusable = vec![];
     for dir in all.iter().rev() {
         match verify(dir).and_then(|()| load(dir, model, opt)) {
-            Ok(state) => return Ok(Some((dir.clone(), state))),
-            Err(e) => eprintln!(
-                "warning: checkpoint {} is unusable ({e:#}); trying the previous one",
-                dir.display()
-            ),
+            Ok(state) => {
+                said.extend(
+                    unusable.iter().map(|why| {
+                        format!("warning: checkpoint {why}; resuming from an earlier one")
+                    }),
+                );
+                return Ok(Some((dir.clone(), state)));
+            }
+            Err(e) => unusable.push(format!("{} is unusable ({e:#})", dir.display())),
         }
     }
     if all.is_empty() {
         return Ok(None);
     }
-    bail!("none of the {} checkpoints under {} can be resumed (see the warnings above); move the directory away to start afresh", all.len(), root.display())
+    bail!(
+        "none of the {} checkpoints under {} can be resumed: {}; move the directory away to start afresh",
+        all.len(),
+        root.display(),
+        unusable.join("; ")
+    )
 }
 
 pub fn read_state(dir: &Path) -> Result<TrainState> {

@@ -61,24 +61,20 @@ impl Checkpoints<'_> {
 
 /// This rank's loader position in a resumed run. With the world size it was saved with, its own;
 /// otherwise rank 0's position in the data, re-expressed in this world's shares (exact unless
-/// samples were skipped).
-fn resume_position(state: &TrainState, dist: &Dist) -> Position {
+/// samples were skipped), with a line saying so.
+fn resume_position(state: &TrainState, dist: &Dist) -> (Position, Option<String>) {
     let saved_world = state.rank_positions.len().max(1);
     if saved_world == dist.world_size {
-        return state
-            .rank_positions
-            .get(dist.rank)
-            .copied()
-            .unwrap_or(state.position);
+        let own = state.rank_positions.get(dist.rank).copied();
+        return (own.unwrap_or(state.position), None);
     }
-    let global = state.position.index * saved_world;
-    if dist.is_main() {
-        eprintln!("resuming a {saved_world}-rank run on {} ranks: each continues at sample {} of its share", dist.world_size, global / dist.world_size);
-    }
-    Position {
+    let index = state.position.index * saved_world / dist.world_size;
+    let note = format!("resuming a {saved_world}-rank run on {} ranks: each continues at sample {index} of its share", dist.world_size);
+    let position = Position {
         epoch: state.position.epoch,
-        index: global / dist.world_size,
-    }
+        index,
+    };
+    (position, Some(note))
 }
 
 /// Locks `out` for this process (created if needed) until the returned file is dropped or the
@@ -99,18 +95,24 @@ pub(super) fn lock_run_dir(out: &Path) -> Result<std::fs::File> {
     Ok(file)
 }
 
-/// Restores the newest usable checkpoint under `root`; refuses a config that changed the
-/// result since, unless allowed; writes the run's config.yaml (with any accepted changes).
+/// Removes writes a killed run left (main rank), restores the newest usable checkpoint under
+/// `root`, refuses a config that changed the result since unless allowed, and writes the run's
+/// config.yaml (with any accepted changes). Returns the state and the lines to say about it
+/// (for the trainer's progress channel).
 pub(super) fn resume(
     run: &Run,
     root: &Path,
     clip: &mut Pretrained,
     opt: &mut AdamW,
     data: DataFingerprint,
-) -> Result<TrainState> {
+) -> Result<(TrainState, Vec<String>)> {
     let mut notes = vec![];
+    let mut said = match run.dist.is_main() {
+        true => checkpoint::remove_partial(root),
+        false => vec![],
+    };
     let allowed = run.options.allow_config_change;
-    let state = match checkpoint::resume(root, &mut clip.model, opt)? {
+    let state = match checkpoint::resume(root, &mut clip.model, opt, &mut said)? {
         None => TrainState::default(),
         Some((dir, mut state)) => {
             let saved = std::fs::read_to_string(dir.join("config.yaml"))
@@ -123,13 +125,15 @@ pub(super) fn resume(
                 allowed,
                 state.step,
             )?);
-            if run.dist.is_main() {
-                eprintln!("resuming from {} (step {})", dir.display(), state.step);
-                for n in &notes {
-                    eprintln!("{n}");
-                }
-            }
-            state.position = resume_position(&state, run.dist);
+            said.push(format!(
+                "resuming from {} (step {})",
+                dir.display(),
+                state.step
+            ));
+            said.extend(notes.iter().cloned());
+            let (position, reshard) = resume_position(&state, run.dist);
+            said.extend(reshard);
+            state.position = position;
             state
         }
     };
@@ -144,7 +148,7 @@ pub(super) fn resume(
         }
         crate::formats::tensor_io::write_atomic(&run.out.join("config.yaml"), text.as_bytes())?;
     }
-    Ok(state)
+    Ok((state, said))
 }
 
 #[cfg(test)]
@@ -160,13 +164,18 @@ mod tests {
             position: at(1, 40),
             ..TrainState::default()
         };
-        assert_eq!(resume_position(&state, &one), at(1, 40));
+        assert_eq!(resume_position(&state, &one), (at(1, 40), None));
         // Saved by two ranks, resumed by one: rank 0's place in the data, in the one share.
         let two = TrainState {
             position: at(2, 30),
             rank_positions: vec![at(2, 30), at(2, 31)],
             ..TrainState::default()
         };
-        assert_eq!(resume_position(&two, &one), at(2, 60));
+        let (position, note) = resume_position(&two, &one);
+        assert_eq!(position, at(2, 60));
+        assert_eq!(
+            note.as_deref(),
+            Some("resuming a 2-rank run on 1 ranks: each continues at sample 60 of its share")
+        );
     }
 }

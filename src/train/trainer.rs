@@ -201,7 +201,7 @@ fn trainable_model(run: &Run, objective: &mut dyn Objective) -> Result<Pretraine
 }
 
 /// Rank 0's weights on every rank, fresh or resumed, and the job's shape said once.
-fn same_weights_on_every_rank(run: &Run, clip: &Pretrained) -> Result<()> {
+fn same_weights_on_every_rank(run: &Run, clip: &Pretrained, progress: &Progress) -> Result<()> {
     let (t, dist) = (&run.cfg.train, run.dist);
     if dist.world_size == 1 {
         return Ok(());
@@ -212,17 +212,15 @@ fn same_weights_on_every_rank(run: &Run, clip: &Pretrained) -> Result<()> {
         .collect();
     dist.broadcast_tensors(&tensors)
         .context("broadcasting rank 0's parameters")?;
-    if dist.is_main() {
-        eprintln!(
-            "data parallel: {} ranks ({}), global batch {} = {} x {} x {}",
-            dist.world_size,
-            run.env.launcher,
-            dist.world_size * t.micro_batch_size * t.grad_accum_steps,
-            dist.world_size,
-            t.grad_accum_steps,
-            t.micro_batch_size
-        );
-    }
+    progress.println(&format!(
+        "data parallel: {} ranks ({}), global batch {} = {} x {} x {}",
+        dist.world_size,
+        run.env.launcher,
+        dist.world_size * t.micro_batch_size * t.grad_accum_steps,
+        dist.world_size,
+        t.grad_accum_steps,
+        t.micro_batch_size
+    ));
     Ok(())
 }
 
@@ -253,18 +251,20 @@ impl<'a> Trainer<'a> {
         let schedule = Schedule::of(run, train_samples.len())?;
         let mut opt = AdamW::new(&clip.model.vs, &cfg.optim);
         let root = run.out.join("checkpoints");
-        if dist.is_main() {
-            checkpoint::remove_partial(&root);
-        }
         let data = DataFingerprint::of(&train_samples, &val_samples);
-        let state = resume(run, &root, &mut clip, &mut opt, data)?;
+        let (state, said) = resume(run, &root, &mut clip, &mut opt, data)?;
+        let progress = match dist.is_main() {
+            true => Progress::new(schedule.total_steps, state.step),
+            false => Progress::quiet(),
+        };
+        said.iter().for_each(|line| progress.println(line));
         let checkpoints = Checkpoints {
             writer: checkpoint::Writer::new(root.clone(), t.keep_checkpoints),
             root,
             config_yaml: run.config_yaml,
             last_step: state.step,
         };
-        same_weights_on_every_rank(run, &clip)?;
+        same_weights_on_every_rank(run, &clip, &progress)?;
         let captioner = Arc::new(Captioner::new(&cfg.captions)?);
         let train_count = train_samples.len();
         let loader = (state.step < schedule.stop_at)
@@ -274,10 +274,6 @@ impl<'a> Trainer<'a> {
             .is_main()
             .then(|| TensorBoard::new(&run.out.join("tensorboard")))
             .transpose()?;
-        let progress = match dist.is_main() {
-            true => Progress::new(schedule.total_steps, state.step),
-            false => Progress::quiet(),
-        };
         interrupt::install();
         Ok(Self {
             profiling: Profiling::of(run, state.step),
@@ -573,6 +569,7 @@ impl<'a> Trainer<'a> {
             &cfg.geo.country_prompts,
             cfg.train.micro_batch_size,
             cfg.data.on_error,
+            &|line| self.progress.println(line),
         )?;
         if let Some(tb) = self.tensorboard.as_mut() {
             m.log(tb, self.state.step);

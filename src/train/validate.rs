@@ -46,7 +46,9 @@ impl ValMetrics {
 }
 
 /// Scores `samples`; an image that cannot be read is skipped and counted, or an error when
-/// `on_error` says fail (as in the training loader). `country_prompts` as `geo.country_prompts`.
+/// `on_error` says fail (as in the training loader), each skip told to `say`.
+/// `country_prompts` as `geo.country_prompts`.
+#[allow(clippy::too_many_arguments)]
 pub fn validate(
     clip: &Pretrained,
     samples: &[Sample],
@@ -55,6 +57,7 @@ pub fn validate(
     country_prompts: &[String],
     batch: usize,
     on_error: OnError,
+    say: &dyn Fn(&str),
 ) -> Result<ValMetrics> {
     let mut countries: Vec<usize> = samples.iter().filter_map(|s| s.place.country).collect();
     countries.sort();
@@ -74,7 +77,7 @@ pub fn validate(
         match prepare(clip, captioner, s) {
             Ok(p) => pending.push(p),
             Err(e) if on_error == OnError::Skip => {
-                eprintln!("validation: skipped {}: {e:#}", s.origin);
+                say(&format!("validation: skipped {}: {e:#}", s.origin));
                 totals.skipped += 1;
             }
             Err(e) => bail!(

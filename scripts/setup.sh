@@ -22,6 +22,8 @@ want="$( (cat "$REQ"; echo "torch index: $TORCH_INDEX") | sha256sum | cut -d' ' 
 # (the JPEG decoder Pillow's wheels use) from the crate's bundled source.
 missing=()
 [[ -f /usr/include/gloo/algorithm.h ]] || missing+=(libgloo-dev)
+# The browser `tests/serve.rs` opens the map page in (headless).
+command -v chromium >/dev/null || missing+=(chromium)
 command -v cmake >/dev/null || missing+=(cmake)
 command -v nasm >/dev/null || missing+=(nasm)
 if (( ${#missing[@]} )); then

@@ -12,6 +12,7 @@ pub mod geo;
 pub mod interrupt;
 pub mod model;
 pub mod seed;
+pub mod serve;
 pub mod shim;
 pub mod synth;
 pub mod text;

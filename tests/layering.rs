@@ -6,7 +6,7 @@ use std::path::Path;
 
 /// Bottom to top, as in docs/contributing.md's Layout table. `formats::x` are the files of the
 /// formats folder, each in its own layer.
-const LAYERS: [&str; 23] = [
+const LAYERS: [&str; 24] = [
     "formats::tensor_io",
     "seed",
     "user_dirs",
@@ -28,6 +28,7 @@ const LAYERS: [&str; 23] = [
     "eval",
     "train",
     "finetune",
+    "serve",
     "commands",
     "formats",
 ];

@@ -17,6 +17,7 @@ pub mod geolocate;
 pub mod manifest;
 pub mod predict;
 pub mod results_out;
+pub mod serve;
 pub mod synth_data;
 pub mod train;
 
@@ -44,6 +45,7 @@ pub enum Command {
     Bench(bench::Command),
     Geocells(geocells::Args),
     Manifest(manifest::Args),
+    Serve(serve::Args),
 }
 
 impl Command {
@@ -63,6 +65,7 @@ impl Command {
             Command::Bench(command) => command.exec(),
             Command::Geocells(args) => geocells::exec(args),
             Command::Manifest(args) => manifest::exec(args),
+            Command::Serve(args) => serve::exec(args),
         }
     }
 }

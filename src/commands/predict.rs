@@ -6,14 +6,13 @@ use super::args::{JSON_HELP, MODEL_HELP};
 use super::results_out::{candidates, Row};
 use crate::data::collection::Paths;
 use crate::data::OnError;
-use crate::encode::{Encoder, Skipped, TextEncoder};
-use crate::eval::ranking::{top, Ranked};
-use crate::eval::text::probabilities;
-use crate::formats::pretrained::{ExportedHead, Pretrained};
-use anyhow::{bail, Result};
+use crate::encode::{Encoder, Skipped};
+use crate::eval::ranker::{Ranker, DEFAULT_TEMPLATE};
+use crate::eval::ranking::Ranked;
+use crate::formats::pretrained::Pretrained;
+use anyhow::Result;
 use serde::Serialize;
-use std::path::{Path, PathBuf};
-use tch::Kind;
+use std::path::PathBuf;
 
 /// Rank labels for each image by zero-shot probability, or, for a `finetune` export, its
 /// classes by its classifier head.
@@ -33,7 +32,7 @@ pub struct Args {
     #[arg(long)]
     pub zero_shot: bool,
     /// Caption template; `{}` is replaced by each label.
-    #[arg(long, default_value = "A Street View photo in {}.")]
+    #[arg(long, default_value = DEFAULT_TEMPLATE)]
     pub template: String,
     /// How many labels to show per image.
     #[arg(long, default_value_t = 5, value_parser = at_least_one::<usize>)]
@@ -56,7 +55,14 @@ pub struct Args {
 pub fn exec(args: Args) -> Result<()> {
     let on_error = args.config.resolve()?.data.on_error;
     let clip = args.rt.load(&args.model)?;
-    let ranker = Ranker::choose(&args.model, &clip, args.labels.as_deref(), args.zero_shot)?;
+    let ranker =
+        match Ranker::head_or_labels(&args.model, &clip, args.labels.as_deref(), args.zero_shot)? {
+            Ok(head) => Ranker::Head(head),
+            Err(labels) => {
+                let encoder = Encoder::new(&clip, args.rt.batch_size);
+                Ranker::labels(&encoder, labels, &args.template)?
+            }
+        };
     args.out.run(
         &args.lists.with(&args.images),
         |paths, skipped, on_batch| run((&clip, &ranker, &args, on_error), paths, skipped, on_batch),
@@ -70,60 +76,6 @@ pub struct Prediction {
     pub ranking: Vec<Ranked>,
 }
 
-/// Labels split on commas, trimmed, empty entries refused.
-pub fn parse_labels(list: &str) -> Result<Vec<String>> {
-    let labels: Vec<String> = list.split(',').map(|l| l.trim().to_string()).collect();
-    if labels.iter().all(|l| l.is_empty()) {
-        bail!(
-            "--labels is empty: give comma-separated labels, e.g. --labels \"San Jose,San Diego\""
-        );
-    }
-    if let Some(i) = labels.iter().position(|l| l.is_empty()) {
-        bail!(
-            "--labels has an empty label at position {} (two commas in a row?)",
-            i + 1
-        );
-    }
-    Ok(labels)
-}
-
-/// What ranks the images: the classifier a fine-tuned export carries (its classes), or
-/// zero-shot caption similarity over `--labels`.
-pub enum Ranker {
-    Head(ExportedHead),
-    Labels(Vec<String>),
-}
-
-impl Ranker {
-    /// The head in `model_dir` unless `zero_shot`; `labels` only without a head (a model with
-    /// one and `--labels` is a question to the user, not a silent choice).
-    pub fn choose(
-        model_dir: &Path,
-        clip: &Pretrained,
-        labels: Option<&str>,
-        zero_shot: bool,
-    ) -> Result<Self> {
-        let conflict = labels.map(|_| "--labels");
-        let head =
-            ExportedHead::unless_zero_shot(model_dir, clip, zero_shot, conflict, "the ranking")?;
-        match (head, labels) {
-            (Some(head), _) => Ok(Ranker::Head(head)),
-            (None, Some(list)) => Ok(Ranker::Labels(parse_labels(list)?)),
-            (None, None) => bail!(
-                "--labels is required: {} has no fine-tuned classifier head, so give the labels to rank, e.g. --labels \"France,Japan,Brazil\"",
-                model_dir.display()
-            ),
-        }
-    }
-
-    fn names(&self) -> &[String] {
-        match self {
-            Ranker::Head(h) => &h.classes,
-            Ranker::Labels(l) => l,
-        }
-    }
-}
-
 /// Rankings of the images of `paths` that can be read, handed to `on_batch` a few batches at a
 /// time; the others go to `skipped` (or stop the run, `on_error: fail`). Returns how many
 /// images came.
@@ -133,39 +85,15 @@ pub fn run(
     skipped: &mut Skipped,
     on_batch: &mut dyn FnMut(&[Prediction]) -> Result<()>,
 ) -> Result<usize> {
-    if !args.template.contains("{}") {
-        bail!(
-            "--template `{}` has no `{{}}` where the label goes",
-            args.template
-        );
-    }
     let encoder = Encoder::new(clip, args.rt.batch_size);
-    let texts = match ranker {
-        Ranker::Head(_) => None,
-        Ranker::Labels(labels) => {
-            let prompts: Vec<String> = labels
-                .iter()
-                .map(|l| args.template.replace("{}", l))
-                .collect();
-            Some(encoder.texts(&prompts)?)
-        }
-    };
     encoder.stream(paths, None, on_error, skipped, |kept, images| {
-        let probs = match (ranker, &texts) {
-            (Ranker::Head(head), _) => head.probabilities(&images),
-            (_, Some(texts)) => probabilities(&images, texts, clip.scale()),
-            (_, None) => unreachable!("labels have their text embeddings"),
-        };
-        if !bool::try_from(probs.isfinite().all())? {
-            bail!("the model gives non-finite scores (NaN or infinity): its weights are damaged; re-export or re-download it");
-        }
-        let probs = Vec::<Vec<f64>>::try_from(probs.to_kind(Kind::Double))?;
+        let rankings = ranker.rank(clip, &images, args.top_k)?;
         let rows: Vec<Prediction> = kept
             .iter()
-            .zip(probs)
-            .map(|(image, p)| Prediction {
+            .zip(rankings)
+            .map(|(image, ranking)| Prediction {
                 image: image.clone(),
-                ranking: top(ranker.names(), &p, args.top_k),
+                ranking,
             })
             .collect();
         on_batch(&rows)

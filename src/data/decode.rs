@@ -27,6 +27,18 @@ use turbojpeg_sys as tj;
 /// do we, before decoding.
 pub const MAX_PIXELS: u64 = 2 * 89_478_485;
 
+/// Bytes refused as a whole, as opposed to an image that is damaged: the service answers these
+/// with their own HTTP statuses (415 Unsupported Media Type, 413 Payload Too Large).
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("not a JPEG, PNG or WebP file (unrecognised signature)")]
+    NotAnImage,
+    #[error("{0:?} images are not supported: convert it to JPEG, PNG or WebP first (streetclip decodes those exactly as PIL does)")]
+    Unsupported(image::ImageFormat),
+    #[error("image of {w}x{h} = {} pixels is over the limit of {MAX_PIXELS} (PIL's decompression-bomb limit); downscale it first", w * h)]
+    TooManyPixels { w: u64, h: u64 },
+}
+
 /// Decodes an image file's bytes to RGB as PIL + transformers' `convert_to_rgb` do.
 pub fn decode(bytes: &[u8]) -> Result<RgbImage> {
     if bytes.starts_with(&[0xFF, 0xD8]) {
@@ -34,10 +46,10 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage> {
     }
     let reader = image::ImageReader::new(Cursor::new(bytes)).with_guessed_format()?;
     let Some(format) = reader.format() else {
-        bail!("not a JPEG, PNG or WebP file (unrecognised signature)");
+        return Err(Refused::NotAnImage.into());
     };
     if !matches!(format, image::ImageFormat::Png | image::ImageFormat::WebP) {
-        bail!("{format:?} images are not supported: convert it to JPEG, PNG or WebP first (streetclip decodes those exactly as PIL does)");
+        return Err(Refused::Unsupported(format).into());
     }
     let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
     reader.no_limits(); // the size is checked below; the crate's default would refuse > 512 MiB
@@ -52,10 +64,7 @@ fn check_size(w: u64, h: u64) -> Result<()> {
         bail!("empty image ({w}x{h})");
     }
     if w * h > MAX_PIXELS {
-        bail!(
-            "image of {w}x{h} = {} pixels is over the limit of {MAX_PIXELS} (PIL's decompression-bomb limit); downscale it first",
-            w * h
-        );
+        return Err(Refused::TooManyPixels { w, h }.into());
     }
     Ok(())
 }

@@ -4,13 +4,12 @@
 //! those of the top cells (PIGEON's retrieval refinement). The search is batched on the
 //! model's device, a bounded chunk of the index at a time.
 
-use super::geolocate::Guess;
+use super::geolocate::{Confidence, Guess};
 use super::ranking::{best_first, Ranked};
-use super::retrieval_index::valid_coordinates;
 pub use super::retrieval_index::RetrievalIndex;
 use crate::config::RefineConfig;
 use crate::formats::pretrained::{ExportedHead, Pretrained};
-use crate::geo::distance::spherical_mean;
+use crate::geo::distance::{spherical_mean, valid_coordinates};
 use crate::geo::geocells::Cell;
 use crate::geo::Gazetteer;
 use anyhow::{bail, Context, Result};
@@ -246,6 +245,16 @@ impl<'a> GeocellLocator<'a> {
             .collect())
     }
 
+    /// Every cell's centroid with its probability in `p`.
+    fn cell_places(&self, p: &[f64]) -> Vec<(f64, f64, f64)> {
+        let cells = &self.model.cells;
+        cells
+            .iter()
+            .zip(p)
+            .map(|(c, &q)| (c.lat, c.lon, q))
+            .collect()
+    }
+
     /// One image's guess from its cell probabilities `p` (`order`: best first), its point and
     /// the cell that lies in (the top cell, or the one refinement chose). The country, region
     /// and city are the point's own (reverse-geocoded, as everywhere else), never a cell's
@@ -285,21 +294,16 @@ impl<'a> GeocellLocator<'a> {
             top_countries: countries
                 .iter()
                 .take(self.top_k)
-                .map(|&(c, q)| Ranked {
-                    label: c.to_string(),
-                    probability: q,
-                })
+                .map(|&(c, q)| Ranked::new(c.to_string(), q))
                 .collect(),
             top_regions: vec![],
             top_cities: vec![],
             top_cells: order
                 .iter()
                 .take(self.top_k)
-                .map(|&i| Ranked {
-                    label: cells[i].name.clone(),
-                    probability: p[i],
-                })
+                .map(|&i| Ranked::at(cells[i].name.clone(), p[i], cells[i].lat, cells[i].lon))
                 .collect(),
+            confidence: Confidence::around(lat, lon, &self.cell_places(p)),
             country_index: place.country,
         }
     }

@@ -32,8 +32,34 @@ pub struct Guess {
     /// A geocell model's most probable cells (empty for hierarchical geolocation).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub top_cells: Vec<Ranked>,
+    /// How far the model's belief spreads around the guess (see [`Confidence`]).
+    pub confidence: Confidence,
     #[serde(skip)]
     pub country_index: usize,
+}
+
+/// The radius around the guess within which places holding `share` of the predicted
+/// probability lie: over a geocell model's cells (at their centroids), or hierarchically over
+/// the candidate countries (each at its reference point) with the guessed country's
+/// probability spread over its ranked cities in proportion to theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Confidence {
+    pub share: f64,
+    /// `None` (JSON null) when no candidate has coordinates.
+    pub radius_km: Option<f64>,
+}
+
+/// The share of the probability [`Confidence`] states the radius of.
+pub const CONFIDENCE_SHARE: f64 = 0.5;
+
+impl Confidence {
+    /// Around (lat, lon), of `places` (lat, lon, probability).
+    pub fn around(lat: f64, lon: f64, places: &[(f64, f64, f64)]) -> Self {
+        Self {
+            share: CONFIDENCE_SHARE,
+            radius_km: crate::geo::distance::radius_holding(lat, lon, places, CONFIDENCE_SHARE),
+        }
+    }
 }
 
 /// One stage's candidates: gazetteer indices and their ensembled text embeddings.
@@ -248,6 +274,30 @@ impl<'a, E: TextEncoder> Geolocator<'a, E> {
         ranked(&stage.items, probs)
     }
 
+    /// [`Confidence`] around `guess`: the first of `countries` (all candidates, ranked) spread
+    /// over its `cities` (ranked, probabilities given the country), the others at their
+    /// reference points.
+    fn confidence(
+        &self,
+        (lat, lon): (f64, f64),
+        countries: &[(usize, f64)],
+        cities: &[(usize, f64)],
+    ) -> Confidence {
+        let g = self.g;
+        let (first, others) = countries.split_first().expect("a candidate country");
+        let country_at = |&(c, p): &(usize, f64)| (g.countries[c].lat, g.countries[c].lon, p);
+        let mut places: Vec<(f64, f64, f64)> = others.iter().map(country_at).collect();
+        match cities.is_empty() {
+            true => places.push(country_at(first)),
+            false => places.extend(
+                cities
+                    .iter()
+                    .map(|&(c, p)| (g.cities[c].lat, g.cities[c].lon, first.1 * p)),
+            ),
+        }
+        Confidence::around(lat, lon, &places)
+    }
+
     /// Guesses for L2-normalised image embeddings `[B, d]`.
     pub fn locate(&self, images: &Tensor) -> Result<Vec<Guess>> {
         let g = self.g;
@@ -267,31 +317,21 @@ impl<'a, E: TextEncoder> Geolocator<'a, E> {
                     top_regions = ranked
                         .iter()
                         .take(k)
-                        .map(|&(r, p)| Ranked {
-                            label: g.regions[r].name.clone(),
-                            probability: p,
-                        })
+                        .map(|&(r, p)| Ranked::new(g.regions[r].name.clone(), p))
                         .collect();
                 }
             }
             self.city_stage(country, region)?;
-            let (city, top_cities) = match &self.cities.borrow()[&(country, region)] {
-                Some(stage) => {
-                    let ranked = self.rank(&image, stage);
-                    (
-                        Some(ranked[0].0),
-                        ranked
-                            .iter()
-                            .take(k)
-                            .map(|&(c, p)| Ranked {
-                                label: g.cities[c].name.clone(),
-                                probability: p,
-                            })
-                            .collect(),
-                    )
-                }
-                None => (None, vec![]),
+            let cities = match &self.cities.borrow()[&(country, region)] {
+                Some(stage) => self.rank(&image, stage),
+                None => vec![],
             };
+            let city = cities.first().map(|&(c, _)| c);
+            let city_at = |&(c, p): &(usize, f64)| {
+                let c = &g.cities[c];
+                Ranked::at(c.name.clone(), p, c.lat, c.lon)
+            };
+            let top_cities = cities.iter().take(k).map(city_at).collect();
             let c = &g.countries[country];
             let (lat, lon) = match city {
                 Some(i) => (g.cities[i].lat, g.cities[i].lon),
@@ -310,14 +350,15 @@ impl<'a, E: TextEncoder> Geolocator<'a, E> {
                 top_countries: countries
                     .iter()
                     .take(k)
-                    .map(|&(i, p)| Ranked {
-                        label: g.countries[i].name.clone(),
-                        probability: p,
+                    .map(|&(i, p)| {
+                        let c = &g.countries[i];
+                        Ranked::at(c.name.clone(), p, c.lat, c.lon)
                     })
                     .collect(),
                 top_regions,
                 top_cities,
                 top_cells: vec![],
+                confidence: self.confidence((lat, lon), &countries, &cities),
                 note: None,
                 country_index: country,
             });

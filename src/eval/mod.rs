@@ -8,6 +8,7 @@ pub mod geocell_locate;
 pub mod geolocate;
 pub mod metrics;
 pub mod plots;
+pub mod ranker;
 pub mod ranking;
 pub mod report;
 pub mod retrieval_index;

@@ -3,11 +3,38 @@
 
 use serde::Serialize;
 
-/// A candidate and its probability (a fraction).
+/// A candidate and its probability (a fraction); a place also has its point (a city's
+/// coordinates, a cell's centroid, a country's reference point).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Ranked {
     pub label: String,
     pub probability: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lat: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lon: Option<f64>,
+}
+
+impl Ranked {
+    pub fn new(label: String, probability: f64) -> Self {
+        Self {
+            label,
+            probability,
+            lat: None,
+            lon: None,
+        }
+    }
+
+    /// A place at (lat, lon); coordinates that are not a place on Earth (a country without
+    /// cities has NaN) are left out.
+    pub fn at(label: String, probability: f64, lat: f64, lon: f64) -> Self {
+        let valid = crate::geo::distance::valid_coordinates(lat, lon);
+        Self {
+            lat: valid.then_some(lat),
+            lon: valid.then_some(lon),
+            ..Self::new(label, probability)
+        }
+    }
 }
 
 /// Candidate indices, most probable first; ties keep candidate order.
@@ -22,10 +49,7 @@ pub fn top(labels: &[String], p: &[f64], k: usize) -> Vec<Ranked> {
     best_first(p)
         .into_iter()
         .take(k)
-        .map(|i| Ranked {
-            label: labels[i].clone(),
-            probability: p[i],
-        })
+        .map(|i| Ranked::new(labels[i].clone(), p[i]))
         .collect()
 }
 
@@ -40,16 +64,7 @@ mod tests {
         let top2 = top(&labels, &[0.1, 0.6, 0.3], 2);
         assert_eq!(
             top2,
-            vec![
-                Ranked {
-                    label: "b".into(),
-                    probability: 0.6
-                },
-                Ranked {
-                    label: "c".into(),
-                    probability: 0.3
-                },
-            ]
+            vec![Ranked::new("b".into(), 0.6), Ranked::new("c".into(), 0.3),]
         );
         assert_eq!(top(&labels, &[0.1, 0.6, 0.3], 9).len(), 3);
     }

@@ -7,15 +7,11 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 use crate::formats::pretrained::CELLS_FILE;
+use crate::geo::distance::valid_coordinates;
 
 /// Index rows compared with a batch of images at once: bounds the similarity matrix
 /// (B × 65,536 floats) whatever the index's size.
 const INDEX_CHUNK: i64 = 65_536;
-
-/// Whether (lat, lon) in degrees is a place on Earth.
-pub(crate) fn valid_coordinates(lat: f64, lon: f64) -> bool {
-    (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon)
-}
 
 /// Training images as the refinement searches them.
 pub struct RetrievalIndex {

@@ -46,3 +46,48 @@ pub fn spherical_mean(points: &[(f64, f64)], weights: &[f64]) -> (f64, f64) {
 pub fn valid_coordinates(lat: f64, lon: f64) -> bool {
     (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon)
 }
+
+/// The smallest great-circle radius (km) around `(lat, lon)` within which places holding
+/// `share` of the total weight lie: `places` are (lat, lon, weight); places with invalid
+/// coordinates or weight are left out. 0 when the centre itself holds the share; `None` when
+/// no place counts.
+pub fn radius_holding(lat: f64, lon: f64, places: &[(f64, f64, f64)], share: f64) -> Option<f64> {
+    let mut by_distance: Vec<(f64, f64)> = places
+        .iter()
+        .filter(|&&(a, b, w)| valid_coordinates(a, b) && w.is_finite() && w > 0.0)
+        .map(|&(a, b, w)| (haversine_km(lat, lon, a, b), w))
+        .collect();
+    let total: f64 = by_distance.iter().map(|&(_, w)| w).sum();
+    by_distance.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let mut held = 0.0;
+    for (km, w) in by_distance {
+        held += w;
+        if held >= share * total {
+            return Some(km);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_radius_holding_a_share_is_the_distance_of_the_place_that_completes_it() {
+        let places = [
+            (0.0, 10.0, 0.4),
+            (0.0, 0.0, 0.3),
+            (0.0, 1.0, 0.3),
+            (f64::NAN, 0.0, 9.0),
+        ];
+        let at = |share| radius_holding(0.0, 0.0, &places, share).unwrap();
+        assert_eq!(at(0.3), 0.0);
+        assert_eq!(at(0.5), haversine_km(0.0, 0.0, 0.0, 1.0));
+        assert_eq!(at(0.61), haversine_km(0.0, 0.0, 0.0, 10.0));
+        // Weights need not sum to one: the share is of their total.
+        let doubled: Vec<_> = places.iter().map(|&(a, b, w)| (a, b, 2.0 * w)).collect();
+        assert_eq!(radius_holding(0.0, 0.0, &doubled, 0.5), Some(at(0.5)));
+        assert_eq!(radius_holding(0.0, 0.0, &[], 0.5), None);
+    }
+}

@@ -38,8 +38,11 @@ fn main() {
     );
 
     let (mut server, url) = start_server(&model_dir);
+    // Every client keeps its connection, as a service's clients would.
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(300)))
+        .max_idle_connections(64)
+        .max_idle_connections_per_host(64)
         .build()
         .into();
     let post = |b: &[u8]| {
@@ -88,7 +91,8 @@ fn main() {
     );
 }
 
-/// `geolocate`'s path (decode, preprocess, image tower, locate) over `images`, warm.
+/// `geolocate`'s path (decode, preprocess, image tower, locate) over `images`, warm: the best
+/// of three passes.
 fn offline_images_per_s(model_dir: &std::path::Path, images: &[PathBuf]) -> f64 {
     let clip = Pretrained::load(model_dir, tch::Device::Cpu).unwrap();
     let cfg = Config::default();
@@ -107,9 +111,15 @@ fn offline_images_per_s(model_dir: &std::path::Path, images: &[PathBuf]) -> f64 
             .unwrap();
     };
     run();
-    let start = Instant::now();
-    run();
-    images.len() as f64 / start.elapsed().as_secs_f64()
+    // The best of three passes: the ceiling, not a pass slowed by the machine's noise.
+    let best = (0..3)
+        .map(|_| {
+            let start = Instant::now();
+            run();
+            start.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    images.len() as f64 / best
 }
 
 fn start_server(model_dir: &std::path::Path) -> (std::process::Child, String) {

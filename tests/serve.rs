@@ -452,6 +452,8 @@ fn bad_input_gets_its_status_and_a_json_error() {
     assert!(predict.error(400).contains("empty label"));
     let top = server.post("/v1/predict?labels=A,B&top_k=0", "image/jpeg", &photo);
     assert!(top.error(400).contains("top_k"));
+    let unparsed = server.post("/v1/predict?labels=A,B&top_k=many", "image/jpeg", &photo);
+    assert!(unparsed.error(400).contains("top_k"), "{}", unparsed.json);
     let texts = server.post("/v1/embed", "application/json", b"{\"texts\": 3}");
     assert!(texts.error(400).contains("texts"));
     // After all that the server still answers a good photo.

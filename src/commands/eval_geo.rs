@@ -150,7 +150,7 @@ pub fn eval_geo(args: &Args, cfg: &Config) -> Result<Vec<GeoEval>> {
         )?);
     }
     match (args.out.as_deref(), evals.as_slice()) {
-        (Some(out), [one]) => report::write_outputs(out, one, Gazetteer::bundled()?)?,
+        (Some(out), [one]) => report::write_outputs(out, one)?,
         (Some(out), _) => report::write_comparison(out, &evals)?,
         (None, _) => {}
     }

@@ -85,13 +85,7 @@ pub fn exec(args: Args) -> Result<()> {
         timeout: Duration::from_secs(args.timeout_s),
     };
     let page = Arc::new(Page::new(args.tiles.as_deref()));
-    let app = router(
-        AppState {
-            engine,
-            limits: limits.clone(),
-        },
-        page,
-    );
+    let app = router(AppState::new(engine, limits.clone()), page);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let socket = tokio::net::TcpListener::bind(args.addr)

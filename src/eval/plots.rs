@@ -109,34 +109,37 @@ fn cumulative(errors: &[f64]) -> Vec<(f64, f64)> {
     points
 }
 
-/// An equirectangular world map: `land` points (e.g. the gazetteer's cities) as a faint
-/// backdrop, each truth (green) joined to its guess (red).
-pub fn map_scatter(
-    path: &Path,
-    title: &str,
-    pairs: &[((f64, f64), (f64, f64))],
-    land: &[(f64, f64)],
-) -> Result<()> {
+/// A photo's true place and the guess, each (lat, lon).
+pub type TruthAndGuess = ((f64, f64), (f64, f64));
+
+/// An equirectangular world map over Natural Earth's country outlines (the map page's), with
+/// degree-labelled axes: each truth (green) joined to its guess (red). The more pairs, the
+/// fainter each is drawn, so that a few thousand stay readable as densities.
+pub fn map_scatter(path: &Path, title: &str, pairs: &[TruthAndGuess]) -> Result<()> {
+    let countries = crate::geo::outlines::countries()?;
+    // One pair fully drawn among 100, fading to 1/20 of that among 2,000 or more.
+    let fade = (100.0 / pairs.len().max(1) as f64).clamp(0.05, 1.0);
     render(path, (1200, 660), |root| {
         let mut chart = ChartBuilder::on(root)
             .caption(title, (FAMILY, 20))
             .margin(10)
             .x_label_area_size(28)
-            .y_label_area_size(40)
+            .y_label_area_size(44)
             .build_cartesian_2d(-180.0..180.0, -90.0..90.0)?;
         chart
             .configure_mesh()
             .x_labels(13)
             .y_labels(7)
+            .x_label_formatter(&|lon| degrees(*lon, "E", "W"))
+            .y_label_formatter(&|lat| degrees(*lat, "N", "S"))
             .label_style((FAMILY, 11))
             .light_line_style(WHITE.mix(0.0))
             .bold_line_style(BLACK.mix(0.08))
             .draw()?;
-        let backdrop = RGBColor(190, 190, 190);
-        chart.draw_series(
-            land.iter()
-                .map(|&(lat, lon)| Pixel::new((lon, lat), backdrop)),
-        )?;
+        let rings = || countries.iter().flat_map(|c| c.rings.iter());
+        let (land, border) = (RGBColor(238, 235, 226), RGBColor(150, 160, 170));
+        chart.draw_series(rings().map(|r| Polygon::new(r.clone(), land.filled())))?;
+        chart.draw_series(rings().map(|r| PathElement::new(r.clone(), border.stroke_width(1))))?;
         let (truth_color, guess_color) = (RGBColor(0, 140, 60), RGBColor(200, 30, 30));
         // Links wrap the short way round: a pair across the antimeridian is not drawn across the map.
         chart.draw_series(
@@ -144,14 +147,16 @@ pub fn map_scatter(
                 .iter()
                 .filter(|((_, a), (_, b))| (a - b).abs() <= 180.0)
                 .map(|&((la, lo), (pa, po))| {
-                    PathElement::new([(lo, la), (po, pa)], guess_color.mix(0.25))
+                    PathElement::new([(lo, la), (po, pa)], guess_color.mix(0.3 * fade))
                 }),
         )?;
+        let truth = truth_color.mix(fade.max(0.3)).filled();
+        let guess = guess_color.mix(fade.max(0.3)).stroke_width(2);
         chart
             .draw_series(
                 pairs
                     .iter()
-                    .map(|&((la, lo), _)| Circle::new((lo, la), 3, truth_color.filled())),
+                    .map(|&((la, lo), _)| Circle::new((lo, la), 3, truth)),
             )?
             .label("truth")
             .legend(move |(x, y)| Circle::new((x + 8, y), 3, truth_color.filled()));
@@ -159,7 +164,7 @@ pub fn map_scatter(
             .draw_series(
                 pairs
                     .iter()
-                    .map(|&(_, (pa, po))| Cross::new((po, pa), 3, guess_color.stroke_width(2))),
+                    .map(|&(_, (pa, po))| Cross::new((po, pa), 3, guess)),
             )?
             .label("guess")
             .legend(move |(x, y)| Cross::new((x + 8, y), 3, guess_color.stroke_width(2)));
@@ -172,6 +177,16 @@ pub fn map_scatter(
             .draw()?;
         Ok(())
     })
+}
+
+/// `30°E`, `45°S`, `0°`: an axis value in degrees with its hemisphere.
+fn degrees(value: f64, positive: &str, negative: &str) -> String {
+    let side = match value {
+        v if v > 0.0 => positive,
+        v if v < 0.0 => negative,
+        _ => "",
+    };
+    format!("{}°{side}", value.abs().round())
 }
 
 /// A confusion matrix (rows: true class, columns: predicted), shaded by the share of each true

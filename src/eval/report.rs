@@ -5,7 +5,6 @@ use super::geo_eval::GeoEval;
 use super::metrics::THRESHOLDS_KM;
 use super::plots;
 use crate::formats::tensor_io::write_atomic;
-use crate::geo::Gazetteer;
 use anyhow::{Context, Result};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -97,7 +96,7 @@ pub fn metric_table(evals: &[&GeoEval]) -> String {
 }
 
 /// `metrics.json`, `predictions.csv`, `report.md`, `error_curve.png` and `map.png` in `dir`.
-pub fn write_outputs(dir: &Path, e: &GeoEval, g: &Gazetteer) -> Result<()> {
+pub fn write_outputs(dir: &Path, e: &GeoEval) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     write_atomic(
         &dir.join("metrics.json"),
@@ -112,7 +111,6 @@ pub fn write_outputs(dir: &Path, e: &GeoEval, g: &Gazetteer) -> Result<()> {
         crate::encode::write_skipped(&dir.join("skipped.csv"), &e.skipped)?;
     }
     plots::error_curve(&dir.join("error_curve.png"), &[(e.name.clone(), errors(e))])?;
-    let land: Vec<(f64, f64)> = g.cities.iter().map(|c| (c.lat, c.lon)).collect();
     let pairs: Vec<_> = e
         .predictions
         .iter()
@@ -122,7 +120,6 @@ pub fn write_outputs(dir: &Path, e: &GeoEval, g: &Gazetteer) -> Result<()> {
         &dir.join("map.png"),
         &format!("{}: truths and guesses", e.name),
         &pairs,
-        &land,
     )?;
     let mut md = format!(
         "# Geolocation evaluation\n\nModel: `{}`; {} images.\n\n| metric | value |\n|---|---|\n",
@@ -139,7 +136,6 @@ pub fn write_outputs(dir: &Path, e: &GeoEval, g: &Gazetteer) -> Result<()> {
 /// Each evaluation's outputs in `dir/<name>/`, and at the top a side-by-side `report.md`,
 /// `comparison.json` and one `error_curve.png` with every model's curve.
 pub fn write_comparison(dir: &Path, evals: &[GeoEval]) -> Result<()> {
-    let g = Gazetteer::bundled()?;
     let mut md = format!(
         "# Geolocation evaluation: {} models compared\n\n{} images each.\n\n",
         evals.len(),
@@ -149,7 +145,7 @@ pub fn write_comparison(dir: &Path, evals: &[GeoEval]) -> Result<()> {
     let mut json = serde_json::Map::new();
     for e in evals {
         let sub = slug(&e.name);
-        write_outputs(&dir.join(&sub), e, g)?;
+        write_outputs(&dir.join(&sub), e)?;
         json.insert(
             e.name.clone(),
             serde_json::json!({"dir": sub, "metrics": e.metrics}),

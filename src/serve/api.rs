@@ -8,6 +8,7 @@ use super::page::Page;
 use super::{ApiError, Limits};
 use crate::eval::ranker::{parse_labels, DEFAULT_TEMPLATE};
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -28,6 +29,20 @@ pub const MAX_LABELS: usize = 1000;
 pub struct AppState {
     pub engine: Engine,
     pub limits: Limits,
+    /// Images decoded at once: one per core. More would only slow the model's thread, whose
+    /// libtorch threads spin on the same cores.
+    pub decoders: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    pub fn new(engine: Engine, limits: Limits) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            engine,
+            limits,
+            decoders: Arc::new(tokio::sync::Semaphore::new(cores)),
+        }
+    }
 }
 
 pub fn router(state: AppState, page: Arc<Page>) -> Router {
@@ -100,7 +115,7 @@ async fn geolocate(
     Query(q): Query<NameQuery>,
     request: Request,
 ) -> Response {
-    answer(&s, Task::Geolocate, q.name, request, "guess").await
+    answer(&s, Ok(Task::Geolocate), q.name, request, "guess").await
 }
 
 #[derive(Deserialize)]
@@ -115,14 +130,14 @@ struct PredictQuery {
 
 async fn predict(
     State(s): State<AppState>,
-    Query(q): Query<PredictQuery>,
+    query: Result<Query<PredictQuery>, QueryRejection>,
     request: Request,
 ) -> Response {
-    let task = match predict_task(&q) {
-        Ok(t) => t,
-        Err(e) => return e.into_response(),
+    let (task, name) = match query {
+        Ok(Query(q)) => (predict_task(&q), q.name),
+        Err(e) => (Err(ApiError::bad_request(e.body_text())), None),
     };
-    answer(&s, task, q.name, request, "ranking").await
+    answer(&s, task, name, request, "ranking").await
 }
 
 fn predict_task(q: &PredictQuery) -> Result<Task, ApiError> {
@@ -172,7 +187,7 @@ async fn embed(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     if !is_json {
-        return answer(&s, Task::Embed, q.name, request, "image_embeds").await;
+        return answer(&s, Ok(Task::Embed), q.name, request, "image_embeds").await;
     }
     let texts = match Json::<Texts>::from_request(request, &()).await {
         Ok(Json(t)) => t.texts,
@@ -201,21 +216,32 @@ async fn embed(
 /// A request of one image that fails is answered with that image's error status.
 async fn answer(
     s: &AppState,
-    task: Task,
+    task: Result<Task, ApiError>,
     name: Option<String>,
     request: Request,
     key: &str,
 ) -> Response {
+    // The body is read before a bad parameter is answered: a client still sending it would
+    // otherwise see a broken connection instead of the reason.
     let images = match read_images(s, name, request).await {
         Ok(images) => images,
+        Err(e) => return e.into_response(),
+    };
+    let task = match task {
+        Ok(task) => task,
         Err(e) => return e.into_response(),
     };
     let mut pending = Vec::with_capacity(images.len());
     for (name, bytes) in images {
         let pre = s.engine.preprocess.clone();
-        let decoded = tokio::task::spawn_blocking(move || {
-            let mut out = vec![0f32; pre.output_len()];
-            pre.apply_bytes(&bytes, &mut out).map(|()| out)
+        let decoders = s.decoders.clone();
+        let decoded = tokio::spawn(async move {
+            let _permit = decoders.acquire_owned().await.expect("never closed");
+            tokio::task::spawn_blocking(move || {
+                let mut out = vec![0f32; pre.output_len()];
+                pre.apply_bytes(&bytes, &mut out).map(|()| out)
+            })
+            .await
         });
         pending.push((name, task.clone(), decoded));
     }
@@ -223,9 +249,9 @@ async fn answer(
     let mut decoded = Vec::with_capacity(pending.len());
     for (name, task, decoding) in pending {
         let pixels = match decoding.await {
-            Ok(Ok(pixels)) => Ok(pixels),
-            Ok(Err(e)) => Err(ApiError::from_image(&name, &e)),
-            Err(_) => Err(ApiError::internal(format!("{name}: the decoder stopped"))),
+            Ok(Ok(Ok(pixels))) => Ok(pixels),
+            Ok(Ok(Err(e))) => Err(ApiError::from_image(&name, &e)),
+            _ => Err(ApiError::internal(format!("{name}: the decoder stopped"))),
         };
         decoded.push((name, task, pixels));
     }

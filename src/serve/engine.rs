@@ -258,7 +258,16 @@ impl<'a> Worker<'a> {
     /// Answers jobs until every handle is gone.
     fn serve(&self, queue: Receiver<Job>, locator: &Locator) {
         while let Some(batch) = self.gather(&queue) {
-            self.answer(batch, locator);
+            // A panic (a bug) fails this batch's requests (their replies are dropped: 500),
+            // not the server.
+            let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.answer(batch, locator)
+            }));
+            if answered.is_err() {
+                eprintln!(
+                    "streetclip serve: the model failed on a batch (a bug); its requests got 500"
+                );
+            }
         }
     }
 

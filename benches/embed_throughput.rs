@@ -5,6 +5,8 @@
 //!
 //! `make bench` (or `cargo bench --bench embed_throughput`).
 
+mod reference;
+
 use std::path::PathBuf;
 use std::time::Instant;
 use streetclip::encode::Encoder;
@@ -43,25 +45,15 @@ fn main() {
     run(&images);
     let ours = images.len() as f64 / start.elapsed().as_secs_f64();
 
-    let out = std::process::Command::new(root.join(".venv/bin/python"))
-        .arg(root.join("scripts/bench_embed.py"))
-        .arg(&model_dir)
-        .arg(BATCH.to_string())
-        .arg(threads.to_string())
-        .args(&images)
-        .output()
-        .expect("run make setup first");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let mut args = vec![model_dir.clone().into_os_string()];
+    args.extend([BATCH.to_string().into(), threads.to_string().into()]);
+    args.extend(
+        images
+            .iter()
+            .map(|p| std::ffi::OsString::from(p.as_os_str())),
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let theirs: f64 = stdout
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .expect("images_per_s line");
+    let stdout = reference::run(&root, "bench_embed.py", &args, &[]);
+    let theirs = reference::rate(&stdout, "images_per_s");
 
     println!(
         "embed throughput, {} real photos, tiny 336 px CLIP, batch {BATCH}, {threads} threads",

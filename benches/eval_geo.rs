@@ -4,6 +4,8 @@
 //! transformers (scripts/bench_geo.py), in one run. Prints images/s, the ratio, and how often
 //! the two pick the same country and city (their preprocessing differs by rounding only).
 
+mod reference;
+
 use std::path::PathBuf;
 use std::time::Instant;
 use streetclip::config::Config;
@@ -41,27 +43,14 @@ fn main() {
     let ours = predictions.len() as f64 / start.elapsed().as_secs_f64();
 
     let images: Vec<&str> = predictions.iter().map(|p| p.image.as_str()).collect();
-    let out = std::process::Command::new(root.join(".venv/bin/python"))
-        .current_dir(&root)
-        .arg(root.join("scripts/bench_geo.py"))
-        .arg(&model_dir)
-        .arg(root.join("data/gazetteer"))
-        .arg(BATCH.to_string())
-        .arg(threads.to_string())
-        .args(&images)
-        .output()
-        .expect("run make setup first");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let theirs: f64 = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("images_per_s "))
-        .and_then(|v| v.parse().ok())
-        .expect("images_per_s");
+    let mut args = vec![
+        model_dir.clone().into_os_string(),
+        root.join("data/gazetteer").into(),
+    ];
+    args.extend([BATCH.to_string().into(), threads.to_string().into()]);
+    args.extend(images.iter().map(std::ffi::OsString::from));
+    let stdout = reference::run(&root, "bench_geo.py", &args, &[]);
+    let theirs = reference::rate(&stdout, "images_per_s");
     let guesses: Vec<(&str, &str)> = stdout
         .lines()
         .filter_map(|l| l.strip_prefix("guess\t"))

@@ -4,6 +4,8 @@
 //! rounds per side, the best of each compared. Prints the ratio, overall and per core (goal:
 //! >= 3x per core).
 
+mod reference;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,23 +19,14 @@ use streetclip::text::{CaptionConfig, Captioner};
 const ROUNDS: usize = 3;
 
 fn python_rate(root: &std::path::Path, threads: usize, images: &[PathBuf]) -> f64 {
-    let out = std::process::Command::new(root.join(".venv/bin/python"))
-        .arg(root.join("scripts/bench_loader.py"))
-        .arg("336")
-        .arg(threads.to_string())
-        .args(images)
-        .output()
-        .expect("run make setup first");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let mut args = vec![std::ffi::OsString::from("336"), threads.to_string().into()];
+    args.extend(
+        images
+            .iter()
+            .map(|p| std::ffi::OsString::from(p.as_os_str())),
     );
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .expect("images_per_s line")
+    let stdout = reference::run(root, "bench_loader.py", &args, &[]);
+    reference::rate(&stdout, "images_per_s")
 }
 
 fn main() {

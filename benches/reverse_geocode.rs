@@ -3,6 +3,8 @@
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+mod reference;
+
 use std::path::PathBuf;
 use std::time::Instant;
 use streetclip::geo::Gazetteer;
@@ -26,23 +28,10 @@ fn main() {
         checksum = checksum.wrapping_add(g.nearest_city(lat, lon));
     }
     let ours = n as f64 / start.elapsed().as_secs_f64();
-    let out = std::process::Command::new(root.join(".venv/bin/python"))
-        .arg(root.join("scripts/bench_reverse_geocode.py"))
-        .arg(root.join("data/gazetteer/cities.tsv"))
-        .arg("2000")
-        .arg("1")
-        .output()
-        .expect("run make setup first");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let theirs: f64 = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .expect("lookups_per_s");
+    let cities = root.join("data/gazetteer/cities.tsv").into_os_string();
+    let args = [cities, "2000".into(), "1".into()];
+    let stdout = reference::run(&root, "bench_reverse_geocode.py", &args, &[]);
+    let theirs = reference::rate(&stdout, "lookups_per_s");
     println!(
         "reverse geocoding, {} cities, one core (checksum {checksum})",
         g.cities.len()

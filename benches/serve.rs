@@ -5,6 +5,8 @@
 //! 1, warm), on the same machine in one run. The tiny 336 px model on the ../shared IM2GPS3K
 //! sample; every side warmed by one untimed pass (candidate texts embedded).
 
+mod reference;
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -62,27 +64,14 @@ fn main() {
     let _ = server.kill();
     let _ = server.wait();
 
-    let out = Command::new(root.join(".venv/bin/python"))
-        .current_dir(&root)
-        .env("BENCH_GEO_WARM", "1")
-        .arg(root.join("scripts/bench_geo.py"))
-        .arg(&model_dir)
-        .arg(root.join("data/gazetteer"))
-        .args(["1", &threads.to_string()])
-        .args(&images)
-        .output()
-        .expect("run make setup first");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let theirs: f64 = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("images_per_s "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("images_per_s line");
+    let mut args = vec![
+        model_dir.into_os_string(),
+        root.join("data/gazetteer").into(),
+    ];
+    args.extend(["1".into(), threads.to_string().into()]);
+    args.extend(images.iter().map(|p| p.clone().into_os_string()));
+    let stdout = reference::run(&root, "bench_geo.py", &args, &[("BENCH_GEO_WARM", "1")]);
+    let theirs = reference::rate(&stdout, "images_per_s");
     println!("transformers, once per request (batch 1, warm): {theirs:.1} images/s");
     println!(
         "serve at 32 clients / offline ceiling: {:.2}; / transformers once per request: {:.2}x",

@@ -370,6 +370,29 @@ fn bad_configs_name_the_key() {
         "{err}"
     );
     assert!(!err.contains("panicked"));
+    for (set, says) in [
+        (
+            "train.keep_best.metric=accuracy",
+            "expected `batch_accuracy` or `country_accuracy`",
+        ),
+        ("train.keep_best.metric=batch_accuracy", "needs validation"),
+    ] {
+        let out = train(&[
+            &"--config",
+            &cfg,
+            &"--out",
+            &tmp.path().join("r"),
+            &"--set",
+            &"train.val_fraction=0",
+            &"--set",
+            &set,
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code() == Some(1) && err.contains(says),
+            "{set}: {err}"
+        );
+    }
 }
 
 #[test]
@@ -544,4 +567,76 @@ fn a_slow_loader_shows_as_time_waiting_for_data() {
         "waiting for data {mean:.2} of the time: {shares:?}"
     );
     assert!(tags["time/data_wait_s"].as_array().is_some());
+}
+
+#[test]
+fn keep_best_exports_the_best_validations_weights_apart_from_the_rotation() {
+    let tmp = tmpdir();
+    let cfg = write_config(tmp.path(), "");
+    let run = tmp.path().join("run");
+    // The lowest in-batch accuracy is the best here: training raises it, so the best comes
+    // early and later validations must not replace it.
+    let out = train(&[
+        &"--config",
+        &cfg,
+        &"--out",
+        &run,
+        &"--set",
+        &"train.eval_every=2",
+        &"--set",
+        &"train.checkpoint_every=2",
+        &"--set",
+        &"train.keep_best.metric=batch_accuracy",
+        &"--set",
+        &"train.keep_best.mode=min",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // Every validation the run printed: (step, in-batch accuracy to 3 decimals).
+    let validations: Vec<(u64, f64)> = err
+        .lines()
+        .filter_map(|l| {
+            let (step, rest) = l
+                .strip_prefix("step ")?
+                .split_once(": val in-batch accuracy ")?;
+            Some((step.parse().ok()?, rest.split(',').next()?.parse().ok()?))
+        })
+        .collect();
+    assert!(validations.len() >= 5, "{err}");
+    let best: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("best/summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(best["keep_best"]["metric"], "batch_accuracy");
+    assert_eq!(best["keep_best"]["mode"], "min");
+    let (step, value) = (
+        best["step"].as_u64().unwrap(),
+        best["value"].as_f64().unwrap(),
+    );
+    let shown = validations.iter().find(|v| v.0 == step).unwrap().1;
+    assert!(
+        (shown - value).abs() <= 5e-4,
+        "step {step}: {shown} vs {value}"
+    );
+    for &(s, v) in &validations {
+        assert!(
+            value <= v + 5e-4,
+            "step {s} ({v}) is below the kept best {value} at step {step}"
+        );
+    }
+    eprintln!("validations {validations:?}; kept step {step} ({value})");
+    let last = validations.last().unwrap().0;
+    assert!(
+        step < last,
+        "the best must come early for this test to mean anything: {validations:?}"
+    );
+    // best/ holds that step's weights (the checkpoint written at it), as a loadable export.
+    let kept = streetclip::formats::tensor_io::read(&run.join("best/model.safetensors")).unwrap();
+    let at_step = run.join(format!("checkpoints/step-{step:08}/model.safetensors"));
+    let expected = streetclip::formats::tensor_io::read(&at_step).unwrap();
+    assert_eq!(kept.len(), expected.len());
+    for ((name, a), (_, b)) in kept.iter().zip(&expected) {
+        assert!(a.equal(b), "{name} differs from step {step}'s");
+    }
+    streetclip::formats::pretrained::Pretrained::load(&run.join("best"), tch::Device::Cpu).unwrap();
+    assert_eq!(summary(&run)["best"]["step"], step);
 }

@@ -181,6 +181,51 @@ pub struct TrainConfig {
     /// Profile this many steps (after one warm-up step) with PyTorch's profiler and write the
     /// Chrome-trace JSON to RUN_DIR/profile/ (open in Perfetto or chrome://tracing); 0: off.
     pub profile: u64,
+    /// Keep the weights of the best validation apart from the checkpoint rotation, exported
+    /// as RUN_DIR/best/ with its metric, value and step in best/summary.json (needs validation:
+    /// train.eval_every, or only the final one); null: off.
+    pub keep_best: Option<KeepBest>,
+}
+
+/// Which validation counts as the best.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeepBest {
+    /// batch_accuracy (in-batch image-to-caption) or country_accuracy (zero-shot country).
+    pub metric: ValMetric,
+    /// max (higher is better) or min; a tie keeps the earlier step.
+    #[serde(default)]
+    pub mode: BestMode,
+}
+
+/// A validation metric (`summary.json`'s `validation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ValMetric {
+    /// In-batch image-to-caption accuracy.
+    BatchAccuracy,
+    /// Zero-shot country accuracy.
+    CountryAccuracy,
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum BestMode {
+    #[default]
+    Max,
+    Min,
+}
+
+impl BestMode {
+    /// Whether `value` beats `best`.
+    pub fn better(self, value: f64, best: f64) -> bool {
+        match self {
+            BestMode::Max => value > best,
+            BestMode::Min => value < best,
+        }
+    }
 }
 
 #[derive(
@@ -231,6 +276,7 @@ impl Default for TrainConfig {
             freeze: FreezeConfig::default(),
             precision: Precision::Auto,
             profile: 0,
+            keep_best: None,
         }
     }
 }
@@ -263,6 +309,9 @@ impl TrainConfig {
             self.freeze.last_n_blocks.unwrap_or(0) as u64,
             MAX_COUNT,
         )?;
+        if self.keep_best.is_some() && self.val_fraction == 0.0 {
+            bail!("train.keep_best needs validation, but train.val_fraction is 0: hold out some samples (e.g. 0.05) or remove keep_best");
+        }
         if !(0.0..1.0).contains(&self.val_fraction) {
             bail!(
                 "train.val_fraction = {}: it must be in [0, 1)",

@@ -148,6 +148,17 @@ impl Pretrained {
     /// `save`, with `more` writing files of its own (a fine-tune's `head.json`, a geocell
     /// model's cells and index) into the same folder before it is swapped in.
     pub fn save_with(&self, out: &Path, more: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+        self.save_with_files(out, &[], more)
+    }
+
+    /// `save_with`, where `more` also writes the files named `others` (which a later save may
+    /// then replace).
+    pub fn save_with_files(
+        &self,
+        out: &Path,
+        others: &[&str],
+        more: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<()> {
         let mut replaceable = vec![
             "config.json",
             weights::WEIGHTS_FILE,
@@ -159,6 +170,7 @@ impl Pretrained {
             crate::data::preprocess::PROCESSOR_FILE,
         ];
         replaceable.extend(TOKENIZER_FILES);
+        replaceable.extend(others);
         crate::formats::tensor_io::write_dir_atomic(out, &replaceable, |dir| {
             self.write_files(dir)?;
             more(dir)

@@ -181,12 +181,7 @@ async fn embed(
     Query(q): Query<NameQuery>,
     request: Request,
 ) -> Response {
-    let is_json = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !is_json {
+    if !content_type_is(request.headers(), "application/json") {
         return answer(&s, Ok(Task::Embed), q.name, request, "image_embeds").await;
     }
     let texts = match Json::<Texts>::from_request(request, &()).await {
@@ -348,12 +343,7 @@ async fn receive_images(
     if declared_length(request.headers()).is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
-    let multipart = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("multipart/form-data"));
-    let images = if multipart {
+    let images = if content_type_is(request.headers(), "multipart/form-data") {
         let mut form = Multipart::from_request(request, &())
             .await
             .map_err(|e| ApiError::bad_request(format!("{e}")))?;
@@ -390,6 +380,14 @@ async fn receive_images(
         ));
     }
     Ok(images)
+}
+
+/// Whether the request's content type is `kind` (parameters such as a boundary aside).
+fn content_type_is(headers: &HeaderMap, kind: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(kind))
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {

@@ -35,6 +35,9 @@ pub struct TrainState {
     /// What the run trains and validates on (absent in checkpoints written before it was kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<super::config_change::DataFingerprint>,
+    /// The best validation so far under `train.keep_best` (exported as RUN_DIR/best/).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best: Option<super::summary::Best>,
 }
 
 const PREFIX: &str = "step-";

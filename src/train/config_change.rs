@@ -19,6 +19,8 @@ const OBSERVATIONAL: &[&str] = &[
     "train.eval_every",
     "train.checkpoint_every",
     "train.keep_checkpoints",
+    "train.keep_best",
+    "train.keep_best.",
     "train.max_steps",
     "data.workers",
     "data.prefetch",

@@ -24,6 +24,9 @@ pub struct Summary {
     /// The newest checkpoint: where a rerun resumes, and what `streetclip export` takes.
     #[serde(default)]
     pub checkpoint: Option<PathBuf>,
+    /// The best validation under `train.keep_best`, exported as RUN_DIR/best/.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best: Option<Best>,
 }
 
 /// Why a run stopped.
@@ -47,4 +50,28 @@ pub struct RunOptions {
     pub max_steps: Option<u64>,
     /// Resume even when the config differs in settings that change the result.
     pub allow_config_change: bool,
+}
+
+/// Where `train.keep_best` exports the best validation's weights, in the run directory.
+pub const BEST_DIR: &str = "best";
+/// Its [`Best`], in that folder.
+pub const BEST_SUMMARY: &str = "summary.json";
+
+/// The best validation of a run under `train.keep_best`: `best/summary.json`, and kept in each
+/// checkpoint so that a resumed run compares against it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Best {
+    pub keep_best: crate::config::KeepBest,
+    pub value: f64,
+    pub step: u64,
+}
+
+impl Best {
+    /// The metric's value in `m`.
+    pub fn value_in(keep: &crate::config::KeepBest, m: &super::validate::ValMetrics) -> f64 {
+        match keep.metric {
+            crate::config::ValMetric::BatchAccuracy => m.batch_accuracy,
+            crate::config::ValMetric::CountryAccuracy => m.country_accuracy,
+        }
+    }
 }

@@ -14,9 +14,9 @@ use super::optim::AdamW;
 use super::run_dir::{lock_run_dir, resume, Checkpoints};
 use super::setup::{apply_freeze, autocast_for, build_model};
 use super::step::{optimizer_step, MicroBatch, StepStats};
-use super::summary::{RunOptions, StopReason, Summary};
+use super::summary::{Best, RunOptions, StopReason, Summary, BEST_DIR, BEST_SUMMARY};
 use super::validate::{validate, ValMetrics};
-use crate::config::{Config, OnNonFinite};
+use crate::config::{Config, KeepBest, OnNonFinite};
 use crate::data::loader::{Batch, Loader};
 use crate::data::Sample;
 use crate::dist::{all_reduce_gradients, Dist, DistEnv};
@@ -576,7 +576,41 @@ impl<'a> Trainer<'a> {
         }
         self.progress
             .println(&format!("step {}: {}", self.state.step, m.line()));
+        if let Some(keep) = cfg.train.keep_best {
+            self.keep_if_best(keep, &m)?;
+        }
         self.last_validation = Some(m);
+        Ok(())
+    }
+
+    /// Exports the weights as RUN_DIR/best/ (with best/summary.json) when `m` beats the best
+    /// validation so far (or is the first under this `keep_best`).
+    fn keep_if_best(&mut self, keep: KeepBest, m: &ValMetrics) -> Result<()> {
+        let value = Best::value_in(&keep, m);
+        let beats = match &self.state.best {
+            Some(best) if best.keep_best == keep => keep.mode.better(value, best.value),
+            _ => true,
+        };
+        if !beats || !value.is_finite() {
+            return Ok(());
+        }
+        let best = Best {
+            keep_best: keep,
+            value,
+            step: self.state.step,
+        };
+        let dir = self.run.out.join(BEST_DIR);
+        let summary = serde_json::to_vec_pretty(&best)?;
+        self.clip.save_with_files(&dir, &[BEST_SUMMARY], |d| {
+            crate::formats::tensor_io::write_atomic(&d.join(BEST_SUMMARY), &summary)
+        })?;
+        self.state.best = Some(best);
+        self.progress.println(&format!(
+            "step {}: the best {:?} so far ({value:.4}): exported to {}",
+            best.step,
+            keep.metric,
+            dir.display()
+        ));
         Ok(())
     }
 
@@ -684,6 +718,7 @@ impl<'a> Trainer<'a> {
             stopped_by,
             export,
             checkpoint: None,
+            best: self.state.best,
         }
     }
 

@@ -137,16 +137,7 @@ fn multipart(files: &[(&str, &[u8])]) -> (String, Vec<u8>) {
 
 /// `streetclip ARGS`'s standard output as JSON.
 fn cli_json(args: &[&std::ffi::OsStr]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_streetclip"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_slice(&common::streetclip_ok(args).stdout).unwrap()
 }
 
 /// The same JSON: equal keys, strings and shapes; numbers within 1e-6 (relative above 1).
@@ -330,15 +321,7 @@ fn every_endpoint_answers_as_the_cli_does() {
         for p in &photos {
             args.extend([os("--image"), p.as_os_str()]);
         }
-        let status = Command::new(env!("CARGO_BIN_EXE_streetclip"))
-            .args(&args)
-            .output()
-            .unwrap();
-        assert!(
-            status.status.success(),
-            "{}",
-            String::from_utf8_lossy(&status.stderr)
-        );
+        common::streetclip_ok(&args);
         let tensors: std::collections::HashMap<String, tch::Tensor> =
             streetclip::formats::tensor_io::read(&out)
                 .unwrap()

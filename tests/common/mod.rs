@@ -284,3 +284,17 @@ pub fn jpeg_claiming(jpeg: &[u8], w: u16, h: u16) -> Vec<u8> {
     bytes[sof + 7..sof + 9].copy_from_slice(&w.to_be_bytes());
     bytes
 }
+
+/// `streetclip ARGS...` run to completion, checked to have succeeded (its stderr otherwise).
+pub fn streetclip_ok<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Output {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_streetclip"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "streetclip failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

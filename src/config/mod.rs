@@ -83,6 +83,10 @@ pub struct ModelConfig {
     pub config: Option<ClipConfig>,
     /// cpu, cuda, cuda:N.
     pub device: String,
+    /// Train at this image size (pixels) a model made for another: the vision position
+    /// embeddings are resized over the patch grid (bicubic, as open_clip's resize_pos_embed)
+    /// and the export's preprocessing resizes and crops to it; null: the model's own size.
+    pub image_size: Option<u32>,
 }
 
 /// An inline `model.config`: unlike a `config.json` from the hub (which carries keys of other
@@ -113,6 +117,7 @@ impl Default for ModelConfig {
             preset: None,
             config: None,
             device: "cpu".into(),
+            image_size: None,
         }
     }
 }

@@ -145,6 +145,49 @@ impl Pretrained {
         self.save_with(out, |_| Ok(()))
     }
 
+    /// The model for `size`-pixel images (a model trained at another size): the vision
+    /// position embeddings resized over the patch grid as open_clip's `resize_pos_embed` does
+    /// (`model::vision::resize_position_embedding`), `image_size` in its config, and the
+    /// preprocessing's resize and crop at `size`, so that an export carries them.
+    pub fn with_image_size(self, size: u32) -> Result<Self> {
+        let v = &self.model.config.vision_config;
+        if i64::from(size) == v.image_size {
+            return Ok(self);
+        }
+        if size == 0 || i64::from(size) % v.patch_size != 0 {
+            anyhow::bail!(
+                "model.image_size = {size}: it must be a positive multiple of the model's patch size ({})",
+                v.patch_size
+            );
+        }
+        let mut config = self.model.config.clone();
+        config.vision_config.image_size = i64::from(size);
+        let grid = i64::from(size) / v.patch_size;
+        let tensors: std::collections::BTreeMap<String, Tensor> =
+            weights::named_tensors(&self.model.vs)
+                .into_iter()
+                .map(|(name, t)| match name == crate::model::POSITION_EMBEDDING {
+                    true => (name, crate::model::resize_position_embedding(&t, grid)),
+                    false => (name, t),
+                })
+                .collect();
+        let mut model = ClipModel::new(config, self.device())?;
+        tch::no_grad(|| weights::load_tensors(&mut model.vs, &tensors, "the resized model"))?;
+        let mut preprocess = self.preprocess;
+        preprocess.size = crate::data::preprocess::ResizeTo::ShortestEdge {
+            shortest_edge: size,
+        };
+        preprocess.crop_size = crate::data::preprocess::CropSize {
+            height: size,
+            width: size,
+        };
+        Ok(Self {
+            model,
+            preprocess,
+            ..self
+        })
+    }
+
     /// `save`, with `more` writing files of its own (a fine-tune's `head.json`, a geocell
     /// model's cells and index) into the same folder before it is swapped in.
     pub fn save_with(&self, out: &Path, more: impl FnOnce(&Path) -> Result<()>) -> Result<()> {

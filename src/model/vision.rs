@@ -93,3 +93,28 @@ impl VisionTransformer {
         self.post_layernorm.forward(&h.select(1, 0))
     }
 }
+
+/// The weight name of the vision tower's position embeddings (class token first, then the
+/// patch grid row by row).
+pub const POSITION_EMBEDDING: &str = "vision_model.embeddings.position_embedding.weight";
+
+/// Position embeddings `[1 + g², d]` for a `grid` × `grid` patch grid, as open_clip's
+/// `resize_pos_embed` makes them: the class token's row kept, the grid resized bicubically with
+/// antialiasing (`F.interpolate(mode="bicubic", antialias=True, align_corners=False)`, ATen's
+/// `_upsample_bicubic2d_aa`), computed in float32 and returned in the input's kind.
+pub fn resize_position_embedding(embedding: &Tensor, grid: i64) -> Tensor {
+    let (rows, d) = (embedding.size()[0], embedding.size()[1]);
+    let old = ((rows - 1) as f64).sqrt().round() as i64;
+    let class = embedding.narrow(0, 0, 1);
+    let patches = embedding
+        .narrow(0, 1, rows - 1)
+        .to_kind(Kind::Float)
+        .reshape([1, old, old, d])
+        .permute([0, 3, 1, 2]);
+    let resized = patches
+        .internal_upsample_bicubic2d_aa([grid, grid], false, None, None)
+        .permute([0, 2, 3, 1])
+        .reshape([grid * grid, d])
+        .to_kind(embedding.kind());
+    Tensor::cat(&[class, resized], 0)
+}

@@ -22,12 +22,16 @@ fn device_for(cfg: &Config, env: &DistEnv) -> Result<tch::Device> {
 
 pub fn build_model(cfg: &Config, device: tch::Device) -> Result<Pretrained> {
     let m = &cfg.model;
-    match (&m.init, &m.preset, &m.config) {
+    let clip = match (&m.init, &m.preset, &m.config) {
         (Some(dir), None, None) => Pretrained::load(dir, device),
         (None, Some(preset), None) => Pretrained::fresh(ClipConfig::preset(preset).context("model.preset")?, device),
         (None, None, Some(config)) => Pretrained::fresh(config.clone(), device),
         (None, None, None) => bail!("no model: set model.init (a Hugging Face CLIP directory), model.preset or model.config"),
         _ => bail!("set only one of model.init, model.preset and model.config"),
+    }?;
+    match m.image_size {
+        Some(size) => clip.with_image_size(size),
+        None => Ok(clip),
     }
 }
 

@@ -4,26 +4,17 @@
 
 mod common;
 
-use common::{assert_close, fixture, im2gps3k_images, python, root, tmpdir, TINY_MODEL_YAML};
+use common::{assert_close, fixture, im2gps3k_images, root, run_python, tmpdir, TINY_MODEL_YAML};
 use std::collections::HashMap;
 use streetclip::encode::Encoder;
 use streetclip::formats::pretrained::Pretrained;
 use streetclip::formats::tensor_io;
 use tch::{Device, Kind, Tensor};
 
+/// `scripts/image_size_reference.py ARGS` (which imports `clip_packages` from beside itself).
 fn reference(args: &[&std::ffi::OsStr]) -> String {
-    let out = std::process::Command::new(python())
-        .current_dir(root().join("scripts"))
-        .arg("image_size_reference.py")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let script = root().join("scripts/image_size_reference.py");
+    run_python(std::iter::once(script.as_os_str()).chain(args.iter().copied()))
 }
 
 fn tensors(path: &std::path::Path) -> HashMap<String, Tensor> {

@@ -350,9 +350,9 @@ impl<'a> Worker<'a> {
                     }
                 }
                 Err(e) => {
+                    let error = ApiError::from_model(e);
                     for &i in &located {
-                        answers[i as usize] =
-                            Some(Err(ApiError::from_model(anyhow::anyhow!("{e:#}"))));
+                        answers[i as usize] = Some(Err(error.clone()));
                     }
                 }
             }

@@ -13,6 +13,7 @@ use streetclip::config::{Accumulation, OptimConfig};
 use streetclip::dist::Dist;
 use streetclip::model::ClipModel;
 use streetclip::train::optim::AdamW;
+use streetclip::train::param_groups::ParamGroups;
 use streetclip::train::step::{accumulate_gradients, optimizer_step, MicroBatch};
 use tch::{Kind, Tensor};
 
@@ -42,14 +43,13 @@ fn worker(cfg: &Config, threads: usize) {
         tch::Device::Cpu,
     )
     .unwrap();
-    let mut opt = AdamW::new(
-        &model.vs,
-        &OptimConfig {
-            lr: 1e-4,
-            weight_decay: 0.1,
-            ..OptimConfig::default()
-        },
-    );
+    let optim = OptimConfig {
+        lr: 1e-4,
+        weight_decay: 0.1,
+        ..OptimConfig::default()
+    };
+    let groups = ParamGroups::resolve(&model, &optim).unwrap();
+    let mut opt = AdamW::new(&model.vs, &optim, &groups);
     let size = model.config.vision_config.image_size;
     let micro: Vec<MicroBatch> = (0..ACCUM)
         .map(|_| {

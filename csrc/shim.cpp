@@ -2,7 +2,9 @@
 // - autocast with a chosen dtype (tch can only toggle CUDA autocast, which then means fp16);
 // - libtorch's fused AdamW kernel and the foreach ops around it (tch binds no fused or foreach
 //   optimizer ops), and gradients set to none;
-// - PyTorch's profiler (Kineto), writing Chrome-trace JSON.
+// - PyTorch's profiler (Kineto), writing Chrome-trace JSON;
+// - activation checkpointing (torch.utils.checkpoint): a block run without keeping its
+//   activations and re-run in the backward pass, as a custom autograd function.
 // A tch `C_tensor*` is an `at::Tensor*` (torch-sys's torch_api.h).
 #include <ATen/autocast_mode.h>
 #include <ATen/ops/_foreach_mul.h>
@@ -15,6 +17,9 @@
 #include <c10/core/DeviceType.h>
 #include <c10/core/ScalarType.h>
 #include <set>
+#include <stdexcept>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
 
 namespace {
@@ -32,6 +37,90 @@ int failed(const std::exception& e, char* err, int64_t err_len) {
 
 at::DeviceType device_of(int device) { return device == 1 ? at::kCUDA : at::kCPU; }
 at::ScalarType dtype_of(int dtype) { return dtype == 1 ? at::kHalf : at::kBFloat16; }
+
+// A block of the caller's (a Rust closure): `call` runs it on a tensor it takes ownership of and
+// writes a new tensor it hands over (or a message, returning non-zero); `drop` frees the closure.
+using BlockCall = int (*)(void* closure, void* input, void** output, char* err, int64_t err_len);
+using BlockDrop = void (*)(void* closure);
+
+// Owns the closure for as long as the autograd graph that re-runs it does.
+struct Block : torch::CustomClassHolder {
+  void* closure;
+  BlockCall call;
+  BlockDrop drop;
+  Block(void* c, BlockCall f, BlockDrop d) : closure(c), call(f), drop(d) {}
+  Block(const Block&) = delete;
+  Block& operator=(const Block&) = delete;
+  ~Block() override { drop(closure); }
+
+  at::Tensor run(const at::Tensor& input) const {
+    char err[2048] = {0};
+    void* out = nullptr;
+    if (call(closure, new at::Tensor(input), &out, err, sizeof err) != 0) throw std::runtime_error(err);
+    auto* owned = static_cast<at::Tensor*>(out);
+    at::Tensor result = *owned;
+    delete owned;
+    return result;
+  }
+};
+
+// The autocast state of the CPU and CUDA, as the forward pass saw it (thread-local in libtorch,
+// and the backward pass may run on another thread), restored around the recomputation.
+const at::DeviceType kAutocastDevices[] = {at::kCPU, at::kCUDA};
+
+struct AutocastRestore {
+  bool prev_enabled[2];
+  at::ScalarType prev_dtype[2];
+  explicit AutocastRestore(const ska::flat_hash_map<std::string, at::IValue>& saved) {
+    for (int i = 0; i < 2; ++i) {
+      auto dev = kAutocastDevices[i];
+      prev_enabled[i] = at::autocast::is_autocast_enabled(dev);
+      prev_dtype[i] = at::autocast::get_autocast_dtype(dev);
+      at::autocast::set_autocast_enabled(dev, saved.at("autocast" + std::to_string(i)).toBool());
+      at::autocast::set_autocast_dtype(dev, saved.at("dtype" + std::to_string(i)).toScalarType());
+    }
+    at::autocast::increment_nesting();
+  }
+  ~AutocastRestore() {
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    for (int i = 0; i < 2; ++i) {
+      at::autocast::set_autocast_enabled(kAutocastDevices[i], prev_enabled[i]);
+      at::autocast::set_autocast_dtype(kAutocastDevices[i], prev_dtype[i]);
+    }
+  }
+};
+
+// torch.utils.checkpoint's reentrant variant: the forward pass runs the block without a graph
+// and keeps only its input; the backward pass re-runs it with one (under the forward's autocast)
+// and back-propagates the incoming gradient through it, which adds the block's parameter
+// gradients where they are and yields the input's.
+struct Checkpoint : torch::autograd::Function<Checkpoint> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input,
+                            const c10::intrusive_ptr<Block>& block) {
+    ctx->saved_data["block"] = c10::IValue::make_capsule(block);
+    for (int i = 0; i < 2; ++i) {
+      auto dev = kAutocastDevices[i];
+      ctx->saved_data["autocast" + std::to_string(i)] = at::autocast::is_autocast_enabled(dev);
+      ctx->saved_data["dtype" + std::to_string(i)] = at::autocast::get_autocast_dtype(dev);
+    }
+    ctx->save_for_backward({input});
+    return block->run(input);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto input = ctx->get_saved_variables()[0].detach().requires_grad_(true);
+    auto block = c10::static_intrusive_pointer_cast<Block>(ctx->saved_data["block"].toCapsule());
+    at::Tensor output;
+    {
+      AutocastRestore autocast(ctx->saved_data);
+      at::AutoGradMode grad(true);
+      output = block->run(input);
+    }
+    torch::autograd::backward({output}, {grads[0]});
+    return {input.grad(), at::Tensor()};
+  }
+};
 }  // namespace
 
 extern "C" {
@@ -139,6 +228,30 @@ int sc_profiler_start(int cuda, char* err, int64_t err_len) {
 int sc_profiler_stop(const char* path, char* err, int64_t err_len) {
   try {
     torch::autograd::profiler::disableProfiler()->save(path);
+    return 0;
+  } catch (const std::exception& e) {
+    return failed(e, err, err_len);
+  }
+}
+
+// `output = block(input)` checkpointed (see Checkpoint): takes ownership of `closure` (freed
+// through `drop` when nothing needs it any more, at once when grad mode is off, where the block
+// simply runs). An input that does not require grad is re-rooted as a leaf that does, so the
+// block's own parameters still get their gradients. Writes a new tensor to `output`; returns 0,
+// or -1 (message in `err`).
+int sc_checkpoint(void* input, void* closure, BlockCall call, BlockDrop drop, void** output, char* err,
+                  int64_t err_len) {
+  try {
+    auto block = c10::make_intrusive<Block>(closure, call, drop);
+    at::Tensor x = *static_cast<at::Tensor*>(input);
+    at::Tensor y;
+    if (!at::GradMode::is_enabled()) {
+      y = block->run(x);
+    } else {
+      if (!x.requires_grad()) x = x.detach().requires_grad_(true);
+      y = Checkpoint::apply(x, block);
+    }
+    *output = new at::Tensor(y);
     return 0;
   } catch (const std::exception& e) {
     return failed(e, err, err_len);

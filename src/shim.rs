@@ -50,7 +50,23 @@ extern "C" {
         prev_dtype: *mut i32,
     ) -> i32;
     fn sc_autocast_exit(device: i32, prev_enabled: i32, prev_dtype: i32) -> i32;
+    fn sc_checkpoint(
+        input: *mut c_void,
+        closure: *mut c_void,
+        call: BlockCall,
+        drop: BlockDrop,
+        output: *mut *mut c_void,
+        err: *mut c_char,
+        err_len: i64,
+    ) -> i32;
 }
+
+type BlockCall = extern "C" fn(*mut c_void, *mut c_void, *mut *mut c_void, *mut c_char, i64) -> i32;
+type BlockDrop = extern "C" fn(*mut c_void);
+
+/// A block the shim runs (in the forward pass, and again in the backward pass, possibly on the
+/// autograd engine's thread): owned, so it outlives the graph that re-runs it.
+type Block = Box<dyn Fn(&Tensor) -> Tensor + Send>;
 
 /// The reduced precision autocast computes in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +103,78 @@ pub fn autocast<T>(device: Device, dtype: AutocastDtype, f: impl FnOnce() -> T) 
         bail!("libtorch refused to leave autocast on {device:?}");
     }
     Ok(out)
+}
+
+/// `block(input)` with activation checkpointing (`torch.utils.checkpoint`, reentrant): nothing
+/// the block computes inside is kept for the backward pass, only `input`; the backward pass
+/// runs the block again, with a graph and under the forward's autocast, and back-propagates
+/// through it, so its parameters get the gradients a plain `block(input)` would give them.
+/// The block must compute the same thing when run again (no randomness: CLIP has no dropout).
+/// Without grad mode it simply runs. A panic inside the block panics here with its message (as
+/// a tch error would); in the backward pass, `backward()` panics with it.
+pub fn checkpoint(input: &Tensor, block: impl Fn(&Tensor) -> Tensor + Send + 'static) -> Tensor {
+    let closure: *mut Block = Box::into_raw(Box::new(Box::new(block)));
+    let mut out = std::ptr::null_mut::<c_void>();
+    let mut err = [0 as c_char; 2048];
+    // SAFETY: `input` is a live tensor borrowed for the call; the shim takes ownership of
+    // `closure` and frees it through `drop_block` exactly once; `out` receives a new tensor.
+    let rc = unsafe {
+        sc_checkpoint(
+            input.as_ptr() as *mut c_void,
+            closure.cast(),
+            call_block,
+            drop_block,
+            &mut out,
+            err.as_mut_ptr(),
+            err.len() as i64,
+        )
+    };
+    if let Err(e) = checked("checkpointed block", rc, &err) {
+        panic!("{e}");
+    }
+    // SAFETY: a fresh at::Tensor the shim allocated for us to own.
+    unsafe { Tensor::from_ptr(out.cast()) }
+}
+
+/// Runs a `Block` for the shim: takes ownership of `input`, hands over the output; a panic is
+/// caught (it must not unwind into C++) and its message written to `err`.
+extern "C" fn call_block(
+    closure: *mut c_void,
+    input: *mut c_void,
+    output: *mut *mut c_void,
+    err: *mut c_char,
+    err_len: i64,
+) -> i32 {
+    // SAFETY: `closure` came from `checkpoint` and lives until `drop_block`; `input` is a new
+    // at::Tensor the shim allocated for us to own.
+    let (block, input) = unsafe { (&*(closure as *const Block), Tensor::from_ptr(input.cast())) };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| block(&input))) {
+        Ok(mut y) => {
+            // SAFETY: the shim takes ownership of the tensor handle (and deletes it).
+            unsafe { *output = y.as_mut_ptr().cast() };
+            std::mem::forget(y);
+            0
+        }
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("the block panicked");
+            let bytes = &message.as_bytes()[..message.len().min(err_len.max(1) as usize - 1)];
+            // SAFETY: `err` has room for `err_len` bytes: the message, cut to fit, and a NUL.
+            unsafe {
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), err.cast::<u8>(), bytes.len());
+                *err.add(bytes.len()) = 0;
+            }
+            -1
+        }
+    }
+}
+
+extern "C" fn drop_block(closure: *mut c_void) {
+    // SAFETY: the pointer `checkpoint` made with Box::into_raw, freed once, by the shim.
+    drop(unsafe { Box::from_raw(closure as *mut Block) });
 }
 
 /// Hyper-parameters of one AdamW update.

@@ -1,6 +1,6 @@
 //! The C++ shim on the CPU (the same code paths serve CUDA): bf16/fp16 autocast, the fused
 //! AdamW kernel with its found-inf flag, the foreach norm and multiply, gradients set to none,
-//! and the device-side gradient clipping built on them.
+//! and the device-side gradient clipping built on them; activation checkpointing.
 
 use streetclip::shim::{autocast, AutocastDtype};
 use tch::{Device, Kind, Tensor};
@@ -145,4 +145,102 @@ fn clip_grad_norm_on_the_device_equals_the_host_formula() {
             assert!(w.grad().equal(&expected), "max_norm {max_norm}");
         }
     }
+}
+
+/// A two-layer block with its own parameters, as a checkpointed transformer block is.
+fn block(w1: &Tensor, w2: &Tensor) -> impl Fn(&Tensor) -> Tensor + Send + 'static {
+    let (w1, w2) = (w1.shallow_clone(), w2.shallow_clone());
+    move |x: &Tensor| x + x.matmul(&w1).gelu("none").matmul(&w2)
+}
+
+#[test]
+fn checkpoint_gives_the_plain_gradients_and_frees_its_block_with_the_graph() {
+    use std::sync::Arc;
+    use streetclip::shim::checkpoint;
+    tch::manual_seed(0);
+    let w1 = Tensor::randn([8, 16], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    let w2 = Tensor::randn([16, 8], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    let x0 = Tensor::randn([4, 8], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    let target = Tensor::randn([4, 8], (Kind::Float, Device::Cpu));
+    // A second block with its own weights (as each transformer block has: under autocast a
+    // weight used twice would be cast once and its two gradients summed in bf16).
+    let w3 = Tensor::randn([8, 16], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    let w4 = Tensor::randn([16, 8], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    let leaves = [&w1, &w2, &w3, &w4, &x0];
+    let grads = |checkpointed: bool, amp: Option<AutocastDtype>| {
+        let run = || {
+            // Two blocks in a row: the second's input gradient flows into the first.
+            let y = match checkpointed {
+                true => checkpoint(&checkpoint(&x0, block(&w1, &w2)), block(&w3, &w4)),
+                false => block(&w3, &w4)(&block(&w1, &w2)(&x0)),
+            };
+            (y.to_kind(Kind::Float) - &target).square().sum(Kind::Float)
+        };
+        let loss = streetclip::shim::maybe_autocast(Device::Cpu, amp, run).unwrap();
+        loss.backward();
+        let out: Vec<Tensor> = leaves.iter().map(|t| t.grad().copy()).collect();
+        for t in leaves {
+            let mut t = t.shallow_clone();
+            t.zero_grad();
+        }
+        (loss.double_value(&[]), out)
+    };
+    for amp in [None, Some(AutocastDtype::BFloat16)] {
+        let (plain_loss, plain) = grads(false, amp);
+        let (loss, checkpointed) = grads(true, amp);
+        assert_eq!(plain_loss, loss, "{amp:?}");
+        assert!(same(&plain, &checkpointed), "{amp:?}: gradients differ");
+    }
+
+    // An input that requires no gradient: the block's parameters still get theirs.
+    let x = x0.detach();
+    checkpoint(&x, block(&w1, &w2)).sum(Kind::Float).backward();
+    let via_checkpoint = w1.grad().copy();
+    let mut w = w1.shallow_clone();
+    w.zero_grad();
+    block(&w1, &w2)(&x).sum(Kind::Float).backward();
+    assert!(w1.grad().equal(&via_checkpoint));
+
+    // Without grad mode the block simply runs; the closure lives as long as the graph.
+    let alive = Arc::new(());
+    let held = Arc::clone(&alive);
+    let f = block(&w1, &w2);
+    let y = tch::no_grad(|| {
+        checkpoint(&x0, move |x| {
+            let _ = &held;
+            f(x)
+        })
+    });
+    assert!(!y.requires_grad());
+    assert_eq!(
+        Arc::strong_count(&alive),
+        1,
+        "freed at once without a graph"
+    );
+    let held = Arc::clone(&alive);
+    let f = block(&w1, &w2);
+    let y = checkpoint(&x0, move |x| {
+        let _ = &held;
+        f(x)
+    });
+    assert_eq!(Arc::strong_count(&alive), 2, "kept for the backward pass");
+    y.sum(Kind::Float).backward();
+    drop(y);
+    assert_eq!(Arc::strong_count(&alive), 1, "freed with the graph");
+}
+
+#[test]
+fn a_failing_checkpointed_block_panics_with_its_message() {
+    let x = Tensor::randn([2, 3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    let caught = std::panic::catch_unwind(|| {
+        streetclip::shim::checkpoint(&x, |x| {
+            x.matmul(&Tensor::ones([5, 5], (Kind::Float, Device::Cpu)))
+        })
+    })
+    .expect_err("a shape error inside the block");
+    let message = caught.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        message.contains("checkpointed block") && message.contains("shapes cannot be multiplied"),
+        "{message}"
+    );
 }

@@ -1,6 +1,7 @@
 //! Training steps against PyTorch: AdamW with decay groups, warmup + linear decay, gradient
 //! clipping and the temperature clamp over several steps (torch.optim.AdamW fixture), and the
-//! two gradient-accumulation modes.
+//! two gradient-accumulation modes; parameter groups with layer decay against torch.optim.AdamW
+//! with the same param groups; activation checkpointing's gradients.
 
 mod common;
 use common::*;
@@ -9,6 +10,7 @@ use streetclip::dist::Dist;
 use streetclip::model::ClipModel;
 use streetclip::train::loss::clip_loss;
 use streetclip::train::optim::AdamW;
+use streetclip::train::param_groups::ParamGroups;
 use streetclip::train::step::{accumulate_gradients, optimizer_step, MicroBatch};
 use tch::{Device, Kind, Tensor};
 
@@ -37,8 +39,10 @@ fn adamw_steps_match_torch() {
         schedule: Schedule::Linear,
         warmup_steps: 2,
         max_grad_norm: Some(1.0),
+        ..OptimConfig::default()
     };
-    let mut opt = AdamW::new(&model.vs, &cfg);
+    let groups = ParamGroups::resolve(&model, &cfg).unwrap();
+    let mut opt = AdamW::new(&model.vs, &cfg, &groups);
     let batch = micro_batches(&e, 4);
     let losses = Vec::<f32>::try_from(&reference["losses"]).unwrap();
     for (t, want) in losses.iter().enumerate() {
@@ -358,4 +362,144 @@ fn soft_cross_entropy_matches_torch() {
     loss.backward();
     assert_close("loss", &loss.reshape([1]), &e["loss"], 1e-6);
     assert_close("gradient", &logits.grad(), &e["grad"], 1e-7);
+}
+
+/// Activation checkpointing changes what is kept, not what is computed: one step's gradients
+/// with it equal those without it bit for bit on the CPU, in both accumulation modes (the
+/// fixtures' captions are padded, so the text tower's mask is recomputed too), with one tower
+/// or both, and under bf16 autocast (the recomputation runs under the forward's autocast).
+#[test]
+fn activation_checkpointing_gives_the_same_gradients() {
+    use streetclip::shim::AutocastDtype;
+    for name in ["tiny-p32-224", "tiny-p14-336"] {
+        let e = expected(name);
+        for (mode, size) in [
+            (Accumulation::FullBatch, 2),
+            (Accumulation::FullBatch, 4),
+            (Accumulation::PerMicroBatch, 2),
+        ] {
+            for amp in [None, Some(AutocastDtype::BFloat16)] {
+                let mut model = ClipModel::load(&fixture(name), Device::Cpu).unwrap();
+                let step = |model: &ClipModel| {
+                    let stats = accumulate_gradients(
+                        model,
+                        &micro_batches(&e, size),
+                        mode,
+                        amp,
+                        &Dist::single(),
+                    )
+                    .unwrap();
+                    (stats.loss.double_value(&[]), gradients(model))
+                };
+                let (loss, plain) = step(&model);
+                for (vision, text) in [(true, true), (true, false), (false, true)] {
+                    model.set_activation_checkpointing(vision, text);
+                    let (checkpointed_loss, checkpointed) = step(&model);
+                    let what = format!(
+                        "{name} {mode:?} micro-batch {size} {amp:?} vision {vision} text {text}"
+                    );
+                    assert_eq!(loss, checkpointed_loss, "{what}: loss");
+                    assert_eq!(plain.len(), checkpointed.len());
+                    for ((n, a), (_, b)) in plain.iter().zip(&checkpointed) {
+                        assert!(a.defined() && b.defined(), "{what}: {n} has no gradient");
+                        assert_eq!(max_diff(a, b), 0.0, "{what}: gradient of {n}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `optim.groups` and `optim.layer_decay`: three steps equal torch.optim.AdamW built with the
+/// same param groups on transformers' CLIPModel (scripts/param_groups_reference.py builds them
+/// itself, BEiT's way) and given the same gradients: a frozen group (the text tower, never
+/// changed), a group over names and one over a glob, each with its scale and weight decay,
+/// layer decay over the rest.
+#[test]
+fn param_groups_and_layer_decay_match_torch_adamw() {
+    let name = "tiny-p32-224";
+    let spec = serde_json::json!({
+        "lr": 1e-3, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.1, "layer_decay": 0.7,
+        "groups": [
+            {"params": ["text"], "lr_scale": 0.0},
+            {"params": ["projections", "logit_scale"], "lr_scale": 5.0, "weight_decay": 0.0},
+            {"params": ["vision_model.encoder.layers.1.*"], "lr_scale": 2.0, "weight_decay": 0.3},
+        ],
+    });
+    let mut cfg: OptimConfig = serde_json::from_value(spec.clone()).unwrap();
+    cfg.schedule = Schedule::Constant;
+    cfg.max_grad_norm = None;
+    cfg.validate().unwrap();
+    let model = ClipModel::load(&fixture(name), Device::Cpu).unwrap();
+    let before: std::collections::HashMap<String, Tensor> = model
+        .vs
+        .variables()
+        .into_iter()
+        .map(|(n, v)| (n, v.copy()))
+        .collect();
+    let groups = ParamGroups::resolve(&model, &cfg).unwrap();
+    for (n, v) in model.vs.variables() {
+        let _ = v.set_requires_grad(!groups.of(&n).frozen());
+    }
+    let layers_1_fc1 = groups.of("vision_model.encoder.layers.1.mlp.fc1.weight");
+    assert_eq!(layers_1_fc1.weight_decay, 0.3);
+    assert!(
+        (layers_1_fc1.lr_scale - 2.0 * 0.7f64.powi(2)).abs() < 1e-15,
+        "block 1 of 3"
+    );
+    let mut opt = AdamW::new(&model.vs, &cfg, &groups);
+    let e = expected(name);
+    let batch = micro_batches(&e, e["input_ids"].size()[0]);
+    const STEPS: usize = 3;
+    let mut grads = vec![];
+    for t in 0..STEPS {
+        accumulate_gradients(
+            &model,
+            &batch,
+            Accumulation::PerMicroBatch,
+            None,
+            &Dist::single(),
+        )
+        .unwrap();
+        for (n, v) in model.vs.variables() {
+            if v.grad().defined() {
+                grads.push((format!("grad{t}.{n}"), v.grad().copy()));
+            }
+        }
+        let _norm = optimizer_step(&model, &mut opt, cfg.lr, None, None).unwrap();
+    }
+
+    let tmp = tmpdir();
+    let (grads_path, out) = (
+        tmp.path().join("grads.safetensors"),
+        tmp.path().join("out.safetensors"),
+    );
+    streetclip::formats::tensor_io::write(&grads_path, &grads).unwrap();
+    let script = root().join("scripts/param_groups_reference.py");
+    run_python([
+        script.as_os_str(),
+        fixture(name).as_os_str(),
+        grads_path.as_os_str(),
+        std::ffi::OsStr::new(&spec.to_string()),
+        std::ffi::OsStr::new(&STEPS.to_string()),
+        out.as_os_str(),
+    ]);
+    let reference: std::collections::HashMap<String, Tensor> =
+        streetclip::formats::tensor_io::read(&out)
+            .unwrap()
+            .into_iter()
+            .collect();
+    for (n, v) in model.vs.variables() {
+        let r = &reference[&n];
+        if n.starts_with("text_model.") {
+            assert!(
+                v.equal(&before[&n]) && r.equal(&before[&n]),
+                "{n}: a frozen group moved"
+            );
+        } else {
+            assert!(!v.equal(&before[&n]), "{n} did not train");
+            // A wrong scale moves a weight by ~1e-4 of its size or more (3 steps at ~1e-3).
+            assert_rel_close(&n, &v, r, 1e-6);
+        }
+    }
 }

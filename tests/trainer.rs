@@ -395,6 +395,95 @@ fn bad_configs_name_the_key() {
     }
 }
 
+/// `optim.groups` and `layer_decay` in a run: the groups are said at the start with their sizes
+/// and rates, a frozen group never moves while the rest trains, and bad entries name their key.
+#[test]
+fn param_groups_are_said_and_a_frozen_group_stays_put() {
+    let tmp = tmpdir();
+    let groups = "  groups: [{params: [text], lr_scale: 0}, {params: [projections, logit_scale], lr_scale: 10, weight_decay: 0}]\n  layer_decay: 0.8\n";
+    let cfg = write_config(tmp.path(), "");
+    let yaml = std::fs::read_to_string(&cfg).unwrap();
+    let yaml = yaml.replace(
+        "optim: {lr: 2.0e-3, weight_decay: 0.1, schedule: cosine, warmup_steps: 3}",
+        &format!("optim:\n  lr: 2.0e-3\n{groups}"),
+    );
+    std::fs::write(&cfg, yaml).unwrap();
+    let run = tmp.path().join("run");
+    let every_step = "train.checkpoint_every=1";
+    let out = train(&[
+        &"--config",
+        &cfg,
+        &"--out",
+        &run,
+        &"--max-steps",
+        &"4",
+        &"--set",
+        &every_step,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    for says in [
+        "optim group 0 [text]: ",
+        "frozen (lr_scale 0)",
+        "optim group 1 [projections, logit_scale]: ",
+        "lr 2.000e-2, weight decay 0",
+        "optim the rest: ",
+        "(layer decay 0.8)",
+    ] {
+        assert!(err.contains(says), "`{says}` not in: {err}");
+    }
+    let checkpoints = streetclip::train::checkpoint::list(&run.join("checkpoints"));
+    let read =
+        |dir: &Path| streetclip::formats::tensor_io::read(&dir.join("model.safetensors")).unwrap();
+    let (first, last) = (read(&checkpoints[0]), read(checkpoints.last().unwrap()));
+    assert!(checkpoints.len() >= 2);
+    for ((name, a), (_, b)) in first.iter().zip(&last) {
+        let moved = !a.equal(b);
+        assert_eq!(moved, !name.starts_with("text_model."), "{name}");
+    }
+
+    for (set, says) in [
+        (
+            "optim.groups=[{params: [vison]}]",
+            "optim.groups[0].params: `vison` names no parameter",
+        ),
+        (
+            "optim.groups=[{params: []}]",
+            "optim.groups[0].params is empty",
+        ),
+        (
+            "optim.groups=[{params: [text], lr_scale: -1}]",
+            "optim.groups[0].lr_scale = -1",
+        ),
+        (
+            "optim.groups=[{params: [\"vision_model.[\"]}]",
+            "is not a valid glob",
+        ),
+        (
+            "optim.layer_decay=1.5",
+            "optim.layer_decay = 1.5: it must be in (0, 1]",
+        ),
+        (
+            "optim.groups=[{params: [vision, text, projections, logit_scale], lr_scale: 0}]",
+            "leave no parameter to train",
+        ),
+    ] {
+        let out = train(&[
+            &"--config",
+            &cfg,
+            &"--out",
+            &tmp.path().join("bad"),
+            &"--set",
+            &set,
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code() == Some(1) && err.contains(says) && !err.contains("panicked"),
+            "{set}: {err}"
+        );
+    }
+}
+
 #[test]
 fn non_finite_loss_stops_after_saving_or_skips() {
     let tmp = tmpdir();

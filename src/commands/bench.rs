@@ -5,7 +5,7 @@
 //! memory.
 
 use super::args::{at_least_one, ConfigArgs};
-use crate::config::{Accumulation, Config};
+use crate::config::{Accumulation, ActivationCheckpointing, Config};
 use crate::data::loader::{Loader, Position};
 use crate::data::Dataset;
 use crate::formats::pretrained::Pretrained;
@@ -15,6 +15,7 @@ use crate::shim::{cuda_device_name, cuda_peak_allocated, cuda_reset_peak};
 use crate::text::Captioner;
 use crate::train::batches::{self, micro_batches};
 use crate::train::optim::AdamW;
+use crate::train::param_groups::ParamGroups;
 use crate::train::setup::{autocast_for, build_model};
 use crate::train::step::{accumulate_gradients, optimizer_step, MicroBatch};
 use anyhow::{bail, Context, Result};
@@ -45,6 +46,7 @@ pub enum Command {
 impl Command {
     pub fn exec(self) -> Result<()> {
         match self {
+            Command::Train(args) if args.compare_checkpointing => checkpointing_trade(args.json),
             Command::Train(args) => {
                 let result = train(&args.config.resolve()?, &args)?;
                 match args.json {
@@ -81,6 +83,11 @@ pub struct Args {
     /// tokenising and the copy to the device timed too) instead of synthetic batches.
     #[arg(long)]
     pub data: bool,
+    /// Run the benchmark twice, each in a fresh process, without and with
+    /// train.activation_checkpointing (both towers), and report the memory saved and the time
+    /// it costs.
+    #[arg(long)]
+    pub compare_checkpointing: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -97,12 +104,15 @@ pub struct TrainBench {
     pub micro_batch_size: usize,
     pub grad_accum_steps: usize,
     pub accumulation: Accumulation,
+    /// Which towers recompute their blocks' activations in the backward pass.
+    pub activation_checkpointing: ActivationCheckpointing,
     pub steps: usize,
     pub warmup_steps: usize,
     pub seconds: f64,
     pub samples_per_s: f64,
     /// Training FLOPs per sample: 3 forwards (forward + backward), plus one for `full_batch`
-    /// over several micro-batches.
+    /// over several micro-batches; activation checkpointing's recomputation is not counted (as
+    /// MFU is defined: the model's FLOPs, not the hardware's).
     pub flops_per_sample: f64,
     pub tflops_per_s: f64,
     pub peak_tflops: Option<f64>,
@@ -215,7 +225,8 @@ pub fn train(cfg: &Config, args: &Args) -> Result<TrainBench> {
     tch::manual_seed(t.seed as i64);
     let clip = build_model(cfg, device)?;
     let model = &clip.model;
-    let mut opt = AdamW::new(&model.vs, &cfg.optim);
+    let groups = ParamGroups::resolve(model, &cfg.optim)?;
+    let mut opt = AdamW::new(&model.vs, &cfg.optim, &groups);
     let amp = autocast_for(t.precision, device);
     let mut batches = Batches::new(args.data, cfg, &clip, device)?;
     let dist = crate::dist::Dist::single();
@@ -269,6 +280,7 @@ pub fn train(cfg: &Config, args: &Args) -> Result<TrainBench> {
         micro_batch_size: t.micro_batch_size,
         grad_accum_steps: t.grad_accum_steps,
         accumulation: t.accumulation,
+        activation_checkpointing: t.activation_checkpointing,
         steps: args.steps,
         warmup_steps: args.warmup,
         seconds,
@@ -347,6 +359,70 @@ impl TrainBench {
         out += &format!("  peak RSS         {rss:.2} GiB (the process)\n");
         out
     }
+}
+
+/// `bench train` as this process was asked for it, run without and then with activation
+/// checkpointing, each in its own process (a process's peak RSS only grows), and the trade:
+/// step time and peak memory, with over without.
+fn checkpointing_trade(json: bool) -> Result<()> {
+    let exe = std::env::current_exe().context("finding streetclip's own executable")?;
+    let asked: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--compare-checkpointing" && a != "--json")
+        .collect();
+    let run = |on: bool| -> Result<serde_json::Value> {
+        let setting = format!("train.activation_checkpointing={on}");
+        let out = std::process::Command::new(&exe)
+            .args(&asked)
+            .args(["--json", "--set", &setting])
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .context("starting the benchmark")?;
+        if !out.status.success() {
+            bail!("the benchmark with {setting} failed (its error is above)");
+        }
+        serde_json::from_slice(&out.stdout).context("reading the benchmark's JSON")
+    };
+    let (without, with) = (run(false)?, run(true)?);
+    let ratio = |key: &str| Some(with[key].as_f64()? / without[key].as_f64()?);
+    let trade = serde_json::json!({
+        "without": without,
+        "with": with,
+        "time_ratio": ratio("seconds"),
+        "peak_rss_ratio": ratio("peak_rss_bytes"),
+        "peak_gpu_memory_ratio": ratio("peak_memory_bytes"),
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&trade)?);
+        return Ok(());
+    }
+    let gib = |v: &serde_json::Value, key: &str| {
+        v[key]
+            .as_f64()
+            .map_or("-".into(), |b| format!("{:.2}", b / (1u64 << 30) as f64))
+    };
+    let per_step = |v: &serde_json::Value| {
+        v["seconds"].as_f64().unwrap_or(f64::NAN) / v["steps"].as_f64().unwrap_or(f64::NAN)
+    };
+    let times = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.2}x"));
+    println!(
+        "activation checkpointing: {} parameters, micro-batch {} x {}, {} on {}\n                   without   with      with/without\n  s/step           {:<9.3} {:<9.3} {}\n  peak RSS GiB     {:<9} {:<9} {}\n  peak GPU GiB     {:<9} {:<9} {}",
+        without["parameters"],
+        without["micro_batch_size"],
+        without["grad_accum_steps"],
+        without["precision"].as_str().unwrap_or_default(),
+        without["device"].as_str().unwrap_or_default(),
+        per_step(&without),
+        per_step(&with),
+        times(ratio("seconds")),
+        gib(&without, "peak_rss_bytes"),
+        gib(&with, "peak_rss_bytes"),
+        times(ratio("peak_rss_bytes")),
+        gib(&without, "peak_memory_bytes"),
+        gib(&with, "peak_memory_bytes"),
+        times(ratio("peak_memory_bytes")),
+    );
+    Ok(())
 }
 
 /// This process's peak resident set size in bytes (Linux reports `ru_maxrss` in KiB).

@@ -18,7 +18,7 @@ mod reference;
 pub use dist::{BackendChoice, DistConfig};
 pub use finetune::{FinetuneConfig, GeocellsConfig, Method};
 pub use geo::{GeoConfig, RefineConfig};
-pub use optim::{OptimConfig, Schedule};
+pub use optim::{OptimConfig, ParamGroup, Schedule};
 pub use reference::commented_defaults;
 
 /// The largest count (candidates, samples per cell, steps between logs, ...) a config key or a
@@ -190,6 +190,44 @@ pub struct TrainConfig {
     /// as RUN_DIR/best/ with its metric, value and step in best/summary.json (needs validation:
     /// train.eval_every, or only the final one); null: off.
     pub keep_best: Option<KeepBest>,
+    /// Recompute each transformer block's activations in the backward pass instead of keeping
+    /// them: less memory for about one more forward of compute, the same gradients. true (both
+    /// towers), false, vision or text.
+    pub activation_checkpointing: ActivationCheckpointing,
+}
+
+/// Which towers `train.activation_checkpointing` recomputes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum ActivationCheckpointing {
+    /// Both towers (true) or neither (false).
+    Both(bool),
+    /// One tower.
+    Tower(Tower),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Tower {
+    Vision,
+    Text,
+}
+
+impl Default for ActivationCheckpointing {
+    fn default() -> Self {
+        Self::Both(false)
+    }
+}
+
+impl ActivationCheckpointing {
+    /// (vision, text): whether each tower is checkpointed.
+    pub fn towers(self) -> (bool, bool) {
+        match self {
+            Self::Both(on) => (on, on),
+            Self::Tower(Tower::Vision) => (true, false),
+            Self::Tower(Tower::Text) => (false, true),
+        }
+    }
 }
 
 /// Which validation counts as the best.
@@ -282,6 +320,7 @@ impl Default for TrainConfig {
             precision: Precision::Auto,
             profile: 0,
             keep_best: None,
+            activation_checkpointing: ActivationCheckpointing::default(),
         }
     }
 }

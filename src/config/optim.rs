@@ -21,6 +21,39 @@ pub struct OptimConfig {
     pub warmup_steps: u64,
     /// Clip gradients to this global L2 norm (none when absent).
     pub max_grad_norm: Option<f64>,
+    /// Parameter groups, each with its own learning rate and weight decay; a parameter belongs
+    /// to the first group that names it (the rest: scale 1, `weight_decay`). Each entry:
+    /// params (vision, text, projections, logit_scale, head, or globs over Hugging Face weight
+    /// names such as "vision_model.encoder.layers.1?.*"), lr_scale (x lr; 0 freezes the group),
+    /// weight_decay (default: the one above). E.g. [{params: [text], lr_scale: 0}].
+    pub groups: Vec<ParamGroup>,
+    /// Layer-wise learning-rate decay (BEiT/ELECTRA fine-tuning), e.g. 0.75: in each tower,
+    /// block i (from 0) of n trains at lr x decay^(n - i), the embeddings at decay^(n + 1), what
+    /// follows the last block (final norm, projection, temperature, a fine-tuning head) at the
+    /// full rate; multiplied with the groups' scales. null: off.
+    pub layer_decay: Option<f64>,
+}
+
+/// One entry of `optim.groups`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ParamGroup {
+    /// Which parameters: `vision`, `text` (a tower), `projections`, `logit_scale`, `head` (what
+    /// fine-tuning adds to CLIP), or globs over Hugging Face weight names
+    /// (`vision_model.encoder.layers.1?.*`).
+    pub params: Vec<String>,
+    /// The group's learning rate as a multiple of `optim.lr` (the schedule scales it too); 0
+    /// freezes the group.
+    #[serde(default = "one")]
+    pub lr_scale: f64,
+    /// The group's decoupled weight decay (default: `optim.weight_decay`). Biases, LayerNorm
+    /// weights, the class and position embeddings and the temperature are never decayed.
+    #[serde(default)]
+    pub weight_decay: Option<f64>,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl Default for OptimConfig {
@@ -34,6 +67,8 @@ impl Default for OptimConfig {
             schedule: Schedule::Linear,
             warmup_steps: 0,
             max_grad_norm: Some(1.0),
+            groups: vec![],
+            layer_decay: None,
         }
     }
 }
@@ -66,6 +101,27 @@ impl OptimConfig {
         for (i, b) in self.betas.iter().enumerate() {
             if !(0.0..1.0).contains(b) {
                 bail!("optim.betas[{i}] = {b}: each beta must be in [0, 1)");
+            }
+        }
+        for (i, g) in self.groups.iter().enumerate() {
+            finite_nonneg(&format!("groups[{i}].lr_scale"), g.lr_scale)?;
+            if let Some(wd) = g.weight_decay {
+                finite_nonneg(&format!("groups[{i}].weight_decay"), wd)?;
+            }
+            if g.params.is_empty() {
+                bail!("optim.groups[{i}].params is empty: name the parameters the group holds (vision, text, projections, logit_scale, head, or globs over weight names)");
+            }
+            for p in &g.params {
+                if let Err(e) = glob::Pattern::new(p) {
+                    bail!("optim.groups[{i}].params: `{p}` is not a valid glob ({e})");
+                }
+            }
+        }
+        if let Some(d) = self.layer_decay {
+            if !(d > 0.0 && d <= 1.0) {
+                bail!(
+                    "optim.layer_decay = {d}: it must be in (0, 1] (e.g. 0.75), or absent for none"
+                );
             }
         }
         if let Some(n) = self.max_grad_norm {

@@ -68,6 +68,22 @@ impl ClipModel {
         })
     }
 
+    /// Activation checkpointing per tower: each trainable transformer block of the tower keeps
+    /// only its input for the backward pass and is recomputed there (same gradients, less
+    /// memory, about one more forward of compute).
+    pub fn set_activation_checkpointing(&mut self, vision: bool, text: bool) {
+        self.vision_model.set_checkpointing(vision);
+        self.text_model.set_checkpointing(text);
+    }
+
+    /// (vision, text): which towers `set_activation_checkpointing` turned on.
+    pub fn activation_checkpointing(&self) -> (bool, bool) {
+        (
+            self.vision_model.checkpointing(),
+            self.text_model.checkpointing(),
+        )
+    }
+
     /// `get_image_features`: unnormalised image projections `[B, projection_dim]`.
     pub fn image_features(&self, pixel_values: &Tensor) -> Tensor {
         self.visual_projection

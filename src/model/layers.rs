@@ -3,6 +3,7 @@
 
 use super::config::Activation;
 use super::init;
+use crate::shim::checkpoint;
 use tch::{nn, nn::Module, Tensor};
 
 /// Sizes and initialisation scale one encoder needs (a view over either tower's config).
@@ -39,15 +40,44 @@ impl EncoderShape {
     }
 }
 
-pub fn layer_norm(p: nn::Path, size: i64, eps: f64) -> nn::LayerNorm {
-    nn::layer_norm(
-        p,
-        vec![size],
-        nn::LayerNormConfig {
-            eps,
-            ..Default::default()
-        },
-    )
+/// `nn.LayerNorm` over the last dimension (`weight` 1, `bias` 0 at initialisation), as tch's
+/// `nn::LayerNorm` computes it, with handles a checkpointed block can own (`shallow_clone`).
+#[derive(Debug)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+pub fn layer_norm(p: nn::Path, size: i64, eps: f64) -> LayerNorm {
+    LayerNorm {
+        weight: p.var("weight", &[size], nn::Init::Const(1.0)),
+        bias: p.var("bias", &[size], nn::Init::Const(0.0)),
+        eps,
+    }
+}
+
+impl LayerNorm {
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let d = self.weight.size()[0];
+        x.layer_norm([d], Some(&self.weight), Some(&self.bias), self.eps, true)
+    }
+
+    fn shallow_clone(&self) -> Self {
+        Self {
+            weight: self.weight.shallow_clone(),
+            bias: self.bias.shallow_clone(),
+            eps: self.eps,
+        }
+    }
+}
+
+/// Another handle on the same weights.
+fn linear_handle(l: &nn::Linear) -> nn::Linear {
+    nn::Linear {
+        ws: l.ws.shallow_clone(),
+        bs: l.bs.as_ref().map(Tensor::shallow_clone),
+    }
 }
 
 #[derive(Debug)]
@@ -95,6 +125,16 @@ impl Attention {
         let y = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, is_causal, None, false);
         self.out_proj.forward(&y.transpose(1, 2).reshape([b, t, d]))
     }
+
+    fn shallow_clone(&self) -> Self {
+        Self {
+            q_proj: linear_handle(&self.q_proj),
+            k_proj: linear_handle(&self.k_proj),
+            v_proj: linear_handle(&self.v_proj),
+            out_proj: linear_handle(&self.out_proj),
+            num_heads: self.num_heads,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -125,14 +165,22 @@ impl Mlp {
         };
         self.fc2.forward(&h)
     }
+
+    fn shallow_clone(&self) -> Self {
+        Self {
+            fc1: linear_handle(&self.fc1),
+            fc2: linear_handle(&self.fc2),
+            act: self.act,
+        }
+    }
 }
 
 #[derive(Debug)]
 struct EncoderLayer {
     self_attn: Attention,
-    layer_norm1: nn::LayerNorm,
+    layer_norm1: LayerNorm,
     mlp: Mlp,
-    layer_norm2: nn::LayerNorm,
+    layer_norm2: LayerNorm,
 }
 
 impl EncoderLayer {
@@ -151,12 +199,40 @@ impl EncoderLayer {
             .forward(&self.layer_norm1.forward(x), mask, causal);
         &x + self.mlp.forward(&self.layer_norm2.forward(&x))
     }
+
+    fn shallow_clone(&self) -> Self {
+        Self {
+            self_attn: self.self_attn.shallow_clone(),
+            layer_norm1: self.layer_norm1.shallow_clone(),
+            mlp: self.mlp.shallow_clone(),
+            layer_norm2: self.layer_norm2.shallow_clone(),
+        }
+    }
+
+    fn trainable(&self) -> bool {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        [&a.q_proj, &a.k_proj, &a.v_proj, &a.out_proj, &m.fc1, &m.fc2]
+            .iter()
+            .any(|l| l.ws.requires_grad() || l.bs.as_ref().is_some_and(Tensor::requires_grad))
+            || [&self.layer_norm1, &self.layer_norm2]
+                .iter()
+                .any(|n| n.weight.requires_grad() || n.bias.requires_grad())
+    }
+
+    /// The block with its activations recomputed in the backward pass instead of kept.
+    fn forward_checkpointed(&self, x: &Tensor, mask: Option<&Tensor>, causal: bool) -> Tensor {
+        let layer = self.shallow_clone();
+        let mask = mask.map(Tensor::shallow_clone);
+        checkpoint(x, move |x| layer.forward(x, mask.as_ref(), causal))
+    }
 }
 
 /// `CLIPEncoder`: a stack of pre-LayerNorm transformer blocks under `layers.N`.
 #[derive(Debug)]
 pub struct Encoder {
     layers: Vec<EncoderLayer>,
+    /// Recompute each trainable block's activations in the backward pass (`set_checkpointing`).
+    checkpointing: bool,
 }
 
 impl Encoder {
@@ -164,12 +240,30 @@ impl Encoder {
         let layers = (0..s.num_layers)
             .map(|i| EncoderLayer::new(&p / "layers" / i, s))
             .collect();
-        Self { layers }
+        Self {
+            layers,
+            checkpointing: false,
+        }
+    }
+
+    /// Activation checkpointing per block (HF's `gradient_checkpointing_enable`): a block's
+    /// input is all that is kept of it for the backward pass. Frozen blocks build no graph
+    /// either way and are run plainly.
+    pub fn set_checkpointing(&mut self, on: bool) {
+        self.checkpointing = on;
+    }
+
+    pub fn checkpointing(&self) -> bool {
+        self.checkpointing
     }
 
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, causal: bool) -> Tensor {
         self.layers.iter().fold(x.shallow_clone(), |h, layer| {
-            layer.forward(&h, mask, causal)
+            if self.checkpointing && layer.trainable() {
+                layer.forward_checkpointed(&h, mask, causal)
+            } else {
+                layer.forward(&h, mask, causal)
+            }
         })
     }
 }

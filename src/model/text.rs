@@ -2,7 +2,7 @@
 
 use super::config::TextConfig;
 use super::init;
-use super::layers::{layer_norm, Encoder, EncoderShape};
+use super::layers::{layer_norm, Encoder, EncoderShape, LayerNorm};
 use tch::{nn, nn::Module, Kind, Tensor};
 
 #[derive(Debug)]
@@ -15,7 +15,7 @@ struct TextEmbeddings {
 pub struct TextTransformer {
     embeddings: TextEmbeddings,
     encoder: Encoder,
-    final_layer_norm: nn::LayerNorm,
+    final_layer_norm: LayerNorm,
     eos_token_id: i64,
 }
 
@@ -51,6 +51,15 @@ impl TextTransformer {
             final_layer_norm: layer_norm(&p / "final_layer_norm", c.hidden_size, c.layer_norm_eps),
             eos_token_id: c.eos_token_id,
         }
+    }
+
+    /// Activation checkpointing of the encoder's blocks (`Encoder::set_checkpointing`).
+    pub fn set_checkpointing(&mut self, on: bool) {
+        self.encoder.set_checkpointing(on);
+    }
+
+    pub fn checkpointing(&self) -> bool {
+        self.encoder.checkpointing()
     }
 
     /// Pooled output `[B, hidden]` at the end-of-text token, as HF's `pooler_output`.

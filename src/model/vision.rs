@@ -2,7 +2,7 @@
 
 use super::config::VisionConfig;
 use super::init;
-use super::layers::{layer_norm, Encoder, EncoderShape};
+use super::layers::{layer_norm, Encoder, EncoderShape, LayerNorm};
 use tch::{nn, nn::Module, Kind, Tensor};
 
 #[derive(Debug)]
@@ -16,9 +16,9 @@ struct VisionEmbeddings {
 pub struct VisionTransformer {
     embeddings: VisionEmbeddings,
     // HF's spelling; it is the checkpoint key.
-    pre_layrnorm: nn::LayerNorm,
+    pre_layrnorm: LayerNorm,
     encoder: Encoder,
-    post_layernorm: nn::LayerNorm,
+    post_layernorm: LayerNorm,
 }
 
 impl VisionTransformer {
@@ -66,6 +66,15 @@ impl VisionTransformer {
             encoder: Encoder::new(&p / "encoder", &shape),
             post_layernorm: layer_norm(&p / "post_layernorm", c.hidden_size, c.layer_norm_eps),
         }
+    }
+
+    /// Activation checkpointing of the encoder's blocks (`Encoder::set_checkpointing`).
+    pub fn set_checkpointing(&mut self, on: bool) {
+        self.encoder.set_checkpointing(on);
+    }
+
+    pub fn checkpointing(&self) -> bool {
+        self.encoder.checkpointing()
     }
 
     /// Pooled output `[B, hidden]`: the class token after `post_layernorm`, as HF's `pooler_output`.

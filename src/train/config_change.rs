@@ -21,6 +21,7 @@ const OBSERVATIONAL: &[&str] = &[
     "train.keep_checkpoints",
     "train.keep_best",
     "train.keep_best.",
+    "train.activation_checkpointing",
     "train.max_steps",
     "data.workers",
     "data.prefetch",

@@ -8,6 +8,7 @@ pub mod logger;
 pub mod loss;
 pub mod objective;
 pub mod optim;
+pub mod param_groups;
 mod run_dir;
 pub mod setup;
 pub mod step;

@@ -1,6 +1,7 @@
 //! AdamW, owned by the project so its state can be checkpointed; the update itself is
 //! libtorch's fused AdamW kernel (`torch.optim.AdamW(fused=True)`) through the C++ shim.
 
+use super::param_groups::ParamGroups;
 use crate::config::OptimConfig;
 use crate::shim::{foreach_mul_, foreach_norm, fused_adamw, set_grads_to_none, AdamWStep};
 use anyhow::bail;
@@ -24,7 +25,9 @@ struct Slot {
     param: Tensor,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
-    decay: bool,
+    /// The parameter's learning rate as a multiple of the step's (`optim.groups`, layer decay).
+    lr_scale: f64,
+    weight_decay: f64,
 }
 
 pub struct AdamW {
@@ -35,12 +38,12 @@ pub struct AdamW {
     step_tensor: Tensor,
     betas: [f64; 2],
     eps: f64,
-    weight_decay: f64,
 }
 
 impl AdamW {
-    /// Over the trainable variables of `vs` (frozen ones are left out), sorted by name.
-    pub fn new(vs: &nn::VarStore, cfg: &OptimConfig) -> Self {
+    /// Over the trainable variables of `vs` (frozen ones are left out), sorted by name, each
+    /// with the learning-rate scale and weight decay `groups` assigns it.
+    pub fn new(vs: &nn::VarStore, cfg: &OptimConfig, groups: &ParamGroups) -> Self {
         let mut vars: Vec<(String, Tensor)> = vs
             .variables()
             .into_iter()
@@ -51,7 +54,8 @@ impl AdamW {
         let slots = vars
             .into_iter()
             .map(|(name, param)| Slot {
-                decay: decays(&name),
+                lr_scale: groups.of(&name).lr_scale,
+                weight_decay: groups.of(&name).weight_decay,
                 exp_avg: param.zeros_like(),
                 exp_avg_sq: param.zeros_like(),
                 name,
@@ -64,21 +68,29 @@ impl AdamW {
             step_tensor: Tensor::zeros([], (Kind::Float, device)),
             betas: cfg.betas,
             eps: cfg.eps,
-            weight_decay: cfg.weight_decay,
         }
     }
 
-    /// One update with learning rate `lr` from the gradients in the parameters (those without
-    /// a gradient are left alone, as torch does). Where `found_inf` (a float scalar on the
-    /// device) holds 1 the kernel changes nothing; the caller then calls `undo_count`.
+    /// One update with learning rate `lr` (times each parameter's scale) from the gradients in
+    /// the parameters (those without a gradient are left alone, as torch does): one fused
+    /// kernel per param group, i.e. per distinct (scale, weight decay). Where `found_inf` (a
+    /// float scalar on the device) holds 1 the kernel changes nothing; the caller then calls
+    /// `undo_count`.
     pub fn step(&mut self, lr: f64, found_inf: Option<&Tensor>) -> anyhow::Result<()> {
         self.step += 1;
         let _ = self.step_tensor.fill_(self.step as f64);
-        for decay in [true, false] {
+        let mut groups: Vec<(f64, f64)> = vec![];
+        for s in &self.slots {
+            if !groups.contains(&(s.lr_scale, s.weight_decay)) {
+                groups.push((s.lr_scale, s.weight_decay));
+            }
+        }
+        for (lr_scale, weight_decay) in groups {
             let slots: Vec<&Slot> = self
                 .slots
                 .iter()
-                .filter(|s| s.decay == decay && s.param.grad().defined())
+                .filter(|s| (s.lr_scale, s.weight_decay) == (lr_scale, weight_decay))
+                .filter(|s| s.param.grad().defined())
                 .collect();
             if slots.is_empty() {
                 continue;
@@ -96,9 +108,9 @@ impl AdamW {
                 }
             }
             let h = AdamWStep {
-                lr,
+                lr: lr * lr_scale,
                 betas: self.betas,
-                weight_decay: if decay { self.weight_decay } else { 0.0 },
+                weight_decay,
                 eps: self.eps,
             };
             let [p, g, m, v, s] = &lists;

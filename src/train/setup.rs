@@ -2,11 +2,12 @@
 //! parameters train, the train/validation split.
 
 use super::objective::Objective;
-use crate::config::{Config, FreezeConfig, Precision};
+use super::param_groups::ParamGroups;
+use crate::config::{Config, FreezeConfig, OptimConfig, Precision};
 use crate::data::Sample;
 use crate::dist::{Dist, DistEnv};
 use crate::formats::pretrained::Pretrained;
-use crate::model::{parse_device, ClipConfig};
+use crate::model::{parse_device, ClipConfig, ClipModel};
 use crate::seed::sample_seed;
 use crate::shim::AutocastDtype;
 use anyhow::{bail, Context, Result};
@@ -29,10 +30,54 @@ pub fn build_model(cfg: &Config, device: tch::Device) -> Result<Pretrained> {
         (None, None, None) => bail!("no model: set model.init (a Hugging Face CLIP directory), model.preset or model.config"),
         _ => bail!("set only one of model.init, model.preset and model.config"),
     }?;
-    match m.image_size {
-        Some(size) => clip.with_image_size(size),
-        None => Ok(clip),
+    let mut clip = match m.image_size {
+        Some(size) => clip.with_image_size(size)?,
+        None => clip,
+    };
+    let (vision, text) = cfg.train.activation_checkpointing.towers();
+    clip.model.set_activation_checkpointing(vision, text);
+    if vision || text {
+        return_large_blocks_to_the_system();
     }
+    Ok(clip)
+}
+
+/// Serves every host allocation of 8 MiB or more with its own mapping, returned to the system
+/// when freed. Checkpointing frees and re-allocates a block's activations for every block of
+/// the backward pass; glibc's default threshold rises with each freed mapping (up to 32 MiB), so
+/// those re-allocations came from its heap, which fragmented: ViT-B/16 at micro-batch 32 on the
+/// CPU peaked at 5.3 GB resident with checkpointing against 3.8 GB with this (and 8.7 GB
+/// without checkpointing, 8.1 with this). Process-wide; CUDA tensors are not affected.
+fn return_large_blocks_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; a fixed threshold also stops the
+    // dynamic adjustment.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 8 << 20);
+    }
+}
+
+/// What a run says at its start about how it trains: activation checkpointing when on, and the
+/// optimizer's groups with their sizes and rates when `optim.groups` or `layer_decay` is set.
+pub(super) fn memory_and_groups(
+    model: &ClipModel,
+    groups: &ParamGroups,
+    optim: &OptimConfig,
+) -> Vec<String> {
+    let towers = match model.activation_checkpointing() {
+        (true, true) => Some("both towers"),
+        (true, false) => Some("the vision tower"),
+        (false, true) => Some("the text tower"),
+        (false, false) => None,
+    };
+    let mut lines: Vec<String> = towers
+        .map(|t| format!("activation checkpointing: {t} (each block keeps only its input; its activations are recomputed in the backward pass)"))
+        .into_iter()
+        .collect();
+    if !optim.groups.is_empty() || optim.layer_decay.is_some() {
+        lines.extend(groups.describe(model, optim.lr));
+    }
+    lines
 }
 
 /// The autocast `train.precision` asks for on `device` (`auto`: bf16 on CUDA, none on the CPU).
@@ -43,11 +88,12 @@ pub fn autocast_for(precision: Precision, device: tch::Device) -> Option<Autocas
     }
 }
 
-/// Locks parameters as `freeze` says and those the objective never uses; returns how many
-/// remain trainable.
+/// Locks parameters as `freeze` says, those in a group with `lr_scale: 0` and those the
+/// objective never uses; returns how many remain trainable.
 pub(super) fn apply_freeze(
     clip: &mut Pretrained,
     freeze: &FreezeConfig,
+    groups: &ParamGroups,
     objective: &dyn Objective,
 ) -> usize {
     let (vision_layers, text_layers) = (
@@ -74,6 +120,7 @@ pub(super) fn apply_freeze(
                 None => !name.contains("embeddings") && !name.contains("pre_layrnorm"),
             };
         }
+        train &= !groups.of(&name).frozen();
         let _ = var.set_requires_grad(train);
         trainable += usize::from(train);
     }
@@ -150,7 +197,8 @@ mod tests {
             vision: true,
             ..Default::default()
         };
-        let left = apply_freeze(&mut clip, &vision, &objective);
+        let groups = ParamGroups::resolve(&clip.model, &Default::default()).unwrap();
+        let left = apply_freeze(&mut clip, &vision, &groups, &objective);
         let names = trainable(&clip);
         assert_eq!(left, names.len());
         assert!(left < all && names.iter().all(|n| !n.starts_with("vision_model")));
@@ -159,7 +207,7 @@ mod tests {
             last_n_blocks: Some(1),
             ..Default::default()
         };
-        apply_freeze(&mut clip, &last_block, &objective);
+        apply_freeze(&mut clip, &last_block, &groups, &objective);
         for name in trainable(&clip) {
             let block = name.split(".layers.").nth(1);
             assert!(

@@ -11,8 +11,9 @@ use super::config_change::DataFingerprint;
 use super::logger::{MetricSink, Progress, TensorBoard};
 use super::objective::Objective;
 use super::optim::AdamW;
+use super::param_groups::ParamGroups;
 use super::run_dir::{lock_run_dir, resume, Checkpoints};
-use super::setup::{apply_freeze, autocast_for, build_model};
+use super::setup::{apply_freeze, autocast_for, build_model, memory_and_groups};
 use super::step::{optimizer_step, MicroBatch, StepStats};
 use super::summary::{Best, RunOptions, StopReason, Summary, BEST_DIR, BEST_SUMMARY};
 use super::validate::{validate, ValMetrics};
@@ -186,18 +187,20 @@ impl Schedule {
     }
 }
 
-/// The run's model, prepared for its objective, with the parameters `train.freeze` locks (and
-/// those the objective never uses) not requiring gradients. A fresh model's initial weights
-/// come from libtorch's generator, seeded by `train.seed`.
-fn trainable_model(run: &Run, objective: &mut dyn Objective) -> Result<Pretrained> {
+/// The run's model, prepared for its objective, with the parameters `train.freeze` or a
+/// frozen `optim.groups` entry locks (and those the objective never uses) not requiring
+/// gradients, and every parameter's optimizer group. A fresh model's initial weights come from
+/// libtorch's generator, seeded by `train.seed`.
+fn trainable_model(run: &Run, objective: &mut dyn Objective) -> Result<(Pretrained, ParamGroups)> {
     let t = &run.cfg.train;
     tch::manual_seed(t.seed as i64);
     let mut clip = build_model(run.cfg, run.device)?;
     objective.prepare(&mut clip)?;
-    if apply_freeze(&mut clip, &t.freeze, objective) == 0 {
-        bail!("train.freeze leaves no parameter to train");
+    let groups = ParamGroups::resolve(&clip.model, &run.cfg.optim)?;
+    if apply_freeze(&mut clip, &t.freeze, &groups, objective) == 0 {
+        bail!("train.freeze and optim.groups leave no parameter to train");
     }
-    Ok(clip)
+    Ok((clip, groups))
 }
 
 /// Rank 0's weights on every rank, fresh or resumed, and the job's shape said once.
@@ -247,9 +250,9 @@ impl<'a> Trainer<'a> {
     ) -> Result<Self> {
         let (cfg, t, dist) = (run.cfg, &run.cfg.train, run.dist);
         let lock = dist.is_main().then(|| lock_run_dir(run.out)).transpose()?;
-        let mut clip = trainable_model(run, objective)?;
+        let (mut clip, groups) = trainable_model(run, objective)?;
         let schedule = Schedule::of(run, train_samples.len())?;
-        let mut opt = AdamW::new(&clip.model.vs, &cfg.optim);
+        let mut opt = AdamW::new(&clip.model.vs, &cfg.optim, &groups);
         let root = run.out.join("checkpoints");
         let data = DataFingerprint::of(&train_samples, &val_samples);
         let (state, said) = resume(run, &root, &mut clip, &mut opt, data)?;
@@ -257,7 +260,12 @@ impl<'a> Trainer<'a> {
             true => Progress::new(schedule.total_steps, state.step),
             false => Progress::quiet(),
         };
-        said.iter().for_each(|line| progress.println(line));
+        for line in said
+            .iter()
+            .chain(&memory_and_groups(&clip.model, &groups, &cfg.optim))
+        {
+            progress.println(line);
+        }
         let checkpoints = Checkpoints {
             writer: checkpoint::Writer::new(root.clone(), t.keep_checkpoints),
             root,

@@ -3,10 +3,12 @@
 // - libtorch's fused AdamW kernel and the foreach ops around it (tch binds no fused or foreach
 //   optimizer ops), and gradients set to none;
 // - PyTorch's profiler (Kineto), writing Chrome-trace JSON;
+// - tensors over memory the caller owns (a mapped weights file), released through a callback;
 // - activation checkpointing (torch.utils.checkpoint): a block run without keeping its
 //   activations and re-run in the backward pass, as a custom autograd function.
 // A tch `C_tensor*` is an `at::Tensor*` (torch-sys's torch_api.h).
 #include <ATen/autocast_mode.h>
+#include <ATen/ops/from_blob.h>
 #include <ATen/ops/_foreach_mul.h>
 #include <ATen/ops/_foreach_norm.h>
 #include <ATen/ops/_fused_adamw.h>
@@ -228,6 +230,22 @@ int sc_profiler_start(int cuda, char* err, int64_t err_len) {
 int sc_profiler_stop(const char* path, char* err, int64_t err_len) {
   try {
     torch::autograd::profiler::disableProfiler()->save(path);
+    return 0;
+  } catch (const std::exception& e) {
+    return failed(e, err, err_len);
+  }
+}
+
+// A CPU tensor of `ndim` sizes and ScalarType `kind` over `data`, which it does not copy:
+// `release(owner)` runs once, when the last tensor sharing that storage is freed (if this
+// fails, `owner` may never be released: leaked, never released twice). Writes a new tensor to
+// `out`; returns 0, or -1 (message in `err`).
+int sc_tensor_over(void* data, const int64_t* sizes, int64_t ndim, int kind, void* owner, void (*release)(void*),
+                   void** out, char* err, int64_t err_len) {
+  try {
+    auto options = at::TensorOptions().dtype(static_cast<at::ScalarType>(kind)).device(at::kCPU);
+    auto deleter = [owner, release](void*) { release(owner); };
+    *out = new at::Tensor(at::from_blob(data, at::IntArrayRef(sizes, ndim), deleter, options));
     return 0;
   } catch (const std::exception& e) {
     return failed(e, err, err_len);

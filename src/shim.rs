@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 use std::ffi::{c_char, c_void, CStr};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 extern "C" {
     #[allow(clippy::too_many_arguments)]
@@ -50,6 +50,17 @@ extern "C" {
         prev_dtype: *mut i32,
     ) -> i32;
     fn sc_autocast_exit(device: i32, prev_enabled: i32, prev_dtype: i32) -> i32;
+    fn sc_tensor_over(
+        data: *mut c_void,
+        sizes: *const i64,
+        ndim: i64,
+        kind: i32,
+        owner: *mut c_void,
+        release: extern "C" fn(*mut c_void),
+        out: *mut *mut c_void,
+        err: *mut c_char,
+        err_len: i64,
+    ) -> i32;
     fn sc_checkpoint(
         input: *mut c_void,
         closure: *mut c_void,
@@ -175,6 +186,66 @@ extern "C" fn call_block(
 extern "C" fn drop_block(closure: *mut c_void) {
     // SAFETY: the pointer `checkpoint` made with Box::into_raw, freed once, by the shim.
     drop(unsafe { Box::from_raw(closure as *mut Block) });
+}
+
+/// Whatever keeps the bytes of a tensor made by `tensor_over` alive (a mapped file).
+pub type Owner = std::sync::Arc<dyn Send + Sync>;
+
+/// A CPU tensor of `shape` and `kind` over `bytes` without copying them: `owner`, which must
+/// keep `bytes` alive and unchanged, is held until the last tensor sharing the storage is freed.
+/// `bytes` must hold exactly the tensor and be aligned to its element size.
+pub fn tensor_over(bytes: &[u8], shape: &[i64], kind: Kind, owner: Owner) -> Result<Tensor> {
+    let numel: i64 = shape.iter().product();
+    let size = kind.elt_size_in_bytes();
+    if numel as usize * size != bytes.len() || bytes.as_ptr() as usize % size != 0 {
+        bail!(
+            "tensor_over: {} bytes at {:p} are not a {shape:?} {kind:?} tensor",
+            bytes.len(),
+            bytes.as_ptr()
+        );
+    }
+    let kind_number = scalar_type(kind)?;
+    let owner = Box::into_raw(Box::new(owner));
+    let mut out = std::ptr::null_mut::<c_void>();
+    let mut err = [0 as c_char; 512];
+    // SAFETY: `bytes` outlives the tensor because `owner` keeps it alive until `release_owner`
+    // runs (once, from the storage's deleter); `shape` is borrowed for the call.
+    let rc = unsafe {
+        sc_tensor_over(
+            bytes.as_ptr() as *mut c_void,
+            shape.as_ptr(),
+            shape.len() as i64,
+            kind_number,
+            owner.cast(),
+            release_owner,
+            &mut out,
+            err.as_mut_ptr(),
+            err.len() as i64,
+        )
+    };
+    checked("tensor over a mapped file", rc, &err)?;
+    // SAFETY: a fresh at::Tensor the shim allocated for us to own.
+    Ok(unsafe { Tensor::from_ptr(out.cast()) })
+}
+
+/// c10's `ScalarType` number of the kinds safetensors files hold (c10/core/ScalarType.h).
+fn scalar_type(kind: Kind) -> Result<i32> {
+    Ok(match kind {
+        Kind::Uint8 => 0,
+        Kind::Int => 3,
+        Kind::Int64 => 4,
+        Kind::Half => 5,
+        Kind::Float => 6,
+        Kind::Double => 7,
+        Kind::Bool => 11,
+        Kind::BFloat16 => 15,
+        other => bail!("tensor_over: no mapped tensors of kind {other:?}"),
+    })
+}
+
+extern "C" fn release_owner(owner: *mut c_void) {
+    // SAFETY: the pointer `tensor_over` made with Box::into_raw, released once by its storage.
+    drop(unsafe { Box::from_raw(owner as *mut Owner) });
 }
 
 /// Hyper-parameters of one AdamW update.

@@ -7,11 +7,11 @@ use std::path::Path;
 /// Bottom to top, as in docs/contributing.md's Layout table. `formats::x` are the files of the
 /// formats folder, each in its own layer.
 const LAYERS: [&str; 24] = [
+    "shim",
     "formats::tensor_io",
     "seed",
     "user_dirs",
     "interrupt",
-    "shim",
     "model",
     "formats::pickle",
     "formats::hub",

@@ -244,3 +244,29 @@ fn a_failing_checkpointed_block_panics_with_its_message() {
         "{message}"
     );
 }
+
+#[test]
+fn a_tensor_over_borrowed_bytes_shares_them_and_releases_their_owner_once() {
+    use std::sync::Arc;
+    use streetclip::shim::{tensor_over, Owner};
+    let values: Vec<f32> = (0..12).map(|i| i as f32 * 0.5).collect();
+    let bytes: Arc<Vec<u8>> = Arc::new(values.iter().flat_map(|v| v.to_le_bytes()).collect());
+    let owner: Owner = bytes.clone();
+    let t = tensor_over(&bytes, &[3, 4], Kind::Float, owner).unwrap();
+    assert_eq!(Vec::<f32>::try_from(t.flatten(0, -1)).unwrap(), values);
+    assert_eq!(t.data_ptr() as usize, bytes.as_ptr() as usize, "no copy");
+    let view = t.narrow(0, 1, 1);
+    drop(t);
+    assert_eq!(Arc::strong_count(&bytes), 2, "a view keeps the storage");
+    drop(view);
+    assert_eq!(
+        Arc::strong_count(&bytes),
+        1,
+        "released with the last tensor"
+    );
+    // Bytes that are not the tensor, or misaligned, are refused (the owner is not kept).
+    let other: Owner = bytes.clone();
+    assert!(tensor_over(&bytes[..40], &[3, 4], Kind::Float, other.clone()).is_err());
+    assert!(tensor_over(&bytes[1..45], &[11], Kind::Float, other).is_err());
+    assert_eq!(Arc::strong_count(&bytes), 1);
+}

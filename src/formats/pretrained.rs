@@ -68,8 +68,9 @@ impl Pretrained {
     /// `load_processing` gives it.
     fn from_converted(source: &Path, converted: openai::Converted, device: Device) -> Result<Self> {
         let (tokenizer, preprocess, _) = Self::load_processing(source, &converted.config)?;
+        let model = crate::model::init::uninitialised(|| ClipModel::new(converted.config, device))?;
         let mut clip = Self {
-            model: ClipModel::new(converted.config, device)?,
+            model,
             tokenizer,
             preprocess,
             tokenizer_dir: None,
@@ -80,10 +81,13 @@ impl Pretrained {
     }
 
     /// A directory's model architecture (config.json), tokenizer and preprocessing, with
-    /// HF-initialised weights for the caller to load (after adding variables, e.g. a head).
+    /// weights not yet initialised, for the caller to load strictly with `weights::load_into`
+    /// (after adding variables, e.g. a head).
     pub fn skeleton(dir: &Path, device: Device) -> Result<Self> {
         let dir = &crate::formats::hub::resolve(dir)?;
-        let model = ClipModel::new(weights::read_config(dir)?, device)?;
+        let config = weights::read_config(dir)?;
+        // Every weight is loaded next (strictly), so none is initialised first.
+        let model = crate::model::init::uninitialised(|| ClipModel::new(config, device))?;
         let (tokenizer, preprocess, tokenizer_dir) = Self::load_processing(dir, &model.config)?;
         Ok(Self {
             model,
@@ -171,7 +175,8 @@ impl Pretrained {
                     false => (name, t),
                 })
                 .collect();
-        let mut model = ClipModel::new(config, self.device())?;
+        let device = self.device();
+        let mut model = crate::model::init::uninitialised(|| ClipModel::new(config, device))?;
         tch::no_grad(|| weights::load_tensors(&mut model.vs, &tensors, "the resized model"))?;
         let mut preprocess = self.preprocess;
         preprocess.size = crate::data::preprocess::ResizeTo::ShortestEdge {

@@ -41,6 +41,48 @@ pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>> {
     Ok(read_with_metadata(path)?.0)
 }
 
+/// Every tensor of a safetensors file, on the CPU, in the file's dtype, over the file's mapped
+/// pages instead of a copy (as transformers loads safetensors): validated as `read` does (the
+/// header, every tensor's bytes within the file), then nothing is read until used, and the
+/// mapping lasts as long as any of the tensors. The mapping is private: writing to a tensor
+/// copies the pages it writes, never the file. The file must not be truncated or rewritten in
+/// place while mapped (streetclip replaces files by rename, never in place). A tensor whose
+/// bytes are not aligned to its element size (a writer that does not pad the header) is copied.
+pub fn map(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if file.metadata().map_or(true, |m| m.len() == 0) {
+        // Nothing to map (mmap refuses a zero length): the same error as an empty `read`.
+        parse(path, &[])?;
+    }
+    // SAFETY: a private (copy-on-write) mapping of a file that is only ever replaced by rename;
+    // see above.
+    let mapping = unsafe { memmap2::MmapOptions::new().map_copy(&file) }
+        .with_context(|| format!("cannot map {}", path.display()))?;
+    let mapping = std::sync::Arc::new(mapping);
+    let st = parse(path, &mapping)?;
+    let mut out = Vec::new();
+    for (name, view) in st.tensors() {
+        let Some(kind) = kind_of(view.dtype()) else {
+            bail!(
+                "{}: tensor `{name}` has unsupported dtype {:?}",
+                path.display(),
+                view.dtype()
+            );
+        };
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let bytes = view.data();
+        let aligned = bytes.as_ptr() as usize % kind.elt_size_in_bytes() == 0;
+        let tensor = match aligned && !bytes.is_empty() {
+            true => crate::shim::tensor_over(bytes, &shape, kind, mapping.clone())?,
+            false => Tensor::from_data_size(bytes, &shape, kind),
+        };
+        out.push((name, tensor));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
 /// A file's tensors by name, and its metadata (string pairs).
 pub type TensorsAndMetadata = (Vec<(String, Tensor)>, HashMap<String, String>);
 

@@ -5,7 +5,7 @@ use crate::formats::tensor_io;
 use crate::model::config::ClipConfig;
 use crate::model::ClipModel;
 use anyhow::{bail, Context, Result};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use tch::{nn, Tensor};
 
@@ -101,18 +101,46 @@ fn is_ignored(name: &str) -> bool {
     name.ends_with("position_ids")
 }
 
-/// Copies a checkpoint into `vs`, converting to each variable's dtype. Strict: missing keys,
-/// unexpected keys and shape mismatches are reported together in one error.
+/// Loads a checkpoint into `vs`, converting to each variable's dtype and device. Strict: missing
+/// keys, unexpected keys and shape mismatches are reported together in one error. A safetensors
+/// tensor already of its variable's dtype on the CPU becomes that variable's storage (the file's
+/// mapped pages, see `tensor_io::map`): one copy of the weights in memory, none made, so a model
+/// built `init::uninitialised` is loaded at the memory of its weights.
 pub fn load_into(vs: &mut nn::VarStore, dir: &Path) -> Result<()> {
-    let mut found: BTreeMap<String, Tensor> = BTreeMap::new();
+    let mut found: BTreeMap<String, (Tensor, bool)> = BTreeMap::new();
     for file in weight_files(dir)? {
-        for (name, t) in read_file(&file)? {
+        let mapped = file.extension().is_some_and(|e| e == "safetensors");
+        let tensors = match mapped {
+            true => tensor_io::map(&file)?,
+            false => read_file(&file)?,
+        };
+        for (name, t) in tensors {
             if !is_ignored(&name) {
-                found.insert(name, t);
+                found.insert(name, (t, mapped));
             }
         }
     }
-    load_tensors(vs, &found, &format!("checkpoint {}", dir.display()))
+    let vars = vs.variables();
+    let shapes = found
+        .iter()
+        .map(|(n, (t, _))| (n.clone(), t.size()))
+        .collect();
+    check_names(&vars, &shapes, &format!("checkpoint {}", dir.display()))?;
+    tch::no_grad(|| {
+        for (name, mut var) in vars {
+            let (src, mapped) = &found[&name];
+            let src = src.to_kind(var.kind()).to_device(var.device());
+            // A mapped tensor's bytes are its own (safetensors tensors never overlap); one
+            // from a pickle may share its storage with another, so it is copied.
+            match *mapped {
+                true => var.set_data(&src),
+                false => {
+                    var.copy_(&src);
+                }
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Copies named tensors into `vs` as `load_into` does; `what` names their source in errors.
@@ -122,13 +150,30 @@ pub fn load_tensors(
     what: &str,
 ) -> Result<()> {
     let vars = vs.variables();
+    let shapes = found.iter().map(|(n, t)| (n.clone(), t.size())).collect();
+    check_names(&vars, &shapes, what)?;
+    tch::no_grad(|| {
+        for (name, mut var) in vars {
+            let src = &found[&name];
+            var.copy_(&src.to_kind(var.kind()).to_device(var.device()));
+        }
+    });
+    Ok(())
+}
+
+/// Every variable has a tensor of its shape in `found` and `found` has nothing else, or one
+/// error listing every difference.
+fn check_names(
+    vars: &HashMap<String, Tensor>,
+    found: &BTreeMap<String, Vec<i64>>,
+    what: &str,
+) -> Result<()> {
     let mut problems = Vec::new();
     for (name, var) in vars.iter().collect::<BTreeMap<_, _>>() {
         match found.get(name) {
             None => problems.push(format!("missing `{name}`")),
-            Some(t) if t.size() != var.size() => problems.push(format!(
-                "shape of `{name}`: checkpoint {:?}, model {:?}",
-                t.size(),
+            Some(shape) if *shape != var.size() => problems.push(format!(
+                "shape of `{name}`: checkpoint {shape:?}, model {:?}",
                 var.size()
             )),
             Some(_) => {}
@@ -140,12 +185,6 @@ pub fn load_tensors(
     if !problems.is_empty() {
         bail!("{what} does not match its config: {}", problems.join("; "));
     }
-    tch::no_grad(|| {
-        for (name, mut var) in vars {
-            let src = &found[&name];
-            var.copy_(&src.to_kind(var.kind()).to_device(var.device()));
-        }
-    });
     Ok(())
 }
 
@@ -165,7 +204,7 @@ impl ClipModel {
     /// Loads a Hugging Face model directory (`config.json` + safetensors), strictly.
     pub fn load(dir: &Path, device: tch::Device) -> Result<Self> {
         let config = read_config(dir)?;
-        let mut model = Self::new(config, device)?;
+        let mut model = crate::model::init::uninitialised(|| Self::new(config, device))?;
         load_into(&mut model.vs, dir)?;
         Ok(model)
     }

@@ -52,7 +52,8 @@ impl ClipModel {
             (t.hidden_size as f64).powf(-0.5) * f,
             false,
         );
-        let logit_scale = root.var(
+        let logit_scale = init::var(
+            &root,
             "logit_scale",
             &[],
             nn::Init::Const(config.logit_scale_init_value),

@@ -51,8 +51,8 @@ pub struct LayerNorm {
 
 pub fn layer_norm(p: nn::Path, size: i64, eps: f64) -> LayerNorm {
     LayerNorm {
-        weight: p.var("weight", &[size], nn::Init::Const(1.0)),
-        bias: p.var("bias", &[size], nn::Init::Const(0.0)),
+        weight: init::var(&p, "weight", &[size], nn::Init::Const(1.0)),
+        bias: init::var(&p, "bias", &[size], nn::Init::Const(0.0)),
         eps,
     }
 }

@@ -3,7 +3,7 @@
 pub mod clip;
 pub mod config;
 mod flops;
-mod init;
+pub mod init;
 mod layers;
 mod text;
 mod vision;

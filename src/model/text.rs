@@ -1,14 +1,14 @@
 //! `CLIPTextTransformer` (`text_model.*`).
 
 use super::config::TextConfig;
-use super::init;
+use super::init::Embedding;
 use super::layers::{layer_norm, Encoder, EncoderShape, LayerNorm};
-use tch::{nn, nn::Module, Kind, Tensor};
+use tch::{nn, Kind, Tensor};
 
 #[derive(Debug)]
 struct TextEmbeddings {
-    token_embedding: nn::Embedding,
-    position_embedding: nn::Embedding,
+    token_embedding: Embedding,
+    position_embedding: Embedding,
 }
 
 #[derive(Debug)]
@@ -23,13 +23,13 @@ impl TextTransformer {
     pub fn new(p: nn::Path, c: &TextConfig) -> Self {
         let std = c.initializer_range * c.initializer_factor;
         let embeddings = TextEmbeddings {
-            token_embedding: init::embedding(
+            token_embedding: Embedding::new(
                 &p / "embeddings" / "token_embedding",
                 c.vocab_size,
                 c.hidden_size,
                 std,
             ),
-            position_embedding: init::embedding(
+            position_embedding: Embedding::new(
                 &p / "embeddings" / "position_embedding",
                 c.max_position_embeddings,
                 c.hidden_size,

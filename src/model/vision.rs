@@ -1,15 +1,17 @@
 //! `CLIPVisionTransformer` (`vision_model.*`).
 
 use super::config::VisionConfig;
-use super::init;
+use super::init::{self, Embedding};
 use super::layers::{layer_norm, Encoder, EncoderShape, LayerNorm};
-use tch::{nn, nn::Module, Kind, Tensor};
+use tch::{nn, Kind, Tensor};
 
 #[derive(Debug)]
 struct VisionEmbeddings {
     class_embedding: Tensor,
-    patch_embedding: nn::Conv2D,
-    position_embedding: nn::Embedding,
+    /// `nn.Conv2d(channels, hidden, patch, stride=patch, bias=False)`'s weight.
+    patch_embedding: Tensor,
+    patch_size: i64,
+    position_embedding: Embedding,
 }
 
 #[derive(Debug)]
@@ -25,26 +27,21 @@ impl VisionTransformer {
     pub fn new(p: nn::Path, c: &VisionConfig) -> Self {
         let e = &p / "embeddings";
         let std = c.initializer_range * c.initializer_factor;
-        let conv = nn::ConvConfig {
-            stride: c.patch_size,
-            bias: false,
-            ws_init: init::normal(std),
-            ..Default::default()
-        };
         let embeddings = VisionEmbeddings {
-            class_embedding: e.var(
+            class_embedding: init::var(
+                &e,
                 "class_embedding",
                 &[c.hidden_size],
                 init::normal((c.hidden_size as f64).powf(-0.5) * c.initializer_factor),
             ),
-            patch_embedding: nn::conv2d(
-                &e / "patch_embedding",
-                c.num_channels,
-                c.hidden_size,
-                c.patch_size,
-                conv,
+            patch_embedding: init::var(
+                &(&e / "patch_embedding"),
+                "weight",
+                &[c.hidden_size, c.num_channels, c.patch_size, c.patch_size],
+                init::normal(std),
             ),
-            position_embedding: init::embedding(
+            patch_size: c.patch_size,
+            position_embedding: Embedding::new(
                 &e / "position_embedding",
                 c.num_positions(),
                 c.hidden_size,
@@ -79,10 +76,16 @@ impl VisionTransformer {
 
     /// Pooled output `[B, hidden]`: the class token after `post_layernorm`, as HF's `pooler_output`.
     pub fn forward(&self, pixel_values: &Tensor) -> Tensor {
-        let patches = self
-            .embeddings
-            .patch_embedding
-            .forward(pixel_values)
+        let stride = self.embeddings.patch_size;
+        let patches = pixel_values
+            .conv2d(
+                &self.embeddings.patch_embedding,
+                None::<Tensor>,
+                [stride, stride],
+                [0, 0],
+                [1, 1],
+                1,
+            )
             .flatten(2, -1)
             .transpose(1, 2);
         let (b, _, d) = patches

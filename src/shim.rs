@@ -197,7 +197,7 @@ pub type Owner = std::sync::Arc<dyn Send + Sync>;
 pub fn tensor_over(bytes: &[u8], shape: &[i64], kind: Kind, owner: Owner) -> Result<Tensor> {
     let numel: i64 = shape.iter().product();
     let size = kind.elt_size_in_bytes();
-    if numel as usize * size != bytes.len() || bytes.as_ptr() as usize % size != 0 {
+    if numel as usize * size != bytes.len() || !(bytes.as_ptr() as usize).is_multiple_of(size) {
         bail!(
             "tensor_over: {} bytes at {:p} are not a {shape:?} {kind:?} tensor",
             bytes.len(),

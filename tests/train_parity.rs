@@ -11,7 +11,7 @@ use streetclip::model::ClipModel;
 use streetclip::train::loss::clip_loss;
 use streetclip::train::optim::AdamW;
 use streetclip::train::param_groups::ParamGroups;
-use streetclip::train::step::{accumulate_gradients, optimizer_step, MicroBatch};
+use streetclip::train::step::{accumulate_gradients, optimizer_step, MicroBatch, StepStats};
 use tch::{Device, Kind, Tensor};
 
 fn micro_batches(e: &std::collections::HashMap<String, Tensor>, size: i64) -> Vec<MicroBatch> {
@@ -24,6 +24,18 @@ fn micro_batches(e: &std::collections::HashMap<String, Tensor>, size: i64) -> Ve
             attention_mask: e["attention_mask"].narrow(0, s, size),
         })
         .collect()
+}
+
+/// One step's gradients over `batch`'s micro-batches, each its own loss (fp32, one process).
+fn per_micro_batch_gradients(model: &ClipModel, batch: &[MicroBatch]) -> StepStats {
+    accumulate_gradients(
+        model,
+        batch,
+        Accumulation::PerMicroBatch,
+        None,
+        &Dist::single(),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -46,14 +58,7 @@ fn adamw_steps_match_torch() {
     let batch = micro_batches(&e, 4);
     let losses = Vec::<f32>::try_from(&reference["losses"]).unwrap();
     for (t, want) in losses.iter().enumerate() {
-        let stats = accumulate_gradients(
-            &model,
-            &batch,
-            Accumulation::PerMicroBatch,
-            None,
-            &Dist::single(),
-        )
-        .unwrap();
+        let stats = per_micro_batch_gradients(&model, &batch);
         // Every step's loss: a weight that the two sides move apart (below) sits where the
         // gradient, the loss's sensitivity to it, is near zero, so losses stay comparable.
         assert!(
@@ -453,14 +458,7 @@ fn param_groups_and_layer_decay_match_torch_adamw() {
     const STEPS: usize = 3;
     let mut grads = vec![];
     for t in 0..STEPS {
-        accumulate_gradients(
-            &model,
-            &batch,
-            Accumulation::PerMicroBatch,
-            None,
-            &Dist::single(),
-        )
-        .unwrap();
+        per_micro_batch_gradients(&model, &batch);
         for (n, v) in model.vs.variables() {
             if v.grad().defined() {
                 grads.push((format!("grad{t}.{n}"), v.grad().copy()));

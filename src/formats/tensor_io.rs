@@ -61,6 +61,22 @@ pub fn map(path: &Path) -> Result<Vec<(String, Tensor)>> {
         .with_context(|| format!("cannot map {}", path.display()))?;
     let mapping = std::sync::Arc::new(mapping);
     let st = parse(path, &mapping)?;
+    tensors_of(path, &st, |bytes, shape, kind| {
+        let aligned = (bytes.as_ptr() as usize).is_multiple_of(kind.elt_size_in_bytes());
+        match aligned && !bytes.is_empty() {
+            true => crate::shim::tensor_over(bytes, shape, kind, mapping.clone()),
+            false => Ok(Tensor::from_data_size(bytes, shape, kind)),
+        }
+    })
+}
+
+/// Every tensor of `st` (parsed from `path`), sorted by name, each made by `make` from its
+/// bytes, shape and kind.
+fn tensors_of(
+    path: &Path,
+    st: &SafeTensors,
+    make: impl Fn(&[u8], &[i64], Kind) -> Result<Tensor>,
+) -> Result<Vec<(String, Tensor)>> {
     let mut out = Vec::new();
     for (name, view) in st.tensors() {
         let Some(kind) = kind_of(view.dtype()) else {
@@ -71,13 +87,7 @@ pub fn map(path: &Path) -> Result<Vec<(String, Tensor)>> {
             );
         };
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        let bytes = view.data();
-        let aligned = bytes.as_ptr() as usize % kind.elt_size_in_bytes() == 0;
-        let tensor = match aligned && !bytes.is_empty() {
-            true => crate::shim::tensor_over(bytes, &shape, kind, mapping.clone())?,
-            false => Tensor::from_data_size(bytes, &shape, kind),
-        };
-        out.push((name, tensor));
+        out.push((name, make(view.data(), &shape, kind)?));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
@@ -106,19 +116,9 @@ fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<SafeTensors<'a>> {
 pub fn read_with_metadata(path: &Path) -> Result<TensorsAndMetadata> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let st = parse(path, &bytes)?;
-    let mut out = Vec::new();
-    for (name, view) in st.tensors() {
-        let Some(kind) = kind_of(view.dtype()) else {
-            bail!(
-                "{}: tensor `{name}` has unsupported dtype {:?}",
-                path.display(),
-                view.dtype()
-            );
-        };
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        out.push((name, Tensor::from_data_size(view.data(), &shape, kind)));
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    let out = tensors_of(path, &st, |bytes, shape, kind| {
+        Ok(Tensor::from_data_size(bytes, shape, kind))
+    })?;
     let (_, header) = SafeTensors::read_metadata(&bytes)?;
     Ok((out, header.metadata().clone().unwrap_or_default()))
 }

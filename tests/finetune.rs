@@ -327,6 +327,26 @@ fn a_stopped_classifier_resumes() {
     assert_eq!(after, expected);
 }
 
+/// `optim.groups` with `head`: the classifier's head trains in its own group; the contrastive
+/// method of the same config, which has no head, runs with the group empty.
+#[test]
+fn a_head_group_applies_where_a_method_has_a_head() {
+    let tmp = tmpdir();
+    let groups = "optim.groups=[{params: [head], lr_scale: 10, weight_decay: 0}]";
+    for method in ["classifier", "contrastive"] {
+        let cfg = config(tmp.path(), method, "");
+        let out = tmp.path().join(method);
+        let o = finetune(&cfg, &out, &["--max-steps", "2", "--set", groups]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{method}: {stderr}");
+        // 3 classes x 32 dimensions + 3 biases.
+        let said = stderr.contains(
+            "optim group 0 [head]: 99 of 99 parameters trainable, lr 3.000e-2, weight decay 0",
+        );
+        assert_eq!(said, method == "classifier", "{method}: {stderr}");
+    }
+}
+
 #[test]
 fn bad_configs_are_clear_errors() {
     let tmp = tmpdir();

@@ -36,11 +36,12 @@ pub struct ParamGroups {
 impl ParamGroups {
     /// Assigns every variable of `model` (fine-tuning heads included) by `optim`'s groups and
     /// layer decay. A group entry that names no parameter is an error (a typo would otherwise
-    /// silently train at the default rate).
+    /// silently train at the default rate), but for `head`.
     pub fn resolve(model: &ClipModel, optim: &OptimConfig) -> Result<Self> {
         let names: Vec<String> = model.vs.variables().into_keys().collect();
         for (i, g) in optim.groups.iter().enumerate() {
-            for p in &g.params {
+            // `head` may name nothing: fine-tuning compares methods of which only some add one.
+            for p in g.params.iter().filter(|p| *p != "head") {
                 if !names.iter().any(|n| names_param(p, n)) {
                     bail!("optim.groups[{i}].params: `{p}` names no parameter of this model (use vision, text, projections, logit_scale, head, or a glob over Hugging Face weight names such as vision_model.encoder.layers.1?.*)");
                 }

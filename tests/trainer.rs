@@ -376,6 +376,10 @@ fn bad_configs_name_the_key() {
             "expected `batch_accuracy` or `country_accuracy`",
         ),
         ("train.keep_best.metric=batch_accuracy", "needs validation"),
+        (
+            "train.activation_checkpointing=yes",
+            "invalid value: string \"yes\", expected true, false, vision or text",
+        ),
     ] {
         let out = train(&[
             &"--config",

@@ -197,7 +197,7 @@ pub struct TrainConfig {
 }
 
 /// Which towers `train.activation_checkpointing` recomputes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum ActivationCheckpointing {
     /// Both towers (true) or neither (false).
@@ -216,6 +216,34 @@ pub enum Tower {
 impl Default for ActivationCheckpointing {
     fn default() -> Self {
         Self::Both(false)
+    }
+}
+
+/// By hand, so that a wrong value is told what the right ones are (serde's untagged enums only
+/// say that nothing matched).
+impl<'de> Deserialize<'de> for ActivationCheckpointing {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Choice;
+        impl serde::de::Visitor<'_> for Choice {
+            type Value = ActivationCheckpointing;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false, vision or text")
+            }
+            fn visit_bool<E>(self, on: bool) -> std::result::Result<Self::Value, E> {
+                Ok(ActivationCheckpointing::Both(on))
+            }
+            fn visit_str<E: serde::de::Error>(
+                self,
+                s: &str,
+            ) -> std::result::Result<Self::Value, E> {
+                match s {
+                    "vision" => Ok(ActivationCheckpointing::Tower(Tower::Vision)),
+                    "text" => Ok(ActivationCheckpointing::Tower(Tower::Text)),
+                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+                }
+            }
+        }
+        d.deserialize_any(Choice)
     }
 }
 

@@ -36,6 +36,8 @@ pub struct AdamW {
     /// The step count as the fused kernel reads it: one float scalar on the parameters' device,
     /// shared by every parameter (one fill per step, not one per parameter).
     step_tensor: Tensor,
+    /// The distinct (lr scale, weight decay) pairs of the slots: one fused kernel call each.
+    groups: Vec<(f64, f64)>,
     betas: [f64; 2],
     eps: f64,
 }
@@ -61,9 +63,16 @@ impl AdamW {
                 name,
                 param,
             })
-            .collect();
+            .collect::<Vec<Slot>>();
+        let mut groups: Vec<(f64, f64)> = vec![];
+        for s in &slots {
+            if !groups.contains(&(s.lr_scale, s.weight_decay)) {
+                groups.push((s.lr_scale, s.weight_decay));
+            }
+        }
         Self {
             slots,
+            groups,
             step: 0,
             step_tensor: Tensor::zeros([], (Kind::Float, device)),
             betas: cfg.betas,
@@ -79,13 +88,7 @@ impl AdamW {
     pub fn step(&mut self, lr: f64, found_inf: Option<&Tensor>) -> anyhow::Result<()> {
         self.step += 1;
         let _ = self.step_tensor.fill_(self.step as f64);
-        let mut groups: Vec<(f64, f64)> = vec![];
-        for s in &self.slots {
-            if !groups.contains(&(s.lr_scale, s.weight_decay)) {
-                groups.push((s.lr_scale, s.weight_decay));
-            }
-        }
-        for (lr_scale, weight_decay) in groups {
+        for &(lr_scale, weight_decay) in &self.groups {
             let slots: Vec<&Slot> = self
                 .slots
                 .iter()

@@ -51,18 +51,16 @@ fn worker(cfg: &Config, threads: usize) {
     let groups = ParamGroups::resolve(&model, &optim).unwrap();
     let mut opt = AdamW::new(&model.vs, &optim, &groups);
     let size = model.config.vision_config.image_size;
+    let host = tch::Device::Cpu;
+    let eos = model.config.text_config.eos_token_id;
+    // Made ready as the trainer's are (`MicroBatch::new`: texts cut after position 20).
     let micro: Vec<MicroBatch> = (0..ACCUM)
         .map(|_| {
-            let ids = Tensor::randint_low(1, 49000, [MICRO, 77], (Kind::Int64, tch::Device::Cpu));
+            let ids = Tensor::randint_low(1, 49000, [MICRO, 77], (Kind::Int64, host));
             let _ = ids.narrow(1, 20, 1).fill_(49407);
-            MicroBatch {
-                pixel_values: Tensor::randn(
-                    [MICRO, 3, size, size],
-                    (Kind::Float, tch::Device::Cpu),
-                ),
-                input_ids: ids,
-                attention_mask: Tensor::ones([MICRO, 77], (Kind::Int64, tch::Device::Cpu)),
-            }
+            let pixels = Tensor::randn([MICRO, 3, size, size], (Kind::Float, host));
+            let mask = Tensor::ones([MICRO, 77], (Kind::Int64, host));
+            MicroBatch::new(&pixels, &ids, &mask, eos, |t| t.shallow_clone())
         })
         .collect();
     let step = |opt: &mut AdamW| {

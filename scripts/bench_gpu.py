@@ -69,7 +69,8 @@ with tempfile.TemporaryDirectory() as tmp:
         config_file = os.path.join(tmp, "config.json")
         with open(config_file, "w") as f:
             json.dump(ours["model_config"], f)
-        flops = 3 * ours["flops_per_sample"] / (4 if mode == "full_batch" else 3)
+        # The peer pads every text to the context and runs no first pass.
+        flops = 3 * ours["context_flops_per_sample"] / (4 if mode == "full_batch" else 3)
         peers = [peer(config_file, micro, accum, steps, False)]
         if mode == "per_micro_batch" and not a.no_compile:
             peers.append(peer(config_file, micro, accum, steps, True))

@@ -7,13 +7,15 @@ use common::*;
 use std::process::Command;
 use streetclip::model::ClipConfig;
 
-fn counted(config: &ClipConfig) -> (f64, f64) {
+/// PyTorch's count of one image's and one text's forward FLOPs, the text over `positions`.
+fn counted(config: &ClipConfig, positions: i64) -> (f64, f64) {
     let tmp = tmpdir();
     let path = tmp.path().join("config.json");
     std::fs::write(&path, config.to_hf_json().to_string()).unwrap();
     let out = run_python([
         root().join("scripts/count_flops.py").into_os_string(),
         path.into_os_string(),
+        positions.to_string().into(),
     ]);
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     (
@@ -36,9 +38,25 @@ fn forward_flops_equal_pytorchs_flop_counter() {
         ("ViT-L/14-336", ClipConfig::vit_l_14_336()),
         ("demo", demo()),
     ] {
-        let (image, text) = counted(&config);
+        let context = config.text_config.max_position_embeddings;
+        let (image, text) = counted(&config, context);
         assert_eq!(config.image_forward_flops(), image, "{name} image tower");
-        assert_eq!(config.text_forward_flops(), text, "{name} text tower");
+        assert_eq!(
+            config.text_forward_flops(context),
+            text,
+            "{name} text tower"
+        );
+        // A text cut after its end-of-text token (position 20, as the benchmark's).
+        let (_, cut) = counted(&config, 21);
+        assert_eq!(
+            config.text_forward_flops(21),
+            cut,
+            "{name} text of 21 positions"
+        );
+        assert_eq!(
+            config.forward_flops(),
+            config.image_forward_flops() + config.text_forward_flops(context)
+        );
     }
     // StreetCLIP's model: 1.186 TFLOP per training sample (3 forwards), as ../shared/gpu notes.
     let l14 = ClipConfig::vit_l_14_336().forward_flops() * 3.0;
@@ -63,7 +81,11 @@ fn bench(extra: &[&str]) -> serde_json::Value {
 
 #[test]
 fn bench_train_reports_throughput_flops_and_mfu_on_the_cpu() {
-    let forward = demo().forward_flops();
+    // The synthetic texts end at position 20: they run over 21 of the context's 77 positions,
+    // and are counted so; a trainer padding to the context (the peer) runs the whole of it.
+    let config = demo();
+    let forward = config.image_forward_flops() + config.text_forward_flops(21);
+    let context_forward = config.forward_flops();
     // The demo's steps have two micro-batches; with one, full_batch needs no first pass.
     for (mode, accum, forwards) in [
         ("full_batch", 2, 4.0),
@@ -79,6 +101,13 @@ fn bench_train_reports_throughput_flops_and_mfu_on_the_cpu() {
             forwards * forward,
             "{mode}"
         );
+        assert_eq!(
+            r["context_flops_per_sample"].as_f64().unwrap(),
+            forwards * context_forward,
+            "{mode}"
+        );
+        assert_eq!(r["text_positions"], 21.0);
+        assert_eq!(r["text_context"], 77);
         let rate = r["samples_per_s"].as_f64().unwrap();
         assert!(
             rate > 0.0 && r["final_loss"].as_f64().unwrap().is_finite(),
@@ -116,6 +145,9 @@ fn bench_train_reports_throughput_flops_and_mfu_on_the_cpu() {
         "data.synth.per_city=3",
     ]);
     assert_eq!(loaded["batches"], "loader");
+    // Real captions: cut well short of the context, the longest of a micro-batch kept whole.
+    let positions = loaded["text_positions"].as_f64().unwrap();
+    assert!(positions > 12.0 && positions < 40.0, "{positions}");
     assert!(loaded["samples_per_s"].as_f64().unwrap() > 0.0);
 }
 

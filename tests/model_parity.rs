@@ -3,9 +3,9 @@
 
 mod common;
 use common::*;
-use streetclip::model::ClipModel;
+use streetclip::model::{cut_after_pooled, ClipModel};
 use streetclip::train::loss::clip_loss;
-use tch::{Device, Kind};
+use tch::{Device, Kind, Tensor};
 
 const MODELS: [&str; 2] = ["tiny-p14-336", "tiny-p32-224"];
 
@@ -99,6 +99,50 @@ fn padding_mask_is_optional_for_pooled_text() {
         &e["text_features"],
         1e-4,
     );
+}
+
+#[test]
+fn texts_cut_after_their_pooled_token_pool_as_the_whole_context() {
+    // Training cuts each micro-batch's texts after the last position any of them is pooled at
+    // (the legacy argmax rule for tiny-p32-224, the first end-of-text for tiny-p14-336).
+    for name in MODELS {
+        let model = ClipModel::load(&fixture(name), Device::Cpu).unwrap();
+        let e = expected(name);
+        let (ids, mask) = (&e["input_ids"], &e["attention_mask"]);
+        let (n, context) = ids.size2().unwrap();
+        let eos = model.config.text_config.eos_token_id;
+        let whole = tch::no_grad(|| model.text_features(ids, Some(mask)));
+        let mut lengths = vec![];
+        for size in [1, 2, n] {
+            for s in (0..n).step_by(size as usize) {
+                let rows = |t: &Tensor| t.narrow(0, s, size);
+                let (cut_ids, cut_mask) = cut_after_pooled(&rows(ids), &rows(mask), eos);
+                assert!(cut_mask.is_none(), "{name}: right padding needs no mask");
+                lengths.push(cut_ids.size()[1]);
+                let pooled = tch::no_grad(|| model.text_features(&cut_ids, None));
+                let what = format!("{name} rows {s}..{} cut to {}", s + size, cut_ids.size()[1]);
+                assert_rel_close(&what, &pooled, &rows(&whole), 1e-6);
+            }
+        }
+        assert!(
+            lengths.iter().any(|&l| l < context / 2),
+            "{name}: {lengths:?}"
+        );
+        assert!(lengths.iter().all(|&l| l <= context), "{name}: {lengths:?}");
+        // A row that hides a token before its pooled one keeps the mask, cut the same.
+        let hiding = mask.copy();
+        let _ = hiding.get(n - 1).get(1).fill_(0);
+        let (cut_ids, cut_mask) = cut_after_pooled(ids, &hiding, eos);
+        let cut_mask = cut_mask.expect("a hidden token before the pooled one keeps the mask");
+        assert_eq!(cut_mask.size(), cut_ids.size());
+        let pooled = tch::no_grad(|| model.text_features(&cut_ids, Some(&cut_mask)));
+        let reference = tch::no_grad(|| model.text_features(ids, Some(&hiding)));
+        assert_rel_close(&format!("{name} hidden token"), &pooled, &reference, 1e-6);
+    }
+    // No rows: nothing to cut.
+    let none = Tensor::zeros([0, 77], (Kind::Int64, Device::Cpu));
+    let (ids, mask) = cut_after_pooled(&none, &none, 49407);
+    assert_eq!((ids.size(), mask.is_none()), (vec![0, 77], true));
 }
 
 #[test]

@@ -14,14 +14,22 @@ use streetclip::train::param_groups::ParamGroups;
 use streetclip::train::step::{accumulate_gradients, optimizer_step, MicroBatch, StepStats};
 use tch::{Device, Kind, Tensor};
 
-fn micro_batches(e: &std::collections::HashMap<String, Tensor>, size: i64) -> Vec<MicroBatch> {
+/// The fixture's pairs as micro-batches of `size`, made ready as the trainer makes them (texts
+/// cut after their last pooled position, `MicroBatch::new`); transformers ran the whole context.
+fn micro_batches(
+    model: &ClipModel,
+    e: &std::collections::HashMap<String, Tensor>,
+    size: i64,
+) -> Vec<MicroBatch> {
     let n = e["input_ids"].size()[0];
+    let eos = model.config.text_config.eos_token_id;
     (0..n)
         .step_by(size as usize)
-        .map(|s| MicroBatch {
-            pixel_values: e["pixel_values"].to_kind(Kind::Float).narrow(0, s, size),
-            input_ids: e["input_ids"].narrow(0, s, size),
-            attention_mask: e["attention_mask"].narrow(0, s, size),
+        .map(|s| {
+            let rows = |t: &Tensor| t.narrow(0, s, size);
+            let pixels = e["pixel_values"].to_kind(Kind::Float);
+            let (ids, mask) = (&e["input_ids"], &e["attention_mask"]);
+            MicroBatch::new(&rows(&pixels), &rows(ids), &rows(mask), eos, |t| t.copy())
         })
         .collect()
 }
@@ -55,7 +63,7 @@ fn adamw_steps_match_torch() {
     };
     let groups = ParamGroups::resolve(&model, &cfg).unwrap();
     let mut opt = AdamW::new(&model.vs, &cfg, &groups);
-    let batch = micro_batches(&e, 4);
+    let batch = micro_batches(&model, &e, 4);
     let losses = Vec::<f32>::try_from(&reference["losses"]).unwrap();
     for (t, want) in losses.iter().enumerate() {
         let stats = per_micro_batch_gradients(&model, &batch);
@@ -203,7 +211,7 @@ fn full_batch_accumulation_equals_one_step_on_the_whole_batch() {
         };
         let whole = accumulate_gradients(
             &model,
-            &to_f64(micro_batches(&e64, 4)),
+            &to_f64(micro_batches(&model, &e64, 4)),
             Accumulation::FullBatch,
             None,
             &Dist::single(),
@@ -213,7 +221,7 @@ fn full_batch_accumulation_equals_one_step_on_the_whole_batch() {
             gradients(&model).into_iter().collect();
         let split = accumulate_gradients(
             &model,
-            &to_f64(micro_batches(&e64, 2)),
+            &to_f64(micro_batches(&model, &e64, 2)),
             Accumulation::FullBatch,
             None,
             &Dist::single(),
@@ -231,7 +239,7 @@ fn full_batch_accumulation_equals_one_step_on_the_whole_batch() {
         let model = ClipModel::load(&fixture(name), Device::Cpu).unwrap();
         let split = accumulate_gradients(
             &model,
-            &micro_batches(&e, 2),
+            &micro_batches(&model, &e, 2),
             Accumulation::FullBatch,
             None,
             &Dist::single(),
@@ -254,7 +262,7 @@ fn full_batch_accumulation_equals_one_step_on_the_whole_batch() {
 fn per_micro_batch_accumulation_averages_local_losses() {
     let model = ClipModel::load(&fixture("tiny-p32-224"), Device::Cpu).unwrap();
     let e = expected("tiny-p32-224");
-    let micro = micro_batches(&e, 2);
+    let micro = micro_batches(&model, &e, 2);
     let stats = accumulate_gradients(
         &model,
         &micro,
@@ -266,7 +274,7 @@ fn per_micro_batch_accumulation_averages_local_losses() {
     let accumulated = gradients(&model);
     let mut expected_loss = 0.0;
     for m in &micro {
-        let out = model.forward(&m.input_ids, Some(&m.attention_mask), &m.pixel_values);
+        let out = model.forward(&m.input_ids, m.attention_mask.as_ref(), &m.pixel_values);
         let loss = clip_loss(&out.logits_per_text) / 2.0;
         expected_loss += loss.double_value(&[]);
         loss.backward();
@@ -316,7 +324,7 @@ fn bf16_autocast_matches_torch_autocast() {
     let reference = expected("tiny-p32-224-bf16");
     let stats = accumulate_gradients(
         &model,
-        &micro_batches(&e, 4),
+        &micro_batches(&model, &e, 4),
         Accumulation::PerMicroBatch,
         Some(streetclip::shim::AutocastDtype::BFloat16),
         &Dist::single(),
@@ -388,7 +396,7 @@ fn activation_checkpointing_gives_the_same_gradients() {
                 let step = |model: &ClipModel| {
                     let stats = accumulate_gradients(
                         model,
-                        &micro_batches(&e, size),
+                        &micro_batches(model, &e, size),
                         mode,
                         amp,
                         &Dist::single(),
@@ -454,7 +462,7 @@ fn param_groups_and_layer_decay_match_torch_adamw() {
     );
     let mut opt = AdamW::new(&model.vs, &cfg, &groups);
     let e = expected(name);
-    let batch = micro_batches(&e, e["input_ids"].size()[0]);
+    let batch = micro_batches(&model, &e, e["input_ids"].size()[0]);
     const STEPS: usize = 3;
     let mut grads = vec![];
     for t in 0..STEPS {

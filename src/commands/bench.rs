@@ -112,8 +112,16 @@ pub struct TrainBench {
     pub samples_per_s: f64,
     /// Training FLOPs per sample: 3 forwards (forward + backward), plus one for `full_batch`
     /// over several micro-batches; activation checkpointing's recomputation is not counted (as
-    /// MFU is defined: the model's FLOPs, not the hardware's).
+    /// MFU is defined: the model's FLOPs, not the hardware's). Texts count over the positions
+    /// they were cut to (`text_positions`).
     pub flops_per_sample: f64,
+    /// The same with every text over the whole context: what a trainer that pads to it (as
+    /// transformers' example script and open_clip do) runs, for a peer's TFLOP/s.
+    pub context_flops_per_sample: f64,
+    /// Mean positions each text ran over (each micro-batch cut after its last end-of-text).
+    pub text_positions: f64,
+    /// The text context length (`max_position_embeddings`).
+    pub text_context: i64,
     pub tflops_per_s: f64,
     pub peak_tflops: Option<f64>,
     /// Model FLOPs utilisation: achieved / peak TFLOP/s, a fraction.
@@ -127,19 +135,36 @@ pub struct TrainBench {
     pub model_config: serde_json::Value,
 }
 
-/// Training FLOPs of one sample under `accumulation` with `micro_batches` per step: a forward
-/// and a backward (3 forwards' worth), and for `full_batch` over several micro-batches the
-/// no-graph first pass (one more).
-pub fn training_flops(
-    config: &ClipConfig,
-    accumulation: Accumulation,
-    micro_batches: usize,
-) -> f64 {
+/// Training FLOPs of one sample whose forward takes `forward` FLOPs, under `accumulation` with
+/// `micro_batches` per step: a forward and a backward (3 forwards' worth), and for
+/// `full_batch` over several micro-batches the no-graph first pass (one more).
+pub fn training_flops(forward: f64, accumulation: Accumulation, micro_batches: usize) -> f64 {
     let forwards = match accumulation {
         Accumulation::FullBatch if micro_batches > 1 => 4.0,
         _ => 3.0,
     };
-    forwards * config.forward_flops()
+    forwards * forward
+}
+
+/// The texts the timed steps ran: `(rows, positions)` of each micro-batch's `input_ids`.
+#[derive(Default)]
+struct TextsRun(Vec<(i64, i64)>);
+
+impl TextsRun {
+    fn add(&mut self, micro: &[MicroBatch]) {
+        self.0.extend(
+            micro
+                .iter()
+                .map(|m| m.input_ids.size2().expect("input_ids is [rows, positions]")),
+        );
+    }
+
+    /// The mean over texts of `f(positions)`.
+    fn mean(&self, f: impl Fn(i64) -> f64) -> f64 {
+        let rows: i64 = self.0.iter().map(|(rows, _)| rows).sum();
+        let total: f64 = self.0.iter().map(|&(r, p)| r as f64 * f(p)).sum();
+        total / rows as f64
+    }
 }
 
 fn peak_for(name: Option<&str>) -> Option<f64> {
@@ -151,25 +176,24 @@ fn peak_for(name: Option<&str>) -> Option<f64> {
 }
 
 /// Random pixels and captions of the model's shapes (an end-of-text token at position 20, the
-/// rest of the context attended, as the Python peer does), already on `device`.
+/// rest of the context attended, as the Python peer does), made ready as the trainer's are
+/// (`MicroBatch::new`: the texts cut after position 20), already on `device`.
 fn synthetic(config: &ClipConfig, micro: i64, accum: usize, device: Device) -> Vec<MicroBatch> {
     let (v, t) = (&config.vision_config, &config.text_config);
     let context = t.max_position_embeddings;
+    let host = (Kind::Int64, Device::Cpu);
     (0..accum)
         .map(|_| {
-            let ids =
-                Tensor::randint_low(1, t.vocab_size - 1, [micro, context], (Kind::Int64, device));
+            let ids = Tensor::randint_low(1, t.vocab_size - 1, [micro, context], host);
             let _ = ids
                 .narrow(1, 20.min(context - 1), 1)
                 .fill_(t.vocab_size - 1);
-            MicroBatch {
-                pixel_values: Tensor::randn(
-                    [micro, v.num_channels, v.image_size, v.image_size],
-                    (Kind::Float, device),
-                ),
-                input_ids: ids,
-                attention_mask: Tensor::ones([micro, context], (Kind::Int64, device)),
-            }
+            let pixels = Tensor::randn(
+                [micro, v.num_channels, v.image_size, v.image_size],
+                (Kind::Float, Device::Cpu),
+            );
+            let mask = Tensor::ones([micro, context], host);
+            MicroBatch::new(&pixels, &ids, &mask, t.eos_token_id, |x| x.to(device))
         })
         .collect()
 }
@@ -230,7 +254,7 @@ pub fn train(cfg: &Config, args: &Args) -> Result<TrainBench> {
     let amp = autocast_for(t.precision, device);
     let mut batches = Batches::new(args.data, cfg, &clip, device)?;
     let dist = crate::dist::Dist::single();
-    let mut step = || -> Result<Tensor> {
+    let mut step = |texts: &mut TextsRun| -> Result<Tensor> {
         let loaded;
         let micro = match &mut batches {
             Batches::Synthetic(micro) => &*micro,
@@ -240,6 +264,7 @@ pub fn train(cfg: &Config, args: &Args) -> Result<TrainBench> {
                 &loaded
             }
         };
+        texts.add(micro);
         let stats = accumulate_gradients(model, micro, t.accumulation, amp, &dist)?;
         let found_inf = stats.found_inf();
         let _norm = optimizer_step(
@@ -251,9 +276,12 @@ pub fn train(cfg: &Config, args: &Args) -> Result<TrainBench> {
         )?;
         Ok(stats.loss)
     };
-    let (seconds, final_loss) = timed(args, device, &mut step)?;
+    let (seconds, final_loss, texts) = timed(args, device, &mut step)?;
     let samples = (args.steps * t.micro_batch_size * t.grad_accum_steps) as f64;
-    let flops_per_sample = training_flops(&model.config, t.accumulation, t.grad_accum_steps);
+    let config = &model.config;
+    let forward = config.image_forward_flops() + texts.mean(|p| config.text_forward_flops(p));
+    let flops = |forward| training_flops(forward, t.accumulation, t.grad_accum_steps);
+    let flops_per_sample = flops(forward);
     let samples_per_s = samples / seconds;
     let tflops_per_s = samples_per_s * flops_per_sample / 1e12;
     let device_name = cuda_device_name(device);
@@ -286,6 +314,9 @@ pub fn train(cfg: &Config, args: &Args) -> Result<TrainBench> {
         seconds,
         samples_per_s,
         flops_per_sample,
+        context_flops_per_sample: flops(config.forward_flops()),
+        text_positions: texts.mean(|p| p as f64),
+        text_context: config.text_config.max_position_embeddings,
         tflops_per_s,
         peak_tflops,
         mfu: peak_tflops.map(|p| tflops_per_s / p),
@@ -297,23 +328,23 @@ pub fn train(cfg: &Config, args: &Args) -> Result<TrainBench> {
 }
 
 /// Seconds for `args.steps` steps after `args.warmup` untimed ones (the peak memory counted
-/// from the first timed step), and the last step's loss.
+/// from the first timed step), the last step's loss, and the texts the timed steps ran.
 fn timed(
     args: &Args,
     device: Device,
-    step: &mut impl FnMut() -> Result<Tensor>,
-) -> Result<(f64, f64)> {
+    step: &mut impl FnMut(&mut TextsRun) -> Result<Tensor>,
+) -> Result<(f64, f64, TextsRun)> {
     for _ in 0..args.warmup {
-        step()?.double_value(&[]); // waits for the device
+        step(&mut TextsRun::default())?.double_value(&[]); // waits for the device
     }
     cuda_reset_peak(device);
-    let start = Instant::now();
+    let (start, mut texts) = (Instant::now(), TextsRun::default());
     let mut loss = Tensor::zeros([], (Kind::Double, device));
     for _ in 0..args.steps {
-        loss = step()?;
+        loss = step(&mut texts)?;
     }
     let final_loss = loss.double_value(&[]); // waits for the last step
-    Ok((start.elapsed().as_secs_f64(), final_loss))
+    Ok((start.elapsed().as_secs_f64(), final_loss, texts))
 }
 
 impl TrainBench {
@@ -337,6 +368,10 @@ impl TrainBench {
             "  TFLOP/s          {:.3}  ({:.4} GFLOP per sample)\n",
             self.tflops_per_s,
             self.flops_per_sample / 1e9
+        );
+        out += &format!(
+            "  text positions   {:.1} of {} (each micro-batch cut after its last end-of-text)\n",
+            self.text_positions, self.text_context
         );
         match (self.mfu, self.peak_tflops) {
             (Some(mfu), Some(peak)) => {

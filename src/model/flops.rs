@@ -32,19 +32,22 @@ impl ClipConfig {
             + 2.0 * (v.hidden_size * self.projection_dim) as f64
     }
 
-    /// FLOPs of `get_text_features` for one text padded to the context length.
-    pub fn text_forward_flops(&self) -> f64 {
+    /// FLOPs of `get_text_features` for one text of `tokens` positions (the context length
+    /// when padded to it, fewer when cut: `model::cut_after_pooled`).
+    pub fn text_forward_flops(&self, tokens: i64) -> f64 {
         let t = &self.text_config;
         encoder(
             t.num_hidden_layers,
-            t.max_position_embeddings,
+            tokens,
             t.hidden_size,
             t.intermediate_size,
         ) + 2.0 * (t.hidden_size * self.projection_dim) as f64
     }
 
-    /// FLOPs of one image–text pair's forward through both towers.
+    /// FLOPs of one image–text pair's forward through both towers, the text padded to the
+    /// context length.
     pub fn forward_flops(&self) -> f64 {
-        self.image_forward_flops() + self.text_forward_flops()
+        self.image_forward_flops()
+            + self.text_forward_flops(self.text_config.max_position_embeddings)
     }
 }

@@ -10,6 +10,7 @@ mod vision;
 
 pub use clip::{normalize, ClipModel, ClipOutput};
 pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
+pub use text::cut_after_pooled;
 pub use vision::{resize_position_embedding, POSITION_EMBEDDING};
 
 use anyhow::{bail, Result};

@@ -91,13 +91,45 @@ impl TextTransformer {
     /// `eos_token_id` is 2 (all OpenAI checkpoints): the position of the largest token id, which
     /// is `<|endoftext|>` in CLIP's vocabulary. Otherwise: the first `eos_token_id`.
     pub fn eos_positions(&self, input_ids: &Tensor) -> Tensor {
-        if self.eos_token_id == 2 {
-            input_ids.to_kind(Kind::Int).argmax(-1, false)
-        } else {
-            input_ids
-                .eq(self.eos_token_id)
-                .to_kind(Kind::Int)
-                .argmax(-1, false)
-        }
+        pooled_positions(input_ids, self.eos_token_id)
     }
+}
+
+/// Where each row of `input_ids` is pooled by a text tower whose config's end-of-text id is
+/// `eos_token_id` (`TextTransformer::eos_positions`).
+pub fn pooled_positions(input_ids: &Tensor, eos_token_id: i64) -> Tensor {
+    if eos_token_id == 2 {
+        input_ids.to_kind(Kind::Int).argmax(-1, false)
+    } else {
+        input_ids
+            .eq(eos_token_id)
+            .to_kind(Kind::Int)
+            .argmax(-1, false)
+    }
+}
+
+/// Texts `[B, context]` cut after the last position any row is pooled at, for a tower whose
+/// end-of-text id is `eos_token_id`; the mask is dropped when every row attends to all of its
+/// tokens up to its pooled one. The pooled outputs are the same as the whole context's, because
+/// attention is causal: a position never sees a later one, so what follows a row's end-of-text
+/// token (padding, or more tokens) cannot reach it, and its mask only ever hides such
+/// positions. Equal in exact arithmetic; floats round differently over the shorter shapes
+/// (~1e-6 relative, as transformers' own model gives at the two lengths). Training's captions
+/// take 15-30 of CLIP's 77 positions, so the text tower does well under half the work.
+pub fn cut_after_pooled(
+    input_ids: &Tensor,
+    attention_mask: &Tensor,
+    eos_token_id: i64,
+) -> (Tensor, Option<Tensor>) {
+    let pooled = pooled_positions(input_ids, eos_token_id).to_kind(Kind::Int64);
+    let length = match pooled.numel() {
+        0 => input_ids.size()[1],
+        _ => pooled.max().int64_value(&[]) + 1,
+    };
+    let ids = input_ids.narrow(1, 0, length);
+    let mask = attention_mask.narrow(1, 0, length);
+    let positions = Tensor::arange(length, (Kind::Int64, ids.device())).unsqueeze(0);
+    let up_to_pooled = positions.le_tensor(&pooled.unsqueeze(1));
+    let hidden_before_pooled = mask.eq(0).logical_and(&up_to_pooled).any().int64_value(&[]) != 0;
+    (ids, hidden_before_pooled.then_some(mask))
 }

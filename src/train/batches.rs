@@ -44,7 +44,8 @@ pub fn start_loader(
     )
 }
 
-/// A loader batch as micro-batches of `micro` rows on `device` (tokenised here).
+/// A loader batch as micro-batches of `micro` rows on `device` (tokenised here, each
+/// micro-batch's texts cut after its last end-of-text token: `MicroBatch::new`).
 pub fn micro_batches(
     clip: &Pretrained,
     batch: &Batch,
@@ -55,16 +56,14 @@ pub fn micro_batches(
     let n = batch.samples.len() as i64;
     let pixels = Tensor::from_slice(&batch.pixels[..]).view([n, 3, h as i64, w as i64]);
     let (ids, mask) = clip.tokenize(&batch.captions)?;
-    let size = micro as i64;
+    let (size, eos) = (micro as i64, clip.model.config.text_config.eos_token_id);
     Ok((0..n)
         .step_by(micro)
         .map(|s| {
-            let b = size.min(n - s);
-            MicroBatch {
-                pixel_values: to_device(&pixels.narrow(0, s, b), device),
-                input_ids: to_device(&ids.narrow(0, s, b), device),
-                attention_mask: to_device(&mask.narrow(0, s, b), device),
-            }
+            let rows = |t: &Tensor| t.narrow(0, s, size.min(n - s));
+            MicroBatch::new(&rows(&pixels), &rows(&ids), &rows(&mask), eos, |t| {
+                to_device(t, device)
+            })
         })
         .collect())
 }

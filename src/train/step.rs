@@ -5,7 +5,7 @@ use super::loss::{clip_loss, pair_accuracy};
 use super::optim::{clip_grad_norm, AdamW};
 use crate::config::Accumulation;
 use crate::dist::Dist;
-use crate::model::ClipModel;
+use crate::model::{cut_after_pooled, ClipModel};
 use crate::shim::{maybe_autocast, AutocastDtype};
 use anyhow::Result;
 use tch::{Device, Kind, Tensor};
@@ -13,7 +13,27 @@ use tch::{Device, Kind, Tensor};
 pub struct MicroBatch {
     pub pixel_values: Tensor,
     pub input_ids: Tensor,
-    pub attention_mask: Tensor,
+    /// None when every text attends to all its tokens (the causal mask alone suffices).
+    pub attention_mask: Option<Tensor>,
+}
+
+impl MicroBatch {
+    /// Pixels and texts copied to `device` by `to_device`, the texts first cut after the last
+    /// pooled position (`model::cut_after_pooled`; its length is read here, on the host).
+    pub fn new(
+        pixel_values: &Tensor,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        eos_token_id: i64,
+        to_device: impl Fn(&Tensor) -> Tensor,
+    ) -> Self {
+        let (ids, mask) = cut_after_pooled(input_ids, attention_mask, eos_token_id);
+        Self {
+            pixel_values: to_device(pixel_values),
+            input_ids: to_device(&ids),
+            attention_mask: mask.as_ref().map(&to_device),
+        }
+    }
 }
 
 /// A step's loss and accuracy as float64 scalars on the device. Reading one waits for the GPU
@@ -58,7 +78,7 @@ fn features(
     let (i, t) = maybe_autocast(m.pixel_values.device(), amp, || {
         (
             model.image_features(&m.pixel_values),
-            model.text_features(&m.input_ids, Some(&m.attention_mask)),
+            model.text_features(&m.input_ids, m.attention_mask.as_ref()),
         )
     })?;
     // A no-op without autocast (the features are fp32 already).

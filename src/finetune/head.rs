@@ -95,7 +95,7 @@ impl ClassHead {
         for m in micro {
             let b = m.pixel_values.size()[0];
             let features = crate::shim::maybe_autocast(m.pixel_values.device(), amp, || {
-                model.image_features(&m.pixel_values)
+                model.training_image_features(&m.pixel_values)
             })?
             .to_kind(Kind::Float);
             let logits = self.logits(&crate::model::normalize(&features));

@@ -2,6 +2,7 @@
 
 use super::config::ClipConfig;
 use super::init;
+use super::layers::QuickGelu;
 use super::text::TextTransformer;
 use super::vision::VisionTransformer;
 use anyhow::Result;
@@ -87,14 +88,50 @@ impl ClipModel {
 
     /// `get_image_features`: unnormalised image projections `[B, projection_dim]`.
     pub fn image_features(&self, pixel_values: &Tensor) -> Tensor {
-        self.visual_projection
-            .forward(&self.vision_model.forward(pixel_values))
+        self.image_features_as(pixel_values, QuickGelu::Exact)
     }
 
     /// `get_text_features`: unnormalised text projections `[B, projection_dim]`.
     pub fn text_features(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Tensor {
-        self.text_projection
-            .forward(&self.text_model.forward(input_ids, attention_mask))
+        self.text_features_as(input_ids, attention_mask, QuickGelu::Exact)
+    }
+
+    /// Both towers' features as training computes them: QuickGELU through the fused SiLU
+    /// kernels (`QuickGelu::Fused`), every other operation as `image_features` and
+    /// `text_features`.
+    pub fn training_features(
+        &self,
+        pixel_values: &Tensor,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+    ) -> (Tensor, Tensor) {
+        (
+            self.training_image_features(pixel_values),
+            self.text_features_as(input_ids, attention_mask, QuickGelu::Fused),
+        )
+    }
+
+    /// The image tower's part of `training_features` (for heads trained on it).
+    pub fn training_image_features(&self, pixel_values: &Tensor) -> Tensor {
+        self.image_features_as(pixel_values, QuickGelu::Fused)
+    }
+
+    fn image_features_as(&self, pixel_values: &Tensor, quick_gelu: QuickGelu) -> Tensor {
+        self.visual_projection
+            .forward(&self.vision_model.forward(pixel_values, quick_gelu))
+    }
+
+    fn text_features_as(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        quick_gelu: QuickGelu,
+    ) -> Tensor {
+        self.text_projection.forward(&self.text_model.forward(
+            input_ids,
+            attention_mask,
+            quick_gelu,
+        ))
     }
 
     pub fn logit_scale(&self) -> &Tensor {

@@ -2,7 +2,7 @@
 
 use super::config::TextConfig;
 use super::init::Embedding;
-use super::layers::{layer_norm, Encoder, EncoderShape, LayerNorm};
+use super::layers::{layer_norm, Encoder, EncoderShape, LayerNorm, Pass, QuickGelu};
 use tch::{nn, Kind, Tensor};
 
 #[derive(Debug)]
@@ -64,7 +64,12 @@ impl TextTransformer {
 
     /// Pooled output `[B, hidden]` at the end-of-text token, as HF's `pooler_output`.
     /// `attention_mask` (1 = token, 0 = padding) is optional, as in HF.
-    pub fn forward(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Tensor {
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        quick_gelu: QuickGelu,
+    ) -> Tensor {
         let (b, t) = input_ids.size2().expect("input_ids is [batch, tokens]");
         let positions = Tensor::arange(t, (Kind::Int64, input_ids.device()));
         let x = self.embeddings.token_embedding.forward(input_ids)
@@ -80,9 +85,14 @@ impl TextTransformer {
                     .logical_and(&m.to_kind(Kind::Bool).view([b, 1, t]))
                     .unsqueeze(1)
             });
+        let pass = Pass {
+            mask: mask.as_ref(),
+            causal: true,
+            quick_gelu,
+        };
         let h = self
             .final_layer_norm
-            .forward(&self.encoder.forward(&x, mask.as_ref(), true));
+            .forward(&self.encoder.forward(&x, pass));
         let rows = Tensor::arange(b, (Kind::Int64, input_ids.device()));
         h.index(&[Some(rows), Some(self.eos_positions(input_ids))])
     }

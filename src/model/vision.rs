@@ -2,7 +2,7 @@
 
 use super::config::VisionConfig;
 use super::init::{self, Embedding};
-use super::layers::{layer_norm, Encoder, EncoderShape, LayerNorm};
+use super::layers::{layer_norm, Encoder, EncoderShape, LayerNorm, Pass, QuickGelu};
 use tch::{nn, Kind, Tensor};
 
 #[derive(Debug)]
@@ -75,7 +75,7 @@ impl VisionTransformer {
     }
 
     /// Pooled output `[B, hidden]`: the class token after `post_layernorm`, as HF's `pooler_output`.
-    pub fn forward(&self, pixel_values: &Tensor) -> Tensor {
+    pub fn forward(&self, pixel_values: &Tensor, quick_gelu: QuickGelu) -> Tensor {
         let stride = self.embeddings.patch_size;
         let patches = pixel_values
             .conv2d(
@@ -99,9 +99,12 @@ impl VisionTransformer {
         let x = Tensor::cat(&[class, patches], 1);
         let positions = Tensor::arange(x.size()[1], (Kind::Int64, x.device()));
         let x = x + self.embeddings.position_embedding.forward(&positions);
-        let h = self
-            .encoder
-            .forward(&self.pre_layrnorm.forward(&x), None, false);
+        let pass = Pass {
+            mask: None,
+            causal: false,
+            quick_gelu,
+        };
+        let h = self.encoder.forward(&self.pre_layrnorm.forward(&x), pass);
         self.post_layernorm.forward(&h.select(1, 0))
     }
 }

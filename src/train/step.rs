@@ -68,18 +68,16 @@ impl StepStats {
     }
 }
 
-/// The towers' features, under autocast in `amp` when given (fp32 master weights; features
-/// and everything after them — normalisation, logits, loss — in fp32).
+/// The towers' features as training computes them (`ClipModel::training_features`), under
+/// autocast in `amp` when given (fp32 master weights; features and everything after them —
+/// normalisation, logits, loss — in fp32).
 fn features(
     model: &ClipModel,
     m: &MicroBatch,
     amp: Option<AutocastDtype>,
 ) -> Result<(Tensor, Tensor)> {
     let (i, t) = maybe_autocast(m.pixel_values.device(), amp, || {
-        (
-            model.image_features(&m.pixel_values),
-            model.text_features(&m.input_ids, m.attention_mask.as_ref()),
-        )
+        model.training_features(&m.pixel_values, &m.input_ids, m.attention_mask.as_ref())
     })?;
     // A no-op without autocast (the features are fp32 already).
     Ok((i.to_kind(Kind::Float), t.to_kind(Kind::Float)))

@@ -122,7 +122,7 @@ pub fn pooled_positions(input_ids: &Tensor, eos_token_id: i64) -> Tensor {
 /// end-of-text id is `eos_token_id`; the mask is dropped when every row attends to all of its
 /// tokens up to its pooled one. The pooled outputs are the same as the whole context's, because
 /// attention is causal: a position never sees a later one, so what follows a row's end-of-text
-/// token (padding, or more tokens) cannot reach it, and its mask only ever hides such
+/// token (padding, or more tokens) cannot reach it, nor can a mask that hides only such
 /// positions. Equal in exact arithmetic; floats round differently over the shorter shapes
 /// (~1e-6 relative, as transformers' own model gives at the two lengths). Training's captions
 /// take 15-30 of CLIP's 77 positions, so the text tower does well under half the work.
